@@ -1,0 +1,26 @@
+"""Zero-shot CLIP (Radford et al., ICML 2021): the frozen image encoder, no training.
+
+Sketches and photos are embedded by the same frozen CLIP image tower and retrieved by cosine
+similarity. It is the floor every prompt-learning method must clear.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sbir_bench.methods import METHODS, Method
+
+
+@METHODS.register("zeroshot-clip")
+class ZeroShotCLIP(Method):
+    description = "frozen CLIP image encoder for sketches and photos, cosine retrieval, no training"
+    trainable = False
+
+    def _embed(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(self.clip.encode_image(images).float(), dim=-1)
+
+    def embed_sketches(self, images: torch.Tensor) -> torch.Tensor:
+        return self._embed(images)
+
+    def embed_photos(self, images: torch.Tensor) -> torch.Tensor:
+        return self._embed(images)

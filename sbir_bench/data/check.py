@@ -1,0 +1,143 @@
+"""``sbir-bench datasets check``: walk a dataset copy and say precisely what is wrong with it.
+
+Researchers assemble these benchmarks from several downloads; a copy with a missing class or a
+truncated photo silently changes every number computed on it. The check reports, per modality:
+missing and unexpected classes (against the official class list), empty class folders, unreadable
+or truncated images, byte-identical duplicate files, counts against the documented ones, split
+classes absent from the copy, and (fine-grained) sketches whose photo is missing.
+
+A copy is *unusable* (non-zero exit) when the requested split cannot be applied, an official
+class is missing, a class folder is empty, or more than 5% of the images cannot be decoded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from ..errors import DataError
+from ..progress import progress
+from .catalog import DatasetSpec, class_folders, get_spec, list_images, locate, normalise_class, photo_instance, sketch_instance
+from .images import load_rgb
+from .splits import package_file, read_class_file, split_names
+
+MAX_LISTED = 10
+UNREADABLE_LIMIT = 0.05
+
+
+@dataclass
+class CheckReport:
+    """Findings of one check; ``problems`` make the copy unusable, ``warnings`` do not."""
+
+    dataset: str
+    root: Path
+    counts: Dict[str, int] = field(default_factory=dict)
+    problems: List[str] = field(default_factory=list)
+    warnings: List[str] = field(default_factory=list)
+
+    @property
+    def usable(self) -> bool:
+        return not self.problems
+
+    def lines(self) -> List[str]:
+        out = [f"{self.dataset} at {self.root}: " + ", ".join(f"{v} {k}" for k, v in self.counts.items())]
+        out += [f"problem: {p}" for p in self.problems]
+        out += [f"warning: {w}" for w in self.warnings]
+        return out
+
+    def summary(self) -> str:
+        verdict = "usable" if self.usable else "UNUSABLE"
+        return f"{self.dataset}: {verdict} ({len(self.problems)} problem(s), {len(self.warnings)} warning(s))"
+
+
+def _listing(items: List[str]) -> str:
+    more = f" and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
+    return ", ".join(items[:MAX_LISTED]) + more
+
+
+def _official_classes(spec: DatasetSpec) -> Optional[List[str]]:
+    return read_class_file(package_file("classes", spec.class_list)) if spec.class_list else None
+
+
+def _check_classes(report: CheckReport, spec: DatasetSpec, folders: Dict[str, Dict[str, Path]]) -> None:
+    official = _official_classes(spec)
+    for modality, found in folders.items():
+        keys = {normalise_class(c) for c in found}
+        if official is not None:
+            missing = [c for c in official if normalise_class(c) not in keys]
+            extra = sorted(c for c in found if normalise_class(c) not in {normalise_class(o) for o in official})
+            if missing:
+                report.problems.append(f"{len(missing)} official class(es) missing from {modality}: {_listing(missing)}")
+            if extra:
+                report.warnings.append(f"{len(extra)} unexpected class folder(s) in {modality}: {_listing(extra)}")
+    sketch_keys = {normalise_class(c) for c in folders["sketches"]}
+    photo_keys = {normalise_class(c) for c in folders["photos"]}
+    one_sided = sorted(sketch_keys ^ photo_keys)
+    if one_sided and official is None:
+        report.problems.append(f"class(es) with only one modality: {_listing(one_sided)}")
+
+
+def _check_images(report: CheckReport, modality: str, images: Dict[str, List[Path]], decode: bool) -> None:
+    empty = sorted(c for c, files in images.items() if not files)
+    if empty:
+        report.problems.append(f"{len(empty)} empty {modality} class folder(s): {_listing(empty)}")
+    files = [p for group in images.values() for p in group]
+    report.counts[modality] = len(files)
+    by_size: Dict[int, List[Path]] = defaultdict(list)
+    for p in files:
+        by_size[p.stat().st_size].append(p)
+    by_hash: Dict[str, List[Path]] = defaultdict(list)
+    for same in (g for g in by_size.values() if len(g) > 1):
+        for p in same:
+            by_hash[hashlib.sha1(p.read_bytes()).hexdigest()].append(p)
+    dups = [g for g in by_hash.values() if len(g) > 1]
+    if dups:
+        report.warnings.append(f"{sum(len(g) - 1 for g in dups)} duplicate {modality} file(s) (byte-identical): "
+                               + _listing([" = ".join(str(p) for p in g[:2]) for g in dups]))
+    if decode:
+        bad = [str(p) for p in progress(files, desc=f"decoding {modality}", unit="img") if load_rgb(str(p), warn_once=False) is None]
+        if bad:
+            share = len(bad) / max(1, len(files))
+            message = f"{len(bad)} unreadable or truncated {modality} image(s) ({share:.1%}): {_listing(bad)}"
+            (report.problems if share > UNREADABLE_LIMIT else report.warnings).append(message)
+
+
+def _check_pairs(report: CheckReport, images: Dict[str, Dict[str, List[Path]]]) -> None:
+    photos = {photo_instance(p) for group in images["photos"].values() for p in group}
+    orphans = [str(p) for group in images["sketches"].values() for p in group if sketch_instance(p) not in photos]
+    if orphans:
+        report.warnings.append(f"{len(orphans)} sketch(es) whose photo <photo-id>.jpg is missing: {_listing(orphans)}")
+
+
+def check_dataset(name: str, data_root: Optional[str], split: str = "1", split_file: Optional[str] = None,
+                  decode: bool = True) -> CheckReport:
+    """Run every check on the copy of ``name`` under ``data_root``."""
+    spec = get_spec(name)
+    if name == "mini" and data_root is None:
+        from .mini import ensure_mini
+        data_root = str(ensure_mini())
+    base, layout = locate(spec, data_root)
+    report = CheckReport(name, base)
+    folders = {"sketches": class_folders(base / layout.sketch_dir), "photos": class_folders(base / layout.photo_dir)}
+    report.counts["classes"] = len({normalise_class(c) for c in folders["sketches"]} & {normalise_class(c) for c in folders["photos"]})
+    _check_classes(report, spec, folders)
+    images = {m: {c: list_images(p) for c, p in f.items()} for m, f in folders.items()}
+    for modality in ("sketches", "photos"):
+        _check_images(report, modality, images[modality], decode)
+    if spec.fine_grained:
+        _check_pairs(report, images)
+    for key, expected in spec.expected.items():
+        if report.counts.get(key, expected) != expected:
+            report.warnings.append(f"{key}: found {report.counts[key]}, the published copy has {expected}")
+    try:
+        wanted = split_names(spec, split, split_file)
+        present = {normalise_class(c) for c in folders["sketches"]} & {normalise_class(c) for c in folders["photos"]}
+        absent = [w for w in wanted if normalise_class(w) not in present]
+        if absent:
+            report.problems.append(f"split {split_file or split}: {len(absent)} unseen class(es) absent: {_listing(absent)}")
+    except DataError as exc:
+        report.problems.append(str(exc))
+    return report

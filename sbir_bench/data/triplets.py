@@ -1,0 +1,87 @@
+"""Seeded triplet sampling for training: (anchor sketch, positive photo, negative photo).
+
+Category level: the positive is a random photo of the sketch's class, the negative a random photo of
+another seen class. Instance level (FG): the positive is the sketch's own photo and the negative a
+different photo of the *same* class (the hard, fine-grained case).
+
+Every choice is drawn from ``np.random.default_rng([seed, epoch, index])``, so a sample is the same
+whichever worker process or DDP rank loads it and whether or not training was resumed.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .catalog import Sample
+from .images import load_rgb
+
+
+class TripletDataset(Dataset):
+    """Triplets over the training sketches; labels are re-indexed into the seen-class list."""
+
+    def __init__(self, sketches: Sequence[Sample], photos: Sequence[Sample], seen: Sequence[int],
+                 transform: Callable, seed: int = 0, fine_grained: bool = False) -> None:
+        self.seen_index = {c: i for i, c in enumerate(seen)}
+        self.sketches = [s for s in sketches if s.label in self.seen_index]
+        self.photos_by_class: Dict[int, List[Sample]] = {}
+        for p in photos:
+            if p.label in self.seen_index:
+                self.photos_by_class.setdefault(p.label, []).append(p)
+        self.photo_by_instance = {p.instance: p for p in photos if p.instance}
+        self.classes = sorted(self.photos_by_class)
+        self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+        self.fine_grained = fine_grained
+        self.skipped = 0
+        if fine_grained:
+            self.sketches = [s for s in self.sketches if s.instance in self.photo_by_instance]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.sketches)
+
+    def choose(self, index: int) -> tuple[Sample, Sample, Sample]:
+        """The (sketch, positive, negative) samples of ``index`` in the current epoch."""
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        sketch = self.sketches[index]
+        same = self.photos_by_class[sketch.label]
+        if self.fine_grained:
+            positive = self.photo_by_instance[sketch.instance]
+            others = [p for p in same if p.instance != sketch.instance] or same
+            negative = others[int(rng.integers(len(others)))]
+        else:
+            positive = same[int(rng.integers(len(same)))]
+            other_classes = [c for c in self.classes if c != sketch.label] or self.classes
+            neg_class = other_classes[int(rng.integers(len(other_classes)))]
+            pool = self.photos_by_class[neg_class]
+            negative = pool[int(rng.integers(len(pool)))]
+        return sketch, positive, negative
+
+    def __getitem__(self, index: int):
+        samples = self.choose(index)
+        images = [load_rgb(s.path) for s in samples]
+        if any(im is None for im in images):
+            return None
+        torch_state = torch.random.get_rng_state()
+        torch.manual_seed(hash((self.seed, self.epoch, index)) & 0x7FFFFFFF)
+        tensors = [self.transform(im) for im in images]  # seeded: augmentation identical on resume
+        torch.random.set_rng_state(torch_state)
+        return (*tensors, self.seen_index[samples[0].label], self.seen_index[samples[2].label])
+
+
+def collate_triplets(batch: List):
+    """Stack readable triplets; return (TripletBatch or None, n_skipped)."""
+    from ..methods.base import TripletBatch
+    good = [b for b in batch if b is not None]
+    skipped = len(batch) - len(good)
+    if not good:
+        return None, skipped
+    sk, pos, neg, y, yn = zip(*good)
+    return TripletBatch(torch.stack(sk), torch.stack(pos), torch.stack(neg), torch.tensor(y), torch.tensor(yn)), skipped

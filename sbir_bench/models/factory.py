@@ -1,0 +1,169 @@
+"""Build open_clip backbones from a name and a weight source, offline-safe.
+
+``--backbone ViT-B-32 --pretrained openai`` goes through open_clip's own pretrained registry and
+cache; ``--pretrained PATH`` loads a local checkpoint; no ``--pretrained`` gives random init (only
+meaningful for the bundled ``sbir-tiny`` config used by the mini set and the tests). A weight file
+that is not cached while offline is a one-line :class:`WeightsError` naming the cache directory and
+the ``--pretrained PATH`` way out, never a network stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+from urllib.parse import urlparse
+
+import open_clip
+import torch
+
+from ..errors import WeightsError
+
+CONFIG_DIR = Path(__file__).parent / "model_configs"
+_registered = False
+
+
+def _register_configs() -> None:
+    """Make the bundled JSON configs (``sbir-tiny``) known to open_clip, once."""
+    global _registered
+    if not _registered:
+        open_clip.add_model_config(CONFIG_DIR)
+        _registered = True
+
+
+def list_backbones() -> List[str]:
+    """Every model name open_clip can build, bundled configs included."""
+    _register_configs()
+    return open_clip.list_models()
+
+
+@dataclass
+class Backbone:
+    """A frozen open_clip model with its matching image transform and tokenizer."""
+
+    name: str
+    pretrained: Optional[str]
+    model: torch.nn.Module
+    preprocess: Callable
+    tokenizer: Callable
+    image_size: int
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.model.text_projection.shape[1])
+
+
+def default_cache_dir(cache_dir: Optional[str]) -> str:
+    """open_clip's URL cache default (``~/.cache/clip``) unless overridden."""
+    return cache_dir or os.environ.get("SBIR_BENCH_CACHE") or os.path.expanduser("~/.cache/clip")
+
+
+def _cached_weight_file(name: str, tag: str, cache_dir: Optional[str]) -> Optional[str]:
+    """Path of the already-downloaded file for ``name``/``tag`` or None (never downloads)."""
+    cfg = open_clip.get_pretrained_cfg(name, tag)
+    if cfg.get("file"):
+        return cfg["file"] if os.path.isfile(cfg["file"]) else None
+    hf_hub = cfg.get("hf_hub", "")
+    if hf_hub:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:  # pragma: no cover - huggingface_hub ships with open_clip
+            try_to_load_from_cache = None
+        if try_to_load_from_cache is not None:
+            repo_id, filename = os.path.split(hf_hub.rstrip("/")) if not hf_hub.endswith("/") else (hf_hub.rstrip("/"), "open_clip_pytorch_model.bin")
+            for candidate in (filename, filename.replace(".bin", ".safetensors"), "open_clip_model.safetensors"):
+                hit = try_to_load_from_cache(repo_id, candidate, cache_dir=cache_dir)
+                if isinstance(hit, str) and os.path.isfile(hit):
+                    return hit
+    url = cfg.get("url", "")
+    if url:
+        target = os.path.join(default_cache_dir(cache_dir), os.path.basename(url))
+        if os.path.isfile(target):
+            return target
+    return None
+
+
+def _offline(cfg: Dict[str, Any]) -> bool:
+    """True when weights cannot be downloaded: offline flags set, or the weight host is unreachable.
+
+    Probing one TCP connection (3 s) first turns "no network" into an immediate one-line error
+    instead of a minute of Hugging Face retries and a stack trace.
+    """
+    if any(os.environ.get(v, "0") not in ("", "0") for v in ("SBIR_BENCH_OFFLINE", "HF_HUB_OFFLINE")):
+        return True
+    host = "huggingface.co" if cfg.get("hf_hub") else urlparse(cfg.get("url", "")).hostname
+    if not host:
+        return True
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+    except OSError:
+        return True
+    return False
+
+
+def _resolve_weights(name: str, pretrained: str, cache_dir: Optional[str]) -> str:
+    """Turn ``pretrained`` (a path or an open_clip tag) into a local file path."""
+    if os.path.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
+        if not os.path.isfile(pretrained):
+            raise WeightsError(f"checkpoint file not found: {pretrained}")
+        return pretrained
+    if not open_clip.is_pretrained_cfg(name, pretrained):
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        hint = f"known tags for {name}: {', '.join(tags)}" if tags else f"{name} has no open_clip pretrained tags"
+        raise WeightsError(f"unknown pretrained tag {pretrained!r} for backbone {name} ({hint}), or pass --pretrained PATH")
+    hit = _cached_weight_file(name, pretrained, cache_dir)
+    if hit:
+        return hit
+    where = default_cache_dir(cache_dir)
+    message = (f"weights {name}/{pretrained} are not cached (looked in {where} and the Hugging Face cache) and "
+               f"cannot be downloaded offline; copy them there, set --cache-dir, or pass --pretrained PATH to a local checkpoint")
+    cfg = open_clip.get_pretrained_cfg(name, pretrained)
+    if _offline(cfg):
+        raise WeightsError(message)
+    try:
+        return open_clip.download_pretrained(cfg, cache_dir=cache_dir)
+    except Exception:  # network failures come in many types; all mean the same thing here
+        raise WeightsError(message) from None
+
+
+def _tag_overrides(name: str, pretrained: Optional[str]) -> Dict[str, Any]:
+    """Model-building options an open_clip tag implies (QuickGELU, normalisation statistics).
+
+    Weights are loaded from a resolved local file, so open_clip never sees the tag itself; the
+    settings the tag was trained with must be passed explicitly or OpenAI weights would run with
+    the wrong activation (silently worse numbers).
+    """
+    if not pretrained or not open_clip.is_pretrained_cfg(name, pretrained):
+        return {}
+    cfg = open_clip.get_pretrained_cfg(name, pretrained)
+    out: Dict[str, Any] = {"force_quick_gelu": bool(cfg.get("quick_gelu", False))}
+    if cfg.get("mean") and cfg.get("std"):
+        out.update(image_mean=tuple(cfg["mean"]), image_std=tuple(cfg["std"]))
+    return out
+
+
+def load_backbone(name: str = "sbir-tiny", pretrained: Optional[str] = None, cache_dir: Optional[str] = None,
+                  device: str | torch.device = "cpu") -> Backbone:
+    """Build ``name`` with weights from ``pretrained`` (tag, path or None), frozen and in eval mode."""
+    _register_configs()
+    if name not in open_clip.list_models():
+        raise WeightsError(f"unknown backbone {name!r}; run `sbir-bench backbones` to list the names open_clip knows")
+    weights = _resolve_weights(name, pretrained, cache_dir) if pretrained else None
+    previous = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)  # open_clip logs "initialized randomly" at WARNING for sbir-tiny
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            name, pretrained=weights, cache_dir=cache_dir, **_tag_overrides(name, pretrained))
+    except Exception as exc:
+        raise WeightsError(f"could not load weights {weights} into {name}: {type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0][:200] if str(exc) else ''}") from None
+    finally:
+        logging.getLogger().setLevel(previous)
+    model.eval().requires_grad_(False).to(device)
+    size = model.visual.image_size
+    image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+    return Backbone(name=name, pretrained=pretrained, model=model, preprocess=preprocess,
+                    tokenizer=open_clip.get_tokenizer(name), image_size=image_size)

@@ -1,0 +1,187 @@
+"""A prompt-injectable view of open_clip's frozen CLIP encoders.
+
+Prompt learning (CoOp, MaPLe, SpLIP) needs to run CLIP's frozen transformers with extra learnable
+tokens: appended to the visual token sequence (shallow prompts, before ``ln_pre``) and replaced
+before chosen deeper blocks (deep prompts), and inserted after the start-of-text token of the text
+sequence. Instead of copying open_clip's modules, :class:`PromptedCLIP` drives the *existing*
+modules through their public attributes (``visual.conv1``, ``visual.transformer.resblocks``,
+``token_embedding``, ``ln_final``...). :meth:`PromptedCLIP.check_internals` fails loudly, naming the
+missing piece, if an open_clip release changes them.
+
+Prompt tensors may be shaped ``(n, D)`` (shared), ``(1, n, D)`` or ``(B, n, D)`` (per sample).
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import torch
+from torch import nn
+
+VISION_ATTRS = ("conv1", "class_embedding", "positional_embedding", "ln_pre", "transformer", "ln_post", "proj")
+TEXT_ATTRS = ("token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection", "attn_mask")
+
+
+class OpenClipInternalsChanged(RuntimeError):
+    """open_clip's module layout is not the one this view was written against."""
+
+
+def _as_batch(prompt: torch.Tensor, batch: int) -> torch.Tensor:
+    """Broadcast a prompt of shape (n, D) / (1, n, D) / (B, n, D) to (B, n, D)."""
+    if prompt.dim() == 2:
+        prompt = prompt.unsqueeze(0)
+    if prompt.shape[0] == 1 and batch != 1:
+        prompt = prompt.expand(batch, -1, -1)
+    return prompt
+
+
+class PromptedCLIP(nn.Module):
+    """Runs a frozen open_clip ``CLIP`` model with learnable prompt tokens."""
+
+    def __init__(self, clip: nn.Module) -> None:
+        super().__init__()
+        self.check_internals(clip)
+        self.clip = clip
+
+    # ------------------------------------------------------------------ introspection
+    @staticmethod
+    def check_internals(clip: nn.Module) -> None:
+        """Raise :class:`OpenClipInternalsChanged` if the attributes this view uses are missing."""
+        visual = getattr(clip, "visual", None)
+        missing = [f"visual.{a}" for a in VISION_ATTRS if visual is None or not hasattr(visual, a)]
+        missing += [a for a in TEXT_ATTRS if not hasattr(clip, a)]
+        if missing:
+            raise OpenClipInternalsChanged(f"open_clip model lacks {', '.join(missing)}: prompted encoders need updating")
+        if not hasattr(visual.transformer, "resblocks") or not hasattr(clip.transformer, "resblocks"):
+            raise OpenClipInternalsChanged("open_clip transformer lacks .resblocks")
+        if getattr(visual, "attn_pool", None) is not None or getattr(visual, "pool_type", "tok") != "tok":
+            raise OpenClipInternalsChanged("prompted vision encoder supports class-token pooling only")
+        if getattr(visual, "final_ln_after_pool", False):
+            raise OpenClipInternalsChanged("prompted vision encoder expects ln_post before pooling")
+        if getattr(clip, "text_pool_type", "argmax") != "argmax":
+            raise OpenClipInternalsChanged("prompted text encoder expects argmax (EOT) pooling")
+
+    @property
+    def visual(self) -> nn.Module:
+        return self.clip.visual
+
+    @property
+    def vision_width(self) -> int:
+        return int(self.visual.conv1.out_channels)
+
+    @property
+    def text_width(self) -> int:
+        return int(self.clip.token_embedding.embedding_dim)
+
+    @property
+    def vision_layers(self) -> int:
+        return len(self.visual.transformer.resblocks)
+
+    @property
+    def text_layers(self) -> int:
+        return len(self.clip.transformer.resblocks)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.visual.conv1.weight.dtype
+
+    # ------------------------------------------------------------------ shared plumbing
+    @staticmethod
+    def _run_blocks(transformer: nn.Module, x: torch.Tensor, attn_mask: Optional[torch.Tensor],
+                    deep: Optional[Sequence[Optional[torch.Tensor]]], n_prompt: int, where: str,
+                    collect: bool = False) -> tuple[torch.Tensor, List[torch.Tensor]]:
+        """Run resblocks on batch-first ``x``; before block i>0 replace the prompt slots with deep[i].
+
+        ``where`` is "tail" (visual prompts sit at the end) or "head" (text prompts sit at 1..n).
+        With ``collect`` the prompt-slot outputs of every block are returned (for SpLIP's B_vt).
+        """
+        batch_first = getattr(transformer, "batch_first", True)
+        outputs: List[torch.Tensor] = []
+        sl = slice(x.shape[1] - n_prompt, x.shape[1]) if where == "tail" else slice(1, 1 + n_prompt)
+        for i, block in enumerate(transformer.resblocks):
+            if i > 0 and deep is not None and i < len(deep) and deep[i] is not None:
+                p = _as_batch(deep[i], x.shape[0]).to(x.dtype)
+                x = torch.cat([x[:, : sl.start], p, x[:, sl.stop:]], dim=1)
+            if batch_first:
+                x = block(x, attn_mask=attn_mask)
+            else:
+                x = block(x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1)
+            if collect:
+                outputs.append(x[:, sl])
+        return x, outputs
+
+    # ------------------------------------------------------------------ vision
+    def patch_embeddings(self, images: torch.Tensor) -> torch.Tensor:
+        """E_0: class token + patch tokens with positional embedding, before ``ln_pre`` (B, 1+P, Dv)."""
+        v = self.visual
+        x = v.conv1(images.to(self.dtype))
+        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+        cls = v.class_embedding.to(x.dtype).reshape(1, 1, -1).expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1)
+        return x + v.positional_embedding.to(x.dtype)
+
+    def encode_image(self, images: torch.Tensor, prompts: Optional[torch.Tensor] = None,
+                     deep: Optional[Sequence[Optional[torch.Tensor]]] = None,
+                     embeddings: Optional[torch.Tensor] = None, normalize: bool = True) -> torch.Tensor:
+        """Image embedding with ``prompts`` appended before ``ln_pre`` and ``deep`` replacements.
+
+        ``embeddings`` lets a caller that already computed :meth:`patch_embeddings` reuse them.
+        """
+        v = self.visual
+        x = self.patch_embeddings(images) if embeddings is None else embeddings
+        n = 0
+        if prompts is not None:
+            p = _as_batch(prompts, x.shape[0]).to(x.dtype)
+            n = p.shape[1]
+            x = torch.cat([x, p], dim=1)
+        x = v.ln_pre(x)
+        x, _ = self._run_blocks(v.transformer, x, None, deep, n, "tail")
+        x = v.ln_post(x)
+        pooled = x[:, 0] @ v.proj
+        return nn.functional.normalize(pooled, dim=-1) if normalize else pooled
+
+    # ------------------------------------------------------------------ text
+    def tokenize_with_placeholders(self, tokenizer, class_names: Sequence[str], n_ctx: int,
+                                   suffix_template: str = "{}.") -> torch.Tensor:
+        """Token ids of ``"X X .. X <class>."``: the n_ctx X slots are replaced by learnable context."""
+        prefix = " ".join(["X"] * n_ctx)
+        texts = [f"{prefix} {suffix_template.format(c.replace('_', ' '))}".strip() for c in class_names]
+        return tokenizer(texts)
+
+    def token_embeddings(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Frozen token embeddings of ``token_ids`` (N, L, Dt)."""
+        return self.clip.token_embedding(token_ids.to(self.clip.token_embedding.weight.device))
+
+    def encode_text(self, token_ids: torch.Tensor, ctx: Optional[torch.Tensor] = None,
+                    deep: Optional[Sequence[Optional[torch.Tensor]]] = None, normalize: bool = True) -> torch.Tensor:
+        """Text embedding of ``token_ids`` (N, L) with ``ctx`` (n, D)/(N, n, D) at positions 1..n."""
+        c = self.clip
+        x = self.token_embeddings(token_ids).to(self.dtype)
+        n = 0
+        if ctx is not None:
+            p = _as_batch(ctx, x.shape[0]).to(x.dtype)
+            n = p.shape[1]
+            x = torch.cat([x[:, :1], p, x[:, 1 + n:]], dim=1)
+        x = x + c.positional_embedding.to(x.dtype)
+        x, _ = self._run_blocks(c.transformer, x, c.attn_mask, deep, n, "head")
+        x = c.ln_final(x)
+        pooled = x[torch.arange(x.shape[0], device=x.device), token_ids.to(x.device).argmax(dim=-1)]
+        pooled = c.text_projection(pooled) if isinstance(c.text_projection, nn.Linear) else pooled @ c.text_projection
+        return nn.functional.normalize(pooled, dim=-1) if normalize else pooled
+
+    def text_prompt_states(self, ctx: torch.Tensor, deep: Optional[Sequence[Optional[torch.Tensor]]] = None,
+                           sot_token: int = 49406) -> List[torch.Tensor]:
+        """Per-layer outputs at the prompt slots of ``[SOT, ctx]``.
+
+        CLIP's text transformer is causal, so tokens at positions 1..n never attend to the class name
+        that follows them: running the short sequence ``[SOT, ctx]`` gives exactly the prompt-slot
+        states of the full prompt, for any class, at a fraction of the cost.
+        """
+        c = self.clip
+        p = ctx if ctx.dim() == 3 else ctx.unsqueeze(0)
+        sot = self.token_embeddings(torch.full((p.shape[0], 1), sot_token, dtype=torch.long)).to(p.dtype)
+        x = torch.cat([sot, p], dim=1)
+        x = x + c.positional_embedding[: x.shape[1]].to(x.dtype)
+        mask = c.attn_mask[: x.shape[1], : x.shape[1]] if c.attn_mask is not None else None
+        _, states = self._run_blocks(c.transformer, x, mask, deep, p.shape[1], "head", collect=True)
+        return states

@@ -1,0 +1,154 @@
+"""Run records: one JSON file per run, written atomically, read back tolerantly.
+
+A record carries everything needed to trust and reproduce a number: method, dataset, setting, split,
+backbone, seed, the full resolved config, metrics, evaluation protocol, timings, package versions,
+git commit and host. ``compare`` reads a folder of them; a corrupt or foreign JSON file is reported
+and skipped, never fatal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+import numpy as np
+
+SCHEMA = "sbir-bench/run-record/v1"
+REQUIRED_KEYS = ("schema", "method", "dataset", "setting", "split", "backbone", "seed", "config", "metrics")
+PACKAGES = ("sbir-bench", "torch", "torchvision", "open_clip_torch", "numpy", "scipy", "pandas")
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``.
+
+    A crash mid-write leaves either the old file or none, never half a file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def atomic_write_json(path: str | Path, data: Dict[str, Any]) -> Path:
+    """Atomically write ``data`` as pretty, key-sorted JSON."""
+    text = json.dumps(data, indent=2, sort_keys=True, default=_json_default, allow_nan=True)
+    return atomic_write_bytes(path, (text + "\n").encode())
+
+
+def package_versions() -> Dict[str, str]:
+    """Installed versions of the packages that can change a number."""
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def git_commit(start: Optional[Path] = None) -> Optional[str]:
+    """HEAD commit (with ``-dirty``) of the checkout holding sbir-bench, if any."""
+    cwd = start or Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
+        if sha.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def provenance() -> Dict[str, Any]:
+    """Where and with what a run was produced."""
+    return {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "git_commit": git_commit(),
+            "packages": package_versions(), "python": platform.python_version(), "host": platform.node(),
+            "platform": platform.platform()}
+
+
+def run_name(method: str, dataset: str, setting: str, split: str, seed: int) -> str:
+    """Stable name of a run configuration (checkpoints of a resumable run live under it)."""
+    return f"{method}_{dataset}_{setting}_split{split}_seed{seed}"
+
+
+@dataclass
+class LoadedRecord:
+    path: Path
+    data: Dict[str, Any]
+
+
+def validate_record(data: Any) -> Optional[str]:
+    """Why ``data`` is not a run record, or None if it is one."""
+    if not isinstance(data, dict):
+        return "not a JSON object"
+    if data.get("schema") != SCHEMA:
+        return f"schema is {data.get('schema')!r}, not {SCHEMA!r}"
+    missing = [k for k in REQUIRED_KEYS if k not in data]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    if not isinstance(data["metrics"], dict):
+        return "metrics is not an object"
+    return None
+
+
+def load_records(paths: Iterable[Path]) -> Tuple[List[LoadedRecord], List[Tuple[Path, str]]]:
+    """Read run records; return (records, [(path, reason)] for files that were skipped)."""
+    good: List[LoadedRecord] = []
+    bad: List[Tuple[Path, str]] = []
+    for p in sorted(set(Path(x) for x in paths)):
+        try:
+            data = json.loads(p.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            bad.append((p, f"unreadable JSON ({type(exc).__name__})"))
+            continue
+        reason = validate_record(data)
+        if reason:
+            bad.append((p, reason))
+        else:
+            good.append(LoadedRecord(p, data))
+    return good, bad
+
+
+def find_record_files(patterns: Iterable[str], default_dir: str | Path = "results/runs") -> List[Path]:
+    """Expand globs / folders / files into JSON file paths (default: every record under ``default_dir``)."""
+    import glob
+    pats = list(patterns) or [str(default_dir)]
+    out: List[Path] = []
+    for pat in pats:
+        p = Path(pat)
+        if p.is_dir():
+            out += sorted(p.glob("*.json"))
+        else:
+            out += [Path(x) for x in sorted(glob.glob(pat, recursive=True)) if x.endswith(".json")]
+    return out

@@ -1,0 +1,57 @@
+"""Saved embeddings (``.npz``) so any run can be re-evaluated without re-encoding.
+
+Format: ``query`` (Nq x d float), ``gallery`` (Ng x d float), and either ``query_labels`` +
+``gallery_labels`` (int, category level) or ``query_to_gallery`` (int, instance level).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+
+from ..errors import SbirError
+from ..records import atomic_write_bytes
+
+
+def save_embeddings(path: str | Path, query: np.ndarray, gallery: np.ndarray,
+                    query_labels: Optional[np.ndarray] = None, gallery_labels: Optional[np.ndarray] = None,
+                    query_to_gallery: Optional[np.ndarray] = None) -> Path:
+    """Atomically write the ``.npz`` (float32 embeddings, int64 ground truth)."""
+    arrays: Dict[str, np.ndarray] = {"query": np.asarray(query, np.float32), "gallery": np.asarray(gallery, np.float32)}
+    if query_to_gallery is not None:
+        arrays["query_to_gallery"] = np.asarray(query_to_gallery, np.int64)
+    else:
+        arrays["query_labels"] = np.asarray(query_labels, np.int64)
+        arrays["gallery_labels"] = np.asarray(gallery_labels, np.int64)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def load_embeddings(path: str | Path) -> Dict[str, np.ndarray]:
+    """Read and validate an embeddings file, with one-line errors for anything malformed."""
+    p = Path(path)
+    if not p.is_file():
+        raise SbirError(f"embeddings file not found: {p}")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except Exception as exc:
+        raise SbirError(f"{p} is not a readable .npz file ({type(exc).__name__})") from None
+    for key in ("query", "gallery"):
+        if key not in data or data[key].ndim != 2:
+            raise SbirError(f"{p}: needs a 2-D array {key!r}")
+    if data["query"].shape[1] != data["gallery"].shape[1]:
+        raise SbirError(f"{p}: query and gallery dimensions differ")
+    instance = "query_to_gallery" in data
+    category = "query_labels" in data and "gallery_labels" in data
+    if instance == category:
+        raise SbirError(f"{p}: give either query_labels + gallery_labels or query_to_gallery")
+    if instance and len(data["query_to_gallery"]) != len(data["query"]):
+        raise SbirError(f"{p}: query_to_gallery has {len(data['query_to_gallery'])} entries for {len(data['query'])} queries")
+    if category and (len(data["query_labels"]) != len(data["query"]) or len(data["gallery_labels"]) != len(data["gallery"])):
+        raise SbirError(f"{p}: label arrays do not match the embeddings")
+    return data

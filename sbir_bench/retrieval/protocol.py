@@ -1,0 +1,60 @@
+"""The evaluation protocol: every convention that changes a reported number, in one record.
+
+Published SBIR numbers come from engines that disagree (see docs/metrics.md). sbir-bench makes
+each choice explicit and stores :meth:`Protocol.to_dict` in every result record.
+
+Defaults reproduce the engine behind the numbers SpLIP compares against: SAKE's evaluation
+(github.com/qliu24/SAKE, ``src/test_cse_resnet_tuberlin_zeroshot.py``: ``eval_AP_inner`` + ``VOCap``
+for mAP@K, ``eval_precision`` for P@K), copied by ZSE-SBIR, TVT and the CLIP-based ZS-SBIR code:
+VOC-interpolated AP over the top K, normalised by min(K, #relevant), averaged over queries.
+mAP@all is uninterpolated with tied scores grouped, i.e. equal to scikit-learn's
+``average_precision_score``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, Tuple
+
+from ..errors import ConfigError
+
+INTERPOLATIONS = ("voc", "none")
+NORMALIZATIONS = ("min_k_r", "hits", "r")
+TIE_POLICIES = ("grouped", "stable", "optimistic")
+AVERAGES = ("query", "class")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How scores turn into metrics (see the module docstring and docs/metrics.md)."""
+
+    map_k: Tuple[int, ...] = (200,)
+    prec_k: Tuple[int, ...] = (100, 200)
+    acc_k: Tuple[int, ...] = (1, 5, 10)
+    topk_interpolation: str = "voc"
+    topk_normalization: str = "min_k_r"
+    ties: str = "grouped"
+    average: str = "query"
+    similarity: str = "cosine"
+
+    def __post_init__(self) -> None:
+        for value, allowed, name in ((self.topk_interpolation, INTERPOLATIONS, "topk_interpolation"),
+                                     (self.topk_normalization, NORMALIZATIONS, "topk_normalization"),
+                                     (self.ties, TIE_POLICIES, "ties"), (self.average, AVERAGES, "average")):
+            if value not in allowed:
+                raise ConfigError(f"protocol {name}={value!r}; choose one of: {', '.join(allowed)}")
+        if any(k < 1 for k in (*self.map_k, *self.prec_k, *self.acc_k)):
+            raise ConfigError("protocol cut-offs K must be >= 1")
+
+    @classmethod
+    def from_eval_config(cls, cfg: Any) -> "Protocol":
+        """Build from an :class:`~sbir_bench.config.EvalConfig`."""
+        return cls(map_k=tuple(cfg.map_k), prec_k=tuple(cfg.prec_k), acc_k=tuple(cfg.acc_k),
+                   topk_interpolation=cfg.topk_interpolation, topk_normalization=cfg.topk_normalization,
+                   ties=cfg.ties, average=cfg.average)
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d.update({k: list(v) for k, v in d.items() if isinstance(v, tuple)})
+        d["map_all"] = "uninterpolated, tied scores grouped (= sklearn average_precision_score)"
+        return d

@@ -1,0 +1,1 @@
+"""SpLIP (Singha et al., ECCV 2024): registered as the method ``splip`` on import."""
