@@ -7,10 +7,11 @@ Conventions (also in docs/metrics.md):
   P(s) = #relevant with score >= s / #items with score >= s. A block of tied scores therefore counts
   as one operating point, exactly like scikit-learn's ``average_precision_score``.
 * Top-K metrics rank the gallery by score. Ties matter more than one expects: float32 cosine
-  scores of a 54k gallery collide a dozen times per query. ``ties="grouped"`` (default) ranks a
-  relevant item after every item tied with it - the same grouping as mAP@all, independent of gallery
-  order; ``"stable"`` breaks ties by gallery order (a stable ``argsort(-score)``; exact but slower
-  when ties are frequent); ``"optimistic"`` ranks it before them.
+  scores of a 54k gallery collide a dozen times per query. ``ties="grouped"`` (default) treats a
+  tied block as one operating point at its end, exactly as mAP@all does (rank = #items scored >= s,
+  precision = #relevant >= s / #items >= s), independent of gallery order; ``"stable"`` is the real
+  ranking of a stable ``argsort(-score)`` (ties by gallery order, as SAKE's code gets on tie-free
+  data); ``"optimistic"`` / ``"pessimistic"`` rank relevant items first / last inside each block.
   P@K = hits in the top K / min(K, gallery size) (SAKE's ``eval_precision``). AP@K sums precision at
   each hit in the top K - VOC-interpolated (precision envelope) or not - divided by min(K, R)
   (SAKE), by the hits in the top K (torchmetrics) or by R.
@@ -109,11 +110,10 @@ def _stable_ranks_slow(row: torch.Tensor, rel_idx: torch.Tensor) -> torch.Tensor
     return torch.from_numpy(rank_of[rel_idx.cpu().numpy()]).to(row.device)
 
 
-def _topk_metrics(ranks: torch.Tensor, n_rel: int, n_gallery: int, protocol: Protocol) -> Dict[str, torch.Tensor]:
-    """P@K and AP@K from the ascending ranks (b x R) of each query's relevant items."""
+def _topk_metrics(ranks: torch.Tensor, precision: torch.Tensor, n_rel: int, n_gallery: int,
+                  protocol: Protocol) -> Dict[str, torch.Tensor]:
+    """P@K and AP@K from each relevant item's rank and precision (b x R, ranks non-decreasing)."""
     out: Dict[str, torch.Tensor] = {}
-    hit_no = torch.arange(1, ranks.shape[1] + 1, device=ranks.device, dtype=torch.float64)
-    precision = hit_no / ranks.double()
     for k in protocol.prec_k:
         out[f"P@{k}"] = (ranks <= k).sum(1).double() / min(k, n_gallery)
     for k in protocol.map_k:
@@ -123,15 +123,41 @@ def _topk_metrics(ranks: torch.Tensor, n_rel: int, n_gallery: int, protocol: Pro
             prec = torch.flip(torch.cummax(torch.flip(prec, [1]), dim=1).values, [1])
             prec = torch.where(inside, prec, torch.zeros_like(prec))
         total = prec.sum(1)
-        hits = inside.sum(1).double()
         if protocol.topk_normalization == "min_k_r":
             norm = torch.full_like(total, float(min(k, n_rel)))
         elif protocol.topk_normalization == "hits":
-            norm = hits.clamp(min=1)
+            norm = inside.sum(1).double().clamp(min=1)
         else:
             norm = torch.full_like(total, float(n_rel))
         out[f"mAP@{k}"] = total / norm
     return out
+
+
+def _tie_ranks(scores: torch.Tensor, sorted_all: torch.Tensor, rel_desc: torch.Tensor, rel_asc: torch.Tensor,
+               n_ge: torch.Tensor, tp_ge: torch.Tensor, rel_idx: torch.Tensor, perm: torch.Tensor,
+               protocol: Protocol) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rank, precision) of each relevant item, descending score order, under the tie policy.
+
+    ``grouped``: a block of tied scores is one operating point at its end (rank = #items scored
+    >= s, precision = #relevant >= s / #items >= s), the convention of mAP@all. ``optimistic`` /
+    ``pessimistic``: a real ranking with relevant items first / last inside each tied block.
+    ``stable``: the real ranking of a stable sort by descending score (ties by gallery order).
+    """
+    n_gallery, n_rel = scores.shape[1], rel_desc.shape[1]
+    if protocol.ties == "grouped":
+        return n_ge, tp_ge.double() / n_ge.double()
+    hit = torch.arange(n_rel, device=scores.device).expand_as(n_ge)  # 0-based hit number
+    if protocol.ties == "pessimistic":
+        ranks = n_ge - (tp_ge - 1 - hit)
+    else:
+        n_gt = n_gallery - torch.searchsorted(sorted_all, rel_desc, side="right")
+        rel_gt = n_rel - torch.searchsorted(rel_asc, rel_desc, side="right")
+        ranks = n_gt + 1 + (hit - rel_gt)
+        if protocol.ties == "stable":
+            tied_rows = (n_ge - n_gt > 1).any(1).nonzero().flatten().tolist()
+            for r in tied_rows:
+                ranks[r] = torch.sort(_stable_ranks_slow(scores[r], rel_idx[perm[r]])).values
+    return ranks, (hit + 1).double() / ranks.double()
 
 
 def _category_block(scores: torch.Tensor, rel_idx: torch.Tensor, protocol: Protocol,
@@ -140,27 +166,15 @@ def _category_block(scores: torch.Tensor, rel_idx: torch.Tensor, protocol: Proto
     n_gallery, n_rel = scores.shape[1], rel_idx.numel()
     sorted_all = _sort_rows(scores, pool)
     rel = scores[:, rel_idx]
-    if protocol.ties == "stable":
-        rel_desc, perm = torch.sort(rel, dim=1, descending=True, stable=True)
-    else:
-        rel_desc, perm = torch.flip(_sort_rows(rel, None), [1]), None
-    rel_asc = torch.flip(rel_desc, [1]).contiguous()
+    rel_desc, perm = torch.sort(rel, dim=1, descending=True, stable=True)
     rel_desc = rel_desc.contiguous()
-    left = torch.searchsorted(sorted_all, rel_desc, side="left")
-    n_ge = n_gallery - left
+    rel_asc = torch.flip(rel_desc, [1]).contiguous()
+    n_ge = n_gallery - torch.searchsorted(sorted_all, rel_desc, side="left")
     tp_ge = n_rel - torch.searchsorted(rel_asc, rel_desc, side="left")
     out = {"AP": (tp_ge.double() / n_ge.double()).mean(1)}
     if protocol.map_k or protocol.prec_k:
-        if protocol.ties == "grouped":
-            ranks = n_ge
-        else:
-            right = torch.searchsorted(sorted_all, rel_desc, side="right")
-            ranks = n_gallery - right + 1
-            if protocol.ties == "stable":
-                for r in ((right - left) > 1).any(1).nonzero().flatten().tolist():
-                    ranks[r] = _stable_ranks_slow(scores[r], rel_idx[perm[r]])
-        ranks = torch.sort(ranks, dim=1).values
-        out.update(_topk_metrics(ranks, n_rel, n_gallery, protocol))
+        ranks, precision = _tie_ranks(scores, sorted_all, rel_desc, rel_asc, n_ge, tp_ge, rel_idx, perm, protocol)
+        out.update(_topk_metrics(ranks, precision, n_rel, n_gallery, protocol))
     return out
 
 
@@ -172,6 +186,8 @@ def _instance_ranks(scores: torch.Tensor, targets: torch.Tensor, protocol: Proto
         return above + (scores == true).sum(1, dtype=torch.int64)
     if protocol.ties == "optimistic":
         return above + 1
+    if protocol.ties == "pessimistic":
+        return above + (scores == true).sum(1, dtype=torch.int64)
     before = torch.arange(scores.shape[1], device=scores.device)[None, :] < targets[:, None]
     return above + ((scores == true) & before).sum(1, dtype=torch.int64) + 1
 

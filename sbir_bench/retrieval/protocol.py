@@ -20,7 +20,7 @@ from ..errors import ConfigError
 
 INTERPOLATIONS = ("voc", "none")
 NORMALIZATIONS = ("min_k_r", "hits", "r")
-TIE_POLICIES = ("grouped", "stable", "optimistic")
+TIE_POLICIES = ("grouped", "stable", "optimistic", "pessimistic")
 AVERAGES = ("query", "class")
 
 

@@ -1,0 +1,124 @@
+"""The CLI end to end on the mini set: run (every setting), eval, methods, datasets, error lines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from sbir_bench.cli import main
+from sbir_bench.records import REQUIRED_KEYS, SCHEMA
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def zs_record(tmp_path_factory, mini_root) -> dict:
+    out = tmp_path_factory.mktemp("runs")
+    result = invoke("run", "zeroshot-clip", "--dataset", "mini", "--setting", "zs", "--output-dir", str(out), "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "mAP@all" in result.output and "P@200" in result.output
+    (path,) = out.glob("*.json")
+    return json.loads(path.read_text())
+
+
+def test_record_schema(zs_record):
+    for key in REQUIRED_KEYS:
+        assert key in zs_record
+    assert zs_record["schema"] == SCHEMA
+    assert zs_record["config"]["data"]["setting"] == "zs"  # the full resolved config
+    assert zs_record["config"]["backbone"]["name"] == "sbir-tiny"
+    assert set(zs_record["metrics"]) == {"mAP@all", "mAP@200", "P@100", "P@200"}
+    assert all(0.0 <= v <= 1.0 for v in zs_record["metrics"].values())
+    assert zs_record["protocol"]["topk_interpolation"] == "voc"
+    assert zs_record["provenance"]["packages"]["torch"]
+    assert "timings" in zs_record and zs_record["n_evaluated"] == 160
+
+
+def test_eval_reproduces_the_run_from_saved_embeddings(zs_record, tmp_path):
+    out = tmp_path / "m.json"
+    result = invoke("eval", "--embeddings", zs_record["embeddings"], "--json", str(out), "--quiet")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(out.read_text())["metrics"]
+    assert set(metrics) == {"mAP@all", "mAP@200", "P@100", "P@200"}
+    for key, value in metrics.items():
+        assert value == pytest.approx(zs_record["metrics"][key], abs=1e-6)
+
+
+def test_eval_instance_level_keys(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "fg.npz"
+    np.savez(path, query=rng.normal(size=(6, 4)), gallery=rng.normal(size=(5, 4)), query_to_gallery=np.arange(6) % 5)
+    out = tmp_path / "fg.json"
+    assert invoke("eval", "--embeddings", str(path), "--json", str(out), "--quiet").exit_code == 0
+    assert set(json.loads(out.read_text())["metrics"]) == {"Acc@1", "Acc@5", "Acc@10"}
+
+
+@pytest.mark.parametrize("setting,keys", [("gzs", {"mAP@all", "mAP@200", "P@100", "P@200"}),
+                                          ("fg", {"Acc@1", "Acc@5", "Acc@10"})])
+def test_run_other_settings(tmp_path, mini_root, setting, keys):
+    result = invoke("run", "zeroshot-clip", "--setting", setting, "--output-dir", str(tmp_path), "--quiet")
+    assert result.exit_code == 0, result.output
+    (path,) = tmp_path.glob("*.json")
+    assert set(json.loads(path.read_text())["metrics"]) == keys
+
+
+def test_missing_dataset_is_one_line_error(tmp_path):
+    result = CliRunner().invoke(main, ["run", "zeroshot-clip", "--dataset", "sketchy", "--data-root", str(tmp_path)])
+    assert result.exit_code == 2
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: Sketchy Extended not found")
+    assert str(tmp_path) in lines[0] and "--data-root" in lines[0]
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["run", "no-such-method"], "unknown method"),
+    (["run", "zeroshot-clip", "--set", "train.epochs=many"], "expected int"),
+    (["run", "zeroshot-clip", "--set", "nonsense.key=1"], "unknown key"),
+    (["run", "zeroshot-clip", "--config", "/no/such.yaml"], "config file not found"),
+    (["run", "zeroshot-clip", "--split-file", "/no/split.txt"], "split file not found"),
+    (["eval", "--embeddings", "/no/file.npz"], "embeddings file not found"),
+])
+def test_bad_inputs_are_one_line_errors(args, needle, mini_root):
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert needle in result.output and "Traceback" not in result.output
+
+
+def test_yaml_config_and_cli_override(tmp_path, mini_root):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data:\n  setting: gzs\n  gzs_seen_photo_fraction: 0.5\nseed: 7\n")
+    result = invoke("run", "zeroshot-clip", "--config", str(cfg), "--seed", "3", "--output-dir", str(tmp_path), "--quiet")
+    assert result.exit_code == 0, result.output
+    (path,) = tmp_path.glob("*.json")
+    record = json.loads(path.read_text())
+    assert record["seed"] == 3 and record["setting"] == "gzs"
+    assert record["config"]["data"]["gzs_seen_photo_fraction"] == 0.5
+
+
+def test_unknown_class_in_split_file(tmp_path, mini_root):
+    split = tmp_path / "split.txt"
+    split.write_text("# my split\nstar\nunicorn\n")
+    result = CliRunner().invoke(main, ["run", "zeroshot-clip", "--split-file", str(split)])
+    assert result.exit_code == 2 and "unicorn" in result.output
+
+
+def test_methods_and_datasets_listing(mini_root):
+    result = invoke("methods")
+    assert "zeroshot-clip" in result.output
+    result = invoke("datasets")
+    for name in ("sketchy", "tuberlin", "quickdraw", "sketchy-fg", "mini"):
+        assert name in result.output
+    assert "present" in result.output.splitlines()[-1]
+
+
+def test_every_command_help_shows_examples():
+    for cmd in (["run"], ["eval"], ["methods"], ["datasets"], ["datasets", "check"], ["backbones"]):
+        result = invoke(*cmd, "--help")
+        assert result.exit_code == 0 and "sbir-bench" in result.output.split("Options")[0], cmd

@@ -1,0 +1,51 @@
+"""Run records: schema, atomic writes, tolerant reading; saved embeddings round-trip."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from sbir_bench.errors import SbirError
+from sbir_bench.records import REQUIRED_KEYS, SCHEMA, atomic_write_json, load_records
+from sbir_bench.retrieval.embeddings import load_embeddings, save_embeddings
+
+
+def test_atomic_write_leaves_old_file_when_serialisation_fails(tmp_path):
+    path = tmp_path / "r.json"
+    atomic_write_json(path, {"a": 1})
+    with pytest.raises(TypeError):
+        atomic_write_json(path, {"a": object()})
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temp file left behind
+
+
+def test_load_records_skips_corrupt_and_foreign_files(tmp_path):
+    good = {"schema": SCHEMA, **{k: 0 for k in REQUIRED_KEYS if k != "schema"}, "metrics": {"mAP@all": 0.5}}
+    atomic_write_json(tmp_path / "good.json", good)
+    (tmp_path / "half.json").write_text('{"schema": "sbir-bench/run-rec')
+    (tmp_path / "foreign.json").write_text('{"hello": 1}')
+    records, skipped = load_records(sorted(tmp_path.glob("*.json")))
+    assert [r.path.name for r in records] == ["good.json"]
+    reasons = {p.name: why for p, why in skipped}
+    assert "unreadable JSON" in reasons["half.json"]
+    assert "schema" in reasons["foreign.json"]
+
+
+def test_embeddings_round_trip_and_validation(tmp_path):
+    q, g = np.random.rand(4, 3), np.random.rand(5, 3)
+    path = save_embeddings(tmp_path / "e.npz", q, g, np.arange(4), np.arange(5))
+    data = load_embeddings(path)
+    np.testing.assert_allclose(data["query"], q.astype(np.float32))
+    assert data["gallery_labels"].dtype == np.int64
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, query=q, gallery=g)
+    with pytest.raises(SbirError, match="either query_labels"):
+        load_embeddings(bad)
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(SbirError, match="not a readable"):
+        load_embeddings(tmp_path / "junk.npz")
+    with pytest.raises(SbirError, match="not found"):
+        load_embeddings(tmp_path / "missing.npz")
