@@ -138,24 +138,30 @@ def run_command(method: str, seeds: Sequence[int], config_file: Optional[str], s
 @click.option("--prec-k", default="100,200", help="Comma-separated K for P@K.")
 @click.option("--acc-k", default="1,5,10", help="Comma-separated K for Acc@K (instance level).")
 @click.option("--interpolation", type=click.Choice(["voc", "none"]), default="voc", help="AP@K interpolation.")
+@click.option("--all-interpolation", type=click.Choice(["none", "voc"]), default="none",
+              help="mAP@all interpolation: none (= sklearn, torchmetrics) or voc (SAKE).")
 @click.option("--normalization", type=click.Choice(["min_k_r", "hits", "r"]), default="min_k_r",
               help="AP@K divisor: min(K, #relevant) (SAKE), hits in top K (torchmetrics) or #relevant.")
-@click.option("--ties", type=click.Choice(["grouped", "stable", "optimistic"]), default="grouped",
+@click.option("--ties", type=click.Choice(["grouped", "stable", "optimistic", "pessimistic"]), default="grouped",
               help="How tied scores are ranked for top-K metrics.")
 @click.option("--average", type=click.Choice(["query", "class"]), default="query", help="Average over queries or classes.")
 @click.option("--eval-memory", default="1GiB", help="Memory budget for score blocks.")
+@click.option("--backend", type=click.Choice(["exact", "faiss"]), default="exact",
+              help="exact: every metric; faiss: top-K metrics only, for million-photo galleries.")
 @click.option("--device", default="auto", help="auto, cpu or cuda.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @friendly_errors
 def eval_command(emb_path: str, json_out: Optional[str], map_k: str, prec_k: str, acc_k: str, interpolation: str,
-                 normalization: str, ties: str, average: str, eval_memory: str, device: str, quiet: bool) -> None:
+                 all_interpolation: str, normalization: str, ties: str, average: str, eval_memory: str, backend: str,
+                 device: str, quiet: bool) -> None:
     """Evaluate saved embeddings (every run saves them) without re-encoding any image.
 
     \b
     Examples:
       sbir-bench eval --embeddings results/runs/<run-id>/embeddings.npz
-      sbir-bench eval --embeddings emb.npz --json metrics.json --map-k 200,all --quiet
+      sbir-bench eval --embeddings emb.npz --json metrics.json --map-k 100,200 --quiet
       sbir-bench eval --embeddings emb.npz --normalization hits --interpolation none   # torchmetrics convention
+      sbir-bench eval --embeddings huge.npz --backend faiss --map-k 200 --prec-k 200
     """
     from .engine.distributed import local_device
     from .progress import set_quiet
@@ -166,11 +172,15 @@ def eval_command(emb_path: str, json_out: Optional[str], map_k: str, prec_k: str
 
     set_quiet(quiet)
     protocol = Protocol(map_k=_ks(map_k), prec_k=_ks(prec_k), acc_k=_ks(acc_k), topk_interpolation=interpolation,
-                        topk_normalization=normalization, ties=ties, average=average)
+                        all_interpolation=all_interpolation, topk_normalization=normalization, ties=ties, average=average)
     data = load_embeddings(emb_path)
-    result = evaluate(data["query"], data["gallery"], data.get("query_labels"), data.get("gallery_labels"),
-                      data.get("query_to_gallery"), protocol=protocol, memory=eval_memory,
-                      device=local_device(device), desc="evaluating")
+    arrays = (data["query"], data["gallery"], data.get("query_labels"), data.get("gallery_labels"),
+              data.get("query_to_gallery"))
+    if backend == "faiss":
+        from .retrieval.faiss_topk import evaluate_topk
+        result = evaluate_topk(*arrays, protocol=protocol)
+    else:
+        result = evaluate(*arrays, protocol=protocol, memory=eval_memory, device=local_device(device), desc="evaluating")
     payload = {"embeddings": str(emb_path), **result.to_json()}
     if json_out:
         atomic_write_json(json_out, payload)

@@ -71,8 +71,9 @@ class EvalConfig:
     prec_k: List[int] = field(default_factory=lambda: [100, 200])
     acc_k: List[int] = field(default_factory=lambda: [1, 5, 10])
     topk_interpolation: str = "voc"  # voc | none
+    all_interpolation: str = "none"  # none (= sklearn) | voc (SAKE's mAP@all)
     topk_normalization: str = "min_k_r"  # min_k_r | hits | r
-    ties: str = "grouped"  # grouped | stable | optimistic (top-K metrics); mAP@all always groups ties like sklearn
+    ties: str = "grouped"  # grouped | stable | optimistic | pessimistic (top-K metrics, and mAP@all with voc)
     average: str = "query"  # query | class
     batch_size: int = 64
     save_embeddings: bool = True

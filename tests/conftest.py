@@ -36,3 +36,52 @@ def mini_root() -> Path:
 def tiny_backbone():
     from sbir_bench.models import load_backbone
     return load_backbone("sbir-tiny")
+
+
+# ------------------------------------------------------------------ dataset trees in the real layouts
+LAYOUTS = {  # dataset -> (dataset folder, sketch dir, photo dir, sketch name, photo name)
+    "sketchy": ("Sketchy", "256x256/sketch/tx_000000000000", "EXTEND_image_sketchy", "{pid}-{n}.png", "{pid}.jpg"),
+    "sketchy-fg": ("Sketchy", "256x256/sketch/tx_000000000000", "256x256/photo/tx_000000000000", "{pid}-{n}.png", "{pid}.jpg"),
+    "tuberlin": ("TUBerlin", "png_ready", "ImageResized_ready", "{sid}.png", "{pid}.JPEG"),
+    "quickdraw": ("QuickDraw", "QuickDraw_sketches_final", "QuickDraw_images_final", "{sid}.png", "{pid}.jpg"),
+}
+
+
+def _tiny_image(path: Path, seed: int, sketch: bool) -> None:
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    if sketch:
+        arr = np.full((8, 8, 3), 255, np.uint8)
+        arr[rng.integers(0, 8, 6), rng.integers(0, 8, 6)] = 0
+    else:
+        arr = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path, format="PNG" if path.suffix == ".png" else "JPEG")
+
+
+def build_tree(root: Path, dataset: str, classes, photos: int = 2, sketches_per_photo: int = 1) -> Path:
+    """Write a tiny copy of ``dataset`` under ``root`` with real folder and file naming schemes."""
+    folder, sk_dir, ph_dir, sk_name, ph_name = LAYOUTS[dataset]
+    base = root / folder
+    for ci, cname in enumerate(classes):
+        for k in range(photos):
+            pid = f"n{ci:08d}_{k + 1}"
+            _tiny_image(base / ph_dir / cname / ph_name.format(pid=pid), hash((ci, k)) & 0xFFFF, sketch=False)
+            for n in range(1, sketches_per_photo + 1):
+                sid = ci * 1000 + k * 10 + n
+                _tiny_image(base / sk_dir / cname / sk_name.format(pid=pid, n=n, sid=sid), sid, sketch=True)
+    return root
+
+
+def official_classes(dataset: str):
+    from sbir_bench.data.catalog import get_spec
+    from sbir_bench.data.splits import package_file, read_class_file
+    return read_class_file(package_file("classes", get_spec(dataset).class_list))
+
+
+@pytest.fixture
+def make_tree(tmp_path):
+    def make(dataset: str, classes=None, **kw) -> Path:
+        return build_tree(tmp_path / "data", dataset, classes or official_classes(dataset), **kw)
+    return make

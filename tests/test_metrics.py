@@ -127,6 +127,16 @@ def test_topk_equals_sake_transcription_with_stable_ties(ties, interpolation):
     np.testing.assert_allclose(res.per_query["P@10"], p10, atol=1e-6)
 
 
+@pytest.mark.parametrize("ties", [False, True])
+def test_voc_map_all_equals_sake_without_cutoff(ties):
+    rng = np.random.default_rng(8)
+    scores, ql, gl = random_problem(rng, 30, 80, 3, ties)
+    res = evaluate(scores=scores, query_labels=ql, gallery_labels=gl,
+                   protocol=Protocol(all_interpolation="voc", ties="stable", map_k=(), prec_k=()))
+    expected = [sake_ap_at_k(scores[i], gl == ql[i], None) for i in range(len(ql))]
+    np.testing.assert_allclose(res.per_query["AP@all"], expected, atol=1e-6)
+
+
 def test_all_tie_policies_agree_without_ties():
     rng = np.random.default_rng(3)
     scores, ql, gl = random_problem(rng, 25, 90, 3, ties=False)

@@ -6,6 +6,7 @@ Conventions (also in docs/metrics.md):
 * mAP@all: for each query, AP = (1/R) * sum over its R relevant items j of P(s_j), where
   P(s) = #relevant with score >= s / #items with score >= s. A block of tied scores therefore counts
   as one operating point, exactly like scikit-learn's ``average_precision_score``.
+  ``all_interpolation="voc"`` instead applies SAKE's VOC envelope over the whole ranking.
 * Top-K metrics rank the gallery by score. Ties matter more than one expects: float32 cosine
   scores of a 54k gallery collide a dozen times per query. ``ties="grouped"`` (default) treats a
   tied block as one operating point at its end, exactly as mAP@all does (rank = #items scored >= s,
@@ -110,6 +111,11 @@ def _stable_ranks_slow(row: torch.Tensor, rel_idx: torch.Tensor) -> torch.Tensor
     return torch.from_numpy(rank_of[rel_idx.cpu().numpy()]).to(row.device)
 
 
+def _envelope(precision: torch.Tensor) -> torch.Tensor:
+    """VOC interpolation: precision at each hit becomes the best precision at or after it."""
+    return torch.flip(torch.cummax(torch.flip(precision, [1]), dim=1).values, [1])
+
+
 def _topk_metrics(ranks: torch.Tensor, precision: torch.Tensor, n_rel: int, n_gallery: int,
                   protocol: Protocol) -> Dict[str, torch.Tensor]:
     """P@K and AP@K from each relevant item's rank and precision (b x R, ranks non-decreasing)."""
@@ -120,8 +126,7 @@ def _topk_metrics(ranks: torch.Tensor, precision: torch.Tensor, n_rel: int, n_ga
         inside = ranks <= k
         prec = torch.where(inside, precision, torch.zeros_like(precision))
         if protocol.topk_interpolation == "voc":
-            prec = torch.flip(torch.cummax(torch.flip(prec, [1]), dim=1).values, [1])
-            prec = torch.where(inside, prec, torch.zeros_like(prec))
+            prec = torch.where(inside, _envelope(prec), torch.zeros_like(prec))
         total = prec.sum(1)
         if protocol.topk_normalization == "min_k_r":
             norm = torch.full_like(total, float(min(k, n_rel)))
@@ -172,9 +177,11 @@ def _category_block(scores: torch.Tensor, rel_idx: torch.Tensor, protocol: Proto
     n_ge = n_gallery - torch.searchsorted(sorted_all, rel_desc, side="left")
     tp_ge = n_rel - torch.searchsorted(rel_asc, rel_desc, side="left")
     out = {"AP": (tp_ge.double() / n_ge.double()).mean(1)}
-    if protocol.map_k or protocol.prec_k:
+    if protocol.map_k or protocol.prec_k or protocol.all_interpolation == "voc":
         ranks, precision = _tie_ranks(scores, sorted_all, rel_desc, rel_asc, n_ge, tp_ge, rel_idx, perm, protocol)
         out.update(_topk_metrics(ranks, precision, n_rel, n_gallery, protocol))
+        if protocol.all_interpolation == "voc":  # SAKE's eval_AP_inner without a cut-off
+            out["AP"] = _envelope(precision).mean(1)
     return out
 
 

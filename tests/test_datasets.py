@@ -1,0 +1,150 @@
+"""Real dataset layouts: discovery, official splits, settings on real trees, and `datasets check`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import LAYOUTS, official_classes
+from sbir_bench.cli import main
+from sbir_bench.data import get_spec, index_dataset, load_split
+from sbir_bench.data.check import check_dataset
+from sbir_bench.data.splits import package_file, read_class_file
+from sbir_bench.errors import DataError
+from sbir_bench.settings import build_task, partition
+
+SPLITS = [("sketchy", "1", 25), ("sketchy", "2", 21), ("tuberlin", "1", 30), ("quickdraw", "1", 30)]
+
+
+@pytest.mark.parametrize("dataset,expected", [("sketchy", 125), ("tuberlin", 250), ("quickdraw", 110)])
+def test_official_class_lists(dataset, expected):
+    names = official_classes(dataset)
+    assert len(names) == len(set(names)) == expected
+
+
+@pytest.mark.parametrize("dataset,split,count", SPLITS)
+def test_split_files_count_and_names_exist(dataset, split, count):
+    spec = get_spec(dataset)
+    text = package_file("splits", spec.splits[split])
+    assert text.startswith("#") and "Source:" in text  # header cites where the list comes from
+    names = read_class_file(text)
+    assert len(names) == len(set(names)) == count
+    labels = load_split(spec, official_classes(dataset), split)
+    assert len(labels) == count
+
+
+@pytest.mark.parametrize("dataset", ["sketchy", "tuberlin", "quickdraw"])
+def test_discovery_in_real_layout(make_tree, dataset):
+    root = make_tree(dataset)
+    index = index_dataset(dataset, root)
+    assert index.root == root / LAYOUTS[dataset][0]
+    assert sorted(index.class_names) == sorted(official_classes(dataset))
+    assert len(index.sketches) == len(index.photos) == 2 * len(index.class_names)
+
+
+@pytest.mark.parametrize("dataset,split,count", SPLITS)
+def test_settings_on_real_tree(make_tree, dataset, split, count):
+    root = make_tree(dataset)
+    index = index_dataset(dataset, root)
+    unseen = load_split(index.spec, index.class_names, split)
+    part = partition(index, unseen, seed=0, heldout_fraction=0.5)
+    zs = build_task("zs", part, fine_grained=False)
+    gzs = build_task("gzs", part, fine_grained=False)
+    assert len(zs.queries) == 2 * count and len(zs.gallery) == 2 * count
+    n_seen = len(index.class_names) - count
+    assert len(gzs.gallery) == 2 * count + n_seen  # one of each seen class's two photos held out
+
+
+def test_fine_grained_pairing(make_tree):
+    root = make_tree("sketchy-fg", sketches_per_photo=3)
+    index = index_dataset("sketchy-fg", root)
+    by_instance = {p.instance: p for p in index.photos}
+    for s in index.sketches:
+        photo = by_instance[s.instance]
+        assert photo.label == s.label
+        assert s.path.endswith(f"{photo.instance}-{s.path.rsplit('-', 1)[1]}")
+    unseen = load_split(index.spec, index.class_names, "1")
+    part = partition(index, unseen, seed=0)
+    task = build_task("fg", part, fine_grained=True)
+    assert len(task.queries) == 25 * 2 * 3 and len(task.gallery) == 25 * 2
+    assert (task.query_to_gallery() >= 0).all()
+
+
+def test_run_on_sketchy_split2_tree(make_tree, tmp_path):
+    root = make_tree("sketchy")
+    result = CliRunner().invoke(main, ["run", "zeroshot-clip", "--dataset", "sketchy", "--split", "2", "--setting", "zs",
+                                       "--data-root", str(root), "--output-dir", str(tmp_path / "runs"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    (path,) = (tmp_path / "runs").glob("*.json")
+    record = json.loads(path.read_text())
+    assert record["classes"]["unseen"] == 21 and "seagull" in record["classes"]["unseen_names"]
+    assert record["n_evaluated"] == 42
+
+
+# ------------------------------------------------------------------ datasets check
+def check_cli(*args):
+    return CliRunner().invoke(main, ["datasets", "check", *args, "--quiet"])
+
+
+def test_check_passes_on_complete_copy(make_tree):
+    root = make_tree("tuberlin")
+    result = check_cli("--dataset", "tuberlin", "--data-root", str(root))
+    assert result.exit_code == 0, result.output
+    assert "tuberlin: usable" in result.output
+    assert "sketches: found 500, the published copy has 20000" in result.output  # count mismatch is a warning
+
+
+def test_check_reports_missing_class_and_split_class(make_tree):
+    classes = [c for c in official_classes("quickdraw") if c not in ("zebra", "bat")]
+    root = make_tree("quickdraw", classes)
+    result = check_cli("--dataset", "quickdraw", "--data-root", str(root))
+    assert result.exit_code == 2
+    assert "2 official class(es) missing from sketches: bat, zebra" in result.output
+    assert "split 1: 2 unseen class(es) absent: bat, zebra" in result.output
+    assert "quickdraw: UNUSABLE" in result.output
+
+
+def test_check_reports_empty_unreadable_and_duplicates(make_tree):
+    root = make_tree("tuberlin")
+    base = root / "TUBerlin"
+    for f in (base / "png_ready" / "ant").iterdir():
+        f.unlink()
+    photo = next((base / "ImageResized_ready" / "bus").iterdir())
+    photo.write_bytes(photo.read_bytes()[:40])  # truncated
+    first, second = sorted((base / "png_ready" / "bee").iterdir())
+    shutil.copy(first, second)
+    report = check_dataset("tuberlin", str(root))
+    text = "\n".join(report.lines())
+    assert "1 empty sketches class folder(s): ant" in text
+    assert "1 unreadable or truncated photos image(s)" in text and str(photo) in text
+    assert "1 duplicate sketches file(s)" in text
+    assert not report.usable
+
+
+def test_check_missing_dataset_is_one_line(tmp_path):
+    result = check_cli("--dataset", "sketchy", "--data-root", str(tmp_path))
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    assert "Sketchy Extended not found" in result.output
+
+
+def test_unreadable_image_is_skipped_and_counted_in_run(make_tree, tmp_path):
+    root = make_tree("sketchy")
+    bad = next((root / "Sketchy" / "EXTEND_image_sketchy" / "bat").iterdir())
+    bad.write_bytes(b"\x89PNG not really")
+    result = CliRunner().invoke(main, ["run", "zeroshot-clip", "--dataset", "sketchy", "--split", "2", "--data-root",
+                                       str(root), "--output-dir", str(tmp_path / "runs"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(next((tmp_path / "runs").glob("*.json")).read_text())
+    assert record["skipped_images"] == 1
+
+
+def test_split_mismatch_is_an_error(make_tree):
+    root = make_tree("sketchy", [c for c in official_classes("sketchy") if c != "seagull"])
+    index = index_dataset("sketchy", root)
+    with pytest.raises(DataError, match="seagull"):
+        load_split(index.spec, index.class_names, "2")
+    with pytest.raises(DataError, match="no split '3'"):
+        load_split(index.spec, index.class_names, "3")
