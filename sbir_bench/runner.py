@@ -114,7 +114,7 @@ def run(cfg: RunConfig, on_epoch_end=None) -> Dict[str, Any]:
         "schema": SCHEMA, "run_name": name, "method": cfg.method, "variant": cfg.method_config.get("variant", "")
         if isinstance(cfg.method_config, dict) else "", "dataset": cfg.data.dataset, "setting": cfg.data.setting,
         "split": cfg.data.split if not cfg.data.split_file else f"file:{cfg.data.split_file}",
-        "backbone": cfg.backbone.name, "pretrained": cfg.backbone.pretrained, "seed": cfg.seed,
+        "backbone": cfg.backbone.name, "pretrained": parts["backbone"].pretrained, "seed": cfg.seed,
         "config": to_dict(cfg), "method_config_resolved": to_dict(method.config),
         **res.to_json(), "counts": part.counts, "classes": {"seen": len(part.seen), "unseen": len(part.unseen),
                                                             "unseen_names": [part.class_names[c] for c in part.unseen]},

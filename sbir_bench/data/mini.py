@@ -123,6 +123,21 @@ def _sketch(shape: Shape, rng: np.random.Generator) -> Image.Image:
     return img.convert("RGB")
 
 
+def instance_params(rng: np.random.Generator) -> Tuple[float, float, float, float]:
+    """Placement of one object instance: centre x, centre y, scale, rotation."""
+    return rng.uniform(-0.15, 0.15), rng.uniform(-0.15, 0.15), rng.uniform(0.55, 0.85), rng.uniform(-0.6, 0.6)
+
+
+def render_photo(cname: str, rng: np.random.Generator, hue: np.ndarray) -> Image.Image:
+    """A photo-like image of a new instance of ``cname`` (used by the mini set and tiny pretraining)."""
+    return _photo(_transform(SHAPES[cname](), *instance_params(rng)), rng, hue)
+
+
+def render_sketch(cname: str, rng: np.random.Generator) -> Image.Image:
+    """A sketch-like drawing of a new instance of ``cname`` (used by tiny pretraining)."""
+    return _sketch(_transform(SHAPES[cname](), *instance_params(rng)), rng)
+
+
 def generate_mini(root: Path, seed: int = 0) -> Path:
     """Write the mini set under ``root`` (atomically: a temp dir renamed into place)."""
     root = Path(root)
@@ -136,7 +151,7 @@ def generate_mini(root: Path, seed: int = 0) -> Path:
             (tmp / "sketch" / cname).mkdir(parents=True)
             for k in range(PHOTOS_PER_CLASS):
                 rng = np.random.default_rng([seed, ci, k])
-                params = (rng.uniform(-0.15, 0.15), rng.uniform(-0.15, 0.15), rng.uniform(0.55, 0.85), rng.uniform(-0.6, 0.6))
+                params = instance_params(rng)
                 shape = _transform(SHAPES[cname](), *params)
                 pid = f"{cname}_{k:03d}"
                 _photo(shape, rng, hue).save(tmp / "photo" / cname / f"{pid}.jpg", quality=92)

@@ -69,6 +69,11 @@ class Method(nn.Module):
     def seen_names(self) -> List[str]:
         return [self.class_names[c] for c in self.seen]
 
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        """CLIP's learned temperature (frozen), as a multiplier."""
+        return self.clip.logit_scale.exp()
+
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         return self.backbone.tokenizer(list(texts)).to(self.device)
 
@@ -100,8 +105,11 @@ class Method(nn.Module):
         return self.loss(batch)
 
     def trainable_state(self) -> Dict[str, torch.Tensor]:
-        """Only the parameters that training changes (what checkpoints store)."""
+        """What training changes (what checkpoints store): trainable parameters and the method's own
+        buffers (e.g. BatchNorm running statistics), never the frozen backbone's."""
+        frozen = {id(b) for b in self.clip.buffers()}
         names = {n for n, p in self.named_parameters() if p.requires_grad}
+        names |= {n for n, b in self.named_buffers() if id(b) not in frozen}
         return {k: v.detach().clone() for k, v in self.state_dict().items() if k in names}
 
     def load_trainable_state(self, state: Dict[str, torch.Tensor]) -> None:

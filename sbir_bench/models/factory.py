@@ -1,8 +1,9 @@
 """Build open_clip backbones from a name and a weight source, offline-safe.
 
 ``--backbone ViT-B-32 --pretrained openai`` goes through open_clip's own pretrained registry and
-cache; ``--pretrained PATH`` loads a local checkpoint; no ``--pretrained`` gives random init (only
-meaningful for the bundled ``sbir-tiny`` config used by the mini set and the tests). A weight file
+cache; ``--pretrained PATH`` loads a local checkpoint; ``--pretrained random`` (or no ``--pretrained``
+for an open_clip model) gives random init. The bundled ``sbir-tiny`` config defaults to ``mini``:
+weights pretrained on synthetic photos, built on first use (see ``tiny_pretrain``). A weight file
 that is not cached while offline is a one-line :class:`WeightsError` naming the cache directory and
 the ``--pretrained PATH`` way out, never a network stack trace.
 """
@@ -104,8 +105,25 @@ def _offline(cfg: Dict[str, Any]) -> bool:
     return False
 
 
+TINY = "sbir-tiny"
+RANDOM = "random"
+
+
+def resolve_pretrained(name: str, pretrained: Optional[str]) -> Optional[str]:
+    """The weight source actually used: ``sbir-tiny`` defaults to its mini-pretrained weights,
+    ``random`` (or None for other backbones) means random initialisation."""
+    if pretrained is None and name == TINY:
+        from .tiny_pretrain import TAG
+        return TAG
+    return None if pretrained in (None, RANDOM) else pretrained
+
+
 def _resolve_weights(name: str, pretrained: str, cache_dir: Optional[str]) -> str:
     """Turn ``pretrained`` (a path or an open_clip tag) into a local file path."""
+    if name == TINY:
+        from .tiny_pretrain import TAG, ensure_weights
+        if pretrained == TAG:
+            return ensure_weights()
     if os.path.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
         if not os.path.isfile(pretrained):
             raise WeightsError(f"checkpoint file not found: {pretrained}")
@@ -151,6 +169,7 @@ def load_backbone(name: str = "sbir-tiny", pretrained: Optional[str] = None, cac
     _register_configs()
     if name not in open_clip.list_models():
         raise WeightsError(f"unknown backbone {name!r}; run `sbir-bench backbones` to list the names open_clip knows")
+    pretrained = resolve_pretrained(name, pretrained)
     weights = _resolve_weights(name, pretrained, cache_dir) if pretrained else None
     previous = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)  # open_clip logs "initialized randomly" at WARNING for sbir-tiny

@@ -1,0 +1,88 @@
+"""MaPLe: Multi-modal Prompt Learning (Khattak, Rasheed, Maaz, Khan, Khan; CVPR 2023).
+
+MaPLe learns *deep* text prompts (length ``n_ctx`` = 2, in the first ``depth`` = 9 transformer layers)
+and derives the vision prompts of every such layer from the text prompts of the same layer through a
+linear coupling function F_i: text width -> vision width, so the two branches are learned jointly.
+Layer 0's text prompts are the context vectors (initialised from "a photo", the first two words of
+"a photo of a"; the remaining words "of a" stay as fixed tokens before the class name); deeper text
+prompts start from N(0, 0.02). Vision prompts are appended after the patch tokens and replaced at
+each prompted layer, text prompts sit right after the start token, as in the reference code.
+
+Adaptation to SBIR: trained, as in the paper, with cross-entropy of CLIP image-text logits over the
+seen classes, with sketches and photos both used as images; retrieval uses the prompted image
+embeddings (one set of prompts for both modalities, cosine similarity). ``depth`` is clamped to the
+backbone's number of layers (the bundled 4-layer ``sbir-tiny`` uses 4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from sbir_bench.methods import METHODS, Method, TripletBatch
+from sbir_bench.methods.losses import clip_cross_entropy
+from sbir_bench.models import PromptedCLIP
+from sbir_bench.models.text_prompts import ClassPrompts, init_context
+
+
+@dataclass
+class MaPLeConfig:
+    """Options of MaPLe (paper defaults for ViT-B/16: depth 9, 2 tokens, init "a photo of a")."""
+
+    n_ctx: int = 2
+    depth: int = 9
+    ctx_init: Optional[str] = "a photo of a"
+
+
+def suffix_after_context(ctx_init: Optional[str], n_ctx: int) -> str:
+    """Template of the fixed words after the learned slots: "a photo of a", 2 -> "of a {}."."""
+    words = (ctx_init or "").split()
+    rest = words[n_ctx:] if len(words) >= n_ctx else []
+    return " ".join(rest + ["{}."])
+
+
+@METHODS.register("maple")
+class MaPLe(Method):
+    description = "MaPLe (CVPR'23): deep text prompts coupled to vision prompts by linear maps, CE over seen classes"
+    config_class = MaPLeConfig
+
+    def __init__(self, backbone, class_names, seen, config=None) -> None:
+        super().__init__(backbone, class_names, seen, config)
+        self.prompted = PromptedCLIP(self.clip)
+        p, cfg = self.prompted, self.config
+        self.depth = max(1, min(cfg.depth, p.vision_layers, p.text_layers))
+        self.ctx = nn.Parameter(init_context(p, backbone.tokenizer, cfg.n_ctx, cfg.ctx_init))
+        self.deep_text = nn.ParameterList(
+            [nn.Parameter(torch.randn(cfg.n_ctx, p.text_width) * 0.02) for _ in range(self.depth - 1)])
+        self.coupling = nn.ModuleList([nn.Linear(p.text_width, p.vision_width) for _ in range(self.depth)])
+        self.prompts = ClassPrompts(backbone.tokenizer, cfg.n_ctx, suffix_after_context(cfg.ctx_init, cfg.n_ctx))
+
+    def prompt_stacks(self) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        """(text prompts per layer, vision prompts per layer), layer 0 first."""
+        text = [self.ctx, *self.deep_text]
+        vision = [f(t) for f, t in zip(self.coupling, text)]
+        return text, vision
+
+    def _encode_images(self, images: torch.Tensor, vision: List[torch.Tensor]) -> torch.Tensor:
+        return self.prompted.encode_image(images, vision[0], [None, *vision[1:]]).float()
+
+    def class_text(self, names: Sequence[str], text: List[torch.Tensor]) -> torch.Tensor:
+        ids = self.prompts.token_ids(names, self.device)
+        return self.prompted.encode_text(ids, text[0], [None, *text[1:]]).float()
+
+    def loss(self, batch: TripletBatch) -> Dict[str, torch.Tensor]:
+        text, vision = self.prompt_stacks()
+        feats = self._encode_images(torch.cat([batch.sketch, batch.positive]), vision)
+        ce = clip_cross_entropy(feats, self.class_text(self.seen_names, text), torch.cat([batch.label, batch.label]),
+                                self.logit_scale)
+        return {"loss": ce, "cls": ce.detach()}
+
+    @torch.no_grad()
+    def _embed(self, images: torch.Tensor) -> torch.Tensor:
+        return self._encode_images(images, self.prompt_stacks()[1])
+
+    embed_sketches = _embed
+    embed_photos = _embed

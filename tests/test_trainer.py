@@ -1,0 +1,116 @@
+"""The shared trainer: frozen backbone, bit-for-bit resume, and DDP (2 gloo processes) == 1 process."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sbir_bench.config import build_run_config
+from sbir_bench.runner import build, run
+
+FAST = {"train.epochs": 2, "train.steps_per_epoch": 3, "train.batch_size": 8, "train.val_every": 0,
+        "eval.save_embeddings": False, "quiet": True}
+
+
+def config(tmp_path: Path, method: str, **extra):
+    return build_run_config({}, {"method": method, "output_dir": str(tmp_path / "runs"), **FAST, **extra})
+
+
+def last_checkpoint(directory: Path) -> dict:
+    return torch.load(directory / "last.pt", map_location="cpu", weights_only=False)
+
+
+@pytest.mark.parametrize("method", ["linear-probe", "coop", "maple"])
+def test_backbone_is_bit_identical_after_training(tmp_path, method):
+    cfg = config(tmp_path, method, **{"train.lr": 0.05})
+    parts = build(cfg, torch.device("cpu"))
+    before = {k: v.clone() for k, v in parts["backbone"].model.state_dict().items()}
+    trainable_before = {k: v.clone() for k, v in parts["method"].trainable_state().items()}
+    from sbir_bench.data.triplets import TripletDataset
+    from sbir_bench.engine.trainer import Trainer
+    part = parts["part"]
+    data = TripletDataset(part.train_sketches, part.train_photos, part.seen, parts["train_tf"], 0, False)
+    Trainer(parts["method"], data, cfg.train, torch.device("cpu"), 0).fit()
+    after = parts["backbone"].model.state_dict()
+    for key, value in before.items():
+        assert torch.equal(value, after[key]), f"backbone tensor {key} changed"
+    changed = [k for k, v in parts["method"].trainable_state().items() if not torch.equal(v, trainable_before[k])]
+    assert changed, "training changed no trainable parameter"
+    assert all(not k.startswith("clip.") for k in trainable_before)
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_after_kill_is_bit_identical(tmp_path):
+    straight = config(tmp_path / "a", "maple")
+    run(straight)
+    reference = last_checkpoint(tmp_path / "a" / "runs" / "checkpoints" / "maple_mini_zs_split1_seed0")
+
+    def kill(epoch: int) -> None:
+        if epoch == 1:
+            raise Killed
+
+    interrupted = config(tmp_path / "b", "maple")
+    with pytest.raises(Killed):
+        run(interrupted, on_epoch_end=kill)
+    ckpt_dir = tmp_path / "b" / "runs" / "checkpoints" / "maple_mini_zs_split1_seed0"
+    assert last_checkpoint(ckpt_dir)["epoch"] == 1
+    record = run(config(tmp_path / "b", "maple", **{"train.resume": True}))
+    assert record["train"]["resumed_from_epoch"] == 1
+    resumed = last_checkpoint(ckpt_dir)
+    assert resumed["epoch"] == 2
+    for key, value in reference["trainable"].items():
+        assert torch.equal(value, resumed["trainable"][key]), key
+    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in reference["history"]]
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    from sbir_bench.errors import SbirError
+    ckpt_dir = tmp_path / "runs" / "checkpoints" / "coop_mini_zs_split1_seed0"
+    ckpt_dir.mkdir(parents=True)
+    (ckpt_dir / "last.pt").write_bytes(b"half a checkpoint")
+    with pytest.raises(SbirError, match="unreadable"):
+        run(config(tmp_path, "coop", **{"train.resume": True}))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cli_run(tmp_path: Path, nproc: int) -> dict:
+    out = tmp_path / f"runs{nproc}"
+    args = ["run", "coop", "--epochs", "2", "--batch-size", "8", "--lr", "0.05", "--set", "train.steps_per_epoch=3",
+            "--set", "train.val_every=0", "--set", "eval.save_embeddings=false", "--device", "cpu",
+            "--output-dir", str(out), "--quiet"]
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "sbir_bench", *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
+               f"--master_port={_free_port()}", "-m", "sbir_bench", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (path,) = out.glob("*.json")
+    return json.loads(path.read_text())
+
+
+def test_ddp_two_gloo_processes_match_one_process(tmp_path):
+    single = _cli_run(tmp_path, 1)
+    double = _cli_run(tmp_path, 2)
+    assert double["train"]["world_size"] == 2 and single["train"]["world_size"] == 1
+    losses1 = [h["loss"] for h in single["train"]["history"]]
+    losses2 = [h["loss"] for h in double["train"]["history"]]
+    assert losses1 == pytest.approx(losses2, rel=1e-4)
+    for key, value in single["metrics"].items():
+        assert double["metrics"][key] == pytest.approx(value, abs=1e-4)
