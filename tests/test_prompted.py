@@ -1,0 +1,49 @@
+"""The prompt-injectable view of open_clip: exact without prompts, and loud if open_clip changes."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sbir_bench.models import PromptedCLIP, load_backbone
+from sbir_bench.models.prompted import OpenClipInternalsChanged
+
+
+@pytest.mark.parametrize("name", ["sbir-tiny", "ViT-B-32"])
+def test_view_reproduces_open_clip_exactly(name):
+    backbone = load_backbone(name, "random")
+    view = PromptedCLIP(backbone.model)
+    images = torch.randn(2, 3, backbone.image_size, backbone.image_size)
+    tokens = backbone.tokenizer(["a photo of a cat.", "a sketch of a dog."])
+    with torch.no_grad():
+        assert torch.allclose(view.encode_image(images), F.normalize(backbone.model.encode_image(images), dim=-1), atol=1e-6)
+        assert torch.allclose(view.encode_text(tokens), F.normalize(backbone.model.encode_text(tokens), dim=-1), atol=1e-6)
+
+
+def test_prompts_change_outputs_and_deep_prompts_replace_slots(tiny_backbone):
+    view = PromptedCLIP(tiny_backbone.model)
+    images = torch.randn(2, 3, 64, 64)
+    base = view.encode_image(images)
+    shallow = torch.randn(2, view.vision_width)
+    with_shallow = view.encode_image(images, shallow)
+    deep = [None] + [torch.randn(2, view.vision_width) for _ in range(view.vision_layers - 1)]
+    with_deep = view.encode_image(images, shallow, deep)
+    assert not torch.allclose(base, with_shallow) and not torch.allclose(with_shallow, with_deep)
+    ids = tiny_backbone.tokenizer(["X X of a star."])
+    ctx = torch.randn(2, view.text_width, requires_grad=True)
+    view.encode_text(ids, ctx).sum().backward()
+    assert ctx.grad is not None and ctx.grad.abs().sum() > 0
+    states = view.text_prompt_states(ctx.detach())
+    assert len(states) == view.text_layers and states[0].shape == (1, 2, view.text_width)
+
+
+@pytest.mark.parametrize("attribute", ["visual.conv1", "visual.ln_pre", "token_embedding", "ln_final", "attn_mask"])
+def test_missing_internals_fail_loudly(tiny_backbone, attribute):
+    model = copy.deepcopy(tiny_backbone.model)
+    owner, _, name = attribute.rpartition(".")
+    delattr(model.visual if owner else model, name)
+    with pytest.raises(OpenClipInternalsChanged, match=name):
+        PromptedCLIP(model)
