@@ -297,5 +297,137 @@ def datasets_check(dataset: str, data_root: Optional[str], split: str, split_fil
         _fail(report.summary())
     click.echo(report.summary())
 
+# ---------------------------------------------------------------------------------------- reporting
+def _selection_options(fn: Callable) -> Callable:
+    """Options shared by compare / export / plot: which records, which subset."""
+    for option in reversed([
+        click.argument("patterns", nargs=-1),
+        click.option("--results-dir", default="results/runs", show_default=True, type=click.Path(),
+                     help="Where records are read from when no RUN_GLOB is given."),
+        click.option("--dataset", "datasets", multiple=True, help="Keep only this dataset (repeatable)."),
+        click.option("--setting", "settings", multiple=True, help="Keep only this setting (repeatable)."),
+        click.option("--method", "methods", multiple=True, help="Keep only this method (repeatable)."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def _table_options(fn: Callable) -> Callable:
+    for option in reversed([
+        click.option("--reference", help="'paper' (results/paper/*.csv) or a folder of reference CSVs: adds "
+                                         "published rows and a delta column."),
+        click.option("--against", help="Add a p-value column: paired permutation test of every method vs this one."),
+        click.option("--ci", is_flag=True, help="Add 95% bootstrap confidence intervals over queries."),
+        click.option("--digits", default=3, show_default=True, help="Decimals shown."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def _cells(patterns, results_dir, datasets, settings, methods, reference, against, ci):
+    from .reporting.collect import runs_frame
+    from .reporting.compare import compare, load_reference
+
+    frame = runs_frame(patterns, results_dir, datasets, settings, methods)
+    if frame.empty:
+        raise SbirError(f"no run records found in {' '.join(patterns) or results_dir}; run `sbir-bench run` first")
+    ref = None
+    if reference:
+        folder = Path("results/paper") if reference == "paper" else Path(reference)
+        ref = load_reference(folder)
+    return compare(frame, ref, against, ci)
+
+
+@main.command("compare")
+@_selection_options
+@_table_options
+@friendly_errors
+def compare_command(patterns, results_dir, datasets, settings, methods, reference, against, ci, digits) -> None:
+    """Gather run records into one table: mean ± std over seeds (number of seeds in brackets).
+
+    \b
+    Examples:
+      sbir-bench compare
+      sbir-bench compare 'results/runs/*mini*.json' --setting gzs --ci
+      sbir-bench compare --dataset sketchy --reference paper
+      sbir-bench compare --against zeroshot-clip
+    """
+    from .reporting.render import to_text
+
+    click.echo(to_text(_cells(patterns, results_dir, datasets, settings, methods, reference, against, ci), digits))
+
+
+@main.command("export")
+@_selection_options
+@_table_options
+@click.option("--format", "fmt", type=click.Choice(["latex", "markdown", "csv"]), default="latex", show_default=True)
+@click.option("--output", "-o", type=click.Path(), help="Write to this file (atomically) instead of stdout.")
+@click.option("--caption", default="", help="LaTeX caption.")
+@friendly_errors
+def export_command(patterns, results_dir, datasets, settings, methods, reference, against, ci, digits, fmt, output,
+                   caption) -> None:
+    """Export the comparison table as LaTeX (booktabs), Markdown or CSV; same runs give the same bytes.
+
+    \b
+    Examples:
+      sbir-bench export --format latex -o table.tex
+      sbir-bench export --format markdown --setting zs
+      sbir-bench export --format csv -o results.csv
+    """
+    from .records import atomic_write_bytes
+    from .reporting.render import to_csv, to_latex, to_markdown
+
+    cells = _cells(patterns, results_dir, datasets, settings, methods, reference, against, ci)
+    text = {"latex": lambda: to_latex(cells, digits, caption), "markdown": lambda: to_markdown(cells, digits),
+            "csv": lambda: to_csv(cells)}[fmt]()
+    if output:
+        atomic_write_bytes(output, text.encode())
+        click.echo(f"wrote {output}")
+    else:
+        click.echo(text, nl=False)
+
+
+@main.command("plot")
+@_selection_options
+@click.option("--kind", type=click.Choice(["pr", "per-class", "grid", "all"]), default="all", show_default=True)
+@click.option("--output-dir", default="results/plots", show_default=True, type=click.Path())
+@click.option("--queries", default=4, show_default=True, help="Rows of the retrieval grid.")
+@click.option("--top-k", default=8, show_default=True, help="Photos per row of the retrieval grid.")
+@friendly_errors
+def plot_command(patterns, results_dir, datasets, settings, methods, kind, output_dir, queries, top_k) -> None:
+    """Draw PR curves (one per method, per dataset/setting), per-class AP bars and retrieval grids (PNG + PDF).
+
+    \b
+    Examples:
+      sbir-bench plot
+      sbir-bench plot --kind grid --method splip --queries 6 --top-k 10
+      sbir-bench plot 'results/runs/*gzs*.json' --kind pr --output-dir figures
+    """
+    import json
+
+    from .reporting.collect import runs_frame
+    from .reporting.plots import plot_per_class_ap, plot_pr_curves, plot_retrieval_grid
+
+    frame = runs_frame(patterns, results_dir, datasets, settings, methods)
+    frame = frame[frame["embeddings"] != ""] if not frame.empty else frame
+    if frame.empty:
+        raise SbirError("no run records with saved embeddings to plot")
+    out = Path(output_dir)
+    written: List[Path] = []
+    for (dataset, split, setting), block in frame.groupby(["dataset", "split", "setting"], sort=True):
+        tag = f"{dataset}_split{split}_{setting}"
+        latest = block.drop_duplicates("method", keep="last")  # one curve per method: its last seed
+        if kind in ("pr", "all") and setting != "fg":
+            written += plot_pr_curves([(m, e) for m, e in zip(latest["method"], latest["embeddings"])], out / f"pr_{tag}")
+        for _, run in latest.iterrows():
+            stem = f"{run['method']}_{tag}_seed{run['seed']}"
+            if kind in ("per-class", "all") and setting != "fg":
+                written += plot_per_class_ap(json.loads(Path(run["record"]).read_text()), out / f"per_class_{stem}")
+            if kind in ("grid", "all"):
+                written += plot_retrieval_grid(run["embeddings"], out / f"grid_{stem}", queries, top_k)
+    for path in written:
+        click.echo(f"wrote {path}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

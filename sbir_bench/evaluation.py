@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -25,6 +25,8 @@ class EmbeddedTask:
     gallery_labels: np.ndarray
     query_to_gallery: Optional[np.ndarray]
     skipped: int
+    query_paths: List[str]
+    gallery_paths: List[str]
 
     def evaluate(self, protocol: Protocol, memory: str, device: Optional[torch.device] = None,
                  desc: str = "evaluating") -> RetrievalResult:
@@ -72,9 +74,5 @@ def embed_task(task: RetrievalTask, embed_sketch: Callable, embed_photo: Callabl
         new_index[gpos] = np.arange(len(gpos))
         old = task.query_to_gallery()[qpos]
         q2g = np.where(old >= 0, new_index[np.maximum(old, 0)], -1)
-    return EmbeddedTask(q, g, ql, gl, q2g, q_bad + g_bad)
-
-
-def headline(result: RetrievalResult) -> Dict[str, float]:
-    """The metrics shown in tables (everything in ``result.metrics``)."""
-    return dict(result.metrics)
+    return EmbeddedTask(q, g, ql, gl, q2g, q_bad + g_bad, [task.queries[i].path for i in qpos],
+                        [task.gallery[i].path for i in gpos])

@@ -118,6 +118,7 @@ def run(cfg: RunConfig, on_epoch_end=None) -> Dict[str, Any]:
         "config": to_dict(cfg), "method_config_resolved": to_dict(method.config),
         **res.to_json(), "counts": part.counts, "classes": {"seen": len(part.seen), "unseen": len(part.unseen),
                                                             "unseen_names": [part.class_names[c] for c in part.unseen]},
+        "class_names": part.class_names,
         "train": train_info, "skipped_images": emb.skipped + train_info.get("skipped_images", 0),
         "timings": {"total_seconds": time.perf_counter() - t_start, "eval_seconds": eval_seconds},
         "device": str(device), "provenance": provenance(),
@@ -127,7 +128,8 @@ def run(cfg: RunConfig, on_epoch_end=None) -> Dict[str, Any]:
         record["run_id"] = run_id
         if cfg.eval.save_embeddings:
             emb_path = out_dir / run_id / "embeddings.npz"
-            save_embeddings(emb_path, emb.query, emb.gallery, emb.query_labels, emb.gallery_labels, emb.query_to_gallery)
+            save_embeddings(emb_path, emb.query, emb.gallery, emb.query_labels, emb.gallery_labels, emb.query_to_gallery,
+                            emb.query_paths, emb.gallery_paths)
             np.savez_compressed(out_dir / run_id / "per_query.npz", query_index=res.query_index,
                                 **{k.replace("@", "_at_"): v for k, v in res.per_query.items()})
             record["embeddings"] = str(emb_path)

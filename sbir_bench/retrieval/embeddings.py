@@ -1,14 +1,15 @@
 """Saved embeddings (``.npz``) so any run can be re-evaluated without re-encoding.
 
 Format: ``query`` (Nq x d float), ``gallery`` (Ng x d float), and either ``query_labels`` +
-``gallery_labels`` (int, category level) or ``query_to_gallery`` (int, instance level).
+``gallery_labels`` (int, category level) or ``query_to_gallery`` (int, instance level); runs also
+store ``query_paths`` and ``gallery_paths`` (the image files, for retrieval grids).
 """
 
 from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 
@@ -18,14 +19,18 @@ from ..records import atomic_write_bytes
 
 def save_embeddings(path: str | Path, query: np.ndarray, gallery: np.ndarray,
                     query_labels: Optional[np.ndarray] = None, gallery_labels: Optional[np.ndarray] = None,
-                    query_to_gallery: Optional[np.ndarray] = None) -> Path:
-    """Atomically write the ``.npz`` (float32 embeddings, int64 ground truth)."""
+                    query_to_gallery: Optional[np.ndarray] = None, query_paths: Optional[Sequence[str]] = None,
+                    gallery_paths: Optional[Sequence[str]] = None) -> Path:
+    """Atomically write the ``.npz`` (float32 embeddings, int64 ground truth, optional image paths)."""
     arrays: Dict[str, np.ndarray] = {"query": np.asarray(query, np.float32), "gallery": np.asarray(gallery, np.float32)}
     if query_to_gallery is not None:
         arrays["query_to_gallery"] = np.asarray(query_to_gallery, np.int64)
     else:
         arrays["query_labels"] = np.asarray(query_labels, np.int64)
         arrays["gallery_labels"] = np.asarray(gallery_labels, np.int64)
+    if query_paths is not None and gallery_paths is not None:  # unicode arrays: loadable without pickle
+        arrays["query_paths"] = np.asarray(list(query_paths), dtype=str)
+        arrays["gallery_paths"] = np.asarray(list(gallery_paths), dtype=str)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     return atomic_write_bytes(path, buf.getvalue())

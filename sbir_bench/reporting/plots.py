@@ -1,0 +1,119 @@
+"""Figures from saved runs: precision-recall curves, per-class AP bars, retrieval grids (PNG + PDF).
+
+All figures are drawn from what runs saved (embeddings, per-class mAP, image paths), never by
+re-running a model, so a figure in a paper can be regenerated from the results folder alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; works without a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ..data.images import load_rgb  # noqa: E402
+from ..errors import SbirError  # noqa: E402
+from ..retrieval.embeddings import load_embeddings  # noqa: E402
+
+RECALL_LEVELS = np.linspace(0.0, 1.0, 101)
+
+
+def save_figure(fig, out_stem: Path) -> List[Path]:
+    """Write ``out_stem``.png and .pdf (deterministic metadata) and close the figure."""
+    out_stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out_stem.with_suffix(".png"), out_stem.with_suffix(".pdf")]
+    fig.savefig(paths[0], dpi=150, bbox_inches="tight", metadata={"Software": None})
+    fig.savefig(paths[1], bbox_inches="tight", metadata={"Creator": None, "Producer": None, "CreationDate": None})
+    plt.close(fig)
+    return paths
+
+
+def _scores(data: Dict[str, np.ndarray], rows: np.ndarray) -> np.ndarray:
+    q = data["query"][rows] / np.linalg.norm(data["query"][rows], axis=1, keepdims=True)
+    g = data["gallery"] / np.linalg.norm(data["gallery"], axis=1, keepdims=True)
+    return q @ g.T
+
+
+def pr_curve(embeddings: str, max_queries: int = 2000, seed: int = 0) -> np.ndarray:
+    """Mean interpolated precision at 101 recall levels over (a seeded sample of) the queries."""
+    data = load_embeddings(embeddings)
+    if "query_labels" not in data:
+        raise SbirError(f"{embeddings}: precision-recall curves need category-level runs (zs or gzs)")
+    ql, gl = data["query_labels"], data["gallery_labels"]
+    rows = np.flatnonzero(np.isin(ql, gl))
+    if len(rows) > max_queries:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, max_queries, replace=False))
+    curves = []
+    for start in range(0, len(rows), 256):
+        block = rows[start: start + 256]
+        order = np.argsort(-_scores(data, block), axis=1, kind="stable")
+        rel = gl[order] == ql[block, None]
+        hits = np.cumsum(rel, axis=1)
+        precision = hits / np.arange(1, rel.shape[1] + 1)
+        recall = hits / rel.sum(1, keepdims=True)
+        envelope = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]
+        idx = np.array([np.searchsorted(r, RECALL_LEVELS, side="left") for r in recall])
+        curves.append(np.take_along_axis(envelope, np.minimum(idx, rel.shape[1] - 1), axis=1))
+    return np.concatenate(curves).mean(0)
+
+
+def plot_pr_curves(runs: Sequence[Tuple[str, str]], out_stem: Path) -> List[Path]:
+    """One PR curve per (label, embeddings file)."""
+    fig, ax = plt.subplots(figsize=(4.5, 3.6))
+    for label, emb in runs:
+        ax.plot(RECALL_LEVELS, pr_curve(emb), label=label, linewidth=1.6)
+    ax.set(xlabel="recall", ylabel="precision (interpolated)", xlim=(0, 1), ylim=(0, 1.02))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, frameon=False)
+    return save_figure(fig, out_stem)
+
+
+def plot_per_class_ap(record: dict, out_stem: Path, top: int = 40) -> List[Path]:
+    """Bars of per-class AP (descending; at most ``top`` classes) of one run."""
+    per_class = record.get("per_class_map") or {}
+    if not per_class:
+        raise SbirError(f"{record.get('run_id', 'run')}: no per-class mAP (instance-level runs have none)")
+    names = record.get("class_names") or []
+    items = sorted(((names[int(k)] if int(k) < len(names) else k, v) for k, v in per_class.items()),
+                   key=lambda kv: (-kv[1], kv[0]))[:top]
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.28 * len(items) + 1), 3.2))
+    ax.bar(range(len(items)), [v for _, v in items], color="#4C72B0")
+    ax.set_xticks(range(len(items)), [n.replace("_", " ") for n, _ in items], rotation=70, ha="right", fontsize=7)
+    ax.set(ylabel="AP", ylim=(0, 1), title=f"{record['method']} | {record['dataset']} {record['setting']}")
+    ax.grid(axis="y", alpha=0.3)
+    return save_figure(fig, out_stem)
+
+
+def plot_retrieval_grid(embeddings: str, out_stem: Path, n_queries: int = 4, k: int = 8, seed: int = 0) -> List[Path]:
+    """Each row: a sketch query, then its top-k photos framed green (correct) or red (wrong)."""
+    data = load_embeddings(embeddings)
+    if "query_paths" not in data:
+        raise SbirError(f"{embeddings}: no image paths saved with these embeddings (rerun with a current sbir-bench)")
+    instance = "query_to_gallery" in data
+    rows = np.sort(np.random.default_rng(seed).choice(len(data["query"]), min(n_queries, len(data["query"])), replace=False))
+    top = np.argsort(-_scores(data, rows), axis=1, kind="stable")[:, :k]
+    fig, axes = plt.subplots(len(rows), k + 1, figsize=(1.1 * (k + 1), 1.15 * len(rows)), squeeze=False)
+    for i, q in enumerate(rows):
+        _show(axes[i, 0], data["query_paths"][q], "black")
+        for j, g in enumerate(top[i]):
+            ok = g == data["query_to_gallery"][q] if instance else data["gallery_labels"][g] == data["query_labels"][q]
+            _show(axes[i, j + 1], data["gallery_paths"][g], "#1a9e3f" if ok else "#d62728")
+    axes[0, 0].set_title("query", fontsize=8)
+    for j in range(k):
+        axes[0, j + 1].set_title(f"#{j + 1}", fontsize=8)
+    fig.subplots_adjust(wspace=0.08, hspace=0.08)
+    return save_figure(fig, out_stem)
+
+
+def _show(ax, path: str, colour: str) -> None:
+    image = load_rgb(str(path))
+    ax.imshow(np.asarray(image) if image is not None else np.full((8, 8, 3), 200, np.uint8))
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_edgecolor(colour)
+        spine.set_linewidth(3)
