@@ -97,9 +97,15 @@ def run(cfg: RunConfig, on_epoch_end=None) -> Dict[str, Any]:
 
     train_info: Dict[str, Any] = {"epochs": 0}
     if method.trainable and cfg.train.epochs > 0:
-        dataset = TripletDataset(part.train_sketches, part.train_photos, part.seen, parts["train_tf"], cfg.seed, fine)
+        instance_triplets = fine and cfg.data.setting == "fg"  # category settings train on category triplets
+        dataset = TripletDataset(part.train_sketches, part.train_photos, part.seen, parts["train_tf"], cfg.seed,
+                                 instance_triplets)
         ckpt_dir = Path(cfg.train.checkpoint_dir) if cfg.train.checkpoint_dir else out_dir / "checkpoints" / name
-        validate = (lambda m: score(val_task, "validation")[1].metrics) if val_task.queries else None
+        validate = None
+        if val_task.queries and val_task.gallery:
+            validate = lambda m: score(val_task, "validation")[1].metrics  # noqa: E731
+        elif cfg.train.val_every:
+            info("no seen-class validation: the split leaves no validation photos (raise data.val_fraction)")
         trainer = Trainer(method, dataset, cfg.train, device, cfg.seed, ckpt_dir, cfg.data.workers,
                           cfg.data.pin_memory, validate, on_epoch_end)
         result = trainer.fit()

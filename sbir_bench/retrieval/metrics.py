@@ -223,6 +223,8 @@ class _Scores:
             raise SbirError(f"query and gallery dimensions differ: {self.q.shape[1]} vs {self.g.shape[1]}")
         self.n_query, self.n_gallery = self.q.shape[0], self.g.shape[0]
         self.device = device
+        if self.n_gallery == 0:
+            raise SbirError("the gallery is empty: no readable photos to retrieve")
 
     def rows(self, idx: np.ndarray) -> torch.Tensor:
         if self.matrix is not None:

@@ -1,0 +1,81 @@
+"""SpLIP's training signals beyond classification: the adaptive triplet margin and the jigsaw task.
+
+* Adaptive margin: for an anchor sketch of class c and a negative photo of class c', the triplet
+  margin grows with how different the classes are in CLIP's text space,
+  ``mu(c, c') = scale * (1 - cos(t_c, t_c'))`` with t the frozen CLIP embedding of "a photo of a
+  {class}." Semantically close classes (cat / dog) get a small margin, unrelated ones a large one.
+  A same-class negative (fine-grained training) has no semantic distance; it gets the fixed margin.
+* Conditional cross-modal jigsaw: a sketch is cut into a g x g grid of tiles, shuffled by one of K
+  fixed permutations, encoded, and a small head F_js predicts which permutation was applied from the
+  shuffled sketch's embedding *and* the unshuffled photo's embedding (the condition).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import List
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def adaptive_margin_matrix(class_text: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """(C, C) margins ``scale * (1 - cos)`` between the (normalised) class text embeddings."""
+    text = F.normalize(class_text.float(), dim=-1)
+    return scale * (1.0 - text @ text.t())
+
+
+def triplet_margins(matrix: torch.Tensor, labels: torch.Tensor, negative_labels: torch.Tensor,
+                    same_class_margin: float) -> torch.Tensor:
+    """Per-sample margins: the adaptive one between different classes, ``same_class_margin`` otherwise."""
+    margins = matrix[labels, negative_labels]
+    return torch.where(labels == negative_labels, torch.full_like(margins, same_class_margin), margins)
+
+
+def jigsaw_permutations(grid: int, count: int, seed: int = 0) -> torch.Tensor:
+    """K permutations of grid*grid tiles, far apart in Hamming distance (greedy, seeded), identity excluded.
+
+    Distinct, well-separated permutations make the task solvable from layout cues and not from
+    near-duplicate classes (Noroozi & Favaro, ECCV 2016, use the same maximal-Hamming selection).
+    """
+    n = grid * grid
+    rng = np.random.default_rng(seed)
+    if n <= 8:
+        pool = np.array([p for p in itertools.permutations(range(n)) if p != tuple(range(n))])
+    else:
+        pool = np.array([rng.permutation(n) for _ in range(max(2000, 20 * count))])
+        pool = np.unique(pool[(pool != np.arange(n)).any(1)], axis=0)
+    count = min(count, len(pool))
+    chosen: List[int] = [int(rng.integers(len(pool)))]
+    distance = (pool != pool[chosen[0]]).sum(1)
+    while len(chosen) < count:
+        nxt = int(distance.argmax())
+        chosen.append(nxt)
+        distance = np.minimum(distance, (pool != pool[nxt]).sum(1))
+    return torch.as_tensor(pool[chosen], dtype=torch.long)
+
+
+def shuffle_tiles(images: torch.Tensor, permutations: torch.Tensor, grid: int) -> torch.Tensor:
+    """Rearrange each image's g x g tiles: output tile i shows input tile permutations[b, i]."""
+    b, c, h, w = images.shape
+    th, tw = h // grid, w // grid
+    cropped = images[:, :, : th * grid, : tw * grid]
+    tiles = cropped.reshape(b, c, grid, th, grid, tw).permute(0, 2, 4, 1, 3, 5).reshape(b, grid * grid, c, th, tw)
+    tiles = tiles[torch.arange(b, device=images.device)[:, None], permutations.to(images.device)]
+    out = tiles.reshape(b, grid, grid, c, th, tw).permute(0, 3, 1, 4, 2, 5).reshape(b, c, th * grid, tw * grid)
+    if out.shape[-2:] != images.shape[-2:]:
+        out = F.pad(out, (0, w - out.shape[-1], 0, h - out.shape[-2]))
+    return out
+
+
+class JigsawHead(nn.Module):
+    """F_js: [shuffled-sketch embedding, photo embedding, their product] -> permutation logits."""
+
+    def __init__(self, dim: int, n_permutations: int, hidden: int = 256) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(3 * dim, hidden), nn.GELU(), nn.Linear(hidden, n_permutations))
+
+    def forward(self, shuffled_sketch: torch.Tensor, photo: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([shuffled_sketch, photo, shuffled_sketch * photo], dim=-1))
