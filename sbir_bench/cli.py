@@ -61,7 +61,7 @@ def _overrides(**opts: Any) -> Dict[str, Any]:
         "backbone": "backbone.name", "pretrained": "backbone.pretrained", "cache_dir": "backbone.cache_dir",
         "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr",
         "checkpoint_dir": "train.checkpoint_dir", "eval_memory": "eval.memory",
-        "device": "device", "output_dir": "output_dir",
+        "device": "device", "output_dir": "output_dir", "variant": "variant",
     }
     out = {mapping[k]: v for k, v in opts.items() if k in mapping and v is not None}
     if opts.get("resume"):
@@ -82,6 +82,7 @@ def _overrides(**opts: Any) -> Dict[str, Any]:
 @click.option("--pretrained", help="open_clip tag (e.g. openai) or a local checkpoint PATH.")
 @click.option("--cache-dir", type=click.Path(), help="Where open_clip weights are cached.")
 @click.option("--seed", "seeds", type=int, multiple=True, help="Random seed; repeat for several runs.  [default: 0]")
+@click.option("--variant", help="Label for an ablation or variant (its own row in `compare`).")
 @click.option("--epochs", type=int, help="Training epochs (ignored by methods that do not train).")
 @click.option("--batch-size", type=int, help="Global training batch size.")
 @click.option("--lr", type=float, help="Learning rate.")
@@ -107,7 +108,8 @@ def run_command(method: str, seeds: Sequence[int], config_file: Optional[str], s
       sbir-bench run zeroshot-clip --dataset sketchy --split 2 --setting gzs --data-root ~/data/sbir \\
           --backbone ViT-B-32 --pretrained openai
       sbir-bench run coop --dataset mini --setting gzs --epochs 3 --seed 0 --seed 1 --seed 2
-      sbir-bench run splip --dataset quickdraw --setting gzs --config configs/splip.yaml --resume
+      sbir-bench run splip --dataset quickdraw --setting gzs --data-root ~/data/sbir --resume
+      sbir-bench run splip --config configs/mini/splip.yaml --set method_config.jigsaw=false --variant no-jigsaw
     """
     from .config import build_run_config, load_yaml, parse_override
     from .reporting.tables import record_table

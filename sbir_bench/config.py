@@ -84,6 +84,7 @@ class RunConfig:
     """Everything a run needs; ``method`` holds the method's own typed config as a dict."""
 
     method: str = "zeroshot-clip"
+    variant: str = ""  # label of an ablation/variant: its own row in `compare`, its own checkpoints
     seed: int = 0
     device: str = "auto"
     output_dir: str = "results/runs"

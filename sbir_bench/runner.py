@@ -73,6 +73,17 @@ def build(cfg: RunConfig, device: torch.device) -> Dict[str, Any]:
             "fine": index.spec.fine_grained}
 
 
+def _final_validation(train_info: Dict[str, Any], val_task, score) -> Dict[str, float]:
+    """Seen-class validation metrics of the final model: from the last epoch's validation if the
+    trainer ran one, else computed now (so zero-shot runs report them too)."""
+    history = train_info.get("history") or []
+    if history and any(k.startswith("val_") for k in history[-1]):
+        return {k[4:]: v for k, v in history[-1].items() if k.startswith("val_")}
+    if not (val_task.queries and val_task.gallery):
+        return {}
+    return dict(score(val_task, "validation")[1].metrics)
+
+
 def run(cfg: RunConfig, on_epoch_end=None) -> Dict[str, Any]:
     """Execute one run and return its record (also written under ``cfg.output_dir``)."""
     set_quiet(cfg.quiet)
@@ -81,7 +92,8 @@ def run(cfg: RunConfig, on_epoch_end=None) -> Dict[str, Any]:
     t_start = time.perf_counter()
     parts = build(cfg, device)
     method, part, fine = parts["method"], parts["part"], parts["fine"]
-    name = run_name(cfg.method, cfg.data.dataset, cfg.data.setting, cfg.data.split, cfg.seed)
+    name = run_name(cfg.method + (f"-{cfg.variant}" if cfg.variant else ""), cfg.data.dataset, cfg.data.setting,
+                    cfg.data.split, cfg.seed)
     out_dir = Path(cfg.output_dir)
     protocol = Protocol.from_eval_config(cfg.eval)
     task = build_task(cfg.data.setting, part, fine)
@@ -113,19 +125,19 @@ def run(cfg: RunConfig, on_epoch_end=None) -> Dict[str, Any]:
                       "seconds": result.seconds, "resumed_from_epoch": result.resumed_from_epoch,
                       "skipped_images": result.skipped_images, "checkpoint_dir": str(ckpt_dir),
                       "world_size": trainer.world}
+    val_metrics = _final_validation(train_info, val_task, score)
     t_eval = time.perf_counter()
     emb, res = score(task, "test")
     eval_seconds = time.perf_counter() - t_eval
     record = {
-        "schema": SCHEMA, "run_name": name, "method": cfg.method, "variant": cfg.method_config.get("variant", "")
-        if isinstance(cfg.method_config, dict) else "", "dataset": cfg.data.dataset, "setting": cfg.data.setting,
+        "schema": SCHEMA, "run_name": name, "method": cfg.method, "variant": cfg.variant, "dataset": cfg.data.dataset, "setting": cfg.data.setting,
         "split": cfg.data.split if not cfg.data.split_file else f"file:{cfg.data.split_file}",
         "backbone": cfg.backbone.name, "pretrained": parts["backbone"].pretrained, "seed": cfg.seed,
         "config": to_dict(cfg), "method_config_resolved": to_dict(method.config),
         **res.to_json(), "counts": part.counts, "classes": {"seen": len(part.seen), "unseen": len(part.unseen),
                                                             "unseen_names": [part.class_names[c] for c in part.unseen]},
         "class_names": part.class_names,
-        "train": train_info, "skipped_images": emb.skipped + train_info.get("skipped_images", 0),
+        "train": train_info, "val_metrics": val_metrics, "skipped_images": emb.skipped + train_info.get("skipped_images", 0),
         "timings": {"total_seconds": time.perf_counter() - t_start, "eval_seconds": eval_seconds},
         "device": str(device), "provenance": provenance(),
     }

@@ -88,10 +88,10 @@ class SpLIPPrompts(nn.Module):
         """Text prompts per layer for the class-text encoder: T_0 (shared context) then T_1..T_{J-1}."""
         return [self.ctx, *self.deep_text]
 
-    def visual_stack(self, modality: int, embeddings: torch.Tensor) -> tuple[torch.Tensor, List[Optional[torch.Tensor]]]:
-        """(first-layer prompts, deep prompts per layer) for images of ``modality`` (0 sketch, 1 photo)."""
+    def visual_stack(self, modality: torch.Tensor, embeddings: torch.Tensor) -> tuple[torch.Tensor, List[Optional[torch.Tensor]]]:
+        """(first-layer prompts, deep prompts per layer) for images of per-sample ``modality`` (0 sketch, 1 photo)."""
         batch = embeddings.shape[0]
-        shallow = self.b_v(self.phrases[modality]).unsqueeze(0).expand(batch, -1, -1)
+        shallow = self.b_v(self.phrases)[modality.to(self.phrases.device)]
         if self.b_vt is None:
             deep = list(self.deep_visual)
         else:

@@ -93,8 +93,14 @@ class SpLIP(Method):
             return self.prompted.token_embeddings(ids)[0, 1: 1 + self.config.n_ctx].float().clone()
 
     # ------------------------------------------------------------------ encoders
-    def encode(self, images: torch.Tensor, modality: int) -> torch.Tensor:
-        """Prompted, normalised image embeddings of one modality."""
+    def encode(self, images: torch.Tensor, modality: int | torch.Tensor) -> torch.Tensor:
+        """Prompted, normalised image embeddings; ``modality`` is 0 (sketch), 1 (photo) or one per image.
+
+        Mixed batches go through the encoder in one pass (each image with its modality's prompts),
+        which is what keeps a training step cheap.
+        """
+        if isinstance(modality, int):
+            modality = torch.full((images.shape[0],), modality, dtype=torch.long)
         embeddings = self.prompted.patch_embeddings(images)
         shallow, deep = self.prompts.visual_stack(modality, embeddings)
         return self.prompted.encode_image(images, shallow, deep, embeddings=embeddings).float()
@@ -115,9 +121,15 @@ class SpLIP(Method):
     # ------------------------------------------------------------------ objective
     def loss(self, batch: TripletBatch) -> Dict[str, torch.Tensor]:
         cfg = self.config
-        sk = self.encode(batch.sketch, SKETCH)
-        photos = self.encode(torch.cat([batch.positive, batch.negative]), PHOTO)
-        pos, neg = photos.chunk(2)
+        b = batch.sketch.shape[0]
+        images = [batch.sketch, batch.positive, batch.negative]
+        modality = [SKETCH] * b + [PHOTO] * (2 * b)
+        if self.jigsaw_head is not None:
+            target, shuffled = self._shuffled_sketches(batch.sketch)
+            images.append(shuffled)
+            modality += [SKETCH] * len(target)
+        feats = self.encode(torch.cat(images), torch.tensor(modality))
+        sk, pos, neg = feats[:b], feats[b: 2 * b], feats[2 * b: 3 * b]
         text = self.class_text(self.seen_names)
         l_cls = clip_cross_entropy(torch.cat([sk, pos, neg]), text,
                                    torch.cat([batch.label, batch.label, batch.negative_label]), self.logit_scale)
@@ -128,16 +140,15 @@ class SpLIP(Method):
         l_tri = cosine_triplet(sk, pos, neg, margin)
         total = cfg.lambda_cls * l_cls + cfg.lambda_triplet * l_tri
         terms = {"cls": l_cls.detach(), "triplet": l_tri.detach(), "margin": margin.mean().detach()}
-        if self.jigsaw_head is not None:
-            l_js, acc = self._jigsaw(batch.sketch, pos)
+        if self.jigsaw_head is not None:  # L_js: permutation of each shuffled sketch, given its photo
+            logits = self.jigsaw_head(feats[3 * b:], pos[: len(target)])
+            l_js = F.cross_entropy(logits, target)
             total = total + cfg.lambda_jigsaw * l_js
-            terms.update(jigsaw=l_js.detach(), jigsaw_acc=acc)
+            terms.update(jigsaw=l_js.detach(), jigsaw_acc=(logits.argmax(-1) == target).float().mean().detach())
         return {"loss": total, **terms}
 
-    def _jigsaw(self, sketches: torch.Tensor, photo_embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """L_js on the first ``jigsaw_fraction`` of the batch; returns (loss, accuracy)."""
+    def _shuffled_sketches(self, sketches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(permutation index, tile-shuffled sketch) for the first ``jigsaw_fraction`` of the batch."""
         m = max(1, math.ceil(self.config.jigsaw_fraction * sketches.shape[0]))
         target = torch.randint(len(self.permutations), (m,), device=sketches.device)
-        shuffled = shuffle_tiles(sketches[:m], self.permutations[target], self.config.jigsaw_grid)
-        logits = self.jigsaw_head(self.encode(shuffled, SKETCH), photo_embeddings[:m])
-        return F.cross_entropy(logits, target), (logits.argmax(-1) == target).float().mean().detach()
+        return target, shuffle_tiles(sketches[:m], self.permutations[target], self.config.jigsaw_grid)

@@ -122,3 +122,11 @@ def test_every_command_help_shows_examples():
     for cmd in (["run"], ["eval"], ["methods"], ["datasets"], ["datasets", "check"], ["backbones"]):
         result = invoke(*cmd, "--help")
         assert result.exit_code == 0 and "sbir-bench" in result.output.split("Options")[0], cmd
+
+
+def test_variant_labels_the_record_and_compare_row(tmp_path, mini_root):
+    result = invoke("run", "zeroshot-clip", "--variant", "no-prompts", "--output-dir", str(tmp_path), "--quiet")
+    assert result.exit_code == 0, result.output
+    record = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert record["variant"] == "no-prompts" and record["run_name"].startswith("zeroshot-clip-no-prompts_")
+    assert "zeroshot-clip [no-prompts]" in invoke("compare", "--results-dir", str(tmp_path)).output

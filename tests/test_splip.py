@@ -41,7 +41,7 @@ def test_block_shapes(tiny_backbone):
     assert emb.shape == (b, 1 + 16, p.vision_width)
     assert m.prompts.b_v(m.prompts.phrases[0]).shape == (4, p.vision_width)
     assert m.prompts.b_t(emb).shape == (b, 4, p.text_width)
-    shallow, deep = m.prompts.visual_stack(0, emb)
+    shallow, deep = m.prompts.visual_stack(torch.zeros(b, dtype=torch.long), emb)
     assert shallow.shape == (b, 4, p.vision_width)
     assert deep[0] is None and len(deep) == m.prompts.depth == 4
     assert all(d.shape == (b, 4, p.vision_width) for d in deep[1:])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -30,8 +30,13 @@ class ClassPrompts(nn.Module):
     def __init__(self, tokenizer: Callable, n_ctx: int, suffix_template: str = "{}.") -> None:
         super().__init__()
         self.tokenizer, self.n_ctx, self.suffix_template = tokenizer, n_ctx, suffix_template
+        self._cache: Dict[Tuple[Tuple[str, ...], str], torch.Tensor] = {}
 
     def token_ids(self, class_names: Sequence[str], device: torch.device) -> torch.Tensor:
-        prefix = " ".join(["X"] * self.n_ctx)
-        texts = [f"{prefix} {self.suffix_template.format(c.replace('_', ' '))}" for c in class_names]
-        return self.tokenizer(texts).to(device)
+        """Token ids per class, tokenised once per vocabulary (training asks for the same one every step)."""
+        key = (tuple(class_names), str(device))
+        if key not in self._cache:
+            prefix = " ".join(["X"] * self.n_ctx)
+            texts = [f"{prefix} {self.suffix_template.format(c.replace('_', ' '))}" for c in class_names]
+            self._cache[key] = self.tokenizer(texts).to(device)
+        return self._cache[key]
