@@ -13,9 +13,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 from urllib.parse import urlparse
 
 import open_clip
@@ -147,6 +148,19 @@ def _resolve_weights(name: str, pretrained: str, cache_dir: Optional[str]) -> st
         raise WeightsError(message) from None
 
 
+@contextmanager
+def quiet_open_clip() -> Iterator[None]:
+    """Silence open_clip's root-logger WARNINGs ("initialized randomly") while building a model:
+    sbir-bench reports the weight source itself, and that line reads like a failure to a newcomer."""
+    root = logging.getLogger()
+    previous = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(previous)
+
+
 def _tag_overrides(name: str, pretrained: Optional[str]) -> Dict[str, Any]:
     """Model-building options an open_clip tag implies (QuickGELU, normalisation statistics).
 
@@ -171,16 +185,13 @@ def load_backbone(name: str = "sbir-tiny", pretrained: Optional[str] = None, cac
         raise WeightsError(f"unknown backbone {name!r}; run `sbir-bench backbones` to list the names open_clip knows")
     pretrained = resolve_pretrained(name, pretrained)
     weights = _resolve_weights(name, pretrained, cache_dir) if pretrained else None
-    previous = logging.getLogger().level
-    logging.getLogger().setLevel(logging.ERROR)  # open_clip logs "initialized randomly" at WARNING for sbir-tiny
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            name, pretrained=weights, cache_dir=cache_dir, **_tag_overrides(name, pretrained))
+        with quiet_open_clip():
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                name, pretrained=weights, cache_dir=cache_dir, **_tag_overrides(name, pretrained))
     except Exception as exc:
         raise WeightsError(f"could not load weights {weights} into {name}: {type(exc).__name__}: "
                            f"{str(exc).splitlines()[0][:200] if str(exc) else ''}") from None
-    finally:
-        logging.getLogger().setLevel(previous)
     model.eval().requires_grad_(False).to(device)
     size = model.visual.image_size
     image_size = int(size[0] if isinstance(size, (tuple, list)) else size)

@@ -113,10 +113,11 @@ def pretrain(steps: int = STEPS, seed: int = SEED) -> dict:
     put each class's captions on its vector (50 steps suffice). The result is CLIP-like: image and
     caption embeddings aligned, zero-shot classification by cosine similarity.
     """
-    from .factory import _register_configs
+    from .factory import _register_configs, quiet_open_clip
     _register_configs()
     torch.manual_seed(seed)
-    model = open_clip.create_model("sbir-tiny", pretrained=None)
+    with quiet_open_clip():
+        model = open_clip.create_model("sbir-tiny", pretrained=None)
     tokenizer = open_clip.get_tokenizer("sbir-tiny")
     images, labels, names = _corpus(seed)
     captions = [tokenizer([t.format(n.replace("_", " ")) for n in names]) for t in TEMPLATES]
