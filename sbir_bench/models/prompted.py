@@ -141,13 +141,6 @@ class PromptedCLIP(nn.Module):
         return nn.functional.normalize(pooled, dim=-1) if normalize else pooled
 
     # ------------------------------------------------------------------ text
-    def tokenize_with_placeholders(self, tokenizer, class_names: Sequence[str], n_ctx: int,
-                                   suffix_template: str = "{}.") -> torch.Tensor:
-        """Token ids of ``"X X .. X <class>."``: the n_ctx X slots are replaced by learnable context."""
-        prefix = " ".join(["X"] * n_ctx)
-        texts = [f"{prefix} {suffix_template.format(c.replace('_', ' '))}".strip() for c in class_names]
-        return tokenizer(texts)
-
     def token_embeddings(self, token_ids: torch.Tensor) -> torch.Tensor:
         """Frozen token embeddings of ``token_ids`` (N, L, Dt)."""
         return self.clip.token_embedding(token_ids.to(self.clip.token_embedding.weight.device))
