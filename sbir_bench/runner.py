@@ -79,7 +79,7 @@ def _final_validation(train_info: Dict[str, Any], val_task, score) -> Dict[str, 
     history = train_info.get("history") or []
     if history and any(k.startswith("val_") for k in history[-1]):
         return {k[4:]: v for k, v in history[-1].items() if k.startswith("val_")}
-    if not (val_task.queries and val_task.gallery):
+    if not val_task.evaluable:
         return {}
     return dict(score(val_task, "validation")[1].metrics)
 
@@ -114,7 +114,7 @@ def run(cfg: RunConfig, on_epoch_end=None) -> Dict[str, Any]:
                                  instance_triplets)
         ckpt_dir = Path(cfg.train.checkpoint_dir) if cfg.train.checkpoint_dir else out_dir / "checkpoints" / name
         validate = None
-        if val_task.queries and val_task.gallery:
+        if val_task.evaluable:
             validate = lambda m: score(val_task, "validation")[1].metrics  # noqa: E731
         elif cfg.train.val_every:
             info("no seen-class validation: the split leaves no validation photos (raise data.val_fraction)")

@@ -31,6 +31,11 @@ class RetrievalTask:
     queries: List[Sample]
     gallery: List[Sample]
 
+    @property
+    def evaluable(self) -> bool:
+        """True when there is something to retrieve with and from."""
+        return bool(self.queries) and bool(self.gallery)
+
     def query_labels(self) -> np.ndarray:
         return np.array([s.label for s in self.queries], dtype=np.int64)
 

@@ -189,12 +189,10 @@ def _instance_ranks(scores: torch.Tensor, targets: torch.Tensor, protocol: Proto
     """Rank (1-based) of each query's true gallery item."""
     true = scores.gather(1, targets[:, None])
     above = (scores > true).sum(1, dtype=torch.int64)
-    if protocol.ties == "grouped":
+    if protocol.ties in ("grouped", "pessimistic"):  # one true item: its block's end is its pessimistic rank
         return above + (scores == true).sum(1, dtype=torch.int64)
     if protocol.ties == "optimistic":
         return above + 1
-    if protocol.ties == "pessimistic":
-        return above + (scores == true).sum(1, dtype=torch.int64)
     before = torch.arange(scores.shape[1], device=scores.device)[None, :] < targets[:, None]
     return above + ((scores == true) & before).sum(1, dtype=torch.int64) + 1
 
