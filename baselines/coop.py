@@ -34,33 +34,52 @@ from sbir_bench.errors import ConfigError
 from sbir_bench.methods import METHODS, Method, TripletBatch
 from sbir_bench.methods.losses import clip_cross_entropy
 from sbir_bench.models import PromptedCLIP
-from sbir_bench.models.text_prompts import ClassPrompts, init_context
+from sbir_bench.models.text_prompts import ClassPrompts, ContextInit
 
 RETRIEVAL_MODES = ("fused", "probs", "image")
 
 
 @dataclass
 class CoOpConfig:
-    """Options of CoOp (defaults from the paper's unified-context setting)."""
+    """Options of CoOp (defaults from the paper's unified-context setting).
 
-    n_ctx: int = 4
+    As in the reference code (``trainers/coop.py``), a ``ctx_init`` phrase sets the context length
+    to its word count; without one, ``n_ctx`` random vectors are learned (default 16, CoOp's own).
+    """
+
+    n_ctx: Optional[int] = None  # None: the word count of ctx_init, or 16 random vectors without it
     ctx_init: Optional[str] = "a photo of a"
     retrieval: str = "fused"
     fusion_weight: float = 0.5
+
+
+def coop_context(cfg: CoOpConfig) -> ContextInit:
+    """The reference CoOp rule; an ``n_ctx`` that contradicts the phrase is refused (one line)."""
+    if cfg.ctx_init:
+        phrase = cfg.ctx_init.replace("_", " ")
+        words = len(phrase.split(" "))
+        if cfg.n_ctx is not None and cfg.n_ctx != words:
+            raise ConfigError(f"coop: n_ctx={cfg.n_ctx} but ctx_init {phrase!r} has {words} words; the reference CoOp "
+                              f"learns one vector per word of the phrase: drop n_ctx, or set ctx_init: null for "
+                              f"{cfg.n_ctx} random vectors")
+        return ContextInit(words, phrase)
+    return ContextInit(cfg.n_ctx if cfg.n_ctx is not None else 16)
 
 
 @METHODS.register("coop")
 class CoOp(Method):
     description = "CoOp (IJCV'22): learned text context, CE over seen classes; retrieval fuses image + class probabilities"
     config_class = CoOpConfig
+    uses_frozen_features = True
 
     def __init__(self, backbone, class_names, seen, config=None) -> None:
         super().__init__(backbone, class_names, seen, config)
         if self.config.retrieval not in RETRIEVAL_MODES:
             raise ConfigError(f"coop retrieval={self.config.retrieval!r}; choose one of: {', '.join(RETRIEVAL_MODES)}")
         self.prompted = PromptedCLIP(self.clip)
-        self.ctx = nn.Parameter(init_context(self.prompted, backbone.tokenizer, self.config.n_ctx, self.config.ctx_init))
-        self.prompts = ClassPrompts(backbone.tokenizer, self.config.n_ctx)
+        init = coop_context(self.config)
+        self.ctx = nn.Parameter(init.vectors(self.prompted, backbone.tokenizer))
+        self.prompts = ClassPrompts(backbone.tokenizer, init.prefix)
         self._vocab_text: Optional[torch.Tensor] = None
 
     def class_text(self, names: Sequence[str]) -> torch.Tensor:
@@ -69,9 +88,8 @@ class CoOp(Method):
 
     def loss(self, batch: TripletBatch) -> Dict[str, torch.Tensor]:
         text = self.class_text(self.seen_names)
-        with torch.no_grad():
-            images = torch.cat([batch.sketch, batch.positive])
-            feats = F.normalize(self.clip.encode_image(images).float(), dim=-1)
+        images = torch.cat([batch.sketch, batch.positive])
+        feats = images if batch.features else self.frozen_image_features(images)
         ce = clip_cross_entropy(feats, text, torch.cat([batch.label, batch.label]), self.logit_scale)
         return {"loss": ce, "cls": ce.detach()}
 
@@ -80,8 +98,7 @@ class CoOp(Method):
         self._vocab_text = self.class_text(class_names)
 
     @torch.no_grad()
-    def _embed(self, images: torch.Tensor) -> torch.Tensor:
-        f = F.normalize(self.clip.encode_image(images).float(), dim=-1)
+    def embed_features(self, f: torch.Tensor, modality: str = "") -> torch.Tensor:
         if self.config.retrieval == "image":
             return f
         if self._vocab_text is None:
@@ -91,6 +108,3 @@ class CoOp(Method):
             return p
         w = self.config.fusion_weight
         return torch.cat([math.sqrt(1.0 - w) * f, math.sqrt(w) * p], dim=-1)
-
-    embed_sketches = _embed
-    embed_photos = _embed

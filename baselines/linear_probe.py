@@ -36,12 +36,15 @@ class LinearProbeConfig:
     cls_weight: float = 1.0
     triplet_weight: float = 1.0
     temperature: float = 0.07
+    augment: bool = False  # False: train on frozen features of the unaugmented images (cached, as CLIP's
+    # linear-probe protocol); True: train through the backbone on augmented images (bypasses the cache)
 
 
 @METHODS.register("linear-probe")
 class LinearProbe(Method):
     description = "linear projection of frozen CLIP image features, classification + triplet loss"
     config_class = LinearProbeConfig
+    uses_frozen_features = True
 
     def __init__(self, backbone, class_names, seen, config=None) -> None:
         super().__init__(backbone, class_names, seen, config)
@@ -54,16 +57,15 @@ class LinearProbe(Method):
         with torch.no_grad():  # start from CLIP's zero-shot classifier of the seen classes
             self.classifier.weight.copy_(self.frozen_class_text(self.seen_names))
 
-    def _embed(self, images: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            frozen = F.normalize(self.clip.encode_image(images).float(), dim=-1)
-        return F.normalize(self.projection(self.standardise(frozen)), dim=-1)
+    def trains_on_frozen_features(self) -> bool:
+        return not self.config.augment
 
-    embed_sketches = _embed
-    embed_photos = _embed
+    def embed_features(self, features: torch.Tensor, modality: str = "") -> torch.Tensor:
+        return F.normalize(self.projection(self.standardise(features)), dim=-1)
 
     def loss(self, batch: TripletBatch) -> Dict[str, torch.Tensor]:
-        sk, pos, neg = (self._embed(x) for x in (batch.sketch, batch.positive, batch.negative))
+        frozen = (lambda x: x) if batch.features else self.frozen_image_features
+        sk, pos, neg = (self.embed_features(frozen(x)) for x in (batch.sketch, batch.positive, batch.negative))
         weights = F.normalize(self.classifier.weight, dim=-1)
         logits = torch.cat([sk, pos, neg]) @ weights.t() / self.config.temperature
         labels = torch.cat([batch.label, batch.label, batch.negative_label])

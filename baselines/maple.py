@@ -16,16 +16,21 @@ backbone's number of layers (the bundled 4-layer ``sbir-tiny`` uses 4).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
+from sbir_bench.errors import ConfigError
+from sbir_bench.log import get_logger
 from sbir_bench.methods import METHODS, Method, TripletBatch
 from sbir_bench.methods.losses import clip_cross_entropy
 from sbir_bench.models import PromptedCLIP
-from sbir_bench.models.text_prompts import ClassPrompts, init_context
+from sbir_bench.models.text_prompts import INIT_STD, ClassPrompts, ContextInit, phrase_tokens
+
+log = get_logger(__name__)
 
 
 @dataclass
@@ -37,11 +42,31 @@ class MaPLeConfig:
     ctx_init: Optional[str] = "a photo of a"
 
 
-def suffix_after_context(ctx_init: Optional[str], n_ctx: int) -> str:
-    """Template of the fixed words after the learned slots: "a photo of a", 2 -> "of a {}."."""
-    words = (ctx_init or "").split()
-    rest = words[n_ctx:] if len(words) >= n_ctx else []
-    return " ".join(rest + ["{}."])
+MAX_PHRASE_CTX = 4  # the reference uses ctx_init only when n_ctx <= 4
+
+
+def maple_context(cfg: MaPLeConfig, tokenizer) -> ContextInit:
+    """The reference MaPLe rule (``trainers/maple.py``): the phrase's first ``n_ctx`` tokens when
+    ``n_ctx <= 4``, else ``n_ctx`` random vectors. A phrase shorter than ``n_ctx`` tokens is refused:
+    the reference would then overwrite the class name's first tokens with learned vectors."""
+    if not cfg.ctx_init or cfg.n_ctx > MAX_PHRASE_CTX:
+        if cfg.ctx_init:
+            log.info(f"maple: n_ctx={cfg.n_ctx} > {MAX_PHRASE_CTX}: ctx_init is ignored and the context is random, "
+                     f"as in the reference code")
+        return ContextInit(cfg.n_ctx)
+    phrase = cfg.ctx_init.replace("_", " ")
+    if phrase_tokens(tokenizer, phrase) < cfg.n_ctx:
+        raise ConfigError(f"maple: ctx_init {phrase!r} has fewer than n_ctx={cfg.n_ctx} tokens; the reference code "
+                          f"would overwrite the class name with context vectors: use a longer phrase or a smaller n_ctx")
+    return ContextInit(cfg.n_ctx, phrase)
+
+
+def coupling_layers(text_width: int, vision_width: int, depth: int) -> nn.ModuleList:
+    """F_0 .. F_{depth-1}: text -> vision prompt maps. As in the reference code, the deep maps start as
+    copies of one randomly initialised layer (``_get_clones``); F_0 has its own initialisation."""
+    first = nn.Linear(text_width, vision_width)
+    deep = nn.Linear(text_width, vision_width)
+    return nn.ModuleList([first, *[copy.deepcopy(deep) for _ in range(depth - 1)]])
 
 
 @METHODS.register("maple")
@@ -54,11 +79,12 @@ class MaPLe(Method):
         self.prompted = PromptedCLIP(self.clip)
         p, cfg = self.prompted, self.config
         self.depth = max(1, min(cfg.depth, p.vision_layers, p.text_layers))
-        self.ctx = nn.Parameter(init_context(p, backbone.tokenizer, cfg.n_ctx, cfg.ctx_init))
+        init = maple_context(cfg, backbone.tokenizer)
+        self.ctx = nn.Parameter(init.vectors(p, backbone.tokenizer))
         self.deep_text = nn.ParameterList(
-            [nn.Parameter(torch.randn(cfg.n_ctx, p.text_width) * 0.02) for _ in range(self.depth - 1)])
-        self.coupling = nn.ModuleList([nn.Linear(p.text_width, p.vision_width) for _ in range(self.depth)])
-        self.prompts = ClassPrompts(backbone.tokenizer, cfg.n_ctx, suffix_after_context(cfg.ctx_init, cfg.n_ctx))
+            [nn.Parameter(torch.randn(cfg.n_ctx, p.text_width) * INIT_STD) for _ in range(self.depth - 1)])
+        self.coupling = coupling_layers(p.text_width, p.vision_width, self.depth)
+        self.prompts = ClassPrompts(backbone.tokenizer, init.prefix)
 
     def prompt_stacks(self) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
         """(text prompts per layer, vision prompts per layer), layer 0 first."""

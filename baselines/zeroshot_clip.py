@@ -15,12 +15,7 @@ from sbir_bench.methods import METHODS, Method
 class ZeroShotCLIP(Method):
     description = "frozen CLIP image encoder for sketches and photos, cosine retrieval, no training"
     trainable = False
+    uses_frozen_features = True
 
-    def _embed(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.normalize(self.clip.encode_image(images).float(), dim=-1)
-
-    def embed_sketches(self, images: torch.Tensor) -> torch.Tensor:
-        return self._embed(images)
-
-    def embed_photos(self, images: torch.Tensor) -> torch.Tensor:
-        return self._embed(images)
+    def embed_features(self, features: torch.Tensor, modality: str) -> torch.Tensor:
+        return features

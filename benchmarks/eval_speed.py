@@ -81,7 +81,7 @@ def main() -> None:
     ap.add_argument("--loop-queries", type=int, default=200)
     ap.add_argument("--memory", default="1GiB")
     args = ap.parse_args()
-    from sbir_bench.progress import set_quiet
+    from sbir_bench.log import set_quiet
     set_quiet(True)
     q, g, ql, gl = synthetic(args.queries, args.gallery, args.dim, args.classes, args.separation)
     print(f"problem: {args.queries} queries x {args.gallery} gallery, d={args.dim}, {args.classes} classes; "

@@ -1,10 +1,15 @@
 """sbir-bench: CLIP prompt-learning methods for zero-shot sketch-based image retrieval.
 
-The package is organised one concept per module: ``data`` (datasets, splits, mini set),
-``settings`` (ZS / GZS / FG query-gallery composition), ``models`` (open_clip backbones and a
-prompt-injectable view of their encoders), ``methods`` (the plug-in interface and registry),
-``engine`` (the one trainer every method shares), ``retrieval`` (exact, fast metrics) and
-``reporting`` (records, compare tables, export, plots).
+The package is organised one concept per module (docs/architecture.md walks through a run):
+``data`` (dataset catalog, discovery, splits, the mini set, ZS / GZS / FG tasks), ``models``
+(open_clip backbones, their preprocessing, a prompt-injectable view of their encoders),
+``methods`` (the plug-in interface), ``engine`` (the one trainer every method shares),
+``embedding`` and ``feature_cache`` (images -> embeddings), ``retrieval`` (protocols and exact,
+fast metrics), ``runner`` (one run, as named steps), ``records`` and ``reporting`` (records,
+compare tables, export, plots) and ``cli``. Library code logs through the ``sbir_bench`` logger.
 """
 
+import logging
+
 __version__ = "0.1.0"
+logging.getLogger("sbir_bench").addHandler(logging.NullHandler())

@@ -1,136 +1,198 @@
-"""Typed run configuration: dataclasses, loaded from YAML, overridden from the CLI.
+"""Typed run configuration: dataclasses, loaded from YAML, overridden from the CLI, validated once.
 
-Every run writes :func:`to_dict` of its fully resolved config into its record, so a number in a
-table can always be traced back to the exact settings that produced it.
+Each field's constraints and help text live in its metadata (:func:`opt`); :func:`from_dict` (which
+every YAML file, ``--set`` and CLI flag goes through) checks them, and the CLI builds its options from
+the same metadata (:func:`option_type`), so a bound is written once. Every run writes
+:func:`to_dict` of its fully resolved config into its record, so a number in a table can always be
+traced back to the exact settings that produced it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
+from .data.tasks import GZS_PROTOCOLS, SETTINGS
 from .errors import ConfigError
+from .retrieval.protocol import DEFAULT_PRESET, PRESETS
+
+DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?|mps"
+
+
+def opt(default: Any = dataclasses.MISSING, help: str = "", min: Optional[float] = None,
+        max: Optional[float] = None, choices: Tuple[str, ...] = (), pattern: str = "", positive: bool = False,
+        factory: Any = dataclasses.MISSING) -> Any:
+    """A config field with its help text and constraints (checked by :func:`validate`)."""
+    meta = {"help": help, "min": min, "max": max, "choices": choices, "pattern": pattern, "positive": positive}
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class DataConfig:
     """Which dataset, split and setting to run, and how to load images."""
 
-    dataset: str = "mini"
-    setting: str = "zs"
-    split: str = "1"
-    split_file: Optional[str] = None
-    data_root: Optional[str] = None
-    image_size: Optional[int] = None  # None: the backbone's own input size
-    gzs_seen_photo_fraction: float = 0.2  # share of each seen class's photos held out for the GZS gallery
-    val_fraction: float = 0.1  # share of seen-class sketches/photos held out for validation
-    max_per_class: Optional[int] = None  # cap samples per class (quick experiments); None = all
-    workers: int = 0
-    pin_memory: bool = True
+    dataset: str = opt("mini", "dataset name (see `sbir-bench datasets`)")
+    setting: str = opt("zs", "zs, gzs or fg", choices=SETTINGS)
+    split: str = opt("1", "official zero-shot split id (sketchy: 1 or 2)")
+    split_file: Optional[str] = opt(None, "custom split: a file with one unseen class name per line")
+    data_root: Optional[str] = opt(None, "folder holding the dataset (default: $SBIR_BENCH_DATA or ~/data/sbir)")
+    image_size: Optional[int] = opt(None, "input size; default: the backbone's own", min=8)
+    gzs_protocol: str = opt("sem-pcyc", "GZS composition: sem-pcyc (the literature's) or heldout (stricter)",
+                            choices=GZS_PROTOCOLS)
+    gzs_seen_photo_fraction: float = opt(0.2, "GZS: seen-class share (see docs/datasets.md)", min=0.0, max=1.0,
+                                         positive=True)
+    val_fraction: float = opt(0.1, "share of seen-class sketches/photos held out for validation", min=0.0, max=0.9)
+    max_per_class: Optional[int] = opt(None, "cap images per class (quick experiments)", min=1)
+    workers: Optional[int] = opt(None, "DataLoader worker processes (default: automatic, from the cores)", min=0)
+    pin_memory: bool = opt(True, "pin host memory for CUDA transfers")
 
 
 @dataclass
 class BackboneConfig:
     """Which open_clip model to build and where its weights come from."""
 
-    name: str = "sbir-tiny"
-    pretrained: Optional[str] = None  # open_clip tag (e.g. "openai"), a local checkpoint path, or None
-    cache_dir: Optional[str] = None
+    name: str = opt("sbir-tiny", "open_clip model name, e.g. ViT-B-32")
+    pretrained: Optional[str] = opt(None, "open_clip tag (e.g. openai), a local checkpoint PATH, or random")
+    cache_dir: Optional[str] = opt(None, "where open_clip weights are cached")
 
 
 @dataclass
 class TrainConfig:
     """Optimisation settings shared by every trainable method."""
 
-    epochs: int = 2
-    batch_size: int = 32
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    optimizer: str = "adamw"  # adamw | sgd
-    momentum: float = 0.9
-    warmup_epochs: float = 0.0
-    grad_accum: int = 1
-    amp: bool = True  # only takes effect on CUDA
-    steps_per_epoch: Optional[int] = None  # None: one pass over the training sketches
-    val_every: int = 1  # evaluate on the seen-class validation split every N epochs (0 = never)
-    checkpoint_dir: Optional[str] = None  # default: <output_dir>/checkpoints/<run name>
-    resume: bool = False
+    epochs: int = opt(2, "training epochs (ignored by methods that do not train)", min=1)
+    batch_size: int = opt(32, "global training batch size", min=1)
+    lr: float = opt(2e-3, "learning rate", positive=True)
+    weight_decay: float = opt(1e-4, "weight decay", min=0.0)
+    optimizer: str = opt("adamw", "adamw or sgd", choices=("adamw", "sgd"))
+    momentum: float = opt(0.9, "SGD momentum", min=0.0, max=1.0)
+    schedule: str = opt("cosine-step", "cosine-step (per step) or cosine-epoch (per epoch, as CoOp/MaPLe)",
+                        choices=("cosine-step", "cosine-epoch"))
+    warmup_epochs: float = opt(0.0, "warm-up length in epochs", min=0.0)
+    warmup: str = opt("linear", "linear ramp, or constant lr = warmup_lr (CoOp/MaPLe)", choices=("linear", "constant"))
+    warmup_lr: float = opt(1e-5, "learning rate during a constant warm-up", positive=True)
+    grad_accum: int = opt(1, "micro-batches per optimiser step", min=1)
+    amp: bool = opt(True, "mixed precision (bf16, or fp16 with a grad scaler); only takes effect on CUDA")
+    steps_per_epoch: Optional[int] = opt(None, "default: one pass over the training sketches", min=1)
+    val_every: int = opt(1, "seen-class validation every N epochs (0 = never)", min=0)
+    checkpoint_dir: Optional[str] = opt(None, "default: <output_dir>/checkpoints/<run name>")
+    resume: bool = opt(False, "continue from the last checkpoint of this run")
 
 
 @dataclass
 class EvalConfig:
-    """Retrieval evaluation protocol (see docs/metrics.md)."""
+    """Retrieval evaluation: protocol preset and overrides (docs/metrics.md), and resources."""
 
-    memory: str = "1GiB"
-    map_k: List[int] = field(default_factory=lambda: [200])
-    prec_k: List[int] = field(default_factory=lambda: [100, 200])
-    acc_k: List[int] = field(default_factory=lambda: [1, 5, 10])
-    topk_interpolation: str = "voc"  # voc | none
-    all_interpolation: str = "none"  # none (= sklearn) | voc (SAKE's mAP@all)
-    topk_normalization: str = "min_k_r"  # min_k_r | hits | r
-    ties: str = "grouped"  # grouped | stable | optimistic | pessimistic (top-K metrics, and mAP@all with voc)
-    average: str = "query"  # query | class
-    batch_size: int = 64
-    save_embeddings: bool = True
+    protocol: str = opt(DEFAULT_PRESET, "protocol preset", choices=tuple(PRESETS))
+    protocol_overrides: Dict[str, Any] = opt(help="protocol knobs that differ from the preset, e.g. {ties: stable}",
+                                             factory=dict)
+    memory: str = opt("1GiB", "memory budget of the evaluation engine, e.g. 2GiB (auto: half the free GPU memory)",
+                      pattern=r"(?i)\s*auto\s*|\s*[0-9.]+\s*[kmg]?i?b?\s*")
+    batch_size: int = opt(64, "images per forward pass when embedding", min=1)
+    save_embeddings: bool = opt(True, "save embeddings.npz and per_query.npz next to the record")
+    feature_cache: bool = opt(True, "reuse cached frozen-backbone features (see `sbir-bench cache`)")
 
 
 @dataclass
 class RunConfig:
-    """Everything a run needs; ``method`` holds the method's own typed config as a dict."""
+    """Everything a run needs; ``method_config`` holds the method's own typed config as a dict."""
 
-    method: str = "zeroshot-clip"
-    variant: str = ""  # label of an ablation/variant: its own row in `compare`, its own checkpoints
-    seed: int = 0
-    device: str = "auto"
-    output_dir: str = "results/runs"
-    quiet: bool = False
-    data: DataConfig = field(default_factory=DataConfig)
-    backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    method_config: Dict[str, Any] = field(default_factory=dict)
+    method: str = opt("zeroshot-clip", "method name (see `sbir-bench methods`)")
+    variant: str = opt("", "label of an ablation/variant: its own row in `compare`, its own checkpoints")
+    seed: int = opt(0, "random seed", min=0)
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N", pattern=DEVICE_PATTERN)
+    output_dir: str = opt("results/runs", "where records go")
+    quiet: bool = opt(False, "no progress bars or info lines")
+    data: DataConfig = opt(factory=DataConfig)
+    backbone: BackboneConfig = opt(factory=BackboneConfig)
+    train: TrainConfig = opt(factory=TrainConfig)
+    eval: EvalConfig = opt(factory=EvalConfig)
+    method_config: Dict[str, Any] = opt(factory=dict)
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
     """Convert ``value`` (from YAML or a CLI string) to ``annotation``, with a clear error."""
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is typing.Union:  # Optional[X]
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
             return None
-        inner = [a for a in args if a is not type(None)][0]
-        return _coerce(value, inner, where)
+        return _coerce(value, [a for a in args if a is not type(None)][0], where)
     if origin in (list, List):
         if isinstance(value, str):
             value = [v for v in value.split(",") if v.strip()]
         return [_coerce(v, args[0], where) for v in value]
     if origin in (dict, Dict) or annotation is Any:
+        if origin in (dict, Dict) and not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return value
     if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a section (mapping), got {value!r}")
         return from_dict(annotation, value, where)
+    return _scalar(value, annotation, where)
+
+
+def _scalar(value: Any, annotation: Any, where: str) -> Any:
     try:
         if annotation is bool:
-            if isinstance(value, str):
-                if value.lower() in ("1", "true", "yes", "on"):
-                    return True
-                if value.lower() in ("0", "false", "no", "off"):
-                    return False
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                return value.lower() in ("1", "true", "yes", "on")
+            raise ValueError(value)
+        if annotation is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError(value)
-            return bool(value)
-        if annotation in (int, float, str):
-            return annotation(value)
+            return int(value)
+        if annotation in (float, str):
+            out = annotation(value)
+            if annotation is float and not math.isfinite(out):
+                raise ValueError(value)
+            return out
     except (TypeError, ValueError):
         raise ConfigError(f"{where}: expected {annotation.__name__}, got {value!r}") from None
     return value
 
 
+def validate(obj: Any, where: str) -> Any:
+    """Check every field of dataclass ``obj`` against its metadata; one-line error naming the key."""
+    for f in dataclasses.fields(obj):
+        value, meta = getattr(obj, f.name), f.metadata or {}
+        if value is None or isinstance(value, (dict, list)) or dataclasses.is_dataclass(value):
+            continue
+        problem = _violation(value, meta)
+        if problem:
+            raise ConfigError(f"{where}.{f.name}={value!r}: {problem}")
+    return obj
+
+
+def _violation(value: Any, meta: Dict[str, Any]) -> str:
+    """What is wrong with ``value`` under ``meta``'s constraints, or ''."""
+    if meta.get("choices") and value not in meta["choices"]:
+        return f"choose one of: {', '.join(meta['choices'])}"
+    if meta.get("pattern") and not re.fullmatch(meta["pattern"], str(value)):
+        return f"not a valid value ({meta.get('help', '')})"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if meta.get("positive") and value <= 0:
+            return "must be > 0"
+        if meta.get("min") is not None and value < meta["min"]:
+            return f"must be >= {meta['min']}"
+        if meta.get("max") is not None and value > meta["max"]:
+            return f"must be <= {meta['max']}"
+    return ""
+
+
 def from_dict(cls: Any, data: Optional[Dict[str, Any]], where: str = "config") -> Any:
-    """Build dataclass ``cls`` from a (possibly partial) dict, rejecting unknown keys."""
+    """Build dataclass ``cls`` from a (possibly partial) dict, rejecting unknown keys and bad values."""
     data = dict(data or {})
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
@@ -138,7 +200,12 @@ def from_dict(cls: Any, data: Optional[Dict[str, Any]], where: str = "config") -
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}")
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
-    return cls(**kwargs)
+    return validate(cls(**kwargs), where)
+
+
+def field_meta(cls: Any, name: str) -> Dict[str, Any]:
+    """The metadata (help and constraints) of field ``name`` of dataclass ``cls``."""
+    return dict(next(f for f in dataclasses.fields(cls) if f.name == name).metadata or {})
 
 
 def to_dict(obj: Any) -> Dict[str, Any]:
@@ -147,14 +214,19 @@ def to_dict(obj: Any) -> Dict[str, Any]:
 
 
 def load_yaml(path: str | Path) -> Dict[str, Any]:
-    """Read a YAML mapping or raise a one-line error."""
+    """Read a YAML mapping or raise a one-line error (with line and column for syntax errors)."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"config file {p} is not valid YAML{at}: {problem}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {p} is not a text file") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {p} must hold a mapping at top level")
     return data
@@ -173,7 +245,7 @@ def set_dotted(tree: Dict[str, Any], dotted: str, value: Any) -> None:
 
 def parse_override(text: str) -> tuple[str, Any]:
     """Split ``key.path=value`` (value parsed as YAML scalar/list) for ``--set``."""
-    if "=" not in text:
+    if "=" not in text or not text.split("=", 1)[0].strip():
         raise ConfigError(f"override {text!r} must look like section.key=value")
     key, raw = text.split("=", 1)
     try:

@@ -1,22 +1,46 @@
-"""User-facing errors.
+"""User-facing errors and the exit codes the CLI gives them (docs/errors.md lists them).
 
-Anything a researcher can fix by changing a path, a flag or a file raises :class:`SbirError`.
-The CLI prints its message as one line and exits non-zero, never a stack trace: a traceback
-for "your dataset is not where you said" wastes everybody's time.
+Anything a researcher can fix by changing a path, a flag or a file raises a :class:`SbirError`
+subclass. The CLI prints its message as one line and exits with the class's ``exit_code``, never a
+stack trace: a traceback for "your dataset is not where you said" wastes everybody's time, and a
+distinct code lets a script tell a missing dataset from a diverged run.
 """
 
 
 class SbirError(Exception):
     """An error caused by the user's input or environment, reported as one line."""
 
-
-class DataError(SbirError):
-    """A dataset copy is missing, incomplete or inconsistent with the requested split."""
-
-
-class WeightsError(SbirError):
-    """Model weights are not available (offline, not cached, or a bad checkpoint file)."""
+    exit_code = 2
 
 
 class ConfigError(SbirError):
-    """A configuration file or override is invalid."""
+    """A command-line option, configuration file or override is invalid."""
+
+    exit_code = 2
+
+
+class DataError(SbirError):
+    """A dataset copy, split, embeddings file or run record is missing, incomplete or inconsistent."""
+
+    exit_code = 2
+
+
+class WeightsError(SbirError):
+    """Model weights or a training checkpoint are unavailable, unreadable or do not match the run."""
+
+    exit_code = 2
+
+
+class DivergedError(SbirError):
+    """Training or evaluation produced a non-finite number; nothing is recorded."""
+
+    exit_code = 2
+
+
+class OutputError(SbirError):
+    """An output path cannot be written (checked before any work starts)."""
+
+    exit_code = 2
+
+
+EXIT_CODES = {cls.__name__: cls.exit_code for cls in (ConfigError, DataError, WeightsError, DivergedError, OutputError)}

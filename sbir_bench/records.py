@@ -8,61 +8,20 @@ and skipped, never fatal.
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
+import math
 import platform
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
-import numpy as np
-
 SCHEMA = "sbir-bench/run-record/v1"
 REQUIRED_KEYS = ("schema", "method", "dataset", "setting", "split", "backbone", "seed", "config", "metrics")
 PACKAGES = ("sbir-bench", "torch", "torchvision", "open_clip_torch", "numpy", "scipy", "pandas")
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``.
-
-    A crash mid-write leaves either the old file or none, never half a file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-def atomic_write_json(path: str | Path, data: Dict[str, Any]) -> Path:
-    """Atomically write ``data`` as pretty, key-sorted JSON."""
-    text = json.dumps(data, indent=2, sort_keys=True, default=_json_default, allow_nan=True)
-    return atomic_write_bytes(path, (text + "\n").encode())
 
 
 def package_versions() -> Dict[str, str]:
@@ -102,6 +61,17 @@ def run_name(method: str, dataset: str, setting: str, split: str, seed: int) -> 
     return f"{method}_{dataset}_{setting}_split{split}_seed{seed}"
 
 
+def split_label(split: str, split_file: Optional[str] = None, for_record: bool = False) -> str:
+    """The split as records show it (``file:<path>`` for a custom split) or as run names use it
+    (``file-<stem>-<content hash>``, so two custom splits never share checkpoints)."""
+    if not split_file:
+        return str(split)
+    if for_record:
+        return f"file:{split_file}"
+    digest = hashlib.sha256(Path(split_file).read_bytes()).hexdigest()[:8]
+    return f"file-{Path(split_file).stem}-{digest}"
+
+
 @dataclass
 class LoadedRecord:
     path: Path
@@ -117,8 +87,13 @@ def validate_record(data: Any) -> Optional[str]:
     missing = [k for k in REQUIRED_KEYS if k not in data]
     if missing:
         return f"missing {', '.join(missing)}"
-    if not isinstance(data["metrics"], dict):
-        return "metrics is not an object"
+    if not isinstance(data["metrics"], dict) or not data["metrics"]:
+        return "metrics is not a non-empty object"
+    for name, value in data["metrics"].items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return f"metric {name} is {value!r}, not a finite number"
+    if not isinstance(data.get("seed"), int) or isinstance(data.get("seed"), bool):
+        return f"seed is {data.get('seed')!r}, not an integer"
     return None
 
 

@@ -1,6 +1,8 @@
-"""One run end to end: data -> method -> (training) -> embedding -> metrics -> JSON record.
+"""One run end to end, as named steps: prepare data -> build the method -> train -> score -> record.
 
-This is the only place that wires the pieces together; it knows nothing method-specific.
+This is the only place that wires the pieces together; it knows nothing method-specific. Every
+check that can fail on the user's input (outputs writable, dataset present, split valid, tasks
+evaluable) runs in :func:`prepare_data`, before any model weight is loaded.
 """
 
 from __future__ import annotations
@@ -8,28 +10,33 @@ from __future__ import annotations
 import random
 import time
 import uuid
-from dataclasses import replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 import torch
-from torchvision import transforms as T
 
 from .config import RunConfig, from_dict, to_dict
-from .data.catalog import index_dataset
+from .data.discovery import DatasetIndex, index_dataset
 from .data.splits import load_split
-from .data.triplets import TripletDataset
+from .data.tasks import RetrievalTask, SplitPartition, build_task, build_val_task, partition
+from .data.triplets import FeatureTriplets, TripletDataset
+from .embedding import EmbeddedTask, embed_samples, embed_task
 from .engine import distributed as dist_utils
 from .engine.trainer import Trainer
-from .evaluation import embed_task
-from .methods import get_method
-from .models import load_backbone
-from .progress import info, set_quiet
-from .records import SCHEMA, atomic_write_json, provenance, run_name
-from .retrieval import Protocol
-from .retrieval.embeddings import save_embeddings
-from .settings import build_task, build_val_task, partition
+from .feature_cache import FeatureCache
+from .feature_cache import open_for as open_feature_cache
+from .fileio import atomic_write_json, atomic_write_npz, check_output_dir
+from .log import get_logger, set_quiet
+from .methods import Method, get_method
+from .models import Backbone, load_backbone
+from .models.preprocess import eval_transform, preprocess_config, train_transform
+from .records import SCHEMA, provenance, run_name, split_label
+from .retrieval import PRESETS, Protocol, RetrievalResult, evaluate_many
+from .retrieval.embedding_files import save_embeddings
+
+log = get_logger(__name__)
 
 
 def seed_everything(seed: int) -> None:
@@ -40,117 +47,232 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def train_transform(size: int, mean, std) -> T.Compose:
-    """Light augmentation shared by sketches and photos."""
-    return T.Compose([T.RandomResizedCrop(size, scale=(0.8, 1.0), antialias=True), T.RandomHorizontalFlip(),
-                      T.ToTensor(), T.Normalize(mean, std)])
+@dataclass
+class RunData:
+    """The dataset side of a run: index, seen/unseen partition and the test and validation tasks."""
+
+    index: DatasetIndex
+    part: SplitPartition
+    task: RetrievalTask
+    val_task: RetrievalTask
+
+    @property
+    def fine(self) -> bool:
+        return self.index.spec.fine_grained
 
 
-def eval_transform(size: int, mean, std) -> T.Compose:
-    return T.Compose([T.Resize(size, antialias=True), T.CenterCrop(size), T.ToTensor(), T.Normalize(mean, std)])
+@dataclass
+class RunParts:
+    """Everything a run needs before training (dict-style access is kept for existing callers)."""
+
+    data: RunData
+    backbone: Backbone
+    method: Method
+    train_tf: Callable
+    eval_tf: Callable
+    cache: Optional[FeatureCache] = None
+
+    @property
+    def index(self) -> DatasetIndex:
+        return self.data.index
+
+    @property
+    def part(self) -> SplitPartition:
+        return self.data.part
+
+    @property
+    def fine(self) -> bool:
+        return self.data.fine
+
+    def __getitem__(self, key: str) -> Any:
+        return getattr(self, key)
 
 
-def _norm_stats(model) -> tuple:
-    cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
-    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-    return tuple(cfg.get("mean", OPENAI_DATASET_MEAN)), tuple(cfg.get("std", OPENAI_DATASET_STD))
-
-
-def build(cfg: RunConfig, device: torch.device) -> Dict[str, Any]:
-    """Everything a run needs before training: backbone, data partition, tasks, method."""
-    backbone = load_backbone(cfg.backbone.name, cfg.backbone.pretrained, cfg.backbone.cache_dir, device)
+def prepare_data(cfg: RunConfig) -> RunData:
+    """Index the dataset, apply the split, partition the seen classes and build the tasks; refuse
+    degenerate inputs (no query, nothing to retrieve) with one line, before any model is loaded."""
+    check_output_dir(cfg.output_dir)
     index = index_dataset(cfg.data.dataset, cfg.data.data_root)
     unseen = load_split(index.spec, index.class_names, cfg.data.split, cfg.data.split_file)
-    part = partition(index, unseen, cfg.seed, cfg.data.val_fraction, cfg.data.gzs_seen_photo_fraction,
-                     cfg.data.max_per_class)
+    heldout = cfg.data.gzs_seen_photo_fraction if cfg.data.gzs_protocol == "heldout" else 0.0
+    part = partition(index, unseen, cfg.seed, cfg.data.val_fraction, heldout, cfg.data.max_per_class)
+    fine = index.spec.fine_grained
+    task = build_task(cfg.data.setting, part, fine, cfg.data.gzs_protocol, cfg.data.gzs_seen_photo_fraction, cfg.seed)
+    task.check(f"{cfg.data.dataset} split {split_label(cfg.data.split, cfg.data.split_file)}")
+    return RunData(index, part, task, build_val_task(cfg.data.setting, part, fine))
+
+
+def method_and_config(cfg: RunConfig) -> tuple:
+    """The method class and its validated config (checked before any data or weights are touched)."""
     method_cls = get_method(cfg.method)
-    method_cfg = from_dict(method_cls.config_class, cfg.method_config, f"method_config ({cfg.method})")
-    method = method_cls(backbone, index.class_names, part.seen, method_cfg).to(device)
-    size = cfg.data.image_size or backbone.image_size
-    mean, std = _norm_stats(backbone.model)
-    return {"backbone": backbone, "index": index, "part": part, "method": method,
-            "train_tf": train_transform(size, mean, std), "eval_tf": eval_transform(size, mean, std),
-            "fine": index.spec.fine_grained}
+    return method_cls, from_dict(method_cls.config_class, cfg.method_config, f"method_config ({cfg.method})")
 
 
-def _final_validation(train_info: Dict[str, Any], val_task, score) -> Dict[str, float]:
+def build(cfg: RunConfig, device: torch.device, data: Optional[RunData] = None) -> RunParts:
+    """Everything a run needs before training: data, backbone, method and image transforms."""
+    method_cls, method_cfg = method_and_config(cfg)
+    data = data or prepare_data(cfg)
+    backbone = load_backbone(cfg.backbone.name, cfg.backbone.pretrained, cfg.backbone.cache_dir, device)
+    method = method_cls(backbone, data.index.class_names, data.part.seen, method_cfg).to(device)
+    pp = preprocess_config(backbone.preprocess_cfg, cfg.data.image_size)
+    cache = open_feature_cache(backbone, asdict(pp), device.type, cfg.train.amp) if cfg.eval.feature_cache else None
+    return RunParts(data, backbone, method, train_transform(pp), eval_transform(pp), cache)
+
+
+@dataclass
+class Scorer:
+    """Embeds a task with the method and scores it under the run's protocol (and every preset)."""
+
+    cfg: RunConfig
+    parts: RunParts
+    device: torch.device
+    protocol: Protocol
+    skipped: Dict[str, int] = field(default_factory=dict)
+
+    def embed(self, task: RetrievalTask) -> EmbeddedTask:
+        names = self.parts.index.class_names
+        self.parts.method.prepare_eval([names[c] for c in sorted({s.label for s in task.gallery})])
+        emb = embed_task(task, self.parts.method, self.parts.eval_tf, self.device, self.cfg.eval.batch_size,
+                         self.cfg.data.workers, amp=self.cfg.train.amp, cache=self.parts.cache)
+        if emb is not None:
+            self.skipped[task.name] = emb.skipped
+        return emb
+
+    def score(self, task: RetrievalTask, desc: str, all_presets: bool = False) -> tuple:
+        """(embeddings, [result under the run's protocol, then one per preset if ``all_presets``]);
+        (None, None) on DDP ranks other than 0, which only embed their shard."""
+        emb = self.embed(task)
+        if emb is None:
+            return None, None
+        protocols = [self.protocol] + (list(PRESETS.values()) if all_presets else [])
+        return emb, evaluate_many(*emb.arrays(), protocols=protocols, memory=self.cfg.eval.memory,
+                                  device=self.device, desc=desc, query_seen=emb.query_seen)
+
+    def validation_metrics(self, task: RetrievalTask) -> Optional[Dict[str, float]]:
+        results = self.score(task, "validation")[1]
+        return None if results is None else dict(results[0].metrics)
+
+    def frozen_features(self, samples) -> Dict[str, np.ndarray]:
+        """path -> frozen image feature (eval transform, no augmentation), through the cache if enabled."""
+        method, parts = self.parts.method, self.parts
+
+        def compute(todo):
+            return embed_samples(todo, method.frozen_image_features, parts.eval_tf, self.device,
+                                 self.cfg.eval.batch_size, self.cfg.data.workers, "training features", self.cfg.train.amp)
+        feats, pos, _ = parts.cache.features(samples, compute) if parts.cache else compute(samples)
+        return {samples[i].path: f for i, f in zip(pos, feats)}
+
+
+def train(cfg: RunConfig, parts: RunParts, scorer: Scorer, name: str, on_epoch_end=None) -> Dict[str, Any]:
+    """Fit the method on seen-class triplets (if it trains); the ``train`` section of the record."""
+    method, part = parts.method, parts.part
+    if not method.trainable:
+        return {"epochs": 0}
+    instance_triplets = parts.fine and cfg.data.setting == "fg"  # category settings train on category triplets
+    if method.trains_on_frozen_features():
+        features = scorer.frozen_features(list(part.train_sketches) + list(part.train_photos))
+        dataset = FeatureTriplets(part.train_sketches, part.train_photos, part.seen, features, cfg.seed,
+                                  instance_triplets)
+    else:
+        dataset = TripletDataset(part.train_sketches, part.train_photos, part.seen, parts.train_tf, cfg.seed,
+                                 instance_triplets)
+    ckpt_dir = Path(cfg.train.checkpoint_dir) if cfg.train.checkpoint_dir else Path(cfg.output_dir) / "checkpoints" / name
+    validate = None
+    if parts.data.val_task.evaluable:
+        validate = lambda m: scorer.validation_metrics(parts.data.val_task)  # noqa: E731
+    elif cfg.train.val_every:
+        log.info("no seen-class validation: the split leaves no validation photos (raise data.val_fraction)")
+    trainer = Trainer(method, dataset, cfg.train, scorer.device, cfg.seed, ckpt_dir, cfg.data.workers,
+                      cfg.data.pin_memory, validate, on_epoch_end, fingerprint=training_fingerprint(cfg))
+    result = trainer.fit()
+    return {"epochs": cfg.train.epochs, "steps_per_epoch": trainer.steps, "history": result.history,
+            "seconds": result.seconds, "resumed_from_epoch": result.resumed_from_epoch,
+            "skipped_images": result.skipped_images, "checkpoint_dir": str(ckpt_dir), "world_size": trainer.world}
+
+
+RESUMABLE_KEYS = ("quiet", "output_dir", "device", "eval", "train.resume", "train.checkpoint_dir", "train.val_every",
+                  "data.workers", "data.pin_memory", "data.data_root", "backbone.cache_dir")
+
+
+def training_fingerprint(cfg: RunConfig) -> Dict[str, Any]:
+    """What a checkpoint was trained on: the resolved config minus what may change on resume."""
+    tree = to_dict(cfg)
+    for key in RESUMABLE_KEYS:
+        node, *rest = key.split(".")
+        if rest:
+            tree[node].pop(rest[0], None)
+        else:
+            tree.pop(node, None)
+    return tree
+
+
+def final_validation(train_info: Dict[str, Any], val_task: RetrievalTask, scorer: Scorer) -> Dict[str, float]:
     """Seen-class validation metrics of the final model: from the last epoch's validation if the
     trainer ran one, else computed now (so zero-shot runs report them too)."""
     history = train_info.get("history") or []
     if history and any(k.startswith("val_") for k in history[-1]):
         return {k[4:]: v for k, v in history[-1].items() if k.startswith("val_")}
-    if not val_task.evaluable:
-        return {}
-    return dict(score(val_task, "validation")[1].metrics)
+    return scorer.validation_metrics(val_task) if val_task.evaluable else {}
 
 
 def run(cfg: RunConfig, on_epoch_end=None) -> Dict[str, Any]:
     """Execute one run and return its record (also written under ``cfg.output_dir``)."""
     set_quiet(cfg.quiet)
     device = dist_utils.local_device(cfg.device)
+    dist_utils.init_distributed(device)
     seed_everything(cfg.seed)
     t_start = time.perf_counter()
     parts = build(cfg, device)
-    method, part, fine = parts["method"], parts["part"], parts["fine"]
     name = run_name(cfg.method + (f"-{cfg.variant}" if cfg.variant else ""), cfg.data.dataset, cfg.data.setting,
-                    cfg.data.split, cfg.seed)
-    out_dir = Path(cfg.output_dir)
-    protocol = Protocol.from_eval_config(cfg.eval)
-    task = build_task(cfg.data.setting, part, fine)
-    val_task = build_val_task(cfg.data.setting, part, fine)
-    info(f"{name}: {len(part.seen)} seen / {len(part.unseen)} unseen classes; test {len(task.queries)} queries x "
-         f"{len(task.gallery)} gallery; method {cfg.method} ({method.n_trainable():,} trainable parameters)")
-
-    def score(task_, desc: str):
-        method.prepare_eval([parts["index"].class_names[c] for c in sorted({s.label for s in task_.gallery})])
-        emb = embed_task(task_, method.embed_sketches, method.embed_photos, parts["eval_tf"], device,
-                         cfg.eval.batch_size, cfg.data.workers, amp=cfg.train.amp)
-        return emb, emb.evaluate(protocol, cfg.eval.memory, device, desc)
-
-    train_info: Dict[str, Any] = {"epochs": 0}
-    if method.trainable and cfg.train.epochs > 0:
-        instance_triplets = fine and cfg.data.setting == "fg"  # category settings train on category triplets
-        dataset = TripletDataset(part.train_sketches, part.train_photos, part.seen, parts["train_tf"], cfg.seed,
-                                 instance_triplets)
-        ckpt_dir = Path(cfg.train.checkpoint_dir) if cfg.train.checkpoint_dir else out_dir / "checkpoints" / name
-        validate = None
-        if val_task.evaluable:
-            validate = lambda m: score(val_task, "validation")[1].metrics  # noqa: E731
-        elif cfg.train.val_every:
-            info("no seen-class validation: the split leaves no validation photos (raise data.val_fraction)")
-        trainer = Trainer(method, dataset, cfg.train, device, cfg.seed, ckpt_dir, cfg.data.workers,
-                          cfg.data.pin_memory, validate, on_epoch_end)
-        result = trainer.fit()
-        train_info = {"epochs": cfg.train.epochs, "steps_per_epoch": trainer.steps, "history": result.history,
-                      "seconds": result.seconds, "resumed_from_epoch": result.resumed_from_epoch,
-                      "skipped_images": result.skipped_images, "checkpoint_dir": str(ckpt_dir),
-                      "world_size": trainer.world}
-    val_metrics = _final_validation(train_info, val_task, score)
+                    split_label(cfg.data.split, cfg.data.split_file), cfg.seed)
+    scorer = Scorer(cfg, parts, device, Protocol.from_eval_config(cfg.eval))
+    task = parts.data.task
+    log.info(f"{name}: {len(parts.part.seen)} seen / {len(parts.part.unseen)} unseen classes; test {len(task.queries)} "
+             f"queries x {len(task.gallery)} gallery; method {cfg.method} ({parts.method.n_trainable():,} trainable parameters)")
+    train_info = train(cfg, parts, scorer, name, on_epoch_end)
+    val_metrics = final_validation(train_info, parts.data.val_task, scorer)
     t_eval = time.perf_counter()
-    emb, res = score(task, "test")
-    eval_seconds = time.perf_counter() - t_eval
-    record = {
-        "schema": SCHEMA, "run_name": name, "method": cfg.method, "variant": cfg.variant, "dataset": cfg.data.dataset, "setting": cfg.data.setting,
-        "split": cfg.data.split if not cfg.data.split_file else f"file:{cfg.data.split_file}",
-        "backbone": cfg.backbone.name, "pretrained": parts["backbone"].pretrained, "seed": cfg.seed,
-        "config": to_dict(cfg), "method_config_resolved": to_dict(method.config),
-        **res.to_json(), "counts": part.counts, "classes": {"seen": len(part.seen), "unseen": len(part.unseen),
-                                                            "unseen_names": [part.class_names[c] for c in part.unseen]},
-        "class_names": part.class_names,
-        "train": train_info, "val_metrics": val_metrics, "skipped_images": emb.skipped + train_info.get("skipped_images", 0),
-        "timings": {"total_seconds": time.perf_counter() - t_start, "eval_seconds": eval_seconds},
-        "device": str(device), "provenance": provenance(),
-    }
-    if dist_utils.is_main():
-        run_id = f"{name}_{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"  # unique even within a second
-        record["run_id"] = run_id
-        if cfg.eval.save_embeddings:
-            emb_path = out_dir / run_id / "embeddings.npz"
-            save_embeddings(emb_path, emb.query, emb.gallery, emb.query_labels, emb.gallery_labels, emb.query_to_gallery,
-                            emb.query_paths, emb.gallery_paths)
-            np.savez_compressed(out_dir / run_id / "per_query.npz", query_index=res.query_index,
-                                **{k.replace("@", "_at_"): v for k, v in res.per_query.items()})
-            record["embeddings"] = str(emb_path)
-            record["per_query"] = str(out_dir / run_id / "per_query.npz")
-        record["record_path"] = str(atomic_write_json(out_dir / f"{run_id}.json", record))
+    emb, results = scorer.score(task, "test", all_presets=True)
+    if results is None:  # a DDP rank other than 0: it embedded its shard, rank 0 scores and records
+        return {"run_name": name, "rank": dist_utils.world()[0]}
+    timings = {"total_seconds": time.perf_counter() - t_start, "eval_seconds": time.perf_counter() - t_eval}
+    record = make_record(cfg, parts, name, results, train_info, val_metrics, scorer.skipped, timings, device)
+    save_record(cfg, record, emb, results[0])
     return record
+
+
+def make_record(cfg: RunConfig, parts: RunParts, name: str, results: list, train_info: Dict[str, Any],
+                val_metrics: Dict[str, float], skipped: Dict[str, int], timings: Dict[str, float],
+                device: torch.device) -> Dict[str, Any]:
+    """The run record (docs: README "Results records"); results[0] is under the run's protocol."""
+    part = parts.part
+    res: RetrievalResult = results[0]
+    return {
+        "schema": SCHEMA, "run_name": name, "method": cfg.method, "variant": cfg.variant, "dataset": cfg.data.dataset,
+        "setting": cfg.data.setting, "split": split_label(cfg.data.split, cfg.data.split_file, for_record=True),
+        "backbone": cfg.backbone.name, "pretrained": parts.backbone.pretrained, "seed": cfg.seed,
+        "config": to_dict(cfg), "method_config_resolved": to_dict(parts.method.config), **res.to_json(),
+        "metrics_by_protocol": {r.protocol["preset"]: r.metrics for r in results[1:]},
+        "counts": part.counts, "classes": {"seen": len(part.seen), "unseen": len(part.unseen),
+                                           "unseen_names": [part.class_names[c] for c in part.unseen]},
+        "class_names": part.class_names, "gzs_protocol": cfg.data.gzs_protocol if cfg.data.setting == "gzs" else None,
+        "preprocess": parts.backbone.preprocess_cfg, "train": train_info, "val_metrics": val_metrics,
+        "skipped_images": sum(skipped.values()) + train_info.get("skipped_images", 0),
+        "skipped_by_stage": {**skipped, "train": train_info.get("skipped_images", 0)},
+        "timings": timings, "device": str(device), "provenance": provenance(),
+    }
+
+
+def save_record(cfg: RunConfig, record: Dict[str, Any], emb: EmbeddedTask, res: RetrievalResult) -> None:
+    """Write embeddings, per-query values and the record (each atomically; the record last)."""
+    out_dir = Path(cfg.output_dir)
+    run_id = f"{record['run_name']}_{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"  # unique within a second
+    record["run_id"] = run_id
+    if cfg.eval.save_embeddings:
+        record["embeddings"] = str(save_embeddings(out_dir / run_id / "embeddings.npz", emb.query, emb.gallery,
+                                                   emb.query_labels, emb.gallery_labels, emb.query_to_gallery,
+                                                   emb.query_paths, emb.gallery_paths, emb.query_seen))
+        record["per_query"] = str(atomic_write_npz(out_dir / run_id / "per_query.npz", compressed=True,
+                                                   query_index=res.query_index,
+                                                   **{k.replace("@", "_at_"): v for k, v in res.per_query.items()}))
+    record["record_path"] = str(atomic_write_json(out_dir / f"{run_id}.json", record))

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from sbir_bench.methods import METHODS, Method, TripletBatch
 from sbir_bench.methods.losses import clip_cross_entropy, cosine_triplet
 from sbir_bench.models import PromptedCLIP
-from sbir_bench.models.text_prompts import ClassPrompts, init_context
+from sbir_bench.models.text_prompts import ClassPrompts, ContextInit
 
 from .blocks import SpLIPPrompts
 from .objectives import JigsawHead, adaptive_margin_matrix, jigsaw_permutations, shuffle_tiles, triplet_margins
@@ -74,9 +74,10 @@ class SpLIP(Method):
         p = self.prompted
         depth = max(1, min(cfg.depth, p.vision_layers, p.text_layers))
         phrases = torch.stack([self._phrase_embeddings(cfg.sketch_phrase), self._phrase_embeddings(cfg.photo_phrase)])
-        ctx = init_context(p, backbone.tokenizer, cfg.n_ctx, cfg.ctx_init)
+        init = ContextInit(cfg.n_ctx, cfg.ctx_init or "")
+        ctx = init.vectors(p, backbone.tokenizer)
         self.prompts = SpLIPPrompts(p, ctx, phrases, depth, cfg.use_bt, cfg.use_bvt)
-        self.class_prompts = ClassPrompts(backbone.tokenizer, cfg.n_ctx)
+        self.class_prompts = ClassPrompts(backbone.tokenizer, " ".join(["X"] * cfg.n_ctx))
         self.register_buffer("margin_matrix", adaptive_margin_matrix(self.frozen_class_text(self.seen_names),
                                                                      cfg.margin_scale), persistent=False)
         if cfg.jigsaw:

@@ -11,12 +11,17 @@ import pytest
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_environment(tmp_path_factory: pytest.TempPathFactory):
-    """Point every cache at a session temp dir and forbid downloads: tests never touch ~/.cache or the net."""
-    cache = tmp_path_factory.mktemp("sbir-cache")
+    """Point every cache at a session temp dir and forbid downloads: tests never touch ~/.cache or the net.
+
+    ``SBIR_BENCH_TEST_CACHE`` (a developer's option, unset in CI) reuses one folder across sessions,
+    so the mini set and the tiny backbone are built once.
+    """
+    cache = Path(os.environ["SBIR_BENCH_TEST_CACHE"]) if os.environ.get("SBIR_BENCH_TEST_CACHE") \
+        else tmp_path_factory.mktemp("sbir-cache")
     old = {k: os.environ.get(k) for k in ("SBIR_BENCH_CACHE", "SBIR_BENCH_OFFLINE", "SBIR_BENCH_DATA", "HF_HUB_OFFLINE")}
     os.environ.update(SBIR_BENCH_CACHE=str(cache), SBIR_BENCH_OFFLINE="1", HF_HUB_OFFLINE="1",
                       SBIR_BENCH_DATA=str(cache / "no-data-here"))
-    from sbir_bench.progress import set_quiet
+    from sbir_bench.log import set_quiet
     set_quiet(True)
     yield
     for k, v in old.items():

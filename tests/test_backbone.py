@@ -7,7 +7,7 @@ import pytest
 
 from sbir_bench.errors import WeightsError
 from sbir_bench.models import load_backbone
-from sbir_bench.models.factory import _tag_overrides
+from sbir_bench.models.factory import tag_overrides as _tag_overrides
 
 
 def test_tiny_config_is_registered_and_frozen(tiny_backbone):

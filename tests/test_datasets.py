@@ -14,7 +14,7 @@ from sbir_bench.data import get_spec, index_dataset, load_split
 from sbir_bench.data.check import check_dataset
 from sbir_bench.data.splits import package_file, read_class_file
 from sbir_bench.errors import DataError
-from sbir_bench.settings import build_task, partition
+from sbir_bench.data.tasks import build_task, partition
 
 SPLITS = [("sketchy", "1", 25), ("sketchy", "2", 21), ("tuberlin", "1", 30), ("quickdraw", "1", 30)]
 
@@ -52,10 +52,14 @@ def test_settings_on_real_tree(make_tree, dataset, split, count):
     unseen = load_split(index.spec, index.class_names, split)
     part = partition(index, unseen, seed=0, heldout_fraction=0.5)
     zs = build_task("zs", part, fine_grained=False)
-    gzs = build_task("gzs", part, fine_grained=False)
     assert len(zs.queries) == 2 * count and len(zs.gallery) == 2 * count
     n_seen = len(index.class_names) - count
-    assert len(gzs.gallery) == 2 * count + n_seen  # one of each seen class's two photos held out
+    held = build_task("gzs", part, fine_grained=False, gzs_protocol="heldout")
+    assert len(held.gallery) == 2 * count + n_seen  # one of each seen class's two photos held out
+    assert len(held.queries) == 2 * count + n_seen  # and one of its two sketches
+    literature = build_task("gzs", part, fine_grained=False, gzs_protocol="sem-pcyc", seen_fraction=0.2)
+    assert len(literature.gallery) == 2 * count + int(0.2 * 2 * count)  # 20% of the unseen test photos
+    assert len(literature.queries) == 2 * count + int(0.2 * 2 * count)
 
 
 def test_fine_grained_pairing(make_tree):

@@ -12,7 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from sbir_bench.cli import main
-from sbir_bench.records import SCHEMA, atomic_write_json
+from sbir_bench.fileio import atomic_write_json
+from sbir_bench.records import SCHEMA
 from sbir_bench.reporting.collect import runs_frame
 from sbir_bench.reporting.compare import compare
 from sbir_bench.reporting.render import to_latex

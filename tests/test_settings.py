@@ -7,7 +7,7 @@ import pytest
 from sbir_bench.data import index_dataset, load_split
 from sbir_bench.data.mini import MINI_CLASSES, MINI_UNSEEN, PHOTOS_PER_CLASS, SKETCHES_PER_PHOTO
 from sbir_bench.errors import DataError
-from sbir_bench.settings import build_task, build_val_task, partition
+from sbir_bench.data.tasks import build_task, build_val_task, partition
 
 
 @pytest.fixture(scope="module")
@@ -31,15 +31,36 @@ def test_zs_is_unseen_vs_unseen(part):
     assert {s.label for s in task.queries} == set(part.unseen) == {s.label for s in task.gallery}
 
 
-def test_gzs_gallery_adds_held_out_seen_photos_never_trained_on(part):
-    task = build_task("gzs", part, fine_grained=True)
-    seen_in_gallery = [s for s in task.gallery if s.label in set(part.seen)]
+def test_gzs_heldout_adds_seen_queries_and_photos_never_trained_on(part):
+    task = build_task("gzs", part, fine_grained=True, gzs_protocol="heldout")
+    seen = set(part.seen)
+    seen_in_gallery = [s for s in task.gallery if s.label in seen]
+    seen_queries = [s for s in task.queries if s.label in seen]
     per_class = round(0.2 * PHOTOS_PER_CLASS)
     assert len(seen_in_gallery) == len(part.seen) * per_class
     assert len(task.gallery) == len(MINI_UNSEEN) * PHOTOS_PER_CLASS + len(seen_in_gallery)
-    trained = {p.path for p in part.train_photos} | {p.path for p in part.val_photos}
-    assert not trained & {p.path for p in seen_in_gallery}
-    assert {s.label for s in task.queries} == set(part.unseen)
+    assert len(seen_queries) == len(seen_in_gallery) * SKETCHES_PER_PHOTO  # the held-out photos' sketches
+    trained = {p.path for p in part.train_photos + part.val_photos + part.train_sketches + part.val_sketches}
+    assert not trained & {p.path for p in seen_in_gallery + seen_queries}
+    assert task.query_seen().sum() == len(seen_queries)
+
+
+def test_gzs_sem_pcyc_composition_counts_and_seed(part):
+    task = build_task("gzs", part, fine_grained=True, gzs_protocol="sem-pcyc", seen_fraction=0.2, seed=0)
+    seen = set(part.seen)
+    n_unseen_sketches = len(MINI_UNSEEN) * PHOTOS_PER_CLASS * SKETCHES_PER_PHOTO
+    n_unseen_photos = len(MINI_UNSEEN) * PHOTOS_PER_CLASS
+    seen_queries = [s for s in task.queries if s.label in seen]
+    seen_photos = [s for s in task.gallery if s.label in seen]
+    assert len(seen_queries) == int(0.2 * n_unseen_sketches) and len(seen_photos) == int(0.2 * n_unseen_photos)
+    assert len(task.queries) == n_unseen_sketches + len(seen_queries)
+    assert len(task.gallery) == n_unseen_photos + len(seen_photos)
+    train = {p.path for p in part.train_sketches + part.train_photos}
+    assert {p.path for p in seen_queries + seen_photos} <= train  # drawn from the seen classes' training files
+    again = build_task("gzs", part, fine_grained=True, gzs_protocol="sem-pcyc", seed=0)
+    other = build_task("gzs", part, fine_grained=True, gzs_protocol="sem-pcyc", seed=1)
+    assert [s.path for s in again.gallery] == [s.path for s in task.gallery]
+    assert [s.path for s in other.gallery] != [s.path for s in task.gallery]
 
 
 def test_fg_is_instance_level_without_leaking_queries(part):

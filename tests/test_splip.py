@@ -138,4 +138,5 @@ def test_splip_on_quickdraw_tree_gzs(make_tree, tmp_path):
     record = json.loads(next(out.glob("*.json")).read_text())
     assert record["method"] == "splip" and record["setting"] == "gzs" and record["classes"]["unseen"] == 30
     assert record["train"]["history"][0]["jigsaw"] > 0
-    assert set(record["metrics"]) == {"mAP@all", "mAP@200", "P@100", "P@200"}
+    assert set(record["metrics"]) == {f"{m}{g}" for m in ("mAP@all", "mAP@200", "P@100", "P@200")
+                                      for g in ("", "/seen", "/unseen", "/H")}

@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from ..errors import DataError
-from ..progress import progress
-from .catalog import DatasetSpec, class_folders, get_spec, list_images, locate, normalise_class, photo_instance, sketch_instance
+from ..log import progress
+from .catalog import DatasetSpec, get_spec
+from .classnames import class_key
+from .discovery import class_folders, list_images, locate, photo_instance, resolve_root, sketch_instance
 from .images import load_rgb
 from .splits import package_file, read_class_file, split_names
 
@@ -65,16 +67,16 @@ def _official_classes(spec: DatasetSpec) -> Optional[List[str]]:
 def _check_classes(report: CheckReport, spec: DatasetSpec, folders: Dict[str, Dict[str, Path]]) -> None:
     official = _official_classes(spec)
     for modality, found in folders.items():
-        keys = {normalise_class(c) for c in found}
+        keys = {class_key(c) for c in found}
         if official is not None:
-            missing = [c for c in official if normalise_class(c) not in keys]
-            extra = sorted(c for c in found if normalise_class(c) not in {normalise_class(o) for o in official})
+            missing = [c for c in official if class_key(c) not in keys]
+            extra = sorted(c for c in found if class_key(c) not in {class_key(o) for o in official})
             if missing:
                 report.problems.append(f"{len(missing)} official class(es) missing from {modality}: {_listing(missing)}")
             if extra:
                 report.warnings.append(f"{len(extra)} unexpected class folder(s) in {modality}: {_listing(extra)}")
-    sketch_keys = {normalise_class(c) for c in folders["sketches"]}
-    photo_keys = {normalise_class(c) for c in folders["photos"]}
+    sketch_keys = {class_key(c) for c in folders["sketches"]}
+    photo_keys = {class_key(c) for c in folders["photos"]}
     one_sided = sorted(sketch_keys ^ photo_keys)
     if one_sided and official is None:
         report.problems.append(f"class(es) with only one modality: {_listing(one_sided)}")
@@ -116,13 +118,10 @@ def check_dataset(name: str, data_root: Optional[str], split: str = "1", split_f
                   decode: bool = True) -> CheckReport:
     """Run every check on the copy of ``name`` under ``data_root``."""
     spec = get_spec(name)
-    if name == "mini" and data_root is None:
-        from .mini import ensure_mini
-        data_root = str(ensure_mini())
-    base, layout = locate(spec, data_root)
+    base, layout = locate(spec, resolve_root(spec, data_root))
     report = CheckReport(name, base)
     folders = {"sketches": class_folders(base / layout.sketch_dir), "photos": class_folders(base / layout.photo_dir)}
-    report.counts["classes"] = len({normalise_class(c) for c in folders["sketches"]} & {normalise_class(c) for c in folders["photos"]})
+    report.counts["classes"] = len({class_key(c) for c in folders["sketches"]} & {class_key(c) for c in folders["photos"]})
     _check_classes(report, spec, folders)
     images = {m: {c: list_images(p) for c, p in f.items()} for m, f in folders.items()}
     for modality in ("sketches", "photos"):
@@ -134,8 +133,8 @@ def check_dataset(name: str, data_root: Optional[str], split: str = "1", split_f
             report.warnings.append(f"{key}: found {report.counts[key]}, the published copy has {expected}")
     try:
         wanted = split_names(spec, split, split_file)
-        present = {normalise_class(c) for c in folders["sketches"]} & {normalise_class(c) for c in folders["photos"]}
-        absent = [w for w in wanted if normalise_class(w) not in present]
+        present = {class_key(c) for c in folders["sketches"]} & {class_key(c) for c in folders["photos"]}
+        absent = [w for w in wanted if class_key(w) not in present]
         if absent:
             report.problems.append(f"split {split_file or split}: {len(absent)} unseen class(es) absent: {_listing(absent)}")
     except DataError as exc:

@@ -1,34 +1,56 @@
-"""Image datasets for embedding and training that survive unreadable files.
+"""Decoding images for embedding and training, surviving unreadable files.
 
 A corrupt or truncated image is skipped with one warning line naming the file and counted (the count
 goes into the run record); it never crashes an epoch half-way. Skips are reported through the
 collate function so they are seen even when images are decoded in DataLoader worker processes.
+
+Transparency is composited onto white before conversion to RGB: drawing apps export sketches as black
+strokes on a transparent background, and a plain ``convert("RGB")`` would drop the alpha channel and
+turn the whole sketch black.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Callable, List, Optional, Sequence, Set
 
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
-from ..progress import warn
-from .catalog import Sample
+from ..log import get_logger
+from .discovery import Sample
 
+log = get_logger(__name__)
 _WARNED: Set[str] = set()
+WHITE = (255, 255, 255)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB view of ``image``; transparent pixels (RGBA, LA, palette transparency) become white paper.
+
+    >>> to_rgb(Image.new("RGBA", (2, 2), (0, 0, 0, 0))).getpixel((0, 0))
+    (255, 255, 255)
+    """
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        paper = Image.new("RGBA", rgba.size, (*WHITE, 255))
+        return Image.alpha_composite(paper, rgba).convert("RGB")
+    return image.convert("RGB")
 
 
 def load_rgb(path: str, warn_once: bool = True) -> Optional[Image.Image]:
-    """Decode ``path`` as RGB, or None (with one warning per file, unless ``warn_once`` is off) if unreadable."""
+    """Decode ``path`` as RGB (see :func:`to_rgb`), or None if unreadable (one warning per file)."""
     try:
         with Image.open(path) as im:
             im.load()
-            return im.convert("RGB")
+            return to_rgb(im)
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
         if warn_once and path not in _WARNED:
             _WARNED.add(path)
-            warn(f"skipping unreadable image {path} ({type(exc).__name__})")
+            log.warning(f"skipping unreadable image {path} ({type(exc).__name__})")
         return None
 
 
@@ -58,9 +80,33 @@ def collate_skip(batch: List):
     return images, positions, skipped
 
 
-def image_loader(samples: Sequence[Sample], transform: Callable, batch_size: int, workers: int = 0,
+MAX_AUTO_WORKERS = 8
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (the affinity mask, not the machine's total)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def resolve_workers(workers: Optional[int], n_items: int, batch_size: int) -> int:
+    """Loader worker processes: ``workers`` if given, else automatic.
+
+    Automatic: one core per local process stays with the main process (the model's forward), the
+    rest decode images, at most :data:`MAX_AUTO_WORKERS`; a loader of two batches or fewer decodes
+    in the main process, where starting workers would cost more than it saves.
+    """
+    if workers is not None:
+        return workers
+    if n_items <= 2 * batch_size:
+        return 0
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(0, min(MAX_AUTO_WORKERS, available_cores() // local - 1))
+
+
+def image_loader(samples: Sequence[Sample], transform: Callable, batch_size: int, workers: Optional[int] = 0,
                  pin_memory: bool = False) -> DataLoader:
     """Ordered loader over ``samples`` for embedding (no shuffling, skip-tolerant)."""
-    return DataLoader(ImageList(samples, transform), batch_size=batch_size, shuffle=False, num_workers=workers,
+    n_workers = resolve_workers(workers, len(samples), batch_size)
+    return DataLoader(ImageList(samples, transform), batch_size=batch_size, shuffle=False, num_workers=n_workers,
                       collate_fn=collate_skip, pin_memory=pin_memory and torch.cuda.is_available(),
-                      persistent_workers=False)
+                      prefetch_factor=4 if n_workers else None)

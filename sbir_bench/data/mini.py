@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -84,9 +83,9 @@ MINI_UNSEEN: Tuple[str, ...] = ("star", "house", "cup", "flower", "kite")
 
 
 def default_mini_root() -> Path:
-    """User cache dir for the generated set (``$SBIR_BENCH_CACHE`` or ``~/.cache/sbir-bench``)."""
-    base = os.environ.get("SBIR_BENCH_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "sbir-bench")
-    return Path(base) / f"mini-v{VERSION}"
+    """Where the generated set lives: ``mini-v<VERSION>`` in the sbir-bench cache (:func:`cache_root`)."""
+    from ..fileio import cache_root
+    return cache_root() / f"mini-v{VERSION}"
 
 
 def _transform(shape: Shape, cx: float, cy: float, scale: float, angle: float) -> Shape:
@@ -172,8 +171,8 @@ def ensure_mini(root: Path | None = None) -> Path:
     """Return the mini set's root, generating it first if it is absent or incomplete."""
     root = Path(root) if root else default_mini_root()
     if not (root / "VERSION").is_file():
-        from ..progress import info
-        info(f"generating the mini dataset in {root} ...")
+        from ..log import get_logger
+        get_logger(__name__).info(f"generating the mini dataset in {root} ...")
         generate_mini(root)
     return root
 

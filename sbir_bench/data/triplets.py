@@ -10,18 +10,37 @@ whichever worker process or DDP rank loads it and whether or not training was re
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .catalog import Sample
+from .discovery import Sample
 from .images import load_rgb
+
+
+@dataclass
+class TripletBatch:
+    """One training batch: anchor sketches with a positive and a negative photo each."""
+
+    sketch: torch.Tensor
+    positive: torch.Tensor
+    negative: torch.Tensor
+    label: torch.Tensor  # class of sketch and positive (index into the seen-class list)
+    negative_label: torch.Tensor  # class of the negative photo (same list)
+    features: bool = False  # True: the three tensors are cached frozen features (N x D), not images
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "TripletBatch":
+        tensors = (self.sketch, self.positive, self.negative, self.label, self.negative_label)
+        return TripletBatch(*(t.to(device, non_blocking=non_blocking) for t in tensors), features=self.features)
 
 
 class TripletDataset(Dataset):
     """Triplets over the training sketches; labels are re-indexed into the seen-class list."""
+
+    in_memory = False  # images are decoded: the loader may use worker processes
 
     def __init__(self, sketches: Sequence[Sample], photos: Sequence[Sample], seen: Sequence[int],
                  transform: Callable, seed: int = 0, fine_grained: bool = False) -> None:
@@ -47,9 +66,14 @@ class TripletDataset(Dataset):
     def __len__(self) -> int:
         return len(self.sketches)
 
-    def choose(self, index: int) -> tuple[Sample, Sample, Sample]:
-        """The (sketch, positive, negative) samples of ``index`` in the current epoch."""
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+    def _epoch_index(self, item) -> tuple[int, int]:
+        """``(epoch, index)`` from a sampler pair, or from a plain index and :meth:`set_epoch`."""
+        return (int(item[0]), int(item[1])) if isinstance(item, tuple) else (self.epoch, int(item))
+
+    def choose(self, item) -> tuple[Sample, Sample, Sample]:
+        """The (sketch, positive, negative) samples of ``item`` (index, or (epoch, index))."""
+        epoch, index = self._epoch_index(item)
+        rng = np.random.default_rng([self.seed, epoch, index])
         sketch = self.sketches[index]
         same = self.photos_by_class[sketch.label]
         if self.fine_grained:
@@ -64,21 +88,52 @@ class TripletDataset(Dataset):
             negative = pool[int(rng.integers(len(pool)))]
         return sketch, positive, negative
 
-    def __getitem__(self, index: int):
-        samples = self.choose(index)
+    def __getitem__(self, item):
+        samples = self.choose(item)
         images = [load_rgb(s.path) for s in samples]
         if any(im is None for im in images):
             return None
+        epoch, index = self._epoch_index(item)
         torch_state = torch.random.get_rng_state()
-        torch.manual_seed(hash((self.seed, self.epoch, index)) & 0x7FFFFFFF)
+        torch.manual_seed(hash((self.seed, epoch, index)) & 0x7FFFFFFF)
         tensors = [self.transform(im) for im in images]  # seeded: augmentation identical on resume
         torch.random.set_rng_state(torch_state)
         return (*tensors, self.seen_index[samples[0].label], self.seen_index[samples[2].label])
 
 
+class FeatureTriplets(TripletDataset):
+    """The same triplets as :class:`TripletDataset`, as rows of precomputed frozen features.
+
+    No augmentation (CLIP's own linear-probe protocol trains on features of the unaugmented images),
+    no decoding: an epoch costs a few table lookups. Images whose features are absent (unreadable)
+    make their triplet skipped, like an unreadable image does.
+    """
+
+    in_memory = True  # nothing to decode: no worker processes
+
+    def __init__(self, sketches: Sequence[Sample], photos: Sequence[Sample], seen: Sequence[int],
+                 features: Dict[str, np.ndarray], seed: int = 0, fine_grained: bool = False) -> None:
+        super().__init__(sketches, photos, seen, transform=None, seed=seed, fine_grained=fine_grained)
+        self.features = features
+
+    def __getitem__(self, item):
+        samples = self.choose(item)
+        if any(s.path not in self.features for s in samples):
+            return None
+        tensors = [torch.from_numpy(np.asarray(self.features[s.path], np.float32)) for s in samples]
+        return (*tensors, self.seen_index[samples[0].label], self.seen_index[samples[2].label])
+
+    @staticmethod
+    def collate(batch: List):
+        """Stack readable feature triplets into a :class:`TripletBatch` with ``features=True``."""
+        out, skipped = collate_triplets(batch)
+        if out is not None:
+            out.features = True
+        return out, skipped
+
+
 def collate_triplets(batch: List):
     """Stack readable triplets; return (TripletBatch or None, n_skipped)."""
-    from ..methods.base import TripletBatch
     good = [b for b in batch if b is not None]
     skipped = len(batch) - len(good)
     if not good:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Tuple
+from typing import Any, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -33,10 +33,15 @@ def local_device(requested: str) -> torch.device:
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         return torch.device("cpu")
-    dev = torch.device(requested)
+    from ..errors import ConfigError
+    try:
+        dev = torch.device(requested)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"unknown device {requested!r}; use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        from ..errors import ConfigError
         raise ConfigError("--device cuda requested but CUDA is not available on this machine")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {requested}: this machine has {torch.cuda.device_count()} GPU(s)")
     return dev
 
 
@@ -44,14 +49,47 @@ def is_main() -> bool:
     return world()[0] == 0
 
 
+def is_initialized() -> bool:
+    """True inside an initialised process group."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def gather_to_main(obj: Any) -> Optional[List[Any]]:
+    """Every rank's ``obj`` in rank order on rank 0 (None elsewhere); ``[obj]`` when not distributed."""
+    if not is_initialized():
+        return [obj]
+    out: Optional[List[Any]] = [None] * dist.get_world_size() if is_main() else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
+def broadcast_from_main(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (identity when not distributed)."""
+    if not is_initialized():
+        return obj
+    box = [obj if is_main() else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if is_initialized():
         dist.barrier()
+
+
+def all_ranks_true(flag: bool) -> bool:
+    """True when ``flag`` holds on every rank (identity when not distributed)."""
+    if not is_initialized():
+        return flag
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32,
+                     device=torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
 
 
 def all_reduce_mean(value: float, device: torch.device) -> float:
     """Mean of a Python float over ranks (identity when not distributed)."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not is_initialized():
         return value
     t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t)

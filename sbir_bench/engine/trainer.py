@@ -1,20 +1,22 @@
 """The shared trainer: everything about optimisation, nothing about any particular method.
 
 Only parameters with ``requires_grad`` are optimised (the CLIP backbone is frozen). Features:
-AdamW or SGD with a cosine schedule and linear warm-up; AMP (bf16, or fp16 with a grad scaler) on
-CUDA; gradient accumulation; a checkpoint after every epoch and bit-for-bit resume on CPU (data
-order, augmentation and RNG states are restored); validation at chosen epochs; DDP under
-``torchrun`` with the global batch split evenly across ranks so that N processes see exactly the
-samples one process would.
+AdamW or SGD with a per-step or per-epoch cosine schedule and a linear or constant warm-up; AMP
+(bf16, or fp16 with a grad scaler) on CUDA; gradient accumulation; a stop at the first non-finite
+loss term; a checkpoint after every epoch, and resume refused when the settings differ and
+bit-for-bit on CPU otherwise (data order, augmentation and RNG states are restored); validation at
+chosen epochs; DDP under ``torchrun`` with the global batch split evenly across ranks so that N
+processes see exactly the samples one process would.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -22,16 +24,23 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 
 from ..config import TrainConfig
-from ..data.triplets import TripletDataset, collate_triplets
-from ..errors import ConfigError
+from ..data.images import resolve_workers
+from ..data.triplets import collate_triplets
+from ..errors import ConfigError, DataError, DivergedError
 from ..methods.base import Method
-from ..progress import info, progress, warn
+from ..log import get_logger, progress
 from . import distributed as dist_utils
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import check_resumable, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+
+log = get_logger(__name__)
 
 
 class EpochSampler(Sampler):
-    """Seeded permutation per epoch; this rank's share of every global batch, drop-last."""
+    """Seeded permutation per epoch; this rank's share of every global batch, drop-last.
+
+    Yields ``(epoch, index)`` pairs: the epoch travels with each index to the dataset, so persistent
+    loader workers (which hold their own copy of the dataset) draw the current epoch's triplets.
+    """
 
     def __init__(self, n: int, global_batch: int, steps: int, seed: int, rank: int = 0, world: int = 1) -> None:
         if global_batch % world:
@@ -50,7 +59,7 @@ class EpochSampler(Sampler):
         per_rank = self.global_batch // self.world
         for s in range(self.steps):
             chunk = order[s * self.global_batch: (s + 1) * self.global_batch]
-            yield from chunk[self.rank * per_rank: (self.rank + 1) * per_rank].tolist()
+            yield from ((self.epoch, i) for i in chunk[self.rank * per_rank: (self.rank + 1) * per_rank].tolist())
 
     def __len__(self) -> int:
         return self.steps * (self.global_batch // self.world)
@@ -64,78 +73,108 @@ class TrainResult:
     resumed_from_epoch: int = 0
 
 
-def cosine_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
-    """LR multiplier: linear warm-up then cosine decay to zero."""
-    def f(step: int) -> float:
-        if warmup_steps and step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress_ = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress_)))
-    return f
+def lr_lambda(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """Multiplier of the base learning rate at optimiser step ``step`` (docs: TrainConfig.schedule).
+
+    ``cosine-step``: warm-up over ``warmup_epochs`` then cosine decay to zero, updated every step.
+    ``cosine-epoch``: the schedule of CoOp and MaPLe's reference code (Dassl's
+    ``ConstantWarmupScheduler`` around ``CosineAnnealingLR(T_max=epochs)``, stepped once per epoch):
+    epoch ``e`` runs at ``0.5 (1 + cos(pi (e - w) / epochs))`` after ``w`` warm-up epochs. A
+    ``constant`` warm-up runs at ``warmup_lr``, a ``linear`` one ramps up to the base rate.
+    """
+    total = steps_per_epoch * cfg.epochs
+    warm_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
+    warm_epochs = int(math.ceil(cfg.warmup_epochs))
+
+    def warm(step: int) -> float:
+        return cfg.warmup_lr / cfg.lr if cfg.warmup == "constant" else (step + 1) / max(1, warm_steps)
+
+    def per_step(step: int) -> float:
+        if step < warm_steps:
+            return warm(step)
+        done = (step - warm_steps) / max(1, total - warm_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, done)))
+
+    def per_epoch(step: int) -> float:
+        epoch = step // steps_per_epoch
+        if epoch < warm_epochs:
+            return warm(step)
+        return 0.5 * (1.0 + math.cos(math.pi * (epoch - warm_epochs) / cfg.epochs))
+
+    return per_epoch if cfg.schedule == "cosine-epoch" else per_step
+
+
+def _optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 class Trainer:
-    """Fits a :class:`Method` on a :class:`TripletDataset`."""
+    """Fits a :class:`Method` on a triplet dataset (images or cached features)."""
 
-    def __init__(self, method: Method, dataset: TripletDataset, cfg: TrainConfig, device: torch.device,
-                 seed: int, checkpoint_dir: Optional[Path] = None, workers: int = 0, pin_memory: bool = False,
+    def __init__(self, method: Method, dataset, cfg: TrainConfig, device: torch.device,
+                 seed: int, checkpoint_dir: Optional[Path] = None, workers: Optional[int] = 0, pin_memory: bool = False,
                  validate: Optional[Callable[[Method], Dict[str, float]]] = None,
-                 on_epoch_end: Optional[Callable[[int], None]] = None) -> None:
+                 on_epoch_end: Optional[Callable[[int], None]] = None,
+                 fingerprint: Optional[Dict[str, Any]] = None) -> None:
         self.method, self.dataset, self.cfg, self.device, self.seed = method, dataset, cfg, device, seed
-        self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_dir, self.fingerprint = checkpoint_dir, fingerprint
         self.validate, self.on_epoch_end = validate, on_epoch_end
         self.distributed = dist_utils.init_distributed(device)
         self.rank, self.world = dist_utils.world()
-        params = [p for p in method.parameters() if p.requires_grad]
-        if not params:
+        self.params = [p for p in method.parameters() if p.requires_grad]
+        if not self.params:
             raise ConfigError(f"method {method.name} has no trainable parameters")
-        self.params = params
         if cfg.batch_size % (cfg.grad_accum * self.world):
-            raise ConfigError("batch_size must be divisible by grad_accum x number of processes")
+            raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by grad_accum ({cfg.grad_accum}) x "
+                              f"the number of processes ({self.world})")
+        if len(dataset) == 0:
+            raise DataError("no training triplet: the split leaves no seen-class training sketch")
         self.steps = cfg.steps_per_epoch or max(1, len(dataset) // cfg.batch_size)
         self.sampler = EpochSampler(len(dataset), cfg.batch_size, self.steps, seed, self.rank, self.world)
-        self.loader = DataLoader(dataset, batch_size=cfg.batch_size // (self.world * cfg.grad_accum),
-                                 sampler=self.sampler, num_workers=workers, collate_fn=collate_triplets,
-                                 pin_memory=pin_memory and device.type == "cuda", drop_last=False)
-        if cfg.optimizer == "adamw":
-            self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        elif cfg.optimizer == "sgd":
-            self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        else:
-            raise ConfigError(f"unknown optimizer {cfg.optimizer!r}; choose adamw or sgd")
-        total = self.steps * cfg.epochs
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine_lambda(total, int(cfg.warmup_epochs * self.steps)))
+        self.loader = self._loader(workers, pin_memory)
+        self.optimizer = _optimizer(self.params, cfg)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, self.steps))
         self.use_amp = cfg.amp and device.type == "cuda"
         self.amp_dtype = torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported() else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
         self.model = DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None) \
             if self.distributed else method
 
+    def _loader(self, workers: Optional[int], pin_memory: bool) -> DataLoader:
+        per_step = self.cfg.batch_size // (self.world * self.cfg.grad_accum)
+        n_workers = 0 if getattr(self.dataset, "in_memory", False) else resolve_workers(workers, len(self.dataset), per_step)
+        return DataLoader(self.dataset, batch_size=per_step, sampler=self.sampler, num_workers=n_workers,
+                          collate_fn=getattr(self.dataset, "collate", collate_triplets),
+                          pin_memory=pin_memory and self.device.type == "cuda", drop_last=False,
+                          persistent_workers=n_workers > 0)
+
     # ------------------------------------------------------------------ checkpoints
     def _payload(self, epoch: int, history: List[Dict[str, float]]) -> Dict:
         return {"epoch": epoch, "method": self.method.name, "trainable": self.method.trainable_state(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(), "rng": rng_state(), "history": history}
+                "scaler": self.scaler.state_dict(), "rng": rng_state(), "history": history,
+                "trained_on": self.fingerprint}
 
     def _resume(self) -> tuple[int, List[Dict[str, float]]]:
         if not (self.cfg.resume and self.checkpoint_dir):
             return 0, []
         ckpt = load_checkpoint(self.checkpoint_dir)
         if ckpt is None:
-            info(f"--resume: no checkpoint in {self.checkpoint_dir}, starting from scratch")
+            log.info(f"--resume: no checkpoint in {self.checkpoint_dir}, starting from scratch")
             return 0, []
-        if ckpt.get("method") != self.method.name:
-            raise ConfigError(f"checkpoint in {self.checkpoint_dir} is for method {ckpt.get('method')!r}, not {self.method.name!r}")
+        check_resumable(ckpt, self.method.name, self.fingerprint, self.checkpoint_dir)
         self.method.load_trainable_state(ckpt["trainable"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
-        info(f"resumed from {self.checkpoint_dir} after epoch {ckpt['epoch']}")
+        log.info(f"resumed from {self.checkpoint_dir} after epoch {ckpt['epoch']}")
         return int(ckpt["epoch"]), list(ckpt.get("history", []))
 
     # ------------------------------------------------------------------ loop
-    def _step(self, micro_batches: List) -> Dict[str, float]:
+    def _step(self, micro_batches: List, where: str) -> Dict[str, float]:
         """One optimiser step over the micro-batches of one global batch."""
         self.optimizer.zero_grad(set_to_none=True)
         totals: Dict[str, float] = {}
@@ -143,9 +182,10 @@ class Trainer:
         for k, batch in enumerate(micro_batches):
             batch = batch.to(self.device, non_blocking=True)
             sync = not self.distributed or k == n - 1
-            ctx = self.model.no_sync() if (self.distributed and not sync) else _null()
+            ctx = self.model.no_sync() if (self.distributed and not sync) else contextlib.nullcontext()
             with ctx, torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
                 terms = self.model(batch)
+            check_finite(terms, where, self.distributed)
             self.scaler.scale(terms["loss"] / n).backward()
             for key, val in terms.items():
                 totals[key] = totals.get(key, 0.0) + float(val.detach()) / n
@@ -154,6 +194,31 @@ class Trainer:
         self.scheduler.step()
         return totals
 
+    def _epoch(self, epoch: int, result: TrainResult) -> Dict[str, float]:
+        """One pass over the epoch's batches; the mean of each loss term."""
+        sums: Dict[str, float] = {}
+        micro: List = []
+        steps_done = 0
+        bar = progress(self.loader, desc=f"{self.method.name} epoch {epoch + 1}/{self.cfg.epochs}",
+                       total=len(self.loader), unit="batch")
+        for batch, skipped in bar:
+            result.skipped_images += skipped
+            if batch is not None:
+                micro.append(batch)
+            if len(micro) < self.cfg.grad_accum and batch is not None:
+                continue
+            if micro:
+                terms = self._step(micro, f"epoch {epoch + 1}, step {steps_done + 1}")
+                steps_done += 1
+                for key, val in terms.items():
+                    sums[key] = sums.get(key, 0.0) + val
+            micro = []
+        return {k: dist_utils.all_reduce_mean(v / max(1, steps_done), self.device) for k, v in sums.items()}
+
+    def _validates(self, epoch: int) -> bool:
+        every = self.cfg.val_every
+        return bool(self.validate and every and ((epoch + 1) % every == 0 or epoch + 1 == self.cfg.epochs))
+
     def fit(self) -> TrainResult:
         """Train for ``cfg.epochs`` (continuing from the last checkpoint with ``resume``)."""
         start_epoch, history = self._resume()
@@ -161,47 +226,37 @@ class Trainer:
         t0 = time.perf_counter()
         for epoch in range(start_epoch, self.cfg.epochs):
             self.method.train()
-            self.dataset.set_epoch(epoch)
             self.sampler.set_epoch(epoch)
-            sums: Dict[str, float] = {}
-            micro: List = []
-            bar = progress(self.loader, desc=f"{self.method.name} epoch {epoch + 1}/{self.cfg.epochs}",
-                           total=len(self.loader), unit="batch")
-            steps_done = 0
-            for batch, skipped in bar:
-                result.skipped_images += skipped
-                if batch is not None:
-                    micro.append(batch)
-                if len(micro) + 0 < self.cfg.grad_accum and batch is not None:
-                    continue
-                if micro:
-                    terms = self._step(micro)
-                    steps_done += 1
-                    for key, val in terms.items():
-                        sums[key] = sums.get(key, 0.0) + val
-                micro = []
-            row = {"epoch": epoch + 1, "lr": self.scheduler.get_last_lr()[0]}
-            row.update({k: dist_utils.all_reduce_mean(v / max(1, steps_done), self.device) for k, v in sums.items()})
+            row = {"epoch": epoch + 1, "lr": self.scheduler.get_last_lr()[0], **self._epoch(epoch, result)}
             self.method.eval()
-            if self.validate and self.cfg.val_every and ((epoch + 1) % self.cfg.val_every == 0 or epoch + 1 == self.cfg.epochs):
-                row.update({f"val_{k}": v for k, v in self.validate(self.method).items()})
+            if self._validates(epoch):
+                metrics = dist_utils.broadcast_from_main(self.validate(self.method))
+                row.update({f"val_{k}": v for k, v in (metrics or {}).items()})
             history.append(row)
-            info("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+            log.info("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
             if self.checkpoint_dir and dist_utils.is_main():
                 save_checkpoint(self.checkpoint_dir, self._payload(epoch + 1, history))
             dist_utils.barrier()
             if self.on_epoch_end:
                 self.on_epoch_end(epoch + 1)
         if result.skipped_images:
-            warn(f"{result.skipped_images} training triplet(s) skipped because of unreadable images")
+            log.warning(f"{result.skipped_images} training triplet(s) skipped because of unreadable images")
         result.seconds = time.perf_counter() - t0
         self.method.eval()
         return result
 
 
-class _null:
-    def __enter__(self):
-        return self
+def check_finite(terms: Dict[str, torch.Tensor], where: str, distributed: bool = False) -> None:
+    """Stop at the first non-finite loss term, naming it (nothing is recorded for a diverged run).
 
-    def __exit__(self, *exc):
-        return False
+    Under DDP every rank learns whether any rank diverged, so all stop together instead of waiting
+    for a gradient all-reduce that never comes.
+    """
+    bad = next(((k, float(v.detach())) for k, v in terms.items() if not math.isfinite(float(v.detach()))), None)
+    if distributed and not dist_utils.all_ranks_true(bad is None):
+        bad = bad or ("loss (on another process)", float("nan"))
+    if bad is not None:
+        raise DivergedError(f"training diverged at {where}: loss term {bad[0]!r} is {bad[1]}; nothing was "
+                            f"recorded (lower --lr, or check the inputs)")
+
+

@@ -19,32 +19,20 @@ the trainable state, so they are small and never duplicate CLIP's weights.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
+from ..data.classnames import class_text
+from ..data.triplets import TripletBatch
 from ..models.factory import Backbone
 
 
 @dataclass
 class NoConfig:
     """Config of a method without options."""
-
-
-@dataclass
-class TripletBatch:
-    """One training batch: anchor sketches with a positive and a negative photo each."""
-
-    sketch: torch.Tensor
-    positive: torch.Tensor
-    negative: torch.Tensor
-    label: torch.Tensor  # class of sketch and positive (index into the seen-class list)
-    negative_label: torch.Tensor  # class of the negative photo (same list)
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "TripletBatch":
-        return TripletBatch(*(t.to(device, non_blocking=non_blocking) for t in
-                              (self.sketch, self.positive, self.negative, self.label, self.negative_label)))
 
 
 class Method(nn.Module):
@@ -54,6 +42,10 @@ class Method(nn.Module):
     description: str = ""
     config_class: type = NoConfig
     trainable: bool = True
+    # True when images reach the method only through the frozen, unprompted image encoder: then
+    # embed_sketches(x) == embed_features(frozen_image_features(x), "sketch") (and likewise for
+    # photos), and evaluation may take the features from the disk cache (sbir_bench.feature_cache).
+    uses_frozen_features: bool = False
 
     def __init__(self, backbone: Backbone, class_names: Sequence[str], seen: Sequence[int], config=None) -> None:
         super().__init__()
@@ -84,18 +76,42 @@ class Method(nn.Module):
     @torch.no_grad()
     def frozen_class_text(self, names: Sequence[str], template: str = "a photo of a {}.") -> torch.Tensor:
         """Frozen CLIP text embeddings (normalised) of ``template`` for each class name."""
-        texts = [template.format(n.replace("_", " ").replace("-", " ")) for n in names]
+        texts = [template.format(class_text(n)) for n in names]
         return nn.functional.normalize(self.clip.encode_text(self.tokenize(texts)).float(), dim=-1)
+
+    @torch.no_grad()
+    def frozen_image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Frozen CLIP image embeddings (normalised, float32): what zero-shot CLIP retrieves with."""
+        return nn.functional.normalize(self.clip.encode_image(images).float(), dim=-1)
 
     # -- the interface --------------------------------------------------------------------------
     def prepare_eval(self, class_names: Sequence[str]) -> None:
         """Called once before embedding a test set whose class vocabulary is ``class_names``."""
 
     def embed_sketches(self, images: torch.Tensor) -> torch.Tensor:
+        if self.uses_frozen_features:
+            return self.embed_features(self.frozen_image_features(images), "sketch")
         raise NotImplementedError
 
     def embed_photos(self, images: torch.Tensor) -> torch.Tensor:
+        if self.uses_frozen_features:
+            return self.embed_features(self.frozen_image_features(images), "photo")
         raise NotImplementedError
+
+    def trains_on_frozen_features(self) -> bool:
+        """True when training batches may be cached frozen features instead of images (no augmentation)."""
+        return False
+
+    def embed_features(self, features: torch.Tensor, modality: str) -> torch.Tensor:
+        """Retrieval embedding from frozen image features (methods with ``uses_frozen_features``)."""
+        raise NotImplementedError(f"{self.name} does not embed from frozen features")
+
+    @torch.no_grad()
+    def embed_cached(self, features: np.ndarray, modality: str, batch_size: int = 4096) -> np.ndarray:
+        """:meth:`embed_features` over an array of cached features, in batches on the method's device."""
+        out = [self.embed_features(torch.from_numpy(features[i: i + batch_size]).to(self.device), modality).float().cpu()
+               for i in range(0, len(features), batch_size)]
+        return torch.cat(out).numpy() if out else np.zeros((0, 1), np.float32)
 
     def loss(self, batch: TripletBatch) -> Dict[str, torch.Tensor]:
         """Loss terms; ``"loss"`` is the total that is optimised."""

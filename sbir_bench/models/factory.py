@@ -6,45 +6,33 @@ for an open_clip model) gives random init. The bundled ``sbir-tiny`` config defa
 weights pretrained on synthetic photos, built on first use (see ``tiny_pretrain``). A weight file
 that is not cached while offline is a one-line :class:`WeightsError` naming the cache directory and
 the ``--pretrained PATH`` way out, never a network stack trace.
+
+The backbone carries the preprocessing its weights were trained with (open_clip's preprocess config,
+including the tag's interpolation, resize mode and statistics): see :mod:`.preprocess`.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
-from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional
+import zipfile
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Optional
 from urllib.parse import urlparse
 
 import open_clip
 import torch
 
 from ..errors import WeightsError
+from .configs import TINY, create_model, list_backbones
 
-CONFIG_DIR = Path(__file__).parent / "model_configs"
-_registered = False
-
-
-def _register_configs() -> None:
-    """Make the bundled JSON configs (``sbir-tiny``) known to open_clip, once."""
-    global _registered
-    if not _registered:
-        open_clip.add_model_config(CONFIG_DIR)
-        _registered = True
-
-
-def list_backbones() -> List[str]:
-    """Every model name open_clip can build, bundled configs included."""
-    _register_configs()
-    return open_clip.list_models()
+RANDOM = "random"
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 
 
 @dataclass
 class Backbone:
-    """A frozen open_clip model with its matching image transform and tokenizer."""
+    """A frozen open_clip model with its preprocessing config and tokenizer."""
 
     name: str
     pretrained: Optional[str]
@@ -52,6 +40,14 @@ class Backbone:
     preprocess: Callable
     tokenizer: Callable
     image_size: int
+    preprocess_cfg: Dict[str, Any] = field(default_factory=dict)
+    weights_file: Optional[str] = None  # the local file the weights came from (None: random init)
+
+    @property
+    def weights_tag(self) -> Optional[str]:
+        """The open_clip tag the weights came from, or None for a local file or random init."""
+        p = self.pretrained
+        return p if p and not is_path(p) and open_clip.is_pretrained_cfg(self.name, p) else None
 
     @property
     def embed_dim(self) -> int:
@@ -70,16 +66,13 @@ def _cached_weight_file(name: str, tag: str, cache_dir: Optional[str]) -> Option
         return cfg["file"] if os.path.isfile(cfg["file"]) else None
     hf_hub = cfg.get("hf_hub", "")
     if hf_hub:
-        try:
-            from huggingface_hub import try_to_load_from_cache
-        except ImportError:  # pragma: no cover - huggingface_hub ships with open_clip
-            try_to_load_from_cache = None
-        if try_to_load_from_cache is not None:
-            repo_id, filename = os.path.split(hf_hub.rstrip("/")) if not hf_hub.endswith("/") else (hf_hub.rstrip("/"), "open_clip_pytorch_model.bin")
-            for candidate in (filename, filename.replace(".bin", ".safetensors"), "open_clip_model.safetensors"):
-                hit = try_to_load_from_cache(repo_id, candidate, cache_dir=cache_dir)
-                if isinstance(hit, str) and os.path.isfile(hit):
-                    return hit
+        from huggingface_hub import try_to_load_from_cache
+        repo_id, filename = (hf_hub.rstrip("/"), "open_clip_pytorch_model.bin") if hf_hub.endswith("/") \
+            else os.path.split(hf_hub)
+        for candidate in (filename, filename.replace(".bin", ".safetensors"), "open_clip_model.safetensors"):
+            hit = try_to_load_from_cache(repo_id, candidate, cache_dir=cache_dir)
+            if isinstance(hit, str) and os.path.isfile(hit):
+                return hit
     url = cfg.get("url", "")
     if url:
         target = os.path.join(default_cache_dir(cache_dir), os.path.basename(url))
@@ -106,10 +99,6 @@ def _offline(cfg: Dict[str, Any]) -> bool:
     return False
 
 
-TINY = "sbir-tiny"
-RANDOM = "random"
-
-
 def resolve_pretrained(name: str, pretrained: Optional[str]) -> Optional[str]:
     """The weight source actually used: ``sbir-tiny`` defaults to its mini-pretrained weights,
     ``random`` (or None for other backbones) means random initialisation."""
@@ -119,15 +108,45 @@ def resolve_pretrained(name: str, pretrained: Optional[str]) -> Optional[str]:
     return None if pretrained in (None, RANDOM) else pretrained
 
 
+def is_path(pretrained: str) -> bool:
+    """True when ``pretrained`` names a local file rather than an open_clip tag."""
+    return os.path.sep in pretrained or pretrained.endswith(CHECKPOINT_SUFFIXES)
+
+
+def check_checkpoint_file(path: str) -> None:
+    """One-line error unless ``path`` is a readable, complete torch or safetensors checkpoint."""
+    if not os.path.isfile(path):
+        raise WeightsError(f"checkpoint file not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise WeightsError(f"checkpoint file {path} is empty")
+    if path.endswith(".safetensors"):
+        from safetensors import SafetensorError, safe_open
+        try:
+            with safe_open(path, framework="pt") as fh:
+                fh.keys()
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise WeightsError(f"could not load weights {path}: not a readable safetensors file "
+                               f"({str(exc).splitlines()[0][:120]})") from None
+        return
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except RuntimeError as exc:
+        why = "truncated or corrupt" if "zip archive" in str(exc) or "central directory" in str(exc) else \
+            str(exc).splitlines()[0][:120]
+        raise WeightsError(f"could not load weights {path}: {why}") from None
+    except Exception as exc:  # pickle/unpickling errors of files that are not checkpoints at all
+        raise WeightsError(f"could not load weights {path}: not a checkpoint ({type(exc).__name__}); give a "
+                           f"torch .pt/.bin or .safetensors file of open_clip weights") from None
+
+
 def _resolve_weights(name: str, pretrained: str, cache_dir: Optional[str]) -> str:
     """Turn ``pretrained`` (a path or an open_clip tag) into a local file path."""
     if name == TINY:
         from .tiny_pretrain import TAG, ensure_weights
         if pretrained == TAG:
             return ensure_weights()
-    if os.path.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
-        if not os.path.isfile(pretrained):
-            raise WeightsError(f"checkpoint file not found: {pretrained}")
+    if is_path(pretrained):
+        check_checkpoint_file(pretrained)
         return pretrained
     if not open_clip.is_pretrained_cfg(name, pretrained):
         tags = open_clip.list_pretrained_tags_by_model(name)
@@ -148,47 +167,35 @@ def _resolve_weights(name: str, pretrained: str, cache_dir: Optional[str]) -> st
         raise WeightsError(message) from None
 
 
-@contextmanager
-def quiet_open_clip() -> Iterator[None]:
-    """Silence open_clip's root-logger WARNINGs ("initialized randomly") while building a model:
-    sbir-bench reports the weight source itself, and that line reads like a failure to a newcomer."""
-    root = logging.getLogger()
-    previous = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(previous)
-
-
-def _tag_overrides(name: str, pretrained: Optional[str]) -> Dict[str, Any]:
-    """Model-building options an open_clip tag implies (QuickGELU, normalisation statistics).
+def tag_overrides(name: str, pretrained: Optional[str]) -> Dict[str, Any]:
+    """Model-building options an open_clip tag implies: QuickGELU and the tag's preprocessing.
 
     Weights are loaded from a resolved local file, so open_clip never sees the tag itself; the
     settings the tag was trained with must be passed explicitly or OpenAI weights would run with
-    the wrong activation (silently worse numbers).
+    the wrong activation and images would be resized and normalised differently (silently worse
+    numbers).
     """
     if not pretrained or not open_clip.is_pretrained_cfg(name, pretrained):
         return {}
     cfg = open_clip.get_pretrained_cfg(name, pretrained)
     out: Dict[str, Any] = {"force_quick_gelu": bool(cfg.get("quick_gelu", False))}
-    if cfg.get("mean") and cfg.get("std"):
-        out.update(image_mean=tuple(cfg["mean"]), image_std=tuple(cfg["std"]))
+    for key, option in (("mean", "image_mean"), ("std", "image_std"), ("interpolation", "image_interpolation"),
+                        ("resize_mode", "image_resize_mode")):
+        if cfg.get(key):
+            out[option] = tuple(cfg[key]) if isinstance(cfg[key], (list, tuple)) else cfg[key]
     return out
 
 
-def load_backbone(name: str = "sbir-tiny", pretrained: Optional[str] = None, cache_dir: Optional[str] = None,
+def load_backbone(name: str = TINY, pretrained: Optional[str] = None, cache_dir: Optional[str] = None,
                   device: str | torch.device = "cpu") -> Backbone:
     """Build ``name`` with weights from ``pretrained`` (tag, path or None), frozen and in eval mode."""
-    _register_configs()
-    if name not in open_clip.list_models():
+    if name not in list_backbones():
         raise WeightsError(f"unknown backbone {name!r}; run `sbir-bench backbones` to list the names open_clip knows")
     pretrained = resolve_pretrained(name, pretrained)
     weights = _resolve_weights(name, pretrained, cache_dir) if pretrained else None
     try:
-        with quiet_open_clip():
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                name, pretrained=weights, cache_dir=cache_dir, **_tag_overrides(name, pretrained))
+        model, _, preprocess = create_model(name, pretrained=weights, cache_dir=cache_dir,
+                                            **tag_overrides(name, pretrained))
     except Exception as exc:
         raise WeightsError(f"could not load weights {weights} into {name}: {type(exc).__name__}: "
                            f"{str(exc).splitlines()[0][:200] if str(exc) else ''}") from None
@@ -196,4 +203,5 @@ def load_backbone(name: str = "sbir-tiny", pretrained: Optional[str] = None, cac
     size = model.visual.image_size
     image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
     return Backbone(name=name, pretrained=pretrained, model=model, preprocess=preprocess,
-                    tokenizer=open_clip.get_tokenizer(name), image_size=image_size)
+                    tokenizer=open_clip.get_tokenizer(name), image_size=image_size,
+                    preprocess_cfg=dict(open_clip.get_model_preprocess_cfg(model)), weights_file=weights)

@@ -1,42 +1,65 @@
-"""Learnable text context shared by CoOp, MaPLe and SpLIP: ``[SOT] ctx_1..ctx_n <suffix with class> [EOT]``."""
+"""Learnable text context shared by CoOp, MaPLe and SpLIP: ``[SOT] ctx_1..ctx_n <rest of the prompt> [EOT]``.
+
+Class prompts are tokenised as ``"<prefix> <class text>."``; the learned context replaces token
+positions 1..n. With a phrase initialisation the prefix is the phrase itself (so its words beyond
+the n learned slots stay as fixed text, as in the reference CoOp and MaPLe code), otherwise it is
+``"X X .. X"`` (n placeholders).
+"""
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Callable, Dict, Sequence, Tuple
 
 import torch
 from torch import nn
 
+from ..data.classnames import class_text
 from .prompted import PromptedCLIP
 
+INIT_STD = 0.02  # random context, as nn.init.normal_(std=0.02) in CoOp and MaPLe
 
-def init_context(prompted: PromptedCLIP, tokenizer: Callable, n_ctx: int, init: Optional[str]) -> torch.Tensor:
-    """(n_ctx, D) context vectors: the token embeddings of ``init``'s first n_ctx words, else N(0, 0.02).
 
-    CoOp and MaPLe initialise from "a photo of a" (CoOp: all 4 words; MaPLe, n_ctx=2: "a photo").
-    """
-    if init:
-        ids = tokenizer([init])
-        n_words = int((ids[0] > 0).sum()) - 2  # minus SOT and EOT
-        if n_words >= n_ctx:
-            with torch.no_grad():
-                return prompted.token_embeddings(ids)[0, 1: 1 + n_ctx].detach().clone().float()
-    return torch.randn(n_ctx, prompted.text_width) * 0.02
+@dataclass(frozen=True)
+class ContextInit:
+    """How a learned context starts: ``n`` vectors, from ``phrase`` (its first n tokens) or random."""
+
+    n: int
+    phrase: str = ""  # "" = random init
+
+    @property
+    def prefix(self) -> str:
+        """The text before the class name in every class prompt."""
+        return self.phrase or " ".join(["X"] * self.n)
+
+    def vectors(self, prompted: PromptedCLIP, tokenizer: Callable) -> torch.Tensor:
+        """(n, D) initial context: the phrase's token embeddings at positions 1..n, else N(0, 0.02)."""
+        if not self.phrase:
+            return torch.randn(self.n, prompted.text_width) * INIT_STD
+        with torch.no_grad():
+            return prompted.token_embeddings(tokenizer([self.phrase]))[0, 1: 1 + self.n].detach().clone().float()
+
+
+def phrase_tokens(tokenizer: Callable, phrase: str) -> int:
+    """How many BPE tokens ``phrase`` takes (start and end tokens excluded)."""
+    return int((tokenizer([phrase])[0] > 0).sum()) - 2
 
 
 class ClassPrompts(nn.Module):
-    """Token ids of ``"X .. X <suffix(class)>"`` for a class vocabulary; the X slots take learned context."""
+    """Token ids of ``"<prefix> <class text>."`` for a class vocabulary (positions 1..n take the context)."""
 
-    def __init__(self, tokenizer: Callable, n_ctx: int, suffix_template: str = "{}.") -> None:
+    def __init__(self, tokenizer: Callable, prefix: str) -> None:
         super().__init__()
-        self.tokenizer, self.n_ctx, self.suffix_template = tokenizer, n_ctx, suffix_template
+        self.tokenizer, self.prefix = tokenizer, prefix
         self._cache: Dict[Tuple[Tuple[str, ...], str], torch.Tensor] = {}
+
+    def texts(self, class_names: Sequence[str]) -> list:
+        """The prompt of each class, as text (the learned context overwrites the first tokens)."""
+        return [f"{self.prefix} {class_text(c)}." for c in class_names]
 
     def token_ids(self, class_names: Sequence[str], device: torch.device) -> torch.Tensor:
         """Token ids per class, tokenised once per vocabulary (training asks for the same one every step)."""
         key = (tuple(class_names), str(device))
         if key not in self._cache:
-            prefix = " ".join(["X"] * self.n_ctx)
-            texts = [f"{prefix} {self.suffix_template.format(c.replace('_', ' '))}" for c in class_names]
-            self._cache[key] = self.tokenizer(texts).to(device)
+            self._cache[key] = self.tokenizer(self.texts(class_names)).to(device)
         return self._cache[key]

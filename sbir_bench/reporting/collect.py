@@ -1,17 +1,55 @@
-"""Gather run records into one flat table (one row per run), reporting any file it had to skip."""
+"""Gather run records into one flat table (one row per run), reporting any file it had to skip.
+
+Runs are averaged over seeds only when they are the same experiment: same method, variant,
+backbone, evaluation protocol, GZS protocol and resolved config (up to the seed and where files
+go). :func:`row_labels` gives each experiment its table row, naming what tells rows apart.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 
-from ..progress import warn
+from ..log import get_logger
 from ..records import find_record_files, load_records
+from ..retrieval.protocol import DEFAULT_PRESET, metric_sort_key
+
+log = get_logger(__name__)
 
 KEYS = ("method", "variant", "dataset", "setting", "split", "backbone", "seed")
+IDENTITY = ("method", "variant", "backbone", "protocol", "gzs_protocol", "config_id")
+NOT_IN_CONFIG_ID = ("seed", "output_dir", "quiet", "device", "train.resume", "train.checkpoint_dir", "data.workers",
+                    "data.pin_memory", "data.data_root", "backbone.cache_dir", "eval.memory", "eval.batch_size",
+                    "eval.save_embeddings", "eval.feature_cache")
+
+
+def config_id(config: Dict[str, Any]) -> str:
+    """Short hash of a run's config without the seed and what only says where files go or how fast."""
+    tree = json.loads(json.dumps(config or {}))
+    for key in NOT_IN_CONFIG_ID:
+        node, _, leaf = key.rpartition(".")
+        (tree.get(node, {}) if node else tree).pop(leaf, None)
+    return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def _row(rec) -> Dict[str, Any]:
+    d = rec.data
+    row: Dict[str, Any] = {k: str(d.get(k) or "") for k in KEYS}
+    row["seed"] = int(d.get("seed", 0))
+    row["protocol"] = str((d.get("protocol") or {}).get("preset") or DEFAULT_PRESET)
+    row["gzs_protocol"] = str(d.get("gzs_protocol") or "")
+    row["config_id"] = config_id(d.get("config") or {})
+    row.update({f"metric:{m}": float(v) for m, v in d["metrics"].items()})
+    row["by_protocol"] = d.get("metrics_by_protocol") or {}
+    row["record"] = str(rec.path)
+    row["per_query"] = d.get("per_query") or ""
+    row["embeddings"] = d.get("embeddings") or ""
+    return row
 
 
 def runs_frame(patterns: Sequence[str] = (), default_dir: str | Path = "results/runs",
@@ -19,32 +57,43 @@ def runs_frame(patterns: Sequence[str] = (), default_dir: str | Path = "results/
     """Rows: runs; columns: the identifying keys, ``metric:<name>`` values, record and per-query paths."""
     records, skipped = load_records(find_record_files(patterns, default_dir))
     for path, reason in skipped:
-        warn(f"skipped {path}: {reason}")
-    rows = []
-    for rec in records:
-        d = rec.data
-        row = {k: str(d.get(k) or "") for k in KEYS}
-        row["seed"] = int(d.get("seed", 0))
-        row.update({f"metric:{m}": float(v) for m, v in d["metrics"].items()})
-        row["record"] = str(rec.path)
-        row["per_query"] = d.get("per_query") or ""
-        row["embeddings"] = d.get("embeddings") or ""
-        rows.append(row)
-    frame = pd.DataFrame(rows)
+        log.warning(f"skipped {path}: {reason}")
+    frame = pd.DataFrame([_row(rec) for rec in records])
     if frame.empty:
         return frame
     for column, wanted in (("dataset", datasets), ("setting", settings), ("method", methods)):
         wanted = list(wanted)
         if wanted:
             frame = frame[frame[column].isin(wanted)]
-    return frame.sort_values(list(KEYS)).reset_index(drop=True)
+    frame = frame.sort_values(list(KEYS)).reset_index(drop=True)
+    frame["row"] = row_labels(frame)
+    return frame
+
+
+def row_labels(frame: pd.DataFrame) -> List[str]:
+    """Table row of each run: ``method [variant]``, plus what differs between otherwise equal rows
+    (backbone, protocol, GZS protocol, or a config number when the configs differ otherwise)."""
+    if frame.empty:
+        return []
+    base = [f"{m} [{v}]" if v else m for m, v in zip(frame["method"], frame["variant"])]
+    labels = []
+    for i, label in enumerate(base):
+        same = [j for j, other in enumerate(base) if other == label]
+        extras = []
+        for key, show in (("backbone", lambda x: x), ("protocol", lambda x: f"protocol {x}"),
+                          ("gzs_protocol", lambda x: f"GZS {x}")):
+            if len({frame[key].iloc[j] for j in same}) > 1:
+                extras.append(show(frame[key].iloc[i]))
+        ids = sorted({frame["config_id"].iloc[j] for j in same})
+        if len(ids) > 1:
+            extras.append(f"config {ids.index(frame['config_id'].iloc[i]) + 1}")
+        labels.append(label + (f" ({', '.join(extras)})" if extras else ""))
+    return labels
 
 
 def metric_names(frame: pd.DataFrame) -> List[str]:
-    """Metric names present, in a stable, conventional order."""
-    order = ["mAP@all", "mAP@200", "P@100", "P@200", "Acc@1", "Acc@5", "Acc@10"]
-    present = [c[len("metric:"):] for c in frame.columns if c.startswith("metric:")]
-    return [m for m in order if m in present] + sorted(m for m in present if m not in order)
+    """Metric names present, in the conventional order (:func:`~sbir_bench.retrieval.protocol.metric_sort_key`)."""
+    return sorted((c[len("metric:"):] for c in frame.columns if c.startswith("metric:")), key=metric_sort_key)
 
 
 def per_query_values(path: str, metric: str) -> Optional[Tuple[np.ndarray, np.ndarray]]:
@@ -52,7 +101,11 @@ def per_query_values(path: str, metric: str) -> Optional[Tuple[np.ndarray, np.nd
     if not path or not Path(path).is_file():
         return None
     key = ("AP@all" if metric == "mAP@all" else metric).replace("@", "_at_")
-    with np.load(path, allow_pickle=False) as z:
-        if key not in z.files:
-            return None
-        return z["query_index"], z[key]
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if key not in z.files or "query_index" not in z.files:
+                return None
+            return z["query_index"], z[key]
+    except (OSError, ValueError) as exc:
+        log.warning(f"per-query values {path} are unreadable ({type(exc).__name__})")
+        return None

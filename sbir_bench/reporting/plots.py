@@ -7,7 +7,7 @@ re-running a model, so a figure in a paper can be regenerated from the results f
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import matplotlib
 
@@ -17,7 +17,8 @@ import numpy as np  # noqa: E402
 
 from ..data.images import load_rgb  # noqa: E402
 from ..errors import SbirError  # noqa: E402
-from ..retrieval.embeddings import load_embeddings  # noqa: E402
+from ..retrieval.embedding_files import load_embeddings  # noqa: E402
+from ..retrieval.scoring import cosine_scores  # noqa: E402
 
 RECALL_LEVELS = np.linspace(0.0, 1.0, 101)
 
@@ -32,12 +33,6 @@ def save_figure(fig, out_stem: Path) -> List[Path]:
     return paths
 
 
-def _scores(data: Dict[str, np.ndarray], rows: np.ndarray) -> np.ndarray:
-    q = data["query"][rows] / np.linalg.norm(data["query"][rows], axis=1, keepdims=True)
-    g = data["gallery"] / np.linalg.norm(data["gallery"], axis=1, keepdims=True)
-    return q @ g.T
-
-
 def pr_curve(embeddings: str, max_queries: int = 2000, seed: int = 0) -> np.ndarray:
     """Mean interpolated precision at 101 recall levels over (a seeded sample of) the queries."""
     data = load_embeddings(embeddings)
@@ -50,7 +45,7 @@ def pr_curve(embeddings: str, max_queries: int = 2000, seed: int = 0) -> np.ndar
     curves = []
     for start in range(0, len(rows), 256):
         block = rows[start: start + 256]
-        order = np.argsort(-_scores(data, block), axis=1, kind="stable")
+        order = np.argsort(-cosine_scores(data["query"][block], data["gallery"]), axis=1, kind="stable")
         rel = gl[order] == ql[block, None]
         hits = np.cumsum(rel, axis=1)
         precision = hits / np.arange(1, rel.shape[1] + 1)
@@ -95,7 +90,7 @@ def plot_retrieval_grid(embeddings: str, out_stem: Path, n_queries: int = 4, k: 
         raise SbirError(f"{embeddings}: no image paths saved with these embeddings (rerun with a current sbir-bench)")
     instance = "query_to_gallery" in data
     rows = np.sort(np.random.default_rng(seed).choice(len(data["query"]), min(n_queries, len(data["query"])), replace=False))
-    top = np.argsort(-_scores(data, rows), axis=1, kind="stable")[:, :k]
+    top = np.argsort(-cosine_scores(data["query"][rows], data["gallery"]), axis=1, kind="stable")[:, :k]
     fig, axes = plt.subplots(len(rows), k + 1, figsize=(1.1 * (k + 1), 1.15 * len(rows)), squeeze=False)
     for i, q in enumerate(rows):
         _show(axes[i, 0], data["query_paths"][q], "black")
@@ -117,3 +112,28 @@ def _show(ax, path: str, colour: str) -> None:
     for spine in ax.spines.values():
         spine.set_edgecolor(colour)
         spine.set_linewidth(3)
+
+
+def _slug(text: str) -> str:
+    """A file-name-safe form of a table row label (``coop [no-jigsaw]`` -> ``coop-no-jigsaw``)."""
+    return "-".join("".join(ch if ch.isalnum() or ch in "._" else " " for ch in text).split())
+
+
+def plot_runs(frame, kind: str, out: Path, queries: int, top_k: int) -> List[Path]:
+    """Every figure of ``kind`` for the runs of ``frame``: per (dataset, split, setting), one PR curve per
+    method and variant (its last seed), and per-class bars and a retrieval grid for each of those runs."""
+    import json
+
+    written: List[Path] = []
+    for (dataset, split, setting), block in frame.groupby(["dataset", "split", "setting"], sort=True):
+        tag = f"{dataset}_split{split}_{setting}"
+        latest = block.drop_duplicates("row", keep="last")  # one curve per table row: its last seed
+        if kind in ("pr", "all") and setting != "fg":
+            written += plot_pr_curves(list(zip(latest["row"], latest["embeddings"])), out / f"pr_{tag}")
+        for _, run in latest.iterrows():
+            stem = f"{_slug(run['row'])}_{tag}_seed{run['seed']}"
+            if kind in ("per-class", "all") and setting != "fg":
+                written += plot_per_class_ap(json.loads(Path(run["record"]).read_text()), out / f"per_class_{stem}")
+            if kind in ("grid", "all"):
+                written += plot_retrieval_grid(run["embeddings"], out / f"grid_{stem}", queries, top_k)
+    return written

@@ -1,25 +1,28 @@
 """Top-K-only metrics through faiss, for galleries too large for exact mAP@all (millions of photos).
 
-The exact engine (:func:`sbir_bench.retrieval.evaluate`) sorts every score row, which is
-O(Nq x Ng log Ng). When only P@K, mAP@K and Acc@K are wanted, the K best gallery items per query
-are enough: faiss' exact inner-product index (``IndexFlatIP`` on L2-normalised vectors, i.e. cosine)
-returns them with optimised BLAS and heap selection. Conventions are those of docs/metrics.md; tied
-scores are ordered as faiss returns them, so results equal the exact engine's ``ties="stable"``
-whenever scores are distinct (the test oracle).
+The exact engine (:func:`sbir_bench.retrieval.evaluate`) sorts every score row. When only P@K,
+mAP@K and Acc@K are wanted, the K best gallery items per query are enough: faiss' exact
+inner-product index (``IndexFlatIP`` on unit rows, i.e. cosine) returns them with optimised BLAS and
+heap selection. The metrics are computed by the engine's own :mod:`.ranking` code from the hits in
+those lists, so both backends share one definition; tied scores are ordered as faiss returns them,
+so results equal the exact engine's ``ties="stable"`` whenever scores are distinct (the test oracle).
 
 Needs ``faiss-cpu`` (``pip install -e ".[faiss]"``); ``faiss-gpu`` works unchanged.
 """
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+import torch
 
-from ..errors import SbirError
-from ..progress import progress
+from ..errors import ConfigError, SbirError
+from ..log import progress
 from .metrics import RetrievalResult
 from .protocol import Protocol
+from .ranking import RelevantRanks, cutoff_metrics
+from .scoring import unit_rows
 
 
 def _faiss():
@@ -30,25 +33,19 @@ def _faiss():
     return faiss
 
 
-def _normalised(x: np.ndarray) -> np.ndarray:
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+def _hit_ranks(flags: np.ndarray, scores: np.ndarray, n_rel: np.ndarray, n_gallery: int) -> RelevantRanks:
+    """:class:`RelevantRanks` of the hits in ranked top-K lists (real ranks, hit numbers in order).
 
-
-def _ap_at_k(flags: np.ndarray, k: int, n_rel: np.ndarray, protocol: Protocol) -> np.ndarray:
-    """AP@K per row from hit flags of the ranked top list (rows x >= k)."""
-    f = flags[:, :k]
-    hits = np.cumsum(f, axis=1)
-    prec = np.where(f, hits / np.arange(1, k + 1), 0.0)
-    if protocol.topk_interpolation == "voc":
-        prec = np.where(f, np.maximum.accumulate(prec[:, ::-1], axis=1)[:, ::-1], 0.0)
-    if protocol.topk_normalization == "min_k_r":
-        norm = np.minimum(k, n_rel)
-    elif protocol.topk_normalization == "hits":
-        norm = np.maximum(hits[:, -1], 1)
-    else:
-        norm = n_rel
-    return prec.sum(1) / norm
+    Misses get a rank past every cut-off, so only hits ever count; ``n_rel`` is each query's true
+    number of relevant gallery items (most lie outside the list).
+    """
+    rank = np.where(flags, np.arange(1, flags.shape[1] + 1), n_gallery + 1)
+    order = np.argsort(rank, axis=1, kind="stable")  # hits first, in rank order
+    take = lambda a: torch.from_numpy(np.ascontiguousarray(np.take_along_axis(a, order, axis=1)))  # noqa: E731
+    rank_t, hit_no = take(rank), take(np.where(flags, np.cumsum(flags, axis=1), 0))
+    return RelevantRanks(scores=None, score=take(np.where(flags, scores, -np.inf)), index=torch.zeros_like(rank_t),
+                         n_ge=rank_t, n_gt=rank_t - 1, tp_ge=hit_no, rel_gt=hit_no - 1, n_gallery=n_gallery,
+                         n_rel=torch.from_numpy(n_rel))
 
 
 def evaluate_topk(query: np.ndarray, gallery: np.ndarray, query_labels: Optional[Sequence[int]] = None,
@@ -57,7 +54,9 @@ def evaluate_topk(query: np.ndarray, gallery: np.ndarray, query_labels: Optional
     """P@K / mAP@K (category level) or Acc@K (instance level) from the top max(K) neighbours."""
     faiss = _faiss()
     protocol = protocol or Protocol()
-    q, g = _normalised(query), _normalised(gallery)
+    if protocol.positive_only and protocol.topk_normalization != "hits":
+        raise ConfigError("positive_only with a divisor other than hits needs every relevant score: use the exact backend")
+    q, g = unit_rows(query).numpy(), unit_rows(gallery).numpy()
     if q.shape[1] != g.shape[1]:
         raise SbirError(f"query and gallery dimensions differ: {q.shape[1]} vs {g.shape[1]}")
     instance = query_to_gallery is not None
@@ -73,22 +72,24 @@ def evaluate_topk(query: np.ndarray, gallery: np.ndarray, query_labels: Optional
         classes, counts = np.unique(gl, return_counts=True)
         n_rel_of = dict(zip(classes.tolist(), counts.tolist()))
         valid = np.flatnonzero(np.isin(ql, classes))
-    values: Dict[str, np.ndarray] = {}
+    values: Dict[str, List[np.ndarray]] = {}
     for start in progress(range(0, len(valid), block), desc=desc, unit="block"):
         rows = valid[start: start + block]
-        _, top = index.search(q[rows], k_max)
+        top_scores, top = index.search(q[rows], k_max)
         if instance:
             flags = top == truth[rows, None]
             for k in protocol.acc_k:
                 values.setdefault(f"Acc@{k}", []).append(flags[:, :k].any(1).astype(np.float64))
             continue
-        flags = gl[top] == ql[rows, None]
-        n_rel = np.array([n_rel_of[c] for c in ql[rows]], dtype=np.float64)
+        n_rel = np.array([n_rel_of[c] for c in ql[rows]], dtype=np.int64)
+        rr = _hit_ranks(gl[top] == ql[rows, None], top_scores, n_rel, len(g))
+        out = cutoff_metrics(rr, protocol, protocol.map_k, protocol.prec_k, ranks=rr.n_ge)
         for k in protocol.map_k:
-            values.setdefault(f"mAP@{k}", []).append(_ap_at_k(flags, min(k, k_max), n_rel, protocol))
+            values.setdefault(f"mAP@{k}", []).append(out[f"AP@{k}"].numpy())
         for k in protocol.prec_k:
-            values.setdefault(f"P@{k}", []).append(flags[:, :k].sum(1) / min(k, len(g)))
+            values.setdefault(f"P@{k}", []).append(out[f"P@{k}"].numpy())
     per_query = {key: np.concatenate(v) if v else np.zeros(0) for key, v in values.items()}
     metrics = {key: float(v.mean()) if len(v) else float("nan") for key, v in per_query.items()}
     return RetrievalResult("instance" if instance else "category", metrics, per_query, valid, len(q),
-                           int(len(q) - len(valid)), {}, {**protocol.to_dict(), "backend": "faiss-topk"})
+                           int(len(q) - len(valid)), {},
+                           {**protocol.to_dict(), "backend": "faiss-topk", "ties": "faiss index order"})

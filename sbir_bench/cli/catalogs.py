@@ -1,0 +1,144 @@
+"""What is there: ``methods``, ``backbones``, ``datasets`` (and ``datasets check``), ``cache``."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import click
+
+from ..errors import DataError, SbirError
+from . import main
+from .common import fail, friendly_errors
+
+
+@main.command("methods")
+@friendly_errors
+def methods_command() -> None:
+    """List registered methods (built-in and from installed plug-in packages).
+
+    \b
+    Example:
+      sbir-bench methods
+    """
+    from ..plugins import METHODS
+
+    names = METHODS.names()
+    width = max(len(n) for n in names)
+    for name in names:
+        cls = METHODS.get(name)
+        kind = "trains" if cls.trainable else "no training"
+        click.echo(f"{name:<{width}}  [{kind}]  {cls.description}")
+
+
+@main.command("backbones")
+@click.option("--pretrained", "with_tags", is_flag=True, help="Also list each model's open_clip pretrained tags.")
+def backbones_command(with_tags: bool) -> None:
+    """List the open_clip model names usable with --backbone (bundled sbir-tiny included).
+
+    \b
+    Example:
+      sbir-bench backbones --pretrained | grep ViT-B
+    """
+    import open_clip
+
+    from ..models import list_backbones
+
+    for name in list_backbones():
+        tags = open_clip.list_pretrained_tags_by_model(name) if with_tags else []
+        click.echo(f"{name}  {', '.join(tags)}" if tags else name)
+
+
+@main.group("datasets", invoke_without_command=True)
+@click.option("--data-root", type=click.Path(), help="Where to look (default: $SBIR_BENCH_DATA or ~/data/sbir).")
+@click.pass_context
+@friendly_errors
+def datasets_group(ctx: click.Context, data_root: Optional[str]) -> None:
+    """List datasets (built-in and plug-ins), where each is looked for, and whether it is present.
+
+    \b
+    Examples:
+      sbir-bench datasets
+      sbir-bench datasets --data-root /data/sbir
+      sbir-bench datasets check --dataset sketchy --data-root /data/sbir
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from ..data.discovery import candidate_dirs, locate
+    from ..plugins import DATASETS
+
+    for name, spec in DATASETS.items():
+        if spec.default_root is not None and data_root is None:
+            from ..data.mini import default_mini_root
+            root = default_mini_root()
+            status = "present" if (root / "VERSION").is_file() else "generated on first use"
+            click.echo(f"{name:<11} {spec.title:<30} {status:<24} {root}")
+            continue
+        try:
+            base, _ = locate(spec, data_root)
+            status, where = "present", str(base)
+        except SbirError:
+            status, where = "missing", " | ".join(str(p) for p in dict.fromkeys(candidate_dirs(spec, data_root)))
+        click.echo(f"{name:<11} {spec.title:<30} {status:<24} {where}")
+
+
+@datasets_group.command("check")
+@click.option("--dataset", required=True, help="Dataset name.")
+@click.option("--data-root", type=click.Path(), help="Folder holding the dataset.")
+@click.option("--split", default="1", show_default=True, help="Split whose class names must exist.")
+@click.option("--split-file", type=click.Path(), help="Custom split file to check instead.")
+@click.option("--no-decode", is_flag=True, help="Skip decoding every image (faster, misses corrupt files).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@friendly_errors
+def datasets_check(dataset: str, data_root: Optional[str], split: str, split_file: Optional[str], no_decode: bool,
+                   quiet: bool) -> None:
+    """Walk a dataset copy and report what is missing, empty, unreadable or duplicated.
+
+    Exits non-zero (3) when the copy is unusable for the requested split.
+
+    \b
+    Example:
+      sbir-bench datasets check --dataset tuberlin --data-root /data/sbir
+    """
+    from ..data.check import check_dataset
+    from ..log import set_quiet
+
+    set_quiet(quiet)
+    report = check_dataset(dataset, data_root, split, split_file, decode=not no_decode)
+    for line in report.lines():
+        click.echo(line)
+    if not report.usable:
+        fail(report.summary(), DataError.exit_code)
+    click.echo(report.summary())
+
+
+@main.group("cache")
+def cache_group() -> None:
+    """Inspect or empty the frozen-feature cache (docs: sbir_bench/feature_cache.py).
+
+    \b
+    Examples:
+      sbir-bench cache list
+      sbir-bench cache clear
+    """
+
+
+@cache_group.command("list")
+def cache_list() -> None:
+    """One line per namespace: backbone, weights, entries and size on disk."""
+    from ..feature_cache import features_root, namespaces
+
+    found = namespaces()
+    if not found:
+        click.echo(f"no cached features in {features_root()}")
+    for ns in found:
+        key = ns["key"]
+        click.echo(f"{ns['namespace']}  {key['backbone']}  {key['weights'][:24]}  size {key['preprocess'].get('size')}  "
+                   f"{key['precision']}/{key['device_type']}  {ns['entries']} images  {ns['bytes'] / 2**20:.1f} MiB")
+
+
+@cache_group.command("clear")
+def cache_clear() -> None:
+    """Delete every cached feature (they are recomputed when next needed)."""
+    from ..feature_cache import clear, features_root
+
+    click.echo(f"removed {clear()} namespace(s) from {features_root()}")

@@ -1,0 +1,115 @@
+"""What every command shares: one-line errors with exit codes, and options derived from the configs.
+
+Options of ``run`` and ``eval`` are built from the config dataclasses' and the protocol's field
+metadata (:func:`config_option`, :func:`protocol_options`), so a bound, a list of choices or a help
+text is written once, in :mod:`sbir_bench.config` or :mod:`sbir_bench.retrieval.protocol`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import sys
+import typing
+from typing import Any, Callable, Dict, List, Optional
+
+import click
+
+from ..config import field_meta
+from ..errors import SbirError
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print ``error: message`` on stderr and exit with ``code``."""
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def friendly_errors(fn: Callable) -> Callable:
+    """Report user errors (and Ctrl-C) as one line and the error's exit code, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SbirError as exc:
+            fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted; rerun with --resume to continue from the last checkpoint", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+class OneLineGroup(click.Group):
+    """A click group whose usage errors are one ``error:`` line (exit 2), like every other error."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode: bool = True, **extra: Any):
+        try:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.ClickException as exc:
+            fail(exc.format_message(), exc.exit_code)
+        except click.exceptions.Abort:
+            fail("aborted", 1)
+
+
+def _click_type(annotation: Any, meta: Dict[str, Any]) -> Any:
+    """The click type of a config field: ranges and choices from its metadata."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    base = args[0] if typing.get_origin(annotation) is typing.Union else annotation
+    if meta.get("choices"):
+        return click.Choice(meta["choices"])
+    low = meta.get("min")
+    if base is int:
+        return click.IntRange(min=low, max=meta.get("max")) if low is not None else int
+    if base is float:
+        if meta.get("positive"):
+            return click.FloatRange(min=0, min_open=True, max=meta.get("max"))
+        return click.FloatRange(min=low, max=meta.get("max")) if low is not None else float
+    return str
+
+
+def config_option(flag: str, cls: Any, name: str, **extra: Any) -> Callable:
+    """A ``--flag`` option for config field ``cls.name`` (type, bounds, choices and help from its metadata)."""
+    meta = field_meta(cls, name)
+    hints = typing.get_type_hints(cls)
+    default = next(f.default for f in dataclasses.fields(cls) if f.name == name)
+    shown = "" if default in (None, dataclasses.MISSING, "") else f"  [default: {default}]"
+    return click.option(flag, name.replace("-", "_") if "dest" not in extra else extra.pop("dest"),
+                        type=_click_type(hints[name], meta), help=(meta.get("help", "") + shown).strip(), **extra)
+
+
+def protocol_options(fn: Callable) -> Callable:
+    """One option per protocol knob (``--ties``, ``--map-k`` ...); unset options keep the preset's value."""
+    from ..retrieval.protocol import protocol_fields
+    for f in reversed(protocol_fields()):
+        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+        kind = click.Choice(f.metadata["choices"]) if f.metadata.get("choices") else \
+            click.BOOL if isinstance(f.default, bool) else str
+        fn = click.option(flag, f"knob_{f.name}", type=kind, default=None,
+                          help=f"{f.metadata['help']} (default: the preset's)")(fn)
+    return fn
+
+
+def knob_overrides(opts: Dict[str, Any]) -> Dict[str, Any]:
+    """Protocol overrides from the ``knob_*`` options that were given."""
+    return {k[len("knob_"):]: v for k, v in opts.items() if k.startswith("knob_") and v is not None}
+
+
+def selection_options(fn: Callable) -> Callable:
+    """Options shared by compare / export / plot: which records, which subset."""
+    for option in reversed([
+        click.argument("patterns", nargs=-1),
+        click.option("--results-dir", default="results/runs", show_default=True, type=click.Path(),
+                     help="Where records are read from when no RUN_GLOB is given."),
+        click.option("--dataset", "datasets", multiple=True, help="Keep only this dataset (repeatable)."),
+        click.option("--setting", "settings", multiple=True, help="Keep only this setting (repeatable)."),
+        click.option("--method", "methods", multiple=True, help="Keep only this method (repeatable)."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def split_list(text: Optional[str]) -> List[str]:
+    """``"a,b"`` -> ``["a", "b"]``."""
+    return [x.strip() for x in (text or "").split(",") if x.strip()]

@@ -1,0 +1,118 @@
+"""From records to tables and figures: ``compare``, ``export`` and ``plot`` (no model is run)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import click
+
+from ..errors import DataError
+from . import main
+from .common import friendly_errors, selection_options
+
+
+def table_options(fn: Callable) -> Callable:
+    """Options shared by compare and export."""
+    for option in reversed([
+        click.option("--reference", help="'paper' (results/paper/*.csv) or a folder of reference CSVs: adds "
+                                         "published rows and a delta column (against each method's own number, "
+                                         "else against SpLIP's)."),
+        click.option("--against", help="Add a p-value column: paired test of every method vs this one, per query."),
+        click.option("--ci", is_flag=True, help="Add 95% bootstrap confidence intervals over queries."),
+        click.option("--digits", default=3, show_default=True, type=click.IntRange(0, 12), help="Decimals shown."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def _cells(patterns, results_dir, datasets, settings, methods, reference, against, ci):
+    from ..reporting.collect import runs_frame
+    from ..reporting.compare import compare, load_reference
+
+    ref = load_reference(Path("results/paper") if reference == "paper" else Path(reference)) if reference else None
+    frame = runs_frame(patterns, results_dir, datasets, settings, methods)
+    if frame.empty:
+        raise DataError(f"no run records found in {' '.join(patterns) or results_dir}; run `sbir-bench run` first")
+    return compare(frame, ref, against, ci)
+
+
+@main.command("compare")
+@selection_options
+@table_options
+@friendly_errors
+def compare_command(patterns, results_dir, datasets, settings, methods, reference, against, ci, digits) -> None:
+    """Gather run records into one table: mean ± std over seeds (number of seeds in brackets).
+
+    \b
+    Examples:
+      sbir-bench compare
+      sbir-bench compare 'results/runs/*mini*.json' --setting gzs --ci
+      sbir-bench compare --dataset sketchy --reference paper
+      sbir-bench compare --against zeroshot-clip
+    """
+    from ..reporting.render import to_text
+
+    click.echo(to_text(_cells(patterns, results_dir, datasets, settings, methods, reference, against, ci), digits))
+
+
+@main.command("export")
+@selection_options
+@table_options
+@click.option("--format", "fmt", type=click.Choice(["latex", "markdown", "csv"]), default="latex", show_default=True)
+@click.option("--output", "-o", type=click.Path(), help="Write to this file (atomically) instead of stdout.")
+@click.option("--caption", default="", help="LaTeX caption.")
+@friendly_errors
+def export_command(patterns, results_dir, datasets, settings, methods, reference, against, ci, digits, fmt, output,
+                   caption) -> None:
+    """Export the comparison table as LaTeX (booktabs), Markdown or CSV; same runs give the same bytes.
+
+    \b
+    Examples:
+      sbir-bench export --format latex -o table.tex
+      sbir-bench export --format markdown --setting zs --reference paper
+      sbir-bench export --format csv -o results.csv
+    """
+    from ..fileio import atomic_write_bytes, check_output_file
+    from ..reporting.render import to_csv, to_latex, to_markdown
+
+    if output:
+        check_output_file(output, "--output")
+    cells = _cells(patterns, results_dir, datasets, settings, methods, reference, against, ci)
+    text = {"latex": lambda: to_latex(cells, digits, caption), "markdown": lambda: to_markdown(cells, digits),
+            "csv": lambda: to_csv(cells)}[fmt]()
+    if output:
+        atomic_write_bytes(output, text.encode())
+        click.echo(f"wrote {output}")
+    else:
+        click.echo(text, nl=False)
+
+
+@main.command("plot")
+@selection_options
+@click.option("--kind", type=click.Choice(["pr", "per-class", "grid", "all"]), default="all", show_default=True)
+@click.option("--output-dir", default="results/plots", show_default=True, type=click.Path())
+@click.option("--queries", default=4, show_default=True, type=click.IntRange(min=1), help="Rows of the retrieval grid.")
+@click.option("--top-k", default=8, show_default=True, type=click.IntRange(min=1),
+              help="Photos per row of the retrieval grid.")
+@friendly_errors
+def plot_command(patterns, results_dir, datasets, settings, methods, kind, output_dir, queries, top_k) -> None:
+    """Draw PR curves (one per method and variant), per-class AP bars and retrieval grids (PNG + PDF).
+
+    \b
+    Examples:
+      sbir-bench plot
+      sbir-bench plot --kind grid --method splip --queries 6 --top-k 10
+      sbir-bench plot 'results/runs/*gzs*.json' --kind pr --output-dir figures
+    """
+    from ..fileio import check_output_dir
+    from ..reporting.collect import runs_frame
+    from ..reporting.plots import plot_runs
+
+    check_output_dir(output_dir, "--output-dir")
+    frame = runs_frame(patterns, results_dir, datasets, settings, methods)
+    frame = frame[frame["embeddings"] != ""] if not frame.empty else frame
+    if frame.empty:
+        raise DataError("no run records with saved embeddings to plot")
+    for path in plot_runs(frame, kind, Path(output_dir), queries, top_k):
+        click.echo(f"wrote {path}")

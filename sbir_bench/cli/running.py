@@ -1,0 +1,105 @@
+"""``sbir-bench run``: train (if the method trains) and evaluate one method, one record per seed."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import click
+
+from ..config import BackboneConfig, DataConfig, EvalConfig, RunConfig, TrainConfig
+from . import main
+from .common import config_option, friendly_errors
+
+# (flag, config class, field, dotted key): the run options, their types and help all come from the configs
+RUN_OPTIONS: List[Tuple[str, Any, str, str]] = [
+    ("--dataset", DataConfig, "dataset", "data.dataset"),
+    ("--setting", DataConfig, "setting", "data.setting"),
+    ("--split", DataConfig, "split", "data.split"),
+    ("--split-file", DataConfig, "split_file", "data.split_file"),
+    ("--data-root", DataConfig, "data_root", "data.data_root"),
+    ("--gzs-protocol", DataConfig, "gzs_protocol", "data.gzs_protocol"),
+    ("--backbone", BackboneConfig, "name", "backbone.name"),
+    ("--pretrained", BackboneConfig, "pretrained", "backbone.pretrained"),
+    ("--cache-dir", BackboneConfig, "cache_dir", "backbone.cache_dir"),
+    ("--variant", RunConfig, "variant", "variant"),
+    ("--epochs", TrainConfig, "epochs", "train.epochs"),
+    ("--batch-size", TrainConfig, "batch_size", "train.batch_size"),
+    ("--lr", TrainConfig, "lr", "train.lr"),
+    ("--device", RunConfig, "device", "device"),
+    ("--workers", DataConfig, "workers", "data.workers"),
+    ("--max-per-class", DataConfig, "max_per_class", "data.max_per_class"),
+    ("--protocol", EvalConfig, "protocol", "eval.protocol"),
+    ("--eval-memory", EvalConfig, "memory", "eval.memory"),
+    ("--output-dir", RunConfig, "output_dir", "output_dir"),
+    ("--checkpoint-dir", TrainConfig, "checkpoint_dir", "train.checkpoint_dir"),
+]
+
+
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def run_options(fn):
+    """The options of RUN_OPTIONS, in order."""
+    for flag, cls, name, _ in reversed(RUN_OPTIONS):
+        fn = config_option(flag, cls, name, dest=_dest(flag))(fn)
+    return fn
+
+
+def overrides_from_options(opts: Dict[str, Any]) -> Dict[str, Any]:
+    """CLI options -> dotted config keys (None means "not given": YAML or defaults stand)."""
+    out = {key: opts[_dest(flag)] for flag, _, _, key in RUN_OPTIONS if opts.get(_dest(flag)) is not None}
+    for flag, key, value in (("resume", "train.resume", True), ("quiet", "quiet", True),
+                             ("no_cache", "eval.feature_cache", False)):
+        if opts.get(flag):
+            out[key] = value
+    return out
+
+
+def resolve_configs(method: str, config_file: Optional[str], sets: Sequence[str], seeds: Sequence[int],
+                    opts: Dict[str, Any]) -> List[RunConfig]:
+    """One validated config per seed (all checked before the first run starts)."""
+    from ..config import build_run_config, load_yaml, parse_override
+    file_data = load_yaml(config_file) if config_file else {}
+    overrides = {**overrides_from_options(opts), "method": method}
+    for text in sets:
+        key, value = parse_override(text)
+        overrides[key] = value
+    return [build_run_config(file_data, {**overrides, **({"seed": s} if s is not None else {})})
+            for s in (seeds or [None])]
+
+
+@main.command("run")
+@click.argument("method")
+@run_options
+@click.option("--seed", "seeds", type=click.IntRange(min=0), multiple=True,
+              help="Random seed; repeat for several runs.  [default: 0]")
+@click.option("--resume", is_flag=True, help="Continue training from the last checkpoint of this run.")
+@click.option("--no-cache", is_flag=True, help="Do not read or write the frozen-feature cache.")
+@click.option("--config", "config_file", type=click.Path(), help="YAML file with a (partial) run config.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override any config key, e.g. --set method_config.n_ctx=8 --set train.warmup_epochs=1.")
+@click.option("--quiet", is_flag=True, help="No progress bars or info lines.")
+@friendly_errors
+def run_command(method: str, seeds: Sequence[int], config_file: Optional[str], sets: Sequence[str],
+                **opts: Any) -> None:
+    """Train (if the method trains) and evaluate METHOD; write a JSON record and print its metrics.
+
+    \b
+    Examples:
+      sbir-bench run zeroshot-clip --dataset mini --setting zs
+      sbir-bench run zeroshot-clip --dataset sketchy --split 2 --setting gzs --data-root ~/data/sbir \\
+          --backbone ViT-B-32 --pretrained openai
+      sbir-bench run coop --dataset mini --setting gzs --epochs 3 --seed 0 --seed 1 --seed 2
+      sbir-bench run splip --dataset quickdraw --setting gzs --data-root ~/data/sbir --resume
+      sbir-bench run splip --config configs/mini/splip.yaml --set method_config.jigsaw=false --variant no-jigsaw
+      sbir-bench run zeroshot-clip --protocol sem-pcyc --set eval.protocol_overrides.ties=stable
+    """
+    from ..reporting.render import record_table
+    from ..runner import run
+
+    for cfg in resolve_configs(method, config_file, sets, seeds, opts):
+        record = run(cfg)
+        if record.get("record_path"):
+            click.echo(record_table(record))
+            click.echo(f"record: {record['record_path']}")

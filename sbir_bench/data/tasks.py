@@ -1,0 +1,225 @@
+"""Retrieval tasks of each evaluation setting: ZS, GZS and FG-ZS built from a dataset split.
+
+* ``zs``  - category level: unseen-class sketches query unseen-class photos.
+* ``gzs`` - category level, seen classes mixed in (``gzs_protocol``):
+
+  - ``sem-pcyc`` (default, the literature's protocol: SEM-PCYC, Dutta & Akata CVPR'19,
+    ``src/test.py``): the queries gain seen-class sketches and the gallery seen-class photos, each
+    numbering ``seen_fraction`` (0.2) of the unseen test sketches / photos, drawn at random (seeded)
+    from the seen classes' *training* files.
+  - ``heldout`` (stricter): a ``seen_fraction`` share of every seen class's photos and sketches is
+    held out of training and validation; those sketches join the queries and those photos the gallery,
+    so no seen-class query or gallery photo was ever trained on.
+
+* ``fg`` - instance level: each unseen-class sketch must retrieve the one photo it was drawn from.
+
+Seen classes are partitioned once, deterministically from the seed, into training, validation and
+held-out samples; the same seed always gives the same partition whatever the setting.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..errors import DataError
+from .discovery import DatasetIndex, Sample
+
+SETTINGS = ("zs", "gzs", "fg")
+GZS_PROTOCOLS = ("sem-pcyc", "heldout")
+
+
+@dataclass
+class RetrievalTask:
+    """A query set, a gallery and the ground truth that links them."""
+
+    name: str
+    level: str  # "category" or "instance"
+    queries: List[Sample]
+    gallery: List[Sample]
+    seen_classes: Tuple[int, ...] = ()  # GZS: classes trained on (their queries are the "seen" group)
+
+    @property
+    def evaluable(self) -> bool:
+        """True when some query has something to retrieve (a gallery item of its class / its photo)."""
+        return self.problem() is None
+
+    def problem(self) -> Optional[str]:
+        """Why this task cannot be scored (no query, no gallery, no query with a relevant item), or None."""
+        if not self.queries:
+            return "it has no query sketch"
+        if not self.gallery:
+            return "its gallery has no photo"
+        if self.level == "instance" and not (self.query_to_gallery() >= 0).any():
+            return "no query sketch has its photo in the gallery"
+        if self.level == "category" and not np.isin(self.query_labels(), self.gallery_labels()).any():
+            return "no query sketch has a photo of its class in the gallery"
+        return None
+
+    def check(self, where: str) -> None:
+        """Raise a one-line :class:`DataError` if the task cannot be scored."""
+        why = self.problem()
+        if why:
+            raise DataError(f"{where}: the {self.name} task cannot be evaluated: {why}")
+
+    def query_labels(self) -> np.ndarray:
+        return np.array([s.label for s in self.queries], dtype=np.int64)
+
+    def gallery_labels(self) -> np.ndarray:
+        return np.array([s.label for s in self.gallery], dtype=np.int64)
+
+    def query_seen(self) -> Optional[np.ndarray]:
+        """GZS: whether each query's class was seen in training (None outside GZS)."""
+        if not self.seen_classes:
+            return None
+        return np.isin(self.query_labels(), np.asarray(self.seen_classes, dtype=np.int64))
+
+    def query_to_gallery(self) -> np.ndarray:
+        """Index of each query's true photo in the gallery (-1 if absent): instance level only."""
+        pos = {s.instance: i for i, s in enumerate(self.gallery)}
+        return np.array([pos.get(s.instance, -1) for s in self.queries], dtype=np.int64)
+
+
+@dataclass
+class SplitPartition:
+    """Seen/unseen classes and the seen-class sample partition used for training and validation."""
+
+    class_names: List[str]
+    seen: List[int]
+    unseen: List[int]
+    train_sketches: List[Sample] = field(default_factory=list)
+    train_photos: List[Sample] = field(default_factory=list)
+    val_sketches: List[Sample] = field(default_factory=list)
+    val_photos: List[Sample] = field(default_factory=list)
+    heldout_photos: List[Sample] = field(default_factory=list)
+    heldout_sketches: List[Sample] = field(default_factory=list)
+    unseen_sketches: List[Sample] = field(default_factory=list)
+    unseen_photos: List[Sample] = field(default_factory=list)
+    counts: Dict[str, int] = field(default_factory=dict)
+
+
+COUNTED = ("train_sketches", "train_photos", "val_sketches", "val_photos", "heldout_sketches", "heldout_photos",
+           "unseen_sketches", "unseen_photos")
+
+
+def _take(samples: List[Sample], fraction: float, rng: np.random.Generator) -> Tuple[List[Sample], List[Sample]]:
+    """Split ``samples`` into (taken, rest) with round(fraction * n) taken, at least one if n > 1."""
+    if not samples or fraction <= 0:
+        return [], list(samples)
+    n = len(samples)
+    k = min(n - 1, max(1, int(round(fraction * n)))) if n > 1 else 0
+    taken = sorted(rng.permutation(n)[:k].tolist())
+    taken_set = set(taken)
+    return [samples[i] for i in taken], [samples[i] for i in range(n) if i not in taken_set]
+
+
+def _by_class(samples: Sequence[Sample]) -> Dict[int, List[Sample]]:
+    out: Dict[int, List[Sample]] = {}
+    for s in samples:
+        out.setdefault(s.label, []).append(s)
+    return out
+
+
+def _cap(samples: List[Sample], cap: Optional[int]) -> List[Sample]:
+    return samples if cap is None else samples[:cap]
+
+
+def _follow_photos(sketches: Sequence[Sample], *photo_groups: Sequence[Sample]) -> List[List[Sample]]:
+    """Fine-grained: each sketch goes to the group of its photo (sketches of absent photos are dropped)."""
+    where = {p.instance: k for k, group in enumerate(photo_groups) for p in group}
+    groups: List[List[Sample]] = [[] for _ in photo_groups]
+    for s in sketches:
+        if s.instance in where:
+            groups[where[s.instance]].append(s)
+    return groups
+
+
+def _split_seen_class(out: SplitPartition, sketches: List[Sample], photos: List[Sample], fine: bool,
+                      val_fraction: float, heldout_fraction: float, rng: np.random.Generator) -> None:
+    """Partition one seen class into held-out, validation and training samples (appended to ``out``)."""
+    held_ph, rest = _take(photos, heldout_fraction, rng)
+    val_ph, train_ph = _take(rest, val_fraction, rng)
+    if fine:
+        train_sk, val_sk, held_sk = _follow_photos(sketches, train_ph, val_ph, held_ph)
+    else:
+        held_sk, rest_sk = _take(sketches, heldout_fraction, rng)
+        val_sk, train_sk = _take(rest_sk, val_fraction, rng)
+    for name, group in (("train_photos", train_ph), ("val_photos", val_ph), ("heldout_photos", held_ph),
+                        ("train_sketches", train_sk), ("val_sketches", val_sk), ("heldout_sketches", held_sk)):
+        getattr(out, name).extend(group)
+
+
+def partition(index: DatasetIndex, unseen: Sequence[int], seed: int = 0, val_fraction: float = 0.1,
+              heldout_fraction: float = 0.2, max_per_class: Optional[int] = None) -> SplitPartition:
+    """Deterministically partition seen-class samples; unseen classes go to test untouched.
+
+    For fine-grained data the photo partition decides the sketches: a sketch follows its photo
+    (train, val or held-out), so no training sketch's photo is ever a test or validation target.
+    """
+    unseen_set = set(unseen)
+    seen = [c for c in range(len(index.class_names)) if c not in unseen_set]
+    sk_by, ph_by = _by_class(index.sketches), _by_class(index.photos)
+    empty = [index.class_names[c] for c in range(len(index.class_names)) if not sk_by.get(c) or not ph_by.get(c)]
+    if empty:
+        raise DataError(f"class(es) with no sketches or no photos: {', '.join(empty[:8])}; run `sbir-bench datasets check`")
+    rng = np.random.default_rng(seed)
+    out = SplitPartition(list(index.class_names), seen, sorted(unseen_set))
+    fine = index.spec.fine_grained
+    for c in seen:
+        _split_seen_class(out, _cap(sk_by[c], None if fine else max_per_class), _cap(ph_by[c], max_per_class), fine,
+                          val_fraction, heldout_fraction, rng)
+    for c in out.unseen:
+        photos = _cap(ph_by[c], max_per_class)
+        out.unseen_photos += photos
+        out.unseen_sketches += _follow_photos(sk_by[c], photos)[0] if fine else _cap(sk_by[c], max_per_class)
+    out.counts = {k: len(getattr(out, k)) for k in COUNTED}
+    return out
+
+
+def _draw(pool: Sequence[Sample], n: int, rng: np.random.Generator) -> List[Sample]:
+    """``n`` samples of ``pool`` without replacement, in pool order (SEM-PCYC: np.sort(np.random.choice))."""
+    n = min(n, len(pool))
+    return [pool[i] for i in np.sort(rng.choice(len(pool), n, replace=False))] if n else []
+
+
+def gzs_task(part: SplitPartition, protocol: str = "sem-pcyc", seen_fraction: float = 0.2, seed: int = 0) -> RetrievalTask:
+    """The GZS task of ``protocol`` (see the module docstring); seen-class queries come first."""
+    if protocol == "heldout":
+        extra_q, extra_g = list(part.heldout_sketches), list(part.heldout_photos)
+    elif protocol == "sem-pcyc":
+        rng = np.random.default_rng([seed, 2019])  # its own stream: the partition's draws stay as they are
+        extra_q = _draw(part.train_sketches, int(seen_fraction * len(part.unseen_sketches)), rng)
+        extra_g = _draw(part.train_photos, int(seen_fraction * len(part.unseen_photos)), rng)
+    else:
+        raise DataError(f"unknown GZS protocol {protocol!r}; choose one of: {', '.join(GZS_PROTOCOLS)}")
+    return RetrievalTask("gzs", "category", extra_q + list(part.unseen_sketches), extra_g + list(part.unseen_photos),
+                         seen_classes=tuple(part.seen))
+
+
+def build_task(setting: str, part: SplitPartition, fine_grained: bool, gzs_protocol: str = "sem-pcyc",
+               seen_fraction: float = 0.2, seed: int = 0) -> RetrievalTask:
+    """The test task of ``setting`` over ``part``."""
+    if setting == "zs":
+        return RetrievalTask("zs", "category", list(part.unseen_sketches), list(part.unseen_photos))
+    if setting == "gzs":
+        return gzs_task(part, gzs_protocol, seen_fraction, seed)
+    if setting == "fg":
+        if not fine_grained:
+            raise DataError("the fg setting needs sketch-photo instance pairs: use --dataset sketchy-fg (or mini)")
+        return _instance_task("fg", part.unseen_sketches, part.unseen_photos)
+    raise DataError(f"unknown setting {setting!r}; choose one of: {', '.join(SETTINGS)}")
+
+
+def build_val_task(setting: str, part: SplitPartition, fine_grained: bool) -> RetrievalTask:
+    """Seen-class validation task matching ``setting``'s level (used for model selection and tests)."""
+    if setting == "fg" and fine_grained:
+        return _instance_task("val-fg", part.val_sketches, part.val_photos)
+    return RetrievalTask("val", "category", list(part.val_sketches), list(part.val_photos))
+
+
+def _instance_task(name: str, sketches: Sequence[Sample], photos: Sequence[Sample]) -> RetrievalTask:
+    keep = {p.instance for p in photos}
+    queries = [s for s in sketches if s.instance in keep]
+    return RetrievalTask(name, "instance", queries, list(photos))

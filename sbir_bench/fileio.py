@@ -1,0 +1,126 @@
+"""Writing files safely: atomic replacement, strict JSON, and output checks made before any work.
+
+Every file sbir-bench writes (records, embeddings, per-query values, checkpoints, tables, the tiny
+backbone's weights) goes through :func:`atomic_write_bytes`: a crash mid-write leaves the old file or
+none, never half a file. JSON is always strict (no ``NaN``/``Infinity``, which other JSON readers
+reject): a non-finite number is a bug upstream, reported as an error instead of written.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict
+
+import numpy as np
+
+from .errors import OutputError
+
+
+def cache_root() -> Path:
+    """Where sbir-bench keeps what it generates: ``$SBIR_BENCH_CACHE`` or ``$XDG_CACHE_HOME/sbir-bench``
+    (default ``~/.cache/sbir-bench``): the mini set, the tiny backbone, the frozen-feature cache."""
+    base = os.environ.get("SBIR_BENCH_CACHE")
+    return Path(base) if base else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sbir-bench"
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``.
+
+    A crash mid-write leaves either the old file or none, never half a file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _first_non_finite(obj: Any, where: str = "") -> str | None:
+    """Dotted path of the first NaN/Inf inside ``obj``, or None."""
+    if isinstance(obj, (float, np.floating)) and not math.isfinite(float(obj)):
+        return where or "<value>"
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            hit = _first_non_finite(value, f"{where}.{key}" if where else str(key))
+            if hit:
+                return hit
+    if isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            hit = _first_non_finite(value, f"{where}[{i}]")
+            if hit:
+                return hit
+    return None
+
+
+def json_text(data: Dict[str, Any]) -> str:
+    """Pretty, key-sorted, strict JSON; a NaN or infinity anywhere is an error naming where."""
+    bad = _first_non_finite(data)
+    if bad:
+        raise OutputError(f"refusing to write a non-finite number into JSON (at {bad})")
+    return json.dumps(data, indent=2, sort_keys=True, default=_json_default, allow_nan=False) + "\n"
+
+
+def atomic_write_json(path: str | Path, data: Dict[str, Any]) -> Path:
+    """Atomically write ``data`` as strict JSON (see :func:`json_text`)."""
+    return atomic_write_bytes(path, json_text(data).encode())
+
+
+def atomic_write_npz(path: str | Path, compressed: bool = False, **arrays: np.ndarray) -> Path:
+    """Atomically write a ``.npz`` of ``arrays`` (optionally zip-compressed)."""
+    buf = io.BytesIO()
+    (np.savez_compressed if compressed else np.savez)(buf, **arrays)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def check_output_file(path: str | Path, what: str = "output file") -> Path:
+    """Fail now, in one line, if ``path`` cannot be written as a file (it is a folder, or its
+    folder cannot be created or written)."""
+    p = Path(path)
+    if p.is_dir():
+        raise OutputError(f"{what} {p} is a folder; give a file name")
+    _check_writable_dir(p.parent if str(p.parent) else Path("."), f"the folder of {what} {p}")
+    return p
+
+
+def check_output_dir(path: str | Path, what: str = "output folder") -> Path:
+    """Fail now, in one line, if ``path`` cannot be used as a folder to write into."""
+    return _check_writable_dir(Path(path), f"{what} {path}")
+
+
+def _check_writable_dir(folder: Path, what: str) -> Path:
+    existing = folder
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise OutputError(f"{what}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"{what}: {existing} is not writable")
+    return folder

@@ -1,0 +1,39 @@
+"""Image preprocessing that travels with the weights (open_clip's own preprocess config).
+
+Every open_clip weight tag specifies how its images were prepared (resize interpolation, resize
+mode, normalisation statistics). Evaluation uses exactly open_clip's inference transform for the
+backbone's config; training augmentation (random resized crop and flip) keeps the same
+interpolation and normalisation, so training and test images differ only by the augmentation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Callable, Dict, Optional, Tuple
+
+from open_clip.transform import PreprocessCfg, image_transform_v2
+from torchvision import transforms as T
+
+INTERPOLATION = {"bicubic": T.InterpolationMode.BICUBIC, "bilinear": T.InterpolationMode.BILINEAR,
+                 "random": T.InterpolationMode.BICUBIC}  # open_clip maps "random" to bicubic at inference
+TRAIN_SCALE: Tuple[float, float] = (0.8, 1.0)
+
+
+def preprocess_config(cfg: Dict[str, Any], image_size: Optional[int] = None) -> PreprocessCfg:
+    """open_clip's :class:`PreprocessCfg` from a model's preprocess dict, optionally resized."""
+    known = {k: v for k, v in cfg.items() if k in PreprocessCfg.__dataclass_fields__}
+    out = PreprocessCfg(**known)
+    return replace(out, size=image_size) if image_size else out
+
+
+def eval_transform(cfg: PreprocessCfg) -> Callable:
+    """open_clip's inference transform for ``cfg`` (resize, crop or pad, tensor, normalise)."""
+    return image_transform_v2(cfg, is_train=False)
+
+
+def train_transform(cfg: PreprocessCfg, scale: Tuple[float, float] = TRAIN_SCALE) -> Callable:
+    """Light augmentation shared by sketches and photos, in ``cfg``'s interpolation and statistics."""
+    size = cfg.size if isinstance(cfg.size, int) else tuple(cfg.size)
+    return T.Compose([T.RandomResizedCrop(size, scale=scale, interpolation=INTERPOLATION[cfg.interpolation],
+                                          antialias=True),
+                      T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(cfg.mean, cfg.std)])

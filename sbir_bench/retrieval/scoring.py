@@ -1,0 +1,97 @@
+"""Cosine scores, in one place: normalisation, score blocks and the block size that fits in memory.
+
+Every consumer of similarity (the exact engine, the faiss backend, PR curves and retrieval grids)
+normalises with :func:`unit_rows`, so a zero vector or a float16 embedding is handled the same way
+everywhere.
+
+>>> import numpy as np
+>>> cosine_scores(np.array([[3.0, 4.0]]), np.array([[1.0, 0.0], [0.0, 2.0]])).round(2).tolist()
+[[0.6, 0.8]]
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, SbirError
+
+EPS = 1e-12
+_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20,
+          "g": 2**30, "gb": 2**30, "gib": 2**30}
+BYTES_PER_SCORE = 13  # score row + sorted copy + comparison masks, float32
+MAX_BLOCK = 512
+GPU_MEMORY_SHARE = 0.5  # share of the free GPU memory a block may use with memory="auto"
+
+
+def unit_rows(x: np.ndarray | torch.Tensor, device: Optional[torch.device | str] = None) -> torch.Tensor:
+    """float32 rows scaled to unit L2 norm (a zero row stays zero), on ``device``."""
+    t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+    t = t.to(device=device or t.device, dtype=torch.float32)
+    if t.dim() != 2:
+        raise SbirError(f"embeddings must be 2-D (N x d), got shape {tuple(t.shape)}")
+    return torch.nn.functional.normalize(t, dim=1, eps=EPS)
+
+
+def cosine_scores(query: np.ndarray, gallery: np.ndarray) -> np.ndarray:
+    """Cosine similarity matrix (numpy, float32) of two embedding sets."""
+    return (unit_rows(query) @ unit_rows(gallery).T).numpy()
+
+
+def parse_memory(text: str | int) -> int:
+    """``"2GiB"`` -> bytes.
+
+    >>> parse_memory("512MiB")
+    536870912
+    """
+    if isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([a-zA-Z]*)\s*", str(text))
+    if not m or m.group(2).lower() not in _UNITS:
+        raise ConfigError(f"cannot parse memory size {text!r}; use e.g. 512MiB, 2GiB or auto")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def memory_budget(memory: str | int, device: torch.device) -> int:
+    """Bytes a score block may use: ``memory``, or with ``"auto"`` half the free GPU memory (1 GiB on CPU)."""
+    if str(memory).strip().lower() == "auto":
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            return int(free * GPU_MEMORY_SHARE)
+        return 2**30
+    return parse_memory(memory)
+
+
+def block_rows(n_gallery: int, memory: str | int, device: torch.device | str = "cpu") -> int:
+    """Query rows per block so that a block's working set stays within the memory budget."""
+    dev = torch.device(device)
+    cap = MAX_BLOCK if dev.type == "cpu" else 8 * MAX_BLOCK  # a GPU wants big blocks; CPU caches small ones
+    return int(max(1, min(cap, memory_budget(memory, dev) // max(1, BYTES_PER_SCORE * n_gallery))))
+
+
+class ScoreSource:
+    """Yields score rows for query positions: cosine of normalised embeddings, or a given matrix."""
+
+    def __init__(self, query, gallery, scores, device: torch.device) -> None:
+        if scores is not None:
+            self.matrix: Optional[torch.Tensor] = torch.as_tensor(np.asarray(scores), dtype=torch.float32)
+            self.n_query, self.n_gallery = self.matrix.shape
+            self.device = torch.device("cpu")
+        else:
+            self.matrix = None
+            self.q, self.g = unit_rows(query, device), unit_rows(gallery, device)
+            if self.q.shape[1] != self.g.shape[1]:
+                raise SbirError(f"query and gallery dimensions differ: {self.q.shape[1]} vs {self.g.shape[1]}")
+            self.n_query, self.n_gallery = self.q.shape[0], self.g.shape[0]
+            self.device = device
+        if self.n_gallery == 0:
+            raise SbirError("the gallery is empty: no readable photos to retrieve")
+
+    def rows(self, idx: np.ndarray) -> torch.Tensor:
+        """Scores of the queries at positions ``idx`` against the whole gallery (len(idx) x N)."""
+        if self.matrix is not None:
+            return self.matrix[torch.from_numpy(idx)]
+        return self.q[torch.from_numpy(idx).to(self.device)] @ self.g.T
