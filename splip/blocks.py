@@ -1,103 +1,84 @@
-"""SpLIP's prompt blocks: how visual and textual prompts are generated from each other.
+"""SpLIP's prompt blocks, as the paper's architecture figure draws them (docs/splip.md).
 
-Notation follows docs/splip.md. With a frozen CLIP of vision width Dv and text width Dt, ``n``
-prompt tokens and prompt depth J:
+Notation of the figure; frozen CLIP with vision width Dv, text width Dt, text embedding size E, and
+J prompted layers (all L layers by default):
 
-* ``B_v`` (text-guided visual prompts): a linear map Dt -> Dv applied to the frozen CLIP token
-  embeddings of a modality phrase ("a sketch of a" / "a photo of a"), giving each modality its own
-  first-layer visual prompts V_0^m.
-* ``B_t`` (vision-guided text prompts): a linear map Dv -> Dt of the mean patch embedding E_0 of an
-  image, added to the learnable text context T_0, so the text encoder runs with prompts that know
-  the image.
-* ``B_vt`` (visual-textual block): for every layer j < J-1, a linear map Dt -> Dv turning the text
-  encoder's prompt-slot outputs at layer j into the visual prompts of layer j+1 (V_{j+1}).
+* ``B_v`` (:class:`PhraseToVisualPrompts`): the modality phrase ("photo of a" / "sketch of a") ->
+  ``n_vtg`` (4) visual tokens V^tg, present at every prompted visual layer.
+* ``B_t`` (:class:`ImageToTextPrompts`): the image's patch embeddings E_0 -> ``n_text`` (4) text
+  tokens T, which sit after the start token and enter every prompted text layer.
+* ``B_vt`` (:class:`VisualTextualBlock`): the output of text layer j (its class-independent prefix:
+  the T slots and the modality phrase) -> ``n_vms`` (2) visual tokens V^ms_j for visual layer j.
 
-Ablations: without ``B_t`` the text context is not conditioned on the image; without ``B_vt`` the
-deeper visual prompts are free learnable parameters (VPT-deep) instead of being derived from text.
+So visual layer j sees [class token, patches, V^tg, V^ms_j]: 4 + 2 prompt tokens.
 """
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List
 
 import torch
 from torch import nn
 
-from sbir_bench.models import PromptedCLIP
 
+class PhraseToVisualPrompts(nn.Module):
+    """B_v: the frozen CLIP text embedding of a modality phrase (E) -> V^tg (n, Dv)."""
 
-class TextGuidedVisualPrompts(nn.Module):
-    """B_v: modality phrase token embeddings (n, Dt) -> first-layer visual prompts (n, Dv)."""
-
-    def __init__(self, text_width: int, vision_width: int) -> None:
+    def __init__(self, embed_dim: int, vision_width: int, n_tokens: int) -> None:
         super().__init__()
-        self.proj = nn.Linear(text_width, vision_width)
-
-    def forward(self, phrase_embeddings: torch.Tensor) -> torch.Tensor:
-        return self.proj(phrase_embeddings)
-
-
-class VisionGuidedTextPrompts(nn.Module):
-    """B_t: mean patch embedding (B, Dv) -> per-image offset of the text context (B, n, Dt)."""
-
-    def __init__(self, vision_width: int, text_width: int, n_ctx: int) -> None:
-        super().__init__()
-        self.n_ctx = n_ctx
-        self.proj = nn.Linear(vision_width, text_width)
-        nn.init.zeros_(self.proj.weight)  # start exactly at the unconditioned context
+        self.n, self.width = n_tokens, vision_width
+        self.proj = nn.Linear(embed_dim, n_tokens * vision_width)
+        nn.init.normal_(self.proj.weight, std=0.02)
         nn.init.zeros_(self.proj.bias)
+
+    def forward(self, phrase_embedding: torch.Tensor) -> torch.Tensor:
+        return self.proj(phrase_embedding).reshape(*phrase_embedding.shape[:-1], self.n, self.width)
+
+
+class ImageToTextPrompts(nn.Module):
+    """B_t: mean patch embedding of E_0 (Dv) -> T (n, Dt) = learned base tokens + an image-conditioned offset.
+
+    The offset network is a bottleneck MLP (Dv -> Dv/16 -> n*Dt), the meta-network shape of CoCoOp;
+    its last layer starts near zero (std 1e-3), so training starts close to the base tokens
+    (initialised from a phrase) while gradients reach every layer from the first step.
+    """
+
+    def __init__(self, vision_width: int, text_width: int, base: torch.Tensor, hidden_ratio: int = 16) -> None:
+        super().__init__()
+        n = base.shape[0]
+        self.n, self.width = n, text_width
+        self.base = nn.Parameter(base.clone())
+        hidden = max(8, vision_width // hidden_ratio)
+        self.net = nn.Sequential(nn.Linear(vision_width, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, n * text_width))
+        nn.init.normal_(self.net[-1].weight, std=1e-3)
+        nn.init.zeros_(self.net[-1].bias)
 
     def forward(self, patch_embeddings: torch.Tensor) -> torch.Tensor:
         pooled = patch_embeddings[:, 1:].mean(1)  # patch tokens, class token excluded
-        return self.proj(pooled).unsqueeze(1).expand(-1, self.n_ctx, -1)
+        return self.base + self.net(pooled.float()).reshape(-1, self.n, self.width)
 
 
 class VisualTextualBlock(nn.Module):
-    """B_vt: text prompt-slot outputs of layer j (B, n, Dt) -> visual prompts of layer j+1 (B, n, Dv)."""
+    """B_vt: text layer j's prefix output (B, P, Dt) -> V^ms_j (B, n, Dv), for every prompted layer.
 
-    def __init__(self, text_width: int, vision_width: int, depth: int) -> None:
+    One block serves every layer, as drawn: the prefix states are pooled into ``n`` groups (the
+    prompt slots and phrase positions split evenly), mapped by one shared linear layer, and given a
+    learned per-layer offset so that each visual layer receives its own tokens.
+    """
+
+    def __init__(self, text_width: int, vision_width: int, n_tokens: int, depth: int) -> None:
         super().__init__()
-        self.maps = nn.ModuleList([nn.Linear(text_width, vision_width) for _ in range(depth - 1)])
+        self.n = n_tokens
+        self.proj = nn.Linear(text_width, vision_width)
+        self.layer_offset = nn.Parameter(torch.zeros(depth, n_tokens, vision_width))
+        nn.init.normal_(self.proj.weight, std=0.02)
+        nn.init.zeros_(self.proj.bias)
 
-    def forward(self, text_states: List[torch.Tensor]) -> List[torch.Tensor]:
-        return [f(s) for f, s in zip(self.maps, text_states)]
+    def pool(self, states: torch.Tensor) -> torch.Tensor:
+        """(B, P, Dt) prefix states (start token dropped) -> (B, n, Dt), mean of n contiguous groups."""
+        slots = states[:, 1:]
+        groups = torch.tensor_split(torch.arange(slots.shape[1], device=slots.device), self.n)
+        return torch.stack([slots[:, g].mean(1) for g in groups], dim=1)
 
-
-class SpLIPPrompts(nn.Module):
-    """All of SpLIP's learnable prompt machinery over one frozen CLIP."""
-
-    def __init__(self, prompted: PromptedCLIP, ctx: torch.Tensor, phrases: torch.Tensor, depth: int,
-                 use_bt: bool = True, use_bvt: bool = True) -> None:
-        super().__init__()
-        self.prompted = prompted
-        n, dt, dv = ctx.shape[0], prompted.text_width, prompted.vision_width
-        self.depth = depth
-        self.ctx = nn.Parameter(ctx)                                     # T_0
-        self.deep_text = nn.ParameterList([nn.Parameter(torch.randn(n, dt) * 0.02) for _ in range(depth - 1)])
-        self.register_buffer("phrases", phrases, persistent=False)       # (2, n, Dt): sketch, photo
-        self.b_v = TextGuidedVisualPrompts(dt, dv)
-        self.b_t = VisionGuidedTextPrompts(dv, dt, n) if use_bt else None
-        if use_bvt:
-            self.b_vt: Optional[VisualTextualBlock] = VisualTextualBlock(dt, dv, depth)
-            self.deep_visual = None
-        else:
-            self.b_vt = None
-            self.deep_visual = nn.ParameterList([nn.Parameter(torch.randn(n, dv) * 0.02) for _ in range(depth - 1)])
-
-    def text_stack(self) -> List[torch.Tensor]:
-        """Text prompts per layer for the class-text encoder: T_0 (shared context) then T_1..T_{J-1}."""
-        return [self.ctx, *self.deep_text]
-
-    def visual_stack(self, modality: torch.Tensor, embeddings: torch.Tensor) -> tuple[torch.Tensor, List[Optional[torch.Tensor]]]:
-        """(first-layer prompts, deep prompts per layer) for images of per-sample ``modality`` (0 sketch, 1 photo)."""
-        batch = embeddings.shape[0]
-        shallow = self.b_v(self.phrases)[modality.to(self.phrases.device)]
-        if self.b_vt is None:
-            deep = list(self.deep_visual)
-        else:
-            ctx = self.ctx.unsqueeze(0).expand(batch, -1, -1)
-            if self.b_t is not None:
-                ctx = ctx + self.b_t(embeddings)
-            states = self.prompted.text_prompt_states(ctx, [None, *self.deep_text])
-            deep = self.b_vt(states[: self.depth - 1])
-        return shallow, [None, *deep]
+    def forward(self, layer_states: List[torch.Tensor]) -> List[torch.Tensor]:
+        return [self.proj(self.pool(s).float()) + self.layer_offset[j] for j, s in enumerate(layer_states)]

@@ -1,155 +1,245 @@
 """SpLIP (Singha, Jha, Gupta, Singla, Banerjee; "Elevating All Zero-Shot Sketch-Based Image Retrieval
 Through Multimodal Prompt Learning", ECCV 2024, arXiv 2407.04207), registered as the method ``splip``.
 
-Over a frozen CLIP, SpLIP learns bi-directional multimodal prompts (see :mod:`splip.blocks`): each
-modality's first-layer visual prompts come from text (B_v), the text context is conditioned on the
-image (B_t), and the text encoder's prompt outputs at every layer become the next visual layer's
-prompts (B_vt). It is trained with
+The structure follows the paper's architecture figure (docs/splip.md says, for every part, whether
+it comes from the figure, the abstract, or is our choice). Over a frozen CLIP, for an image of
+modality m (sketch or photo):
 
-    L = lambda_cls * L_cls + lambda_triplet * L_tri + lambda_jigsaw * L_js
+1. E_0 = patch embeddings of the image; T = B_t(E_0), 4 text tokens.
+2. The text prefix [SOT, T, "<m> of a"] runs through the text encoder, T re-entering at every
+   prompted layer; B_vt turns each layer's prefix output into 2 visual tokens V^ms_j.
+3. V^tg = B_v(frozen text embedding of "<m> of a"), 4 visual tokens.
+4. The image encoder runs with [V^tg, V^ms_j] at every prompted layer j -> the image embedding.
+5. Class embeddings are the texts "<m> of a <class>." with the same image's T (cached prefix, one
+   suffix pass per class); L_class is CLIP's cross-entropy against them.
 
-* L_cls: cross-entropy of CLIP logits between sketch / photo embeddings and the prompted class-text
-  embeddings of the seen classes;
-* L_tri: cosine triplet loss (sketch, positive photo, negative photo) with the adaptive margin of
-  :mod:`splip.objectives` (fixed margin as an ablation);
-* L_js: conditional cross-modal jigsaw (predict the tile permutation of a shuffled sketch given the
-  unshuffled photo).
+    L = lambda_cls L_class + lambda_triplet L_triplet + lambda_jigsaw L_cjs
 
-Sketches and photos are embedded with their modality's prompts; retrieval is cosine similarity.
-docs/splip.md maps every part to the paper and records each choice the paper leaves open.
+with the adaptive-margin triplet loss and the conditional cross-modal jigsaw of :mod:`splip.objectives`.
+Retrieval embeds sketches with the sketch phrase and photos with the photo phrase (cosine similarity).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Dict, Optional, Sequence
+from dataclasses import dataclass, replace
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from sbir_bench.data.classnames import class_text
+from sbir_bench.errors import ConfigError
+from sbir_bench.log import get_logger
 from sbir_bench.methods import METHODS, Method, TripletBatch
-from sbir_bench.methods.losses import clip_cross_entropy, cosine_triplet
+from sbir_bench.methods.losses import cosine_triplet
 from sbir_bench.models import PromptedCLIP
-from sbir_bench.models.text_prompts import ClassPrompts, ContextInit
+from sbir_bench.models.prompted import TextPrefix
+from sbir_bench.models.text_prompts import ContextInit
 
-from .blocks import SpLIPPrompts
-from .objectives import JigsawHead, adaptive_margin_matrix, jigsaw_permutations, shuffle_tiles, triplet_margins
+from .blocks import ImageToTextPrompts, PhraseToVisualPrompts, VisualTextualBlock
+from .objectives import (JigsawHead, adaptive_margin_matrix, conditional_jigsaw, jigsaw_permutations, shuffle_tiles,
+                         triplet_margins)
 
+log = get_logger(__name__)
 SKETCH, PHOTO = 0, 1
+CLASS_TEXT_MODES = ("image", "batch")
 
 
 @dataclass
 class SpLIPConfig:
-    """SpLIP's options; docs/splip.md justifies each default and names the paper section."""
+    """SpLIP's options; docs/splip.md gives each one's origin (figure, abstract, our choice)."""
 
-    n_ctx: int = 4
-    ctx_init: Optional[str] = "a photo of a"
-    depth: int = 9
-    sketch_phrase: str = "a sketch of a"
-    photo_phrase: str = "a photo of a"
-    use_bt: bool = True            # ablation "no B_t": text context not conditioned on the image
-    use_bvt: bool = True           # ablation "no B_vt": deep visual prompts are free parameters
-    adaptive_margin: bool = True   # ablation "fixed margin": margin = `margin` for every triplet
+    n_text: int = 4               # T: text prompt tokens from B_t (figure: 4)
+    n_vtg: int = 4                # V^tg: visual tokens from B_v (figure: 4)
+    n_vms: int = 2                # V^ms: visual tokens per layer from B_vt (figure: 2)
+    depth: Optional[int] = None   # prompted layers; None = every layer (figure: 1 .. L)
+    sketch_phrase: str = "sketch of a"
+    photo_phrase: str = "photo of a"
+    text_init: Optional[str] = "a photo of a"  # initial base tokens of T (None: random)
+    class_text: str = "image"     # image: each image's T conditions its class texts (figure); batch: the batch mean T
+    use_bt: bool = True           # ablation: T are free learned tokens, not conditioned on the image
+    use_bv: bool = True           # ablation: no V^tg tokens
+    use_bvt: bool = True          # ablation: no V^ms tokens
+    adaptive_margin: bool = True  # ablation: every triplet uses `margin`
     margin: float = 0.2
     margin_scale: float = 1.0
-    jigsaw: bool = True            # ablation "no jigsaw": no F_js, no L_js
+    jigsaw: bool = True           # ablation: no F_js, no L_cjs
+    jigsaw_negative: bool = True  # ablation: the jigsaw uses only the positive pair
     jigsaw_grid: int = 3
     jigsaw_permutations: int = 30
     jigsaw_fraction: float = 0.5
     lambda_cls: float = 1.0
     lambda_triplet: float = 1.0
     lambda_jigsaw: float = 1.0
+    lambda_jigsaw_negative: float = 1.0
+
+
+@dataclass
+class Encoded:
+    """What encoding a group of same-modality images yields."""
+
+    modality: int                 # SKETCH or PHOTO: which phrase the prompts were built with
+    features: torch.Tensor        # (B, E) normalised image embeddings
+    prefix: TextPrefix            # text prefix states of each image (for its class texts)
+    text_tokens: torch.Tensor     # (B, n_text, Dt): T
+    visual_prompts: List[torch.Tensor]  # per prompted layer (B, n_vtg + n_vms, Dv)
 
 
 @METHODS.register("splip")
 class SpLIP(Method):
-    description = "SpLIP (ECCV'24): bi-directional multimodal prompts, adaptive-margin triplet, cross-modal jigsaw"
+    description = "SpLIP (ECCV'24): bi-directional multimodal prompts (B_v, B_t, B_vt), adaptive-margin triplet, conditional jigsaw"
     config_class = SpLIPConfig
+
+    @classmethod
+    def check_config(cls, config: SpLIPConfig, tokenizer) -> None:
+        if config.class_text not in CLASS_TEXT_MODES:
+            raise ConfigError(f"splip class_text={config.class_text!r}; choose one of: {', '.join(CLASS_TEXT_MODES)}")
+        counts = {k: getattr(config, k) for k in ("n_text", "n_vtg", "n_vms", "jigsaw_grid", "jigsaw_permutations")}
+        bad = [f"{k}={v}" for k, v in counts.items() if v < (2 if k in ("jigsaw_grid", "jigsaw_permutations") else 1)]
+        if bad or not 0.0 < config.jigsaw_fraction <= 1.0:
+            raise ConfigError(f"splip: {', '.join(bad) or f'jigsaw_fraction={config.jigsaw_fraction}'} is out of range")
+        if not (config.use_bv or config.use_bvt):
+            log.info("splip: use_bv and use_bvt both off: the image encoder runs without prompts")
 
     def __init__(self, backbone, class_names, seen, config=None) -> None:
         super().__init__(backbone, class_names, seen, config)
         cfg = self.config
-        self.prompted = PromptedCLIP(self.clip)
-        p = self.prompted
-        depth = max(1, min(cfg.depth, p.vision_layers, p.text_layers))
-        phrases = torch.stack([self._phrase_embeddings(cfg.sketch_phrase), self._phrase_embeddings(cfg.photo_phrase)])
-        init = ContextInit(cfg.n_ctx, cfg.ctx_init or "")
-        ctx = init.vectors(p, backbone.tokenizer)
-        self.prompts = SpLIPPrompts(p, ctx, phrases, depth, cfg.use_bt, cfg.use_bvt)
-        self.class_prompts = ClassPrompts(backbone.tokenizer, " ".join(["X"] * cfg.n_ctx))
+        self.check_config(cfg, backbone.tokenizer)
+        self.prompted = p = PromptedCLIP(self.clip)
+        self.depth = max(1, min(cfg.depth or p.vision_layers, p.vision_layers, p.text_layers))
+        phrases = (cfg.sketch_phrase, cfg.photo_phrase)
+        self.register_buffer("phrase_embeddings", self.frozen_class_text(phrases, "{}"), persistent=False)
+        base = ContextInit(cfg.n_text, cfg.text_init or "").vectors(p, backbone.tokenizer)
+        self.b_t = ImageToTextPrompts(p.vision_width, p.text_width, base) if cfg.use_bt else None
+        self.text_tokens = None if cfg.use_bt else nn.Parameter(base)
+        self.b_v = PhraseToVisualPrompts(backbone.embed_dim, p.vision_width, cfg.n_vtg) if cfg.use_bv else None
+        self.b_vt = VisualTextualBlock(p.text_width, p.vision_width, cfg.n_vms, self.depth) if cfg.use_bvt else None
+        self._tokenize_prompts(phrases)
         self.register_buffer("margin_matrix", adaptive_margin_matrix(self.frozen_class_text(self.seen_names),
                                                                      cfg.margin_scale), persistent=False)
+        self.jigsaw_head: Optional[JigsawHead] = None
         if cfg.jigsaw:
             self.register_buffer("permutations", jigsaw_permutations(cfg.jigsaw_grid, cfg.jigsaw_permutations),
                                  persistent=False)
-            self.jigsaw_head: Optional[JigsawHead] = JigsawHead(backbone.embed_dim, len(self.permutations))
-        else:
-            self.jigsaw_head = None
+            self.jigsaw_head = JigsawHead(backbone.embed_dim, len(self.permutations))
+        self._suffix_cache: Dict[Tuple, Tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def _phrase_embeddings(self, phrase: str) -> torch.Tensor:
-        """Frozen token embeddings of the first n_ctx tokens of ``phrase`` (input of B_v)."""
-        ids = self.backbone.tokenizer([phrase])
-        with torch.no_grad():
-            return self.prompted.token_embeddings(ids)[0, 1: 1 + self.config.n_ctx].float().clone()
+    # ------------------------------------------------------------------ text prompts
+    def _tokenize_prompts(self, phrases: Tuple[str, str]) -> None:
+        """Prefix token ids per modality: [SOT, X * n_text, phrase words] (T replaces the X slots)."""
+        placeholders = " ".join(["X"] * self.config.n_text)
+        self.prefix_text = [f"{placeholders} {ph}" for ph in phrases]
+        prefixes = []
+        for text in self.prefix_text:
+            ids = self.backbone.tokenizer([text])[0]
+            prefixes.append(ids[: int(ids.argmax())])  # up to the end token, excluded
+        for m, ids in enumerate(prefixes):
+            self.register_buffer(f"prefix_ids_{m}", ids.unsqueeze(0), persistent=False)
 
-    # ------------------------------------------------------------------ encoders
-    def encode(self, images: torch.Tensor, modality: int | torch.Tensor) -> torch.Tensor:
-        """Prompted, normalised image embeddings; ``modality`` is 0 (sketch), 1 (photo) or one per image.
+    def prefix_ids(self, modality: int) -> torch.Tensor:
+        return getattr(self, f"prefix_ids_{modality}")
 
-        Mixed batches go through the encoder in one pass (each image with its modality's prompts),
-        which is what keeps a training step cheap.
-        """
-        if isinstance(modality, int):
-            modality = torch.full((images.shape[0],), modality, dtype=torch.long)
+    def suffix_ids(self, names: List[str], modality: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(suffix token ids (C, S), end-token index per class) of "<prefix> <class>." after the prefix."""
+        key = (tuple(names), modality, str(self.device))
+        if key not in self._suffix_cache:
+            plen = self.prefix_ids(modality).shape[1]
+            ids = self.backbone.tokenizer([f"{self.prefix_text[modality]} {class_text(n)}." for n in names])
+            eot = ids.argmax(-1) - plen
+            self._suffix_cache[key] = (ids[:, plen: plen + int(eot.max()) + 1].to(self.device), eot.to(self.device))
+        return self._suffix_cache[key]
+
+    def text_prompts(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """T for each image (B, n_text, Dt): B_t(E_0), or the shared learned tokens without B_t."""
+        if self.b_t is not None:
+            return self.b_t(embeddings)
+        return self.text_tokens.unsqueeze(0).expand(embeddings.shape[0], -1, -1)
+
+    def _prefix(self, tokens: torch.Tensor, modality: int) -> TextPrefix:
+        ids = self.prefix_ids(modality).expand(tokens.shape[0], -1)
+        return self.prompted.text_prefix(ids, tokens, [None] + [tokens] * (self.depth - 1))
+
+    # ------------------------------------------------------------------ visual prompts and encoder
+    def visual_prompts(self, prefix: TextPrefix, modality: int, batch: int) -> List[torch.Tensor]:
+        """[V^tg, V^ms_j] for every prompted visual layer j (B, n_vtg + n_vms, Dv)."""
+        parts: List[List[torch.Tensor]] = [[] for _ in range(self.depth)]
+        if self.b_v is not None:
+            vtg = self.b_v(self.phrase_embeddings[modality]).unsqueeze(0).expand(batch, -1, -1)
+            for layer in parts:
+                layer.append(vtg)
+        if self.b_vt is not None:
+            for layer, vms in zip(parts, self.b_vt(prefix.outputs[: self.depth])):
+                layer.append(vms)
+        return [torch.cat(layer, dim=1) for layer in parts] if parts[0] else []
+
+    def encode(self, images: torch.Tensor, modality: int) -> Encoded:
+        """Prompted embeddings of same-modality images (steps 1-4 of the module docstring)."""
         embeddings = self.prompted.patch_embeddings(images)
-        shallow, deep = self.prompts.visual_stack(modality, embeddings)
-        return self.prompted.encode_image(images, shallow, deep, embeddings=embeddings).float()
+        tokens = self.text_prompts(embeddings)
+        prefix = self._prefix(tokens, modality)
+        prompts = self.visual_prompts(prefix, modality, images.shape[0])
+        shallow, deep = (prompts[0], [None, *prompts[1:]]) if prompts else (None, None)
+        feats = self.prompted.encode_image(images, shallow, deep, embeddings=embeddings).float()
+        return Encoded(modality, feats, prefix, tokens, prompts)
 
-    def class_text(self, names: Sequence[str]) -> torch.Tensor:
-        stack = self.prompts.text_stack()
-        return self.prompted.encode_text(self.class_prompts.token_ids(names, self.device), stack[0],
-                                         [None, *stack[1:]]).float()
+    def class_embeddings(self, encoded: Encoded, names: List[str]) -> torch.Tensor:
+        """(B, C, E) texts "<modality> of a <class>." conditioned on each image's T (or (1, C, E) on the
+        batch mean T with ``class_text="batch"``)."""
+        prefix = encoded.prefix
+        if self.config.class_text == "batch":
+            prefix = self._prefix(encoded.text_tokens.mean(0, keepdim=True), encoded.modality)
+        suffix, eot = self.suffix_ids(names, encoded.modality)
+        return self.prompted.encode_text_after(prefix, suffix, eot).float()
 
     @torch.no_grad()
     def embed_sketches(self, images: torch.Tensor) -> torch.Tensor:
-        return self.encode(images, SKETCH)
+        return self.encode(images, SKETCH).features
 
     @torch.no_grad()
     def embed_photos(self, images: torch.Tensor) -> torch.Tensor:
-        return self.encode(images, PHOTO)
+        return self.encode(images, PHOTO).features
 
     # ------------------------------------------------------------------ objective
     def loss(self, batch: TripletBatch) -> Dict[str, torch.Tensor]:
-        cfg = self.config
-        b = batch.sketch.shape[0]
-        images = [batch.sketch, batch.positive, batch.negative]
-        modality = [SKETCH] * b + [PHOTO] * (2 * b)
-        if self.jigsaw_head is not None:
-            target, shuffled = self._shuffled_sketches(batch.sketch)
-            images.append(shuffled)
-            modality += [SKETCH] * len(target)
-        feats = self.encode(torch.cat(images), torch.tensor(modality))
-        sk, pos, neg = feats[:b], feats[b: 2 * b], feats[2 * b: 3 * b]
-        text = self.class_text(self.seen_names)
-        l_cls = clip_cross_entropy(torch.cat([sk, pos, neg]), text,
-                                   torch.cat([batch.label, batch.label, batch.negative_label]), self.logit_scale)
-        if cfg.adaptive_margin:
-            margin = triplet_margins(self.margin_matrix, batch.label, batch.negative_label, cfg.margin)
-        else:
-            margin = torch.full_like(batch.label, cfg.margin, dtype=torch.float32)
-        l_tri = cosine_triplet(sk, pos, neg, margin)
+        cfg, b = self.config, batch.sketch.shape[0]
+        target, shuffled = self._shuffled_sketches(batch.sketch) if self.jigsaw_head is not None else (None, None)
+        sk = self.encode(batch.sketch if shuffled is None else torch.cat([batch.sketch, shuffled]), SKETCH)
+        ph = self.encode(torch.cat([batch.positive, batch.negative]), PHOTO)
+        f_sk, f_pos, f_neg = sk.features[:b], ph.features[:b], ph.features[b:]
+        l_cls = self._class_loss(sk, ph, b, batch)
+        margin = triplet_margins(self.margin_matrix, batch.label, batch.negative_label, cfg.margin) \
+            if cfg.adaptive_margin else torch.full_like(batch.label, cfg.margin, dtype=torch.float32)
+        l_tri = cosine_triplet(f_sk, f_pos, f_neg, margin)
         total = cfg.lambda_cls * l_cls + cfg.lambda_triplet * l_tri
         terms = {"cls": l_cls.detach(), "triplet": l_tri.detach(), "margin": margin.mean().detach()}
-        if self.jigsaw_head is not None:  # L_js: permutation of each shuffled sketch, given its photo
-            logits = self.jigsaw_head(feats[3 * b:], pos[: len(target)])
-            l_js = F.cross_entropy(logits, target)
-            total = total + cfg.lambda_jigsaw * l_js
-            terms.update(jigsaw=l_js.detach(), jigsaw_acc=(logits.argmax(-1) == target).float().mean().detach())
+        if shuffled is not None:
+            m = len(target)
+            js = conditional_jigsaw(self.jigsaw_head, sk.features[b:], f_pos[:m], f_neg[:m], target,
+                                    cfg.lambda_jigsaw_negative if cfg.jigsaw_negative else 0.0)
+            total = total + cfg.lambda_jigsaw * js.pop("jigsaw")
+            terms.update(jigsaw=(js["jigsaw_pos"] + js.get("jigsaw_neg", 0.0)), **js)
         return {"loss": total, **terms}
+
+    def _class_loss(self, sk: Encoded, ph: Encoded, b: int, batch: TripletBatch) -> torch.Tensor:
+        """CLIP cross-entropy of sketch, positive and negative photo against their conditioned class texts."""
+        names = self.seen_names
+        sk_first = replace(sk, prefix=_rows(sk.prefix, b), text_tokens=sk.text_tokens[:b])
+        logits = []
+        for enc, feats in ((sk_first, sk.features[:b]), (ph, ph.features)):
+            text = self.class_embeddings(enc, names)
+            logits.append(self.logit_scale * torch.einsum("be,bce->bc", feats, text.expand(len(feats), -1, -1)))
+        labels = torch.cat([batch.label, batch.label, batch.negative_label])
+        return F.cross_entropy(torch.cat(logits).float(), labels)
 
     def _shuffled_sketches(self, sketches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(permutation index, tile-shuffled sketch) for the first ``jigsaw_fraction`` of the batch."""
         m = max(1, math.ceil(self.config.jigsaw_fraction * sketches.shape[0]))
         target = torch.randint(len(self.permutations), (m,), device=sketches.device)
         return target, shuffle_tiles(sketches[:m], self.permutations[target], self.config.jigsaw_grid)
+
+
+def _rows(prefix: TextPrefix, n: int) -> TextPrefix:
+    """The first ``n`` rows of a text prefix."""
+    return TextPrefix([x[:n] for x in prefix.inputs], [x[:n] for x in prefix.outputs], prefix.n_prompt)

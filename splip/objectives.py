@@ -5,15 +5,18 @@
   ``mu(c, c') = scale * (1 - cos(t_c, t_c'))`` with t the frozen CLIP embedding of "a photo of a
   {class}." Semantically close classes (cat / dog) get a small margin, unrelated ones a large one.
   A same-class negative (fine-grained training) has no semantic distance; it gets the fixed margin.
-* Conditional cross-modal jigsaw: a sketch is cut into a g x g grid of tiles, shuffled by one of K
-  fixed permutations, encoded, and a small head F_js predicts which permutation was applied from the
-  shuffled sketch's embedding *and* the unshuffled photo's embedding (the condition).
+* Conditional cross-modal jigsaw (the figure's panel d): a sketch is cut into a g x g grid of
+  tiles, shuffled by one of K fixed permutations and encoded; a small head F_js predicts which
+  permutation was applied from the shuffled sketch's embedding and an unshuffled photo's. With the
+  positive photo (same instance or class) the order should be predictable: cross-entropy. With the
+  negative photo it is pushed to be unpredictable by the bounded term p(true permutation | negative)
+  in [0, 1] (:func:`conditional_jigsaw`).
 """
 
 from __future__ import annotations
 
 import itertools
-from typing import List
+from typing import Dict, List
 
 import numpy as np
 import torch
@@ -79,3 +82,19 @@ class JigsawHead(nn.Module):
 
     def forward(self, shuffled_sketch: torch.Tensor, photo: torch.Tensor) -> torch.Tensor:
         return self.net(torch.cat([shuffled_sketch, photo, shuffled_sketch * photo], dim=-1))
+
+
+def conditional_jigsaw(head: "JigsawHead", shuffled: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor,
+                       target: torch.Tensor, negative_weight: float = 1.0) -> Dict[str, torch.Tensor]:
+    """L_cjs = CE(F_js(s', p+), pi) + w * mean softmax(F_js(s', p-))[pi]; the second term is bounded in [0, 1]
+    (it cannot run away the way a maximised cross-entropy would). Returns the terms and accuracies."""
+    r_pos = head(shuffled, positive)
+    loss = F.cross_entropy(r_pos, target)
+    out = {"jigsaw_pos": loss.detach(), "jigsaw_acc": (r_pos.argmax(-1) == target).float().mean().detach()}
+    if negative_weight:
+        r_neg = head(shuffled, negative)
+        p_true = r_neg.softmax(-1).gather(1, target[:, None]).mean()
+        loss = loss + negative_weight * p_true
+        out["jigsaw_neg"] = p_true.detach()
+    out["jigsaw"] = loss
+    return out

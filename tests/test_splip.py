@@ -1,5 +1,6 @@
-"""SpLIP: block shapes, where gradients go, the adaptive margin formula, the jigsaw target, ablations,
-and an end-to-end run on a QuickDraw-Ext tree."""
+"""SpLIP as the architecture figure draws it: prompt counts per layer, where each prompt comes from,
+where gradients go, the adaptive margin, the conditional jigsaw, the ablation switches, and an
+end-to-end run on a QuickDraw-Ext tree."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from click.testing import CliRunner
 from sbir_bench.cli import main
 from sbir_bench.methods import TripletBatch
 from splip import SpLIP, SpLIPConfig
-from splip.objectives import adaptive_margin_matrix, jigsaw_permutations, shuffle_tiles, triplet_margins
+from splip.method import PHOTO, SKETCH
+from splip.objectives import (JigsawHead, adaptive_margin_matrix, conditional_jigsaw, jigsaw_permutations,
+                              shuffle_tiles, triplet_margins)
 
 SEEN = list(range(6))
 NAMES = ["star", "heart", "moon", "tree", "fish", "key", "bell"]
@@ -25,7 +28,7 @@ def make(tiny_backbone, **cfg) -> SpLIP:
 
 def batch(n: int = 4) -> TripletBatch:
     g = torch.Generator().manual_seed(0)
-    images = lambda: torch.randn(n, 3, 64, 64, generator=g)
+    images = lambda: torch.randn(n, 3, 64, 64, generator=g)  # noqa: E731
     return TripletBatch(images(), images(), images(), torch.tensor([0, 1, 2, 3][:n]), torch.tensor([1, 2, 3, 3][:n]))
 
 
@@ -33,24 +36,77 @@ def n_params(module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-def test_block_shapes(tiny_backbone):
+def test_prompt_counts_per_layer(tiny_backbone):
     m = make(tiny_backbone)
-    p, b = m.prompted, 3
-    images = torch.randn(b, 3, 64, 64)
-    emb = p.patch_embeddings(images)
-    assert emb.shape == (b, 1 + 16, p.vision_width)
-    assert m.prompts.b_v(m.prompts.phrases[0]).shape == (4, p.vision_width)
-    assert m.prompts.b_t(emb).shape == (b, 4, p.text_width)
-    shallow, deep = m.prompts.visual_stack(torch.zeros(b, dtype=torch.long), emb)
-    assert shallow.shape == (b, 4, p.vision_width)
-    assert deep[0] is None and len(deep) == m.prompts.depth == 4
-    assert all(d.shape == (b, 4, p.vision_width) for d in deep[1:])
-    assert m.encode(images, 0).shape == (b, tiny_backbone.embed_dim)
-    assert m.class_text(NAMES).shape == (len(NAMES), tiny_backbone.embed_dim)
+    images = torch.randn(3, 3, 64, 64)
+    enc = m.encode(images, SKETCH)
+    assert m.depth == m.prompted.vision_layers == 4  # every layer, as the figure draws 1 .. L
+    assert len(enc.visual_prompts) == m.depth
+    assert all(p.shape == (3, 4 + 2, m.prompted.vision_width) for p in enc.visual_prompts)  # 4 V^tg + 2 V^ms
+    assert enc.text_tokens.shape == (3, 4, m.prompted.text_width)  # 4 T tokens
+    vtg = m.b_v(m.phrase_embeddings[SKETCH])
+    for layer in enc.visual_prompts:  # V^tg: the same 4 tokens at every visual layer
+        assert torch.equal(layer[:, :4], vtg.expand(3, -1, -1))
+    assert m.encode(images, SKETCH).features.shape == (3, tiny_backbone.embed_dim)
 
 
-def test_modalities_use_their_own_phrase_prompts(tiny_backbone):
+def test_text_tokens_enter_every_text_layer(tiny_backbone):
     m = make(tiny_backbone)
+    enc = m.encode(torch.randn(2, 3, 64, 64), PHOTO)
+    n, t = m.config.n_text, enc.text_tokens
+    first = enc.prefix.inputs[0][:, 1: 1 + n]  # layer 1: T plus the positional embedding of its slots
+    assert torch.allclose(first, t + m.clip.positional_embedding[1: 1 + n], atol=1e-6)
+    for layer_input in enc.prefix.inputs[1:]:  # deeper layers: the T slots hold T again (dotted arrows)
+        assert torch.equal(layer_input[:, 1: 1 + n], t)
+
+
+def test_vms_of_layer_j_comes_from_text_layer_j(tiny_backbone):
+    m = make(tiny_backbone)
+    enc = m.encode(torch.randn(2, 3, 64, 64), SKETCH)
+    states = [s.detach().requires_grad_(True) for s in enc.prefix.outputs]
+    vms = m.b_vt(states)
+    for j in range(m.depth):
+        grads = torch.autograd.grad(vms[j].sum(), states, allow_unused=True)
+        assert grads[j] is not None and grads[j].abs().sum() > 0  # B_vt reads text layer j ...
+        assert all(g is None or g.abs().sum() == 0 for k, g in enumerate(grads) if k != j)  # ... and only it
+    changed = [s.clone() for s in states]
+    changed[1] = changed[1] + 1.0
+    after = m.b_vt(changed)
+    assert not torch.allclose(after[1], vms[1]) and torch.equal(after[0], vms[0])
+
+
+def test_text_tokens_and_class_embeddings_depend_on_the_image(tiny_backbone):
+    m = make(tiny_backbone)
+    with torch.no_grad():
+        for p in m.b_t.net[-1].parameters():  # leave the near-zero start so images differ visibly
+            p.normal_(std=0.05)
+        enc = m.encode(torch.randn(2, 3, 64, 64), PHOTO)
+        cls = m.class_embeddings(enc, NAMES)
+    assert not torch.allclose(enc.text_tokens[0], enc.text_tokens[1])
+    assert cls.shape == (2, len(NAMES), tiny_backbone.embed_dim)
+    assert not torch.allclose(cls[0], cls[1])
+
+
+def test_class_embeddings_equal_the_full_prompt_through_the_text_encoder(tiny_backbone):
+    m = make(tiny_backbone)
+    with torch.no_grad():
+        enc = m.encode(torch.randn(2, 3, 64, 64), SKETCH)
+        cached = m.class_embeddings(enc, NAMES)
+        ids = tiny_backbone.tokenizer([f"{m.prefix_text[SKETCH]} {n}." for n in NAMES])
+        for b in range(2):
+            t = enc.text_tokens[b]
+            full = m.prompted.encode_text(ids, t, [None] + [t] * (m.depth - 1))
+            assert torch.allclose(full, cached[b], atol=1e-5)
+
+
+def test_sketch_and_photo_class_texts_differ(tiny_backbone):
+    m = make(tiny_backbone)
+    assert m.prefix_text[SKETCH].endswith("sketch of a") and m.prefix_text[PHOTO].endswith("photo of a")
+    image = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        as_sketch = m.class_embeddings(m.encode(image, SKETCH), NAMES)
+        as_photo = m.class_embeddings(m.encode(image, PHOTO), NAMES)
+    assert not torch.allclose(as_sketch, as_photo)
     images = torch.randn(2, 3, 64, 64)
     assert not torch.allclose(m.embed_sketches(images), m.embed_photos(images))
 
@@ -94,31 +150,54 @@ def test_jigsaw_target_is_the_permutation_applied():
     assert torch.equal(tiles.long(), chosen)
 
 
-@pytest.mark.parametrize("switch,removed", [("use_bt", "prompts.b_t."), ("use_bvt", "prompts.b_vt."),
+def test_conditional_jigsaw_uses_both_photos_and_a_bounded_negative_term():
+    torch.manual_seed(0)
+    head = JigsawHead(8, 5)
+    shuffled, pos, neg = torch.randn(3, 8), torch.randn(3, 8), torch.randn(3, 8)
+    target = torch.tensor([0, 2, 4])
+    terms = conditional_jigsaw(head, shuffled, pos, neg, target, negative_weight=1.0)
+    expected_pos = torch.nn.functional.cross_entropy(head(shuffled, pos), target)
+    p_true = head(shuffled, neg).softmax(-1)[torch.arange(3), target].mean()
+    assert torch.allclose(terms["jigsaw"], expected_pos + p_true)
+    assert 0.0 <= float(terms["jigsaw_neg"]) <= 1.0
+    changed = conditional_jigsaw(head, shuffled, pos, neg + 1.0, target, negative_weight=1.0)
+    assert not torch.allclose(changed["jigsaw"], terms["jigsaw"])  # the negative photo enters the loss
+    only_pos = conditional_jigsaw(head, shuffled, pos, neg, target, negative_weight=0.0)
+    assert torch.allclose(only_pos["jigsaw"], expected_pos) and "jigsaw_neg" not in only_pos
+
+
+@pytest.mark.parametrize("switch,removed", [("use_bt", "b_t."), ("use_bv", "b_v."), ("use_bvt", "b_vt."),
                                             ("jigsaw", "jigsaw_head.")])
-def test_ablation_switches_change_parameters(tiny_backbone, switch, removed):
+def test_ablation_switches_remove_their_blocks(tiny_backbone, switch, removed):
     full, ablated = make(tiny_backbone), make(tiny_backbone, **{switch: False})
     names_full = {n for n, p in full.named_parameters() if p.requires_grad}
     names_ablated = {n for n, p in ablated.named_parameters() if p.requires_grad}
     assert any(n.startswith(removed) for n in names_full)
     assert not any(n.startswith(removed) for n in names_ablated)
-    if switch == "use_bvt":  # deep visual prompts become free parameters: (depth-1) x n x Dv
-        extra = (full.prompts.depth - 1) * 4 * full.prompted.vision_width
-        lost = sum(p.numel() for n, p in full.named_parameters() if n.startswith(removed))
-        assert n_params(ablated) == n_params(full) - lost + extra
-    else:
-        assert n_params(ablated) < n_params(full)
+    enc = ablated.encode(torch.randn(2, 3, 64, 64), SKETCH)
+    width = {"use_bv": 2, "use_bvt": 4}.get(switch, 6)
+    assert all(p.shape[1] == width for p in enc.visual_prompts)
+    if switch == "use_bt":  # T: free learned tokens, the same for every image
+        assert torch.equal(enc.text_tokens[0], enc.text_tokens[1]) and "text_tokens" in names_ablated
 
 
 def test_ablation_switches_change_loss_terms(tiny_backbone):
     full = make(tiny_backbone).loss(batch())
-    assert {"cls", "triplet", "jigsaw", "margin"} <= set(full)
+    assert {"cls", "triplet", "jigsaw", "jigsaw_neg", "margin"} <= set(full)
     assert float(full["margin"]) != pytest.approx(0.2)  # adaptive: depends on the classes
-    fixed = make(tiny_backbone, adaptive_margin=False).loss(batch())
-    assert float(fixed["margin"]) == pytest.approx(0.2)
+    assert float(make(tiny_backbone, adaptive_margin=False).loss(batch())["margin"]) == pytest.approx(0.2)
+    no_neg = make(tiny_backbone, jigsaw_negative=False).loss(batch())
+    assert "jigsaw_pos" in no_neg and "jigsaw_neg" not in no_neg
     no_js = make(tiny_backbone, jigsaw=False).loss(batch())
     assert "jigsaw" not in no_js
     assert float(no_js["loss"].detach()) == pytest.approx(float(no_js["cls"] + no_js["triplet"]), rel=1e-5)
+
+
+def test_batch_class_text_variant_conditions_on_the_batch_mean(tiny_backbone):
+    m = make(tiny_backbone, class_text="batch")
+    enc = m.encode(torch.randn(3, 3, 64, 64), PHOTO)
+    assert m.class_embeddings(enc, NAMES).shape == (1, len(NAMES), tiny_backbone.embed_dim)
+    assert torch.isfinite(m.loss(batch())["loss"])
 
 
 def test_fine_grained_same_class_negatives_use_fixed_margin(tiny_backbone):
