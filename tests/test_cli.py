@@ -72,24 +72,24 @@ def test_run_other_settings(tmp_path, mini_root, setting, keys):
 
 def test_missing_dataset_is_one_line_error(tmp_path):
     result = CliRunner().invoke(main, ["run", "zeroshot-clip", "--dataset", "sketchy", "--data-root", str(tmp_path)])
-    assert result.exit_code == 2
+    assert result.exit_code == 3  # a data error (docs/errors.md)
     lines = [ln for ln in result.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: Sketchy Extended not found")
     assert str(tmp_path) in lines[0] and "--data-root" in lines[0]
     assert "Traceback" not in result.output
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["run", "no-such-method"], "unknown method"),
-    (["run", "zeroshot-clip", "--set", "train.epochs=many"], "expected int"),
-    (["run", "zeroshot-clip", "--set", "nonsense.key=1"], "unknown key"),
-    (["run", "zeroshot-clip", "--config", "/no/such.yaml"], "config file not found"),
-    (["run", "zeroshot-clip", "--split-file", "/no/split.txt"], "split file not found"),
-    (["eval", "--embeddings", "/no/file.npz"], "embeddings file not found"),
+@pytest.mark.parametrize("args,needle,code", [
+    (["run", "no-such-method"], "unknown method", 2),
+    (["run", "zeroshot-clip", "--set", "train.epochs=many"], "expected int", 2),
+    (["run", "zeroshot-clip", "--set", "nonsense.key=1"], "unknown key", 2),
+    (["run", "zeroshot-clip", "--config", "/no/such.yaml"], "config file not found", 2),
+    (["run", "zeroshot-clip", "--split-file", "/no/split.txt"], "split file not found", 3),
+    (["eval", "--embeddings", "/no/file.npz"], "embeddings file not found", 3),
 ])
-def test_bad_inputs_are_one_line_errors(args, needle, mini_root):
+def test_bad_inputs_are_one_line_errors(args, needle, code, mini_root):
     result = CliRunner().invoke(main, args)
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == code, result.output
     assert needle in result.output and "Traceback" not in result.output
 
 
@@ -108,7 +108,7 @@ def test_unknown_class_in_split_file(tmp_path, mini_root):
     split = tmp_path / "split.txt"
     split.write_text("# my split\nstar\nunicorn\n")
     result = CliRunner().invoke(main, ["run", "zeroshot-clip", "--split-file", str(split)])
-    assert result.exit_code == 2 and "unicorn" in result.output
+    assert result.exit_code == 3 and "unicorn" in result.output
 
 
 def test_methods_and_datasets_listing(mini_root):

@@ -148,7 +148,7 @@ def test_corrupt_and_foreign_files_are_reported_and_skipped(records):
 
 def test_no_records_is_one_line_error(tmp_path):
     result = CliRunner().invoke(main, ["compare", "--results-dir", str(tmp_path)])
-    assert result.exit_code == 2 and "no run records" in result.output
+    assert result.exit_code == 3 and "no run records" in result.output
 
 
 def test_plot_command_writes_png_and_pdf(tmp_path, mini_root):

@@ -30,7 +30,9 @@ def _cells(patterns, results_dir, datasets, settings, methods, reference, agains
     from ..reporting.collect import runs_frame
     from ..reporting.compare import compare, load_reference
 
-    ref = load_reference(Path("results/paper") if reference == "paper" else Path(reference)) if reference else None
+    from ..fileio import project_folder
+    ref = load_reference(project_folder("results") / "paper" if reference == "paper" else Path(reference)) \
+        if reference else None
     frame = runs_frame(patterns, results_dir, datasets, settings, methods)
     if frame.empty:
         raise DataError(f"no run records found in {' '.join(patterns) or results_dir}; run `sbir-bench run` first")

@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import click
 
 from ..config import BackboneConfig, DataConfig, EvalConfig, RunConfig, TrainConfig
+from ..errors import ConfigError
 from . import main
 from .common import config_option, friendly_errors
 
@@ -103,3 +104,62 @@ def run_command(method: str, seeds: Sequence[int], config_file: Optional[str], s
         if record.get("record_path"):
             click.echo(record_table(record))
             click.echo(f"record: {record['record_path']}")
+
+
+@main.command("reproduce")
+@click.argument("table", type=click.Choice(["zs", "gzs", "fg"]))
+@click.option("--dataset", "datasets", multiple=True,
+              help="Only these cells (e.g. sketchy-split2, tuberlin), or 'mini' for the mini-set recipes.")
+@click.option("--method", "methods", multiple=True, help="Only these methods (repeatable).")
+@click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds of every cell.")
+@click.option("--data-root", type=click.Path(), help="Folder holding the datasets.")
+@click.option("--output-dir", type=click.Path(), help="Where runs and tables go.  [default: results/reproduce/TABLE]")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any config key of every run.")
+@click.option("--dry-run", is_flag=True, help="List every run, what it needs and whether it can run; run nothing.")
+@click.option("--quiet", is_flag=True, help="No progress bars or info lines.")
+@friendly_errors
+def reproduce_command(table: str, datasets, methods, seeds: str, data_root: Optional[str], output_dir: Optional[str],
+                      sets, dry_run: bool, quiet: bool) -> None:
+    """Run every cell of one of SpLIP's tables (methods x datasets x seeds) and write the table with the
+    literature's rows and deltas to the paper. Finished cells are kept, interrupted ones resume, and a
+    cell whose dataset or weights are absent is skipped with one line saying what is missing.
+
+    \b
+    Examples:
+      sbir-bench reproduce zs --dry-run --data-root ~/data/sbir
+      sbir-bench reproduce zs --dataset mini
+      sbir-bench reproduce gzs --data-root ~/data/sbir --seeds 0,1,2
+      sbir-bench reproduce fg --method splip --method zeroshot-clip --data-root ~/data/sbir
+    """
+    from pathlib import Path
+
+    from ..config import parse_override
+    from ..fileio import check_output_dir
+    from ..log import set_quiet
+    from ..reporting.render import to_text
+    from ..reproduce import cells, describe, execute, plan, write_table
+    from .common import fail, split_list
+
+    set_quiet(quiet)
+    out = check_output_dir(output_dir or f"results/reproduce/{table}")
+    try:
+        seed_list = [int(s) for s in split_list(seeds)]
+    except ValueError:
+        raise ConfigError(f"--seeds must be comma-separated integers, got {seeds!r}") from None
+    overrides = dict(parse_override(t) for t in sets)
+    if data_root:
+        overrides["data.data_root"] = data_root
+    runs = plan(cells(table, datasets, methods), seed_list or [0], Path(out), overrides)
+    for planned in runs:
+        if dry_run or planned.status.startswith("missing"):
+            click.echo(f"{'skip ' if planned.status.startswith('missing') else ''}{describe(planned)}")
+    if dry_run:
+        return
+    failures = execute(runs)
+    if any(not p.status.startswith("missing") for p in runs):
+        written = write_table(table, Path(out))
+        click.echo(f"wrote {', '.join(str(p) for p in written.values())}")
+    for line in failures:
+        click.echo(f"failed: {line}", err=True)
+    if failures:
+        fail(f"{len(failures)} run(s) failed; the table holds the others", 5)

@@ -129,9 +129,15 @@ def _paired_p(frame: pd.DataFrame, against: str, block: tuple, metric: str, ours
     return paired_permutation_test(np.array([ours[q] for q in shared]), np.array([theirs[q] for q in shared]), n_perm)
 
 
+def _split_matches(reference: pd.DataFrame, split: str) -> pd.Series:
+    """Rows of the block's split; a reference row without a split (the FG table names none) matches any."""
+    ref_split = reference["split"].astype(str)
+    return (ref_split == str(split)) | (ref_split == "")
+
+
 def _matching(reference: pd.DataFrame, block: tuple, metric: str) -> pd.DataFrame:
     dataset, split, setting = block
-    return reference[(reference["dataset"] == dataset) & (reference["split"].astype(str) == str(split))
+    return reference[(reference["dataset"] == dataset) & _split_matches(reference, split)
                      & (reference["setting"] == setting) & (reference["metric"] == metric)]
 
 
@@ -154,12 +160,18 @@ def _delta(reference: pd.DataFrame, runs: pd.DataFrame, block: tuple, metric: st
 
 
 def _reference_cells(reference: pd.DataFrame, frame: pd.DataFrame, all_blocks: bool) -> List[dict]:
-    """Published values for the (dataset, split, setting) blocks that our runs cover (or all of them)."""
-    blocks = set(zip(frame["dataset"], frame["split"], frame["setting"]))
+    """Published values for the (dataset, split, setting) blocks our runs cover (with ``all_blocks``:
+    every block of the settings we ran); a row without a split joins each of our splits of its block."""
+    ours = set(zip(frame["dataset"], frame["split"], frame["setting"]))
     out = []
     for _, r in reference.iterrows():
-        if all_blocks and r["setting"] in set(frame["setting"]) or (r["dataset"], str(r["split"]), r["setting"]) in blocks:
-            out.append({"row": f"{r['method']} (paper)", "dataset": r["dataset"], "split": str(r["split"]),
+        split = str(r["split"])
+        splits = [s for d, s, st in ours if (d, st) == (r["dataset"], r["setting"])] if split == "" else [split]
+        covered = [s for s in splits if (r["dataset"], s, r["setting"]) in ours]
+        if all_blocks and r["setting"] in set(frame["setting"]) and not covered:
+            covered = splits or ["1"]
+        for s in covered:
+            out.append({"row": f"{r['method']} (paper)", "dataset": r["dataset"], "split": s,
                         "setting": r["setting"], "metric": r["metric"], "mean": float(r["value"]), "std": np.nan,
                         "n": 0, "ci_lo": np.nan, "ci_hi": np.nan, "p": np.nan, "delta": np.nan, "delta_note": "",
                         "reference": True, "order": int(r["order"]), "bibkey": r["bibkey"]})

@@ -1,0 +1,178 @@
+"""``sbir-bench reproduce zs|gzs|fg``: every cell of one of SpLIP's tables, for SpLIP and each baseline.
+
+A *cell* is one dataset column of the paper's table run with one method: its config lives in
+``configs/paper/<setting>/<cell>/<method>.yaml`` (each cell names its data; the method's recipe is
+written once in ``configs/paper/recipes/``). ``--dataset mini`` runs the mini-set recipes
+(``configs/mini/``) instead, so the whole pipeline can be tried anywhere.
+
+For every (cell, method, seed) the plan says whether the run is done (a record with the same
+config exists), can resume (a checkpoint exists), must start, or cannot run here (dataset or
+weights missing, said in one line). Executing the plan runs what it can, and the table is written
+with the user's rows, the literature's rows of that table, and deltas to the paper.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from .config import RunConfig, build_run_config, load_yaml, to_dict
+from .data.catalog import get_spec
+from .data.discovery import default_data_root, locate, resolve_root
+from .engine.checkpoint import LAST
+from .errors import ConfigError, DataError, SbirError
+from .fileio import project_folder
+from .log import get_logger
+from .models.factory import check_weights_source
+from .records import run_name, split_label
+from .reporting.collect import config_id
+
+log = get_logger(__name__)
+METHOD_ORDER = ("zeroshot-clip", "linear-probe", "coop", "maple", "splip")
+SETTINGS_OF_TABLES = ("zs", "gzs", "fg")
+
+
+@dataclass
+class Cell:
+    """One column block of a paper table run by one method, and the config file that describes it."""
+
+    setting: str
+    name: str
+    method: str
+    path: Path
+
+
+@dataclass
+class PlannedRun:
+    """A (cell, seed) with its resolved config and what would happen to it."""
+
+    cell: Cell
+    seed: int
+    cfg: Optional[RunConfig]
+    status: str  # done | run | resume | missing: <why>
+
+    @property
+    def runnable(self) -> bool:
+        return self.status in ("run", "resume")
+
+
+def cells(setting: str, datasets: Sequence[str] = (), methods: Sequence[str] = ()) -> List[Cell]:
+    """The cells of ``setting``'s table (paper configs), or of the mini set when ``datasets`` is ``["mini"]``."""
+    if setting not in SETTINGS_OF_TABLES:
+        raise ConfigError(f"unknown table {setting!r}; choose one of: {', '.join(SETTINGS_OF_TABLES)}")
+    wanted = [m for m in METHOD_ORDER if not methods or m in methods] + [m for m in methods if m not in METHOD_ORDER]
+    if list(datasets) == ["mini"]:
+        folder = project_folder("configs") / "mini"
+        return [Cell(setting, "mini", m, folder / f"{m}.yaml") for m in wanted]
+    root = project_folder("configs") / "paper" / setting
+    if not root.is_dir():
+        raise ConfigError(f"no paper configs in {root}; run from a clone of sbir-bench")
+    found = [Cell(setting, d.name, m, d / f"{m}.yaml") for d in sorted(root.iterdir()) if d.is_dir()
+             for m in wanted if (d / f"{m}.yaml").is_file()]
+    found = [c for c in found if not datasets or c.name in datasets or c.name.split("-split")[0] in datasets]
+    if not found:
+        raise ConfigError(f"no {setting} cell matches {', '.join(datasets) or 'any dataset'} and "
+                          f"{', '.join(methods) or 'any method'}; cells are the folders of {root}")
+    return found
+
+
+def _config(cell: Cell, seed: int, output_dir: Path, overrides: Dict[str, Any]) -> RunConfig:
+    tree = load_yaml(cell.path)
+    if cell.name == "mini":
+        tree.setdefault("data", {})["setting"] = cell.setting
+    return build_run_config(tree, {**overrides, "method": cell.method, "seed": seed, "output_dir": str(output_dir),
+                                   "train.resume": True})
+
+
+def _missing(cfg: RunConfig) -> str:
+    """Why this run cannot run here, in a few words ('' when it can): dataset or weights absent."""
+    spec = get_spec(cfg.data.dataset)
+    try:
+        locate(spec, resolve_root(spec, cfg.data.data_root))
+    except DataError:
+        return f"{spec.title} not found under {cfg.data.data_root or default_data_root()}"
+    try:
+        check_weights_source(cfg.backbone.name, cfg.backbone.pretrained, cfg.backbone.cache_dir)
+    except SbirError as exc:
+        return str(exc).split(";")[0]
+    return ""
+
+
+def _finished(cfg: RunConfig) -> bool:
+    """A record of this run name with the same config already exists in the output folder."""
+    name = _name(cfg)
+    wanted = config_id(to_dict(cfg))
+    for path in Path(cfg.output_dir).glob(f"{name}_*.json"):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and config_id(record.get("config") or {}) == wanted:
+            return True
+    return False
+
+
+def _name(cfg: RunConfig) -> str:
+    return run_name(cfg.method + (f"-{cfg.variant}" if cfg.variant else ""), cfg.data.dataset, cfg.data.setting,
+                    split_label(cfg.data.split, cfg.data.split_file), cfg.seed)
+
+
+def plan(table_cells: Sequence[Cell], seeds: Sequence[int], output_dir: Path, overrides: Dict[str, Any]) -> List[PlannedRun]:
+    """What each (cell, seed) needs and would do (nothing is run)."""
+    out = []
+    for cell in table_cells:
+        for seed in seeds:
+            cfg = _config(cell, seed, output_dir, overrides)
+            missing = _missing(cfg)
+            if missing:
+                status = f"missing: {missing}"
+            elif _finished(cfg):
+                status = "done"
+            else:
+                ckpt = Path(cfg.train.checkpoint_dir or Path(cfg.output_dir) / "checkpoints" / _name(cfg)) / LAST
+                status = "resume" if ckpt.is_file() else "run"
+            out.append(PlannedRun(cell, seed, cfg, status))
+    return out
+
+
+def describe(run: PlannedRun) -> str:
+    """One line: cell, method, seed, what it needs and its status."""
+    cfg = run.cfg
+    needs = f"{cfg.data.dataset} split {cfg.data.split}, {cfg.backbone.name}/{cfg.backbone.pretrained or 'default'}"
+    return f"{run.cell.setting}/{run.cell.name:<15} {run.cell.method:<14} seed {run.seed}  needs {needs}  -> {run.status}"
+
+
+def execute(runs: Sequence[PlannedRun]) -> List[str]:
+    """Run every runnable entry (resuming checkpoints); returns one line per run that failed."""
+    from .runner import run as run_one
+    failures = []
+    for planned in runs:
+        if not planned.runnable:
+            continue
+        log.info(f"reproduce: {describe(planned)}")
+        try:
+            run_one(planned.cfg)
+        except SbirError as exc:
+            failures.append(f"{planned.cell.name}/{planned.cell.method} seed {planned.seed}: {exc}")
+    return failures
+
+
+def write_table(setting: str, output_dir: Path) -> Dict[str, Path]:
+    """The table of ``setting``: the runs in ``output_dir`` plus every literature row of the paper's
+    table, with deltas; written as Markdown, LaTeX and CSV next to the runs."""
+    from .fileio import atomic_write_bytes
+    from .reporting.collect import runs_frame
+    from .reporting.compare import compare, load_reference
+    from .reporting.render import to_csv, to_latex, to_markdown
+
+    frame = runs_frame([], output_dir, settings=[setting])
+    if frame.empty:
+        raise SbirError(f"no finished {setting} run in {output_dir}: nothing to tabulate")
+    cells_ = compare(frame, load_reference(project_folder("results") / "paper"), all_reference_blocks=True)
+    written = {}
+    for fmt, text in (("md", to_markdown(cells_)), ("tex", to_latex(cells_, caption=f"{setting.upper()}-SBIR")),
+                      ("csv", to_csv(cells_))):
+        written[fmt] = atomic_write_bytes(output_dir / f"table_{setting}.{fmt}", text.encode())
+    return written
