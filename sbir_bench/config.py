@@ -213,9 +213,31 @@ def to_dict(obj: Any) -> Dict[str, Any]:
     return dataclasses.asdict(obj)
 
 
-def load_yaml(path: str | Path) -> Dict[str, Any]:
-    """Read a YAML mapping or raise a one-line error (with line and column for syntax errors)."""
-    p = Path(path)
+def deep_merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
+    """``base`` with ``over`` laid on top, section by section."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_yaml(path: str | Path, _seen: Tuple[Path, ...] = ()) -> Dict[str, Any]:
+    """Read a YAML mapping or raise a one-line error (with line and column for syntax errors).
+
+    A ``base: other.yaml`` key (relative to the file) loads that file first and lays this one on top,
+    so a recipe is written once and every cell that uses it names only what differs.
+    """
+    data = _read_yaml(Path(path))
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    base_path = (Path(path).parent / str(base)).resolve()
+    if base_path in _seen:
+        raise ConfigError(f"config file {path}: 'base' chain loops back to {base_path}")
+    return deep_merge(load_yaml(base_path, (*_seen, base_path)), data)
+
+
+def _read_yaml(p: Path) -> Dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:

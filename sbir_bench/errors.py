@@ -22,25 +22,26 @@ class ConfigError(SbirError):
 class DataError(SbirError):
     """A dataset copy, split, embeddings file or run record is missing, incomplete or inconsistent."""
 
-    exit_code = 2
+    exit_code = 3
 
 
 class WeightsError(SbirError):
     """Model weights or a training checkpoint are unavailable, unreadable or do not match the run."""
 
-    exit_code = 2
+    exit_code = 4
 
 
 class DivergedError(SbirError):
     """Training or evaluation produced a non-finite number; nothing is recorded."""
 
-    exit_code = 2
+    exit_code = 5
 
 
 class OutputError(SbirError):
     """An output path cannot be written (checked before any work starts)."""
 
-    exit_code = 2
+    exit_code = 6
 
 
+INTERRUPTED = 130  # Ctrl-C: rerun with --resume
 EXIT_CODES = {cls.__name__: cls.exit_code for cls in (ConfigError, DataError, WeightsError, DivergedError, OutputError)}

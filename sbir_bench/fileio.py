@@ -28,6 +28,15 @@ def cache_root() -> Path:
     return Path(base) if base else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sbir-bench"
 
 
+def project_folder(name: str) -> Path:
+    """A folder the project ships beside the package (``configs``, ``results``): ``./<name>`` in a
+    clone, else the one next to the installed package (an editable install)."""
+    here = Path(name)
+    if here.is_dir():
+        return here
+    return Path(__file__).resolve().parents[1] / name
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``.
 

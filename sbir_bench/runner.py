@@ -23,6 +23,7 @@ from .data.splits import load_split
 from .data.tasks import RetrievalTask, SplitPartition, build_task, build_val_task, partition
 from .data.triplets import FeatureTriplets, TripletDataset
 from .embedding import EmbeddedTask, embed_samples, embed_task
+from .errors import ConfigError
 from .engine import distributed as dist_utils
 from .engine.trainer import Trainer
 from .feature_cache import FeatureCache
@@ -31,6 +32,7 @@ from .fileio import atomic_write_json, atomic_write_npz, check_output_dir
 from .log import get_logger, set_quiet
 from .methods import Method, get_method
 from .models import Backbone, load_backbone
+from .models.factory import check_weights_source
 from .models.preprocess import eval_transform, preprocess_config, train_transform
 from .records import SCHEMA, provenance, run_name, split_label
 from .retrieval import PRESETS, Protocol, RetrievalResult, evaluate_many
@@ -103,9 +105,14 @@ def prepare_data(cfg: RunConfig) -> RunData:
 
 
 def method_and_config(cfg: RunConfig) -> tuple:
-    """The method class and its validated config (checked before any data or weights are touched)."""
+    """The method class and its validated config, and the backbone's weight source, all checked
+    before any data or weights are touched."""
+    import open_clip
     method_cls = get_method(cfg.method)
-    return method_cls, from_dict(method_cls.config_class, cfg.method_config, f"method_config ({cfg.method})")
+    method_cfg = from_dict(method_cls.config_class, cfg.method_config, f"method_config ({cfg.method})")
+    check_weights_source(cfg.backbone.name, cfg.backbone.pretrained, cfg.backbone.cache_dir)
+    method_cls.check_config(method_cfg, open_clip.get_tokenizer(cfg.backbone.name))
+    return method_cls, method_cfg
 
 
 def build(cfg: RunConfig, device: torch.device, data: Optional[RunData] = None) -> RunParts:
@@ -114,6 +121,10 @@ def build(cfg: RunConfig, device: torch.device, data: Optional[RunData] = None) 
     data = data or prepare_data(cfg)
     backbone = load_backbone(cfg.backbone.name, cfg.backbone.pretrained, cfg.backbone.cache_dir, device)
     method = method_cls(backbone, data.index.class_names, data.part.seen, method_cfg).to(device)
+    if cfg.data.image_size and cfg.data.image_size != backbone.image_size and \
+            getattr(backbone.model.visual, "positional_embedding", None) is not None:
+        raise ConfigError(f"data.image_size={cfg.data.image_size}, but {cfg.backbone.name} is a ViT with a fixed "
+                          f"{backbone.image_size}-pixel input; drop data.image_size")
     pp = preprocess_config(backbone.preprocess_cfg, cfg.data.image_size)
     cache = open_feature_cache(backbone, asdict(pp), device.type, cfg.train.amp) if cfg.eval.feature_cache else None
     return RunParts(data, backbone, method, train_transform(pp), eval_transform(pp), cache)

@@ -1,0 +1,258 @@
+"""Every bad input fails early, in one line: one row per bad input (docs/errors.md lists the codes).
+
+Each row asserts a non-zero exit with the documented code, a fragment of the message, no traceback,
+at most three lines of output, and that no file in the output folder was created or changed.
+Separate tests cover a diverged (NaN) training run and every kind of resume mismatch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from sbir_bench.cli import main
+from sbir_bench.errors import ConfigError, DataError, DivergedError, OutputError, WeightsError
+
+CONFIG, DATA, WEIGHTS, OUTPUT = ConfigError.exit_code, DataError.exit_code, WeightsError.exit_code, OutputError.exit_code
+FG_LAYOUT = ("Sketchy/256x256/sketch/tx_000000000000", "Sketchy/256x256/photo/tx_000000000000")
+
+
+def _write(path: Path, text: str) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return str(path)
+
+
+def _npz(path: Path, **arrays) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **arrays)
+    return str(path)
+
+
+def _fg_only_tree(root: Path) -> str:
+    from conftest import _tiny_image
+    for folder in FG_LAYOUT:
+        for cls in ("cat", "dog"):
+            _tiny_image(root / folder / cls / "n01_1.png", 1, sketch=True)
+    return str(root)
+
+
+def _truncated_checkpoint(path: Path) -> str:
+    import io
+    buf = io.BytesIO()
+    torch.save({"w": torch.zeros(1000)}, buf)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buf.getvalue()[:300])
+    return str(path)
+
+
+RNG = np.random.default_rng(0)
+Q, G = RNG.normal(size=(4, 3)), RNG.normal(size=(5, 3))
+
+# (id, args builder(tmp, out) -> argv, exit code, message fragment)
+ROWS: List[tuple] = [
+    # ---- 4. options that mean nothing (usage and config errors: exit 2)
+    ("unknown-method", lambda t, o: ["run", "no-such-method"], CONFIG, "unknown method"),
+    ("epochs-zero", lambda t, o: ["run", "coop", "--epochs", "0"], CONFIG, "--epochs"),
+    ("epochs-negative", lambda t, o: ["run", "coop", "--epochs", "-3"], CONFIG, "--epochs"),
+    ("batch-size-zero", lambda t, o: ["run", "coop", "--batch-size", "0"], CONFIG, "--batch-size"),
+    ("workers-negative", lambda t, o: ["run", "coop", "--workers", "-1"], CONFIG, "--workers"),
+    ("lr-zero", lambda t, o: ["run", "coop", "--lr", "0"], CONFIG, "--lr"),
+    ("seed-negative", lambda t, o: ["run", "coop", "--seed", "-1"], CONFIG, "--seed"),
+    ("set-batch-size-zero", lambda t, o: ["run", "coop", "--set", "train.batch_size=0"], CONFIG, "must be >= 1"),
+    ("set-epochs-word", lambda t, o: ["run", "coop", "--set", "train.epochs=many"], CONFIG, "expected int"),
+    ("set-unknown-key", lambda t, o: ["run", "coop", "--set", "nonsense.key=1"], CONFIG, "unknown key"),
+    ("set-bad-optimizer", lambda t, o: ["run", "coop", "--set", "train.optimizer=adam"], CONFIG, "choose one of"),
+    ("set-val-fraction", lambda t, o: ["run", "coop", "--set", "data.val_fraction=1.5"], CONFIG, "must be <="),
+    ("set-eval-memory", lambda t, o: ["run", "coop", "--set", "eval.memory=lots"], CONFIG, "eval.memory"),
+    ("set-no-equals", lambda t, o: ["run", "coop", "--set", "train.epochs"], CONFIG, "section.key=value"),
+    ("device-unknown", lambda t, o: ["run", "coop", "--device", "gpu9"], CONFIG, "device"),
+    ("device-cuda-absent", lambda t, o: ["run", "coop", "--device", "cuda"], CONFIG, "CUDA is not available"),
+    ("setting-unknown", lambda t, o: ["run", "coop", "--setting", "transductive"], CONFIG, "--setting"),
+    ("protocol-unknown", lambda t, o: ["run", "coop", "--protocol", "nope"], CONFIG, "--protocol"),
+    ("protocol-knob-bad", lambda t, o: ["run", "coop", "--set", "eval.protocol_overrides.ties=random"], CONFIG, "ties"),
+    ("method-config-unknown", lambda t, o: ["run", "coop", "--set", "method_config.warp=1"], CONFIG, "unknown key"),
+    ("coop-nctx-vs-phrase", lambda t, o: ["run", "coop", "--set", "method_config.n_ctx=8"], CONFIG, "4 words"),
+    ("maple-phrase-too-short", lambda t, o: ["run", "maple", "--set", "method_config.n_ctx=3", "--set",
+                                             "method_config.ctx_init=a photo"], CONFIG, "fewer than n_ctx"),
+    ("config-missing", lambda t, o: ["run", "coop", "--config", "/no/such.yaml"], CONFIG, "config file not found"),
+    ("config-bad-yaml", lambda t, o: ["run", "coop", "--config", _write(t / "bad.yaml", "data:\n  setting: [zs\n")],
+     CONFIG, "line"),
+    ("config-not-mapping", lambda t, o: ["run", "coop", "--config", _write(t / "list.yaml", "- a\n- b\n")], CONFIG,
+     "mapping at top level"),
+    ("config-section-scalar", lambda t, o: ["run", "coop", "--config", _write(t / "s.yaml", "train: 3\n")], CONFIG,
+     "expected a section"),
+    ("compare-digits-negative", lambda t, o: ["compare", "--results-dir", str(o), "--digits", "-1"], CONFIG, "--digits"),
+    ("plot-top-k-zero", lambda t, o: ["plot", "--results-dir", str(o), "--top-k", "0"], CONFIG, "--top-k"),
+    ("plot-queries-zero", lambda t, o: ["plot", "--results-dir", str(o), "--queries", "0"], CONFIG, "--queries"),
+    ("eval-no-input", lambda t, o: ["eval"], CONFIG, "exactly one of"),
+    ("eval-unknown-preset", lambda t, o: ["eval", "--embeddings", _npz(t / "e.npz", query=Q, gallery=G,
+                                          query_labels=[0, 1, 0, 1], gallery_labels=[0, 1, 0, 1, 1]),
+                                          "--protocols", "nope"], CONFIG, "unknown protocol"),
+    ("eval-bad-cutoffs", lambda t, o: ["eval", "--embeddings", _npz(t / "e.npz", query=Q, gallery=G,
+                                       query_labels=[0, 1, 0, 1], gallery_labels=[0, 1, 0, 1, 1]),
+                                       "--map-k", "x"], CONFIG, "comma-separated integers"),
+    ("dataset-unknown", lambda t, o: ["run", "coop", "--dataset", "imagenet"], CONFIG, "unknown dataset"),
+    # ---- 3. empty / degenerate inputs, 7. weak messages: data errors (exit 3)
+    ("split-mini-2", lambda t, o: ["run", "coop", "--split", "2"], DATA, "has no split '2'"),
+    ("split-file-missing", lambda t, o: ["run", "coop", "--split-file", "/no/split.txt"], DATA, "split file not found"),
+    ("split-file-empty", lambda t, o: ["run", "coop", "--split-file", _write(t / "empty.txt", "# nothing\n\n")], DATA,
+     "names no class"),
+    ("split-file-unknown-class", lambda t, o: ["run", "coop", "--split-file", _write(t / "u.txt", "star\nunicorn\n")],
+     DATA, "unicorn"),
+    ("split-file-every-class", lambda t, o: ["run", "coop", "--split-file", _write(t / "all.txt", "\n".join(
+        __import__("sbir_bench.data.mini", fromlist=["x"]).MINI_CLASSES))], DATA, "every class as unseen"),
+    ("dataset-absent", lambda t, o: ["run", "coop", "--dataset", "sketchy", "--data-root", str(t / "none")], DATA,
+     "not found"),
+    ("sketchy-with-fg-layout", lambda t, o: ["run", "coop", "--dataset", "sketchy", "--data-root",
+                                             _fg_only_tree(t / "fg")], DATA, "--dataset sketchy-fg"),
+    ("eval-missing-file", lambda t, o: ["eval", "--embeddings", "/no/file.npz"], DATA, "not found"),
+    ("eval-junk-file", lambda t, o: ["eval", "--embeddings", _write(t / "junk.npz", "not a zip")], DATA,
+     "not a readable"),
+    ("eval-nan-embeddings", lambda t, o: ["eval", "--embeddings", _npz(t / "nan.npz", query=np.where(np.eye(4, 3) > 0,
+                                          np.nan, Q), gallery=G, query_labels=[0, 1, 0, 1],
+                                          gallery_labels=[0, 1, 0, 1, 1])], DATA, "query row 0 holds NaN"),
+    ("eval-no-labels", lambda t, o: ["eval", "--embeddings", _npz(t / "nolab.npz", query=Q, gallery=G)], DATA,
+     "either query_labels"),
+    ("eval-zero-queries", lambda t, o: ["eval", "--embeddings", _npz(t / "zero.npz", query=np.zeros((0, 3)), gallery=G,
+                                        query_labels=np.zeros(0, int), gallery_labels=[0, 1, 0, 1, 1])], DATA,
+     "no query"),
+    ("eval-no-relevant", lambda t, o: ["eval", "--embeddings", _npz(t / "norel.npz", query=Q, gallery=G,
+                                       query_labels=[7, 7, 8, 8], gallery_labels=[0, 1, 0, 1, 1])], DATA,
+     "no query has a relevant"),
+    ("eval-record-missing", lambda t, o: ["eval", "--record", str(t / "none.json")], DATA, "unreadable"),
+    ("compare-no-records", lambda t, o: ["compare", "--results-dir", str(o)], DATA, "no run records"),
+    ("compare-reference-empty", lambda t, o: ["compare", "--results-dir", str(o), "--reference", str(t)], DATA,
+     "no reference CSV"),
+    ("check-absent", lambda t, o: ["datasets", "check", "--dataset", "tuberlin", "--data-root", str(t / "none")], DATA,
+     "not found"),
+    # ---- weights (exit 4)
+    ("backbone-unknown", lambda t, o: ["run", "coop", "--backbone", "ViT-Z-99"], WEIGHTS, "unknown backbone"),
+    ("pretrained-missing", lambda t, o: ["run", "coop", "--pretrained", "/no/weights.pt"], WEIGHTS, "not found"),
+    ("pretrained-junk", lambda t, o: ["run", "coop", "--pretrained", _write(t / "junk.pt", "garbage")], WEIGHTS,
+     "not a checkpoint"),
+    ("pretrained-truncated", lambda t, o: ["run", "coop", "--pretrained", _truncated_checkpoint(t / "cut.pt")], WEIGHTS,
+     "truncated"),
+    ("pretrained-empty", lambda t, o: ["run", "coop", "--pretrained", _write(t / "empty.pt", "")], WEIGHTS, "empty"),
+    ("pretrained-unknown-tag", lambda t, o: ["run", "coop", "--backbone", "ViT-B-32", "--pretrained", "not-a-tag"],
+     WEIGHTS, "unknown pretrained tag"),
+    ("pretrained-offline", lambda t, o: ["run", "coop", "--backbone", "ViT-B-32", "--pretrained", "openai",
+                                         "--cache-dir", str(t)], WEIGHTS, "not cached"),
+    # ---- 5. outputs checked before any work (exit 6)
+    ("output-dir-is-file", lambda t, o: ["run", "coop", "--output-dir", _write(t / "file.txt", "x")], OUTPUT, "is a file"),
+    ("eval-json-is-dir", lambda t, o: ["eval", "--embeddings", _npz(t / "e.npz", query=Q, gallery=G,
+                                       query_labels=[0, 1, 0, 1], gallery_labels=[0, 1, 0, 1, 1]),
+                                       "--json", str(t)], OUTPUT, "is a folder"),
+    ("export-output-is-dir", lambda t, o: ["export", "--results-dir", str(o), "-o", str(o)], OUTPUT, "is a folder"),
+    ("plot-output-dir-is-file", lambda t, o: ["plot", "--results-dir", str(o), "--output-dir",
+                                              _write(t / "f.txt", "x")], OUTPUT, "is a file"),
+]
+
+
+def _snapshot(folder: Path) -> Dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_the_table_is_large_enough():
+    assert len(ROWS) >= 40 and len({r[0] for r in ROWS}) == len(ROWS)
+
+
+@pytest.mark.parametrize("name,build,code,fragment", ROWS, ids=[r[0] for r in ROWS])
+def test_bad_input_is_one_line_error(name: str, build: Callable, code: int, fragment: str, tmp_path, mini_root):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.json").write_text('{"unrelated": true}')
+    before = _snapshot(out)
+    args = build(tmp_path / "in", out)
+    if args[0] == "run" and "--output-dir" not in args:
+        args += ["--output-dir", str(out)]
+    result = CliRunner().invoke(main, args)
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert result.exit_code == code, result.output
+    assert fragment in result.output, result.output
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert len(lines) <= 3, result.output
+    assert _snapshot(out) == before
+
+
+# ---------------------------------------------------------------------------------------- diverged
+def test_nan_loss_stops_training_and_records_nothing(tmp_path, mini_root, monkeypatch):
+    from baselines.linear_probe import LinearProbe
+
+    def nan_loss(self, batch):
+        out = original(self, batch)
+        return {**out, "triplet": out["triplet"] * float("nan"), "loss": out["loss"] * float("nan")}
+    original = LinearProbe.loss
+    monkeypatch.setattr(LinearProbe, "loss", nan_loss)
+    out = tmp_path / "runs"
+    result = CliRunner().invoke(main, ["run", "linear-probe", "--epochs", "1", "--output-dir", str(out), "--quiet"])
+    assert result.exit_code == DivergedError.exit_code, result.output
+    assert "diverged at epoch 1, step 1" in result.output and "'loss'" in result.output
+    assert not list(out.glob("*.json"))  # no record of a diverged run
+
+
+# ---------------------------------------------------------------------------------------- resume
+FAST = ["--epochs", "2", "--batch-size", "8", "--set", "train.steps_per_epoch=2", "--set", "train.val_every=0",
+        "--set", "eval.save_embeddings=false", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, mini_root) -> Path:
+    """A finished coop run whose checkpoint the resume tests try to continue."""
+    out = tmp_path_factory.mktemp("resume")
+    result = CliRunner().invoke(main, ["run", "coop", *FAST, "--output-dir", str(out)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.mark.parametrize("change,differs", [
+    (["--epochs", "3"], "train.epochs"),
+    (["--lr", "0.5"], "train.lr"),
+    (["--set", "method_config.fusion_weight=0.25"], "method_config.fusion_weight"),
+    (["--set", "data.val_fraction=0.3"], "data.val_fraction"),
+    (["--set", "train.optimizer=sgd"], "train.optimizer"),
+    (["--gzs-protocol", "heldout"], "data.gzs_protocol"),
+])
+def test_resume_with_other_settings_is_refused(trained, change, differs):
+    before = _snapshot(trained)
+    args = ["run", "coop", *FAST, "--output-dir", str(trained), "--resume", *change]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == WeightsError.exit_code, result.output
+    assert "trained with other settings" in result.output and differs in result.output
+    assert len([ln for ln in result.output.splitlines() if ln.strip()]) <= 3
+    assert _snapshot(trained) == before
+
+
+def test_resume_with_another_backbone_is_refused(trained, tmp_path):
+    weights = tmp_path / "other.pt"
+    from sbir_bench.models import load_backbone
+    torch.save(load_backbone("sbir-tiny", "random").model.state_dict(), weights)
+    result = CliRunner().invoke(main, ["run", "coop", *FAST, "--output-dir", str(trained), "--resume",
+                                       "--pretrained", str(weights)])
+    assert result.exit_code == WeightsError.exit_code and "backbone.pretrained" in result.output
+
+
+def test_custom_split_gets_its_own_checkpoints(trained, tmp_path):
+    split = tmp_path / "my-split.txt"
+    split.write_text("star\nhouse\ncup\nflower\nkite\n")  # the same classes as split 1, yet a different run
+    result = CliRunner().invoke(main, ["run", "coop", *FAST, "--output-dir", str(trained), "--resume",
+                                       "--split-file", str(split)])
+    assert result.exit_code == 0, result.output
+    record = json.loads(next(p for p in trained.glob("*splitfile-my-split-*.json")).read_text())
+    assert record["train"]["resumed_from_epoch"] == 0 and record["split"] == f"file:{split}"
+
+
+def test_resume_with_the_same_settings_continues(trained):
+    result = CliRunner().invoke(main, ["run", "coop", *FAST, "--output-dir", str(trained), "--resume"])
+    assert result.exit_code == 0, result.output
+    newest = max(trained.glob("coop_mini_zs_split1_seed0_*.json"), key=lambda p: p.stat().st_mtime)
+    assert json.loads(newest.read_text())["train"]["resumed_from_epoch"] == 2
