@@ -72,10 +72,17 @@ class CoOp(Method):
     config_class = CoOpConfig
     uses_frozen_features = True
 
+    @classmethod
+    def check_config(cls, config: CoOpConfig, tokenizer) -> None:
+        if config.retrieval not in RETRIEVAL_MODES:
+            raise ConfigError(f"coop retrieval={config.retrieval!r}; choose one of: {', '.join(RETRIEVAL_MODES)}")
+        if not 0.0 <= config.fusion_weight <= 1.0:
+            raise ConfigError(f"coop fusion_weight={config.fusion_weight}: must be in [0, 1]")
+        coop_context(config)
+
     def __init__(self, backbone, class_names, seen, config=None) -> None:
         super().__init__(backbone, class_names, seen, config)
-        if self.config.retrieval not in RETRIEVAL_MODES:
-            raise ConfigError(f"coop retrieval={self.config.retrieval!r}; choose one of: {', '.join(RETRIEVAL_MODES)}")
+        self.check_config(self.config, backbone.tokenizer)
         self.prompted = PromptedCLIP(self.clip)
         init = coop_context(self.config)
         self.ctx = nn.Parameter(init.vectors(self.prompted, backbone.tokenizer))

@@ -74,8 +74,15 @@ class MaPLe(Method):
     description = "MaPLe (CVPR'23): deep text prompts coupled to vision prompts by linear maps, CE over seen classes"
     config_class = MaPLeConfig
 
+    @classmethod
+    def check_config(cls, config: MaPLeConfig, tokenizer) -> None:
+        if config.n_ctx < 1 or config.depth < 1:
+            raise ConfigError(f"maple: n_ctx={config.n_ctx} and depth={config.depth} must be >= 1")
+        maple_context(config, tokenizer)
+
     def __init__(self, backbone, class_names, seen, config=None) -> None:
         super().__init__(backbone, class_names, seen, config)
+        self.check_config(self.config, backbone.tokenizer)
         self.prompted = PromptedCLIP(self.clip)
         p, cfg = self.prompted, self.config
         self.depth = max(1, min(cfg.depth, p.vision_layers, p.text_layers))

@@ -105,7 +105,7 @@ def test_check_reports_missing_class_and_split_class(make_tree):
     classes = [c for c in official_classes("quickdraw") if c not in ("zebra", "bat")]
     root = make_tree("quickdraw", classes)
     result = check_cli("--dataset", "quickdraw", "--data-root", str(root))
-    assert result.exit_code == 2
+    assert result.exit_code == 3
     assert "2 official class(es) missing from sketches: bat, zebra" in result.output
     assert "split 1: 2 unseen class(es) absent: bat, zebra" in result.output
     assert "quickdraw: UNUSABLE" in result.output
@@ -130,7 +130,7 @@ def test_check_reports_empty_unreadable_and_duplicates(make_tree):
 
 def test_check_missing_dataset_is_one_line(tmp_path):
     result = check_cli("--dataset", "sketchy", "--data-root", str(tmp_path))
-    assert result.exit_code == 2 and result.output.count("\n") == 1
+    assert result.exit_code == 3 and result.output.count("\n") == 1
     assert "Sketchy Extended not found" in result.output
 
 

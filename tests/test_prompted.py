@@ -36,8 +36,8 @@ def test_prompts_change_outputs_and_deep_prompts_replace_slots(tiny_backbone):
     ctx = torch.randn(2, view.text_width, requires_grad=True)
     view.encode_text(ids, ctx).sum().backward()
     assert ctx.grad is not None and ctx.grad.abs().sum() > 0
-    states = view.text_prompt_states(ctx.detach())
-    assert len(states) == view.text_layers and states[0].shape == (1, 2, view.text_width)
+    prefix = view.text_prefix(ids[:, :3], ctx.detach().unsqueeze(0))  # [SOT, X, X]: the prompt prefix
+    assert len(prefix.outputs) == view.text_layers and prefix.outputs[0].shape == (1, 3, view.text_width)
 
 
 @pytest.mark.parametrize("attribute", ["visual.conv1", "visual.ln_pre", "token_embedding", "ln_final", "attn_mask"])

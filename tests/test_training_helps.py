@@ -1,5 +1,6 @@
 """Training is worth it: on the mini set with the tiny backbone, each trained method's seen-class
-validation mAP@all beats zero-shot CLIP's on the same partition, using the shipped recipes
+validation mAP@all beats zero-shot CLIP's on the same partition by a clear margin (MARGIN, far above
+the run-to-run differences of floating point on other CPUs), using the shipped recipes
 (configs/mini/*.yaml), each run well under five minutes on two cores."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from sbir_bench.config import build_run_config, load_yaml
 from sbir_bench.runner import run
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "mini"
+MARGIN = 0.01
 
 
 def val_map(method: str, tmp_path: Path) -> tuple[float, float]:
@@ -31,5 +33,5 @@ def zero_shot(tmp_path_factory, mini_root) -> float:
 @pytest.mark.parametrize("method", ["linear-probe", "coop", "maple", "splip"])
 def test_trained_method_beats_zero_shot_on_seen_validation(method, zero_shot, tmp_path):
     trained, seconds = val_map(method, tmp_path)
-    assert trained > zero_shot, f"{method}: {trained:.4f} <= zero-shot {zero_shot:.4f}"
+    assert trained > zero_shot + MARGIN, f"{method}: {trained:.4f} vs zero-shot {zero_shot:.4f}"
     assert seconds < 300

@@ -47,6 +47,13 @@ class Method(nn.Module):
     # photos), and evaluation may take the features from the disk cache (sbir_bench.feature_cache).
     uses_frozen_features: bool = False
 
+    @classmethod
+    def check_config(cls, config, tokenizer) -> None:
+        """Refuse option combinations that mean nothing, before any data or weight is loaded (one line).
+
+        ``tokenizer`` is the backbone's (some rules count a phrase's tokens); the default accepts all.
+        """
+
     def __init__(self, backbone: Backbone, class_names: Sequence[str], seen: Sequence[int], config=None) -> None:
         super().__init__()
         self.backbone = backbone

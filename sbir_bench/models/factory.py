@@ -167,6 +167,23 @@ def _resolve_weights(name: str, pretrained: str, cache_dir: Optional[str]) -> st
         raise WeightsError(message) from None
 
 
+def check_weights_source(name: str, pretrained: Optional[str], cache_dir: Optional[str]) -> None:
+    """One-line error now if ``name``/``pretrained`` cannot be loaded later (nothing is loaded or built):
+    unknown backbone or tag, missing or unreadable checkpoint file, uncached weights while offline."""
+    if name not in list_backbones():
+        raise WeightsError(f"unknown backbone {name!r}; run `sbir-bench backbones` to list the names open_clip knows")
+    source = resolve_pretrained(name, pretrained)
+    if source is None or (name == TINY and source == "mini"):
+        return
+    if is_path(source):
+        check_checkpoint_file(source)
+        return
+    if not open_clip.is_pretrained_cfg(name, source):
+        _resolve_weights(name, source, cache_dir)  # raises the unknown-tag error
+    elif _cached_weight_file(name, source, cache_dir) is None and _offline(open_clip.get_pretrained_cfg(name, source)):
+        _resolve_weights(name, source, cache_dir)  # raises the offline error
+
+
 def tag_overrides(name: str, pretrained: Optional[str]) -> Dict[str, Any]:
     """Model-building options an open_clip tag implies: QuickGELU and the tag's preprocessing.
 

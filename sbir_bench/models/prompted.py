@@ -13,6 +13,7 @@ Prompt tensors may be shaped ``(n, D)`` (shared), ``(1, n, D)`` or ``(B, n, D)``
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
 import torch
@@ -20,6 +21,7 @@ from torch import nn
 
 VISION_ATTRS = ("conv1", "class_embedding", "positional_embedding", "ln_pre", "transformer", "ln_post", "proj")
 TEXT_ATTRS = ("token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection", "attn_mask")
+BLOCK_ATTRS = ("ln_1", "attention", "ls_1", "ln_2", "mlp", "ls_2")  # used by encode_text_after
 
 
 class OpenClipInternalsChanged(RuntimeError):
@@ -54,6 +56,10 @@ class PromptedCLIP(nn.Module):
             raise OpenClipInternalsChanged(f"open_clip model lacks {', '.join(missing)}: prompted encoders need updating")
         if not hasattr(visual.transformer, "resblocks") or not hasattr(clip.transformer, "resblocks"):
             raise OpenClipInternalsChanged("open_clip transformer lacks .resblocks")
+        block = clip.transformer.resblocks[0]
+        lacking = [a for a in BLOCK_ATTRS if not hasattr(block, a)]
+        if lacking or not getattr(clip.transformer, "batch_first", True):
+            raise OpenClipInternalsChanged(f"open_clip text blocks lack {', '.join(lacking) or 'batch_first'}")
         if getattr(visual, "attn_pool", None) is not None or getattr(visual, "pool_type", "tok") != "tok":
             raise OpenClipInternalsChanged("prompted vision encoder supports class-token pooling only")
         if getattr(visual, "final_ln_after_pool", False):
@@ -88,15 +94,12 @@ class PromptedCLIP(nn.Module):
     # ------------------------------------------------------------------ shared plumbing
     @staticmethod
     def _run_blocks(transformer: nn.Module, x: torch.Tensor, attn_mask: Optional[torch.Tensor],
-                    deep: Optional[Sequence[Optional[torch.Tensor]]], n_prompt: int, where: str,
-                    collect: bool = False) -> tuple[torch.Tensor, List[torch.Tensor]]:
+                    deep: Optional[Sequence[Optional[torch.Tensor]]], n_prompt: int, where: str) -> torch.Tensor:
         """Run resblocks on batch-first ``x``; before block i>0 replace the prompt slots with deep[i].
 
         ``where`` is "tail" (visual prompts sit at the end) or "head" (text prompts sit at 1..n).
-        With ``collect`` the prompt-slot outputs of every block are returned (for SpLIP's B_vt).
         """
         batch_first = getattr(transformer, "batch_first", True)
-        outputs: List[torch.Tensor] = []
         sl = slice(x.shape[1] - n_prompt, x.shape[1]) if where == "tail" else slice(1, 1 + n_prompt)
         for i, block in enumerate(transformer.resblocks):
             if i > 0 and deep is not None and i < len(deep) and deep[i] is not None:
@@ -106,9 +109,7 @@ class PromptedCLIP(nn.Module):
                 x = block(x, attn_mask=attn_mask)
             else:
                 x = block(x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1)
-            if collect:
-                outputs.append(x[:, sl])
-        return x, outputs
+        return x
 
     # ------------------------------------------------------------------ vision
     def patch_embeddings(self, images: torch.Tensor) -> torch.Tensor:
@@ -135,7 +136,7 @@ class PromptedCLIP(nn.Module):
             n = p.shape[1]
             x = torch.cat([x, p], dim=1)
         x = v.ln_pre(x)
-        x, _ = self._run_blocks(v.transformer, x, None, deep, n, "tail")
+        x = self._run_blocks(v.transformer, x, None, deep, n, "tail")
         x = v.ln_post(x)
         pooled = x[:, 0] @ v.proj
         return nn.functional.normalize(pooled, dim=-1) if normalize else pooled
@@ -166,25 +167,80 @@ class PromptedCLIP(nn.Module):
             x = torch.cat([x[:, :1], p, x[:, 1 + n:]], dim=1)
         x = x + c.positional_embedding[:length].to(x.dtype)
         mask = c.attn_mask[:length, :length] if c.attn_mask is not None else None
-        x, _ = self._run_blocks(c.transformer, x, mask, deep, n, "head")
+        x = self._run_blocks(c.transformer, x, mask, deep, n, "head")
         x = c.ln_final(x)
         pooled = x[torch.arange(x.shape[0], device=x.device), eot]
         pooled = c.text_projection(pooled) if isinstance(c.text_projection, nn.Linear) else pooled @ c.text_projection
         return nn.functional.normalize(pooled, dim=-1) if normalize else pooled
 
-    def text_prompt_states(self, ctx: torch.Tensor, deep: Optional[Sequence[Optional[torch.Tensor]]] = None,
-                           sot_token: int = 49406) -> List[torch.Tensor]:
-        """Per-layer outputs at the prompt slots of ``[SOT, ctx]``.
+    def text_prefix(self, token_ids: torch.Tensor, ctx: Optional[torch.Tensor] = None,
+                    deep: Optional[Sequence[Optional[torch.Tensor]]] = None) -> "TextPrefix":
+        """Run a class-independent prompt prefix (``[SOT, ctx, fixed words]``, no end token) through the
+        text transformer, keeping every block's input and output (B, P, D).
 
-        CLIP's text transformer is causal, so tokens at positions 1..n never attend to the class name
-        that follows them: running the short sequence ``[SOT, ctx]`` gives exactly the prompt-slot
-        states of the full prompt, for any class, at a fraction of the cost.
+        CLIP's text transformer is causal: positions of the prefix never attend to what follows, so
+        these states are exactly those of any full prompt that starts with this prefix. They serve
+        as per-layer summaries (SpLIP's B_vt) and as the cached keys/values of
+        :meth:`encode_text_after` (one prefix pass per image instead of one per image and class).
         """
         c = self.clip
-        p = ctx if ctx.dim() == 3 else ctx.unsqueeze(0)
-        sot = self.token_embeddings(torch.full((p.shape[0], 1), sot_token, dtype=torch.long)).to(p.dtype)
-        x = torch.cat([sot, p], dim=1)
+        x = self.token_embeddings(token_ids).to(self.dtype)
+        n = 0
+        if ctx is not None:
+            p = _as_batch(ctx, x.shape[0]).to(x.dtype)
+            n = p.shape[1]
+            x = torch.cat([x[:, :1], p, x[:, 1 + n:]], dim=1)
         x = x + c.positional_embedding[: x.shape[1]].to(x.dtype)
         mask = c.attn_mask[: x.shape[1], : x.shape[1]] if c.attn_mask is not None else None
-        _, states = self._run_blocks(c.transformer, x, mask, deep, p.shape[1], "head", collect=True)
-        return states
+        inputs, outputs = [], []
+        for i, block in enumerate(c.transformer.resblocks):
+            if i > 0 and deep is not None and i < len(deep) and deep[i] is not None:
+                x = torch.cat([x[:, :1], _as_batch(deep[i], x.shape[0]).to(x.dtype), x[:, 1 + n:]], dim=1)
+            inputs.append(x)
+            x = block(x, attn_mask=mask)
+            outputs.append(x)
+        return TextPrefix(inputs, outputs, n)
+
+    def encode_text_after(self, prefix: "TextPrefix", suffix_ids: torch.Tensor, eot: torch.Tensor,
+                          normalize: bool = True) -> torch.Tensor:
+        """Text embeddings (B, C, E) of every prefix b followed by every suffix c (``[class words, ., EOT]``).
+
+        The suffix tokens attend to the cached prefix keys/values (:meth:`text_prefix`) and causally
+        to each other, using each block's own ``ln_1``, ``attention``, ``mlp`` and layer scales, so
+        the result equals :meth:`encode_text` of the full prompts (tested) at a fraction of the
+        cost: each prefix is run once, not once per class. ``eot`` is each suffix's end-token index.
+        """
+        c = self.clip
+        b, plen = prefix.inputs[0].shape[:2]
+        n_cls, slen = suffix_ids.shape
+        pos = c.positional_embedding[plen: plen + slen].to(self.dtype)
+        x = (self.token_embeddings(suffix_ids).to(self.dtype) + pos).unsqueeze(0).expand(b, -1, -1, -1)
+        x = x.reshape(b * n_cls, slen, -1)
+        mask = _prefix_causal_mask(plen, slen, x.dtype, x.device)
+        for block, kv_in in zip(c.transformer.resblocks, prefix.inputs):
+            q = block.ln_1(x)
+            kv_prefix = block.ln_1(kv_in).unsqueeze(1).expand(-1, n_cls, -1, -1).reshape(b * n_cls, plen, -1)
+            kv = torch.cat([kv_prefix, q], dim=1)
+            x = x + block.ls_1(block.attention(q_x=q, k_x=kv, v_x=kv, attn_mask=mask))
+            x = x + block.ls_2(block.mlp(block.ln_2(x)))
+        x = c.ln_final(x)
+        pooled = x[torch.arange(x.shape[0], device=x.device), eot.to(x.device).repeat(b)]
+        pooled = c.text_projection(pooled) if isinstance(c.text_projection, nn.Linear) else pooled @ c.text_projection
+        pooled = pooled.reshape(b, n_cls, -1)
+        return nn.functional.normalize(pooled, dim=-1) if normalize else pooled
+
+
+@dataclass
+class TextPrefix:
+    """Per-block inputs and outputs (B, P, D) of a text prefix, and its number of prompt slots."""
+
+    inputs: List[torch.Tensor]
+    outputs: List[torch.Tensor]
+    n_prompt: int
+
+
+def _prefix_causal_mask(plen: int, slen: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """Additive mask (S, P+S): every suffix token sees the whole prefix and the suffix tokens up to itself."""
+    mask = torch.zeros(slen, plen + slen, dtype=dtype, device=device)
+    mask[:, plen:] = torch.triu(torch.full((slen, slen), float("-inf"), dtype=dtype, device=device), diagonal=1)
+    return mask

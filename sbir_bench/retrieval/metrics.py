@@ -89,6 +89,8 @@ def evaluate_many(query=None, gallery=None, query_labels=None, gallery_labels=No
     if ql is not None and len(ql) != src.n_query or gl is not None and len(gl) != src.n_gallery:
         raise SbirError("label arrays do not match the number of embeddings")
     seen = None if query_seen is None else np.asarray(query_seen, dtype=bool)
+    if src.n_query == 0:
+        raise DataError("there is no query to evaluate (0 query embeddings)")
     if query_to_gallery is not None:
         raw = _instance_values(src, np.asarray(query_to_gallery, dtype=np.int64), ql, gl, protocols, rows, desc)
         level = "instance"
@@ -114,6 +116,8 @@ def _category_values(src: ScoreSource, ql: np.ndarray, gl: np.ndarray, protocols
                      desc: str) -> List[Tuple[Dict[str, np.ndarray], np.ndarray]]:
     """Per-protocol (per-query values over all queries, mask of queries that have a relevant item)."""
     has_rel = np.isin(ql, gl)
+    if not has_rel.any():
+        raise DataError("no query has a relevant gallery item (no gallery photo shares a query's class)")
     keys = [[f"AP@{k}" for k in p.map_k] + [f"P@{k}" for k in p.prec_k] + ["AP@all"] for p in protocols]
     values = [{k: np.zeros(len(ql)) for k in ks} for ks in keys]
     blocks = [b for b in _class_blocks(ql, gl, rows) if len(b[1])]
@@ -143,6 +147,8 @@ def _instance_values(src: ScoreSource, targets: np.ndarray, ql: Optional[np.ndar
     if any(p.fg_gallery == "category" for p in protocols) and (ql is None or gl is None):
         raise DataError("fg_gallery=category needs query_labels and gallery_labels with query_to_gallery")
     valid = np.flatnonzero(targets >= 0)
+    if not len(valid):
+        raise DataError("no query has its photo in the gallery (query_to_gallery is -1 everywhere)")
     ranks = [np.zeros(len(targets), dtype=np.int64) for _ in protocols]
     starts = range(0, len(valid), rows)
     with torch.no_grad():

@@ -1,0 +1,163 @@
+"""Real-scale machinery on small inputs: the frozen-feature cache (identity, reuse, invalidation),
+training on cached features, evaluation sharded over two gloo processes, automatic loader workers,
+and the engine's block size."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from sbir_bench.cli import main
+
+
+def _run(out: Path, *extra: str, method: str = "zeroshot-clip") -> dict:
+    result = CliRunner().invoke(main, ["run", method, "--output-dir", str(out), "--quiet", *extra])
+    assert result.exit_code == 0, result.output
+    return json.loads(max(out.glob("*.json"), key=lambda p: p.stat().st_mtime).read_text())
+
+
+def _embeddings(record: dict) -> dict:
+    with np.load(record["embeddings"]) as z:
+        return {k: z[k] for k in ("query", "gallery")}
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    """A private feature cache (the mini set and tiny weights stay in the session cache)."""
+    from sbir_bench import feature_cache
+    root = tmp_path / "features"
+    monkeypatch.setattr(feature_cache, "features_root", lambda: root)
+    return root
+
+
+def test_results_with_and_without_the_cache_are_identical(tmp_path, mini_root, cache_dir):
+    plain = _run(tmp_path / "a", "--no-cache")
+    assert not cache_dir.exists()  # --no-cache reads and writes nothing
+    first = _run(tmp_path / "b")
+    second = _run(tmp_path / "c")
+    assert len(list(cache_dir.glob("*/shard-*.npy"))) >= 1
+    for other in (first, second):
+        assert other["metrics"] == plain["metrics"]
+        for key, value in _embeddings(other).items():
+            np.testing.assert_array_equal(value, _embeddings(plain)[key])
+
+
+def test_second_run_reads_the_cache_and_a_touched_image_is_recomputed(tmp_path, mini_root, cache_dir):
+    from sbir_bench import feature_cache
+    _run(tmp_path / "a")
+    shards = set(cache_dir.glob("*/shard-*.keys.npz"))
+    _run(tmp_path / "b", "--seed", "0")
+    assert set(cache_dir.glob("*/shard-*.keys.npz")) == shards  # everything came from the cache
+    photo = next((mini_root / "photo" / "star").glob("*.jpg"))
+    stat = photo.stat()
+    try:
+        os.utime(photo, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+        _run(tmp_path / "c")
+        new = set(cache_dir.glob("*/shard-*.keys.npz")) - shards
+        assert len(new) == 1
+        with np.load(next(iter(new))) as z:
+            assert z["paths"].tolist() == [str(photo)]  # only the touched image was embedded again
+    finally:
+        os.utime(photo, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert feature_cache.namespaces(cache_dir)[0]["entries"] >= 1
+
+
+def test_other_preprocessing_or_weights_get_another_namespace(tmp_path, mini_root, cache_dir, tiny_backbone):
+    from sbir_bench.feature_cache import open_for
+    base = dict(tiny_backbone.preprocess_cfg)
+    a = open_for(tiny_backbone, base, "cpu", False)
+    b = open_for(tiny_backbone, {**base, "interpolation": "bilinear"}, "cpu", False)
+    c = open_for(tiny_backbone, base, "cuda", True)
+    assert len({a.folder, b.folder, c.folder}) == 3 and a.folder == open_for(tiny_backbone, base, "cpu", False).folder
+    _run(tmp_path / "a")
+    weights = tmp_path / "w.pt"
+    from sbir_bench.models import load_backbone
+    torch.save(load_backbone("sbir-tiny", "random").model.state_dict(), weights)
+    _run(tmp_path / "b", "--pretrained", str(weights))  # other weights: another namespace
+    keys = [json.loads(p.read_text()) for p in cache_dir.glob("*/key.json")]
+    assert len(keys) == 4 and len({k["weights"] for k in keys}) == 2  # a (reused by the run), b, c; new weights
+
+
+def test_random_weights_are_never_cached(tmp_path, mini_root, cache_dir):
+    _run(tmp_path / "a", "--pretrained", "random")
+    assert not list(cache_dir.glob("*/shard-*"))
+
+
+def test_linear_probe_trains_on_cached_features(tmp_path, mini_root, cache_dir):
+    fast = ["--epochs", "2", "--set", "train.val_every=0"]
+    record = _run(tmp_path / "a", *fast, method="linear-probe")
+    assert record["train"]["history"][-1]["loss"] > 0
+    again = _run(tmp_path / "b", *fast, method="linear-probe")
+    assert again["metrics"] == record["metrics"]  # deterministic on features
+    augmented = _run(tmp_path / "c", *fast, "--set", "method_config.augment=true", method="linear-probe")
+    assert augmented["metrics"] != record["metrics"]  # the augmented path goes through the backbone
+
+
+def test_cache_command_lists_and_clears(tmp_path, mini_root, cache_dir):
+    _run(tmp_path / "a")
+    listed = CliRunner().invoke(main, ["cache", "list"])
+    assert listed.exit_code == 0 and "sbir-tiny" in listed.output and "images" in listed.output
+    cleared = CliRunner().invoke(main, ["cache", "clear"])
+    assert cleared.exit_code == 0 and "removed 1 namespace" in cleared.output
+    assert not list(cache_dir.glob("*/key.json"))
+
+
+def test_shard_bounds_cover_every_item_once():
+    from sbir_bench.embedding import shard_bounds
+    for n in (0, 1, 5, 17):
+        for world in (1, 2, 3, 4):
+            spans = [shard_bounds(n, r, world) for r in range(world)]
+            assert spans[0][0] == 0 and spans[-1][1] == n
+            assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_evaluation_sharded_over_two_processes_equals_one(tmp_path, mini_root):
+    args = ["run", "zeroshot-clip", "--setting", "gzs", "--device", "cpu", "--no-cache", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    records = []
+    for nproc in (1, 2):
+        out = tmp_path / f"runs{nproc}"
+        launcher = [sys.executable, "-m", "sbir_bench"] if nproc == 1 else \
+            [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
+             f"--master_port={_free_port()}", "-m", "sbir_bench"]
+        done = subprocess.run([*launcher, *args, "--output-dir", str(out)], capture_output=True, text=True, env=env,
+                              timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        (path,) = out.glob("*.json")  # rank 0 alone writes the record
+        records.append(json.loads(path.read_text()))
+    single, double = records
+    assert double["n_queries"] == single["n_queries"] and double["n_evaluated"] == single["n_evaluated"]
+    assert double["metrics"] == pytest.approx(single["metrics"], abs=1e-6)
+    with np.load(single["embeddings"]) as a, np.load(double["embeddings"]) as b:
+        assert a["query_paths"].tolist() == b["query_paths"].tolist()  # every query once, in order
+        np.testing.assert_allclose(a["query"], b["query"], atol=1e-6)
+
+
+def test_automatic_workers():
+    from sbir_bench.data.images import available_cores, resolve_workers
+    assert resolve_workers(3, 10_000, 64) == 3
+    assert resolve_workers(None, 100, 64) == 0  # two batches or fewer: no worker processes
+    assert resolve_workers(None, 10_000, 64) == max(0, min(8, available_cores() - 1))
+
+
+def test_block_rows_follow_the_memory_budget():
+    from sbir_bench.retrieval.scoring import BYTES_PER_SCORE, block_rows
+    assert block_rows(1000, 1000 * BYTES_PER_SCORE * 7) == 7
+    assert block_rows(10, "1GiB") == 512  # capped on CPU
+    assert block_rows(10, "auto", "cpu") == 512
