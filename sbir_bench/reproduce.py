@@ -87,17 +87,18 @@ def _config(cell: Cell, seed: int, output_dir: Path, overrides: Dict[str, Any]) 
 
 
 def _missing(cfg: RunConfig) -> str:
-    """Why this run cannot run here, in a few words ('' when it can): dataset or weights absent."""
+    """Why this run cannot run here, in a few words ('' when it can): dataset and/or weights absent."""
     spec = get_spec(cfg.data.dataset)
+    lacks = []
     try:
         locate(spec, resolve_root(spec, cfg.data.data_root))
     except DataError:
-        return f"{spec.title} not found under {cfg.data.data_root or default_data_root()}"
+        lacks.append(f"{spec.title} not found under {cfg.data.data_root or default_data_root()}")
     try:
         check_weights_source(cfg.backbone.name, cfg.backbone.pretrained, cfg.backbone.cache_dir)
     except SbirError as exc:
-        return str(exc).split(";")[0]
-    return ""
+        lacks.append(str(exc).split(";")[0])
+    return "; ".join(lacks)
 
 
 def _finished(cfg: RunConfig) -> bool:

@@ -161,3 +161,22 @@ def test_block_rows_follow_the_memory_budget():
     assert block_rows(1000, 1000 * BYTES_PER_SCORE * 7) == 7
     assert block_rows(10, "1GiB") == 512  # capped on CPU
     assert block_rows(10, "auto", "cpu") == 512
+
+
+@pytest.mark.parametrize("decimals", [0, 1, 2, 6])
+def test_cpu_and_device_ranking_paths_give_the_same_counts(decimals):
+    """The CPU path (numpy sorts, counts derived where nothing ties) equals the torch path a GPU runs,
+    on problems full of ties (scores rounded to few decimals) and without."""
+    from sbir_bench.retrieval.ranking import RelevantRanks, counts_numpy, counts_torch, tie_shift_numpy, tie_shift_torch
+    rng = np.random.default_rng(decimals)
+    for _ in range(30):
+        b, n = int(rng.integers(1, 12)), int(rng.integers(2, 200))
+        scores = np.round(rng.standard_normal((b, n)), decimals).astype(np.float32)
+        rel = np.sort(rng.choice(n, int(rng.integers(1, n + 1)), replace=False))
+        fast, device = counts_numpy(scores, rel), counts_torch(torch.from_numpy(scores), torch.from_numpy(rel))
+        for a, d in zip(fast, device):
+            assert np.array_equal(a, d.numpy())
+        rr = RelevantRanks(torch.from_numpy(scores), *device, n_gallery=n)
+        rows, cols = torch.nonzero(rr.n_ge - rr.n_gt > 1, as_tuple=True)
+        if len(rows):
+            assert torch.equal(tie_shift_numpy(rr, rows, cols), tie_shift_torch(rr, rows, cols))

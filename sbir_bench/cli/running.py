@@ -149,12 +149,16 @@ def reproduce_command(table: str, datasets, methods, seeds: str, data_root: Opti
     overrides = dict(parse_override(t) for t in sets)
     if data_root:
         overrides["data.data_root"] = data_root
+    if quiet:
+        overrides["quiet"] = True
     runs = plan(cells(table, datasets, methods), seed_list or [0], Path(out), overrides)
     for planned in runs:
         if dry_run or planned.status.startswith("missing"):
             click.echo(f"{'skip ' if planned.status.startswith('missing') else ''}{describe(planned)}")
     if dry_run:
         return
+    if all(p.status.startswith("missing") for p in runs):
+        fail(f"nothing to run: all {len(runs)} run(s) lack their dataset or weights (listed above)", 3)
     failures = execute(runs)
     if any(not p.status.startswith("missing") for p in runs):
         written = write_table(table, Path(out))

@@ -128,7 +128,8 @@ def _category_values(src: ScoreSource, ql: np.ndarray, gl: np.ndarray, protocols
                 rr = relevant_ranks(src.rows(qidx), torch.from_numpy(rel).to(src.device), pool)
                 ranks: Dict[str, torch.Tensor] = {}
                 for p, out in zip(protocols, values):
-                    ranks.setdefault(p.ties, policy_ranks(rr, p.ties))
+                    if p.ties not in ranks:  # protocols sharing a tie policy share its ranks
+                        ranks[p.ties] = policy_ranks(rr, p.ties)
                     for key, v in cutoff_metrics(rr, p, p.map_k, p.prec_k, ranks[p.ties]).items():
                         out[key][qidx] = v.cpu().numpy()
     finally:

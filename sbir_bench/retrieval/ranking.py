@@ -2,7 +2,7 @@
 
 Nothing here ranks a gallery per query. For a block of queries that share one relevant set, the
 engine sorts each score row once; every relevant item's rank is then a binary search into its row
-(:func:`relevant_ranks`). A tie policy turns those counts into ranks and precisions
+(:func:`relevant_ranks`; numpy's SIMD sort on CPU, torch on a GPU, the same counts). A tie policy turns those counts into ranks and precisions
 (:func:`policy_ranks`), and :func:`cutoff_metrics` computes AP@K and P@K from them for every K at
 once, mAP@all being AP@K with K = the gallery size. The faiss backend builds the same
 :class:`RelevantRanks` from its top-K lists, so both backends share one definition of each metric.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Dict, Iterable, Optional
+from typing import Dict, Iterable, Optional, Tuple
 
 import numpy as np
 import torch
@@ -46,49 +46,107 @@ class RelevantRanks:
         return torch.arange(self.score.shape[1], device=self.score.device).expand_as(self.n_ge)
 
 
-def sort_rows(scores: torch.Tensor, pool: Optional[ThreadPoolExecutor] = None) -> torch.Tensor:
-    """Ascending sort of each row; numpy's SIMD sort on CPU (several times faster than torch's)."""
-    if scores.device.type != "cpu":
-        return torch.sort(scores, dim=1).values
-    arr = scores.numpy()
-    if pool is None or arr.shape[0] < 8:
-        return torch.from_numpy(np.sort(arr, axis=1))
-    out = np.empty_like(arr)
-
-    def work(rows: slice) -> None:
-        out[rows] = np.sort(arr[rows], axis=1)
-
-    half = arr.shape[0] // 2
-    list(pool.map(work, [slice(0, half), slice(half, arr.shape[0])]))
-    return torch.from_numpy(out)
+Counts = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def relevant_ranks(scores: torch.Tensor, rel_idx: torch.Tensor, pool: Optional[ThreadPoolExecutor] = None,
                    keep_scores: bool = True) -> RelevantRanks:
-    """:class:`RelevantRanks` of the gallery items ``rel_idx`` in every row of ``scores``."""
+    """:class:`RelevantRanks` of the gallery items ``rel_idx`` in every row of ``scores``.
+
+    On CPU the rows are split between the threads of ``pool`` (numpy's SIMD sort releases the GIL);
+    elsewhere torch does the same steps on the device (:func:`counts_torch`). Both give identical
+    counts (a test compares them on problems with ties).
+    """
+    if scores.device.type == "cpu":
+        arr, rel = scores.numpy(), rel_idx.numpy()
+        halves = _row_halves(arr.shape[0]) if pool is not None else [slice(0, arr.shape[0])]
+        parts = list(pool.map(lambda rows: counts_numpy(arr[rows], rel), halves)) if len(halves) > 1 \
+            else [counts_numpy(arr, rel)]
+        counts = tuple(torch.from_numpy(np.concatenate([p[k] for p in parts])) for k in range(6))
+    else:
+        counts = counts_torch(scores, rel_idx)
+    score, index, n_ge, n_gt, tp_ge, rel_gt = counts
+    return RelevantRanks(scores=scores if keep_scores else None, score=score, index=index, n_ge=n_ge, n_gt=n_gt,
+                         tp_ge=tp_ge, rel_gt=rel_gt, n_gallery=scores.shape[1])
+
+
+def _row_halves(n: int) -> list:
+    return [slice(0, n // 2), slice(n // 2, n)] if n >= 8 else [slice(0, n)]
+
+
+def counts_torch(scores: torch.Tensor, rel_idx: torch.Tensor) -> Counts:
+    """(relevant scores descending, their gallery indices, n_ge, n_gt, tp_ge, rel_gt) with torch ops."""
     n_gallery, n_rel = scores.shape[1], rel_idx.numel()
-    sorted_all = sort_rows(scores, pool)
+    sorted_all = torch.sort(scores, dim=1).values
     rel_desc, perm = torch.sort(scores[:, rel_idx], dim=1, descending=True, stable=True)
     rel_desc = rel_desc.contiguous()
     rel_asc = torch.flip(rel_desc, [1]).contiguous()
-    return RelevantRanks(
-        scores=scores if keep_scores else None, score=rel_desc, index=rel_idx[perm],
-        n_ge=n_gallery - torch.searchsorted(sorted_all, rel_desc, side="left"),
-        n_gt=n_gallery - torch.searchsorted(sorted_all, rel_desc, side="right"),
-        tp_ge=n_rel - torch.searchsorted(rel_asc, rel_desc, side="left"),
-        rel_gt=n_rel - torch.searchsorted(rel_asc, rel_desc, side="right"), n_gallery=n_gallery)
+    return (rel_desc, rel_idx[perm],
+            n_gallery - torch.searchsorted(sorted_all, rel_desc, side="left"),
+            n_gallery - torch.searchsorted(sorted_all, rel_desc, side="right"),
+            n_rel - torch.searchsorted(rel_asc, rel_desc, side="left"),
+            n_rel - torch.searchsorted(rel_asc, rel_desc, side="right"))
+
+
+def counts_numpy(scores: np.ndarray, rel: np.ndarray) -> Tuple[np.ndarray, ...]:
+    """:func:`counts_torch` on CPU, faster: numpy's SIMD sorts, and the counts that ties would change
+    (items scored > rather than >= an item, among the gallery or the relevant items) computed by
+    binary search only in rows that have a tie; without ties they follow from ``n_ge`` and the position."""
+    n_gallery, n_rel = scores.shape[1], len(rel)
+    sorted_all = np.sort(scores, axis=1)
+    vals = scores[:, rel]
+    order = np.argsort(-vals, axis=1)
+    desc = np.take_along_axis(vals, order, 1)
+    rel_tied = (desc[:, 1:] == desc[:, :-1]).any(1)
+    if rel_tied.any():  # stable among equal scores: ties keep gallery order
+        order[rel_tied] = np.argsort(-vals[rel_tied], axis=1, kind="stable")
+        desc = np.take_along_axis(vals, order, 1)
+    asc = np.ascontiguousarray(desc[:, ::-1])
+    first = np.stack([np.searchsorted(sorted_all[i], asc[i], side="left") for i in range(len(asc))])[:, ::-1]
+    n_ge = n_gallery - first
+    after = np.take_along_axis(sorted_all, np.minimum(first + 1, n_gallery - 1), 1)
+    gallery_tied = (first + 1 < n_gallery) & (after == desc)
+    n_gt = n_ge - 1
+    for i in np.flatnonzero(gallery_tied.any(1)):
+        n_gt[i] = n_gallery - np.searchsorted(sorted_all[i], asc[i], side="right")[::-1]
+    hit = np.broadcast_to(np.arange(n_rel), desc.shape)
+    tp_ge, rel_gt = hit + 1, hit.copy()
+    for i in np.flatnonzero(rel_tied):
+        tp_ge[i] = n_rel - np.searchsorted(asc[i], desc[i], side="left")
+        rel_gt[i] = n_rel - np.searchsorted(asc[i], desc[i], side="right")
+    return desc, rel[order], n_ge.astype(np.int64), n_gt.astype(np.int64), tp_ge.astype(np.int64), \
+        rel_gt.astype(np.int64)
 
 
 def stable_ranks(rr: RelevantRanks) -> torch.Tensor:
-    """Ranks in a stable descending sort (ties by gallery index), computed only where items tie."""
+    """Ranks in a stable descending sort (ties by gallery index), computed only where items tie.
+
+    A tied item moves down by the number of equal scores at smaller gallery indices.
+    """
     ranks = rr.n_gt + 1
     rows, cols = torch.nonzero(rr.n_ge - rr.n_gt > 1, as_tuple=True)
+    if len(rows):
+        shift = tie_shift_numpy if rr.scores.device.type == "cpu" else tie_shift_torch
+        ranks[rows, cols] += shift(rr, rows, cols)
+    return ranks
+
+
+def tie_shift_numpy(rr: RelevantRanks, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Equal scores before each tied item (rows, cols): each scans its row up to its own index."""
+    scores, index, score = rr.scores.numpy(), rr.index.numpy(), rr.score.numpy()
+    return torch.tensor([np.count_nonzero(scores[r, :index[r, c]] == score[r, c])
+                         for r, c in zip(rows.tolist(), cols.tolist())], dtype=torch.int64)
+
+
+def tie_shift_torch(rr: RelevantRanks, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """:func:`tie_shift_numpy` on the device: chunks of tied items compared with their rows at once."""
+    parts = []
     for start in range(0, len(rows), STABLE_PAIR_CHUNK):
         r, c = rows[start: start + STABLE_PAIR_CHUNK], cols[start: start + STABLE_PAIR_CHUNK]
         row_scores = rr.scores[r]
         before = torch.arange(rr.n_gallery, device=row_scores.device)[None, :] < rr.index[r, c][:, None]
-        ranks[r, c] += ((row_scores == rr.score[r, c][:, None]) & before).sum(1)
-    return ranks
+        parts.append(((row_scores == rr.score[r, c][:, None]) & before).sum(1))
+    return torch.cat(parts)
 
 
 def policy_ranks(rr: RelevantRanks, ties: str) -> torch.Tensor:
