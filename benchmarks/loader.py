@@ -4,10 +4,10 @@
     python benchmarks/loader.py --images 2048 --device cuda
 
 Measures, on a generated tree of JPEG photos and PNG sketches: the evaluation loader's images/s with
-``workers: 0`` and with the automatic worker count (``data.workers`` unset: the cores available minus
-one for the main process, at most 8), and, on the same machine, the frozen backbone's forward
-images/s with data already in memory. The loader should not be the slower of the two. Run it with
-nothing else busy.
+``workers: 0``, with the automatic worker count (``data.workers`` unset: the cores available minus
+one for the main process, at most 8, and none below 4 cores) and with one worker per core, and, on
+the same machine, the frozen backbone's forward images/s with data already in memory. The loader
+should not be the slower of the two. Run it with nothing else busy.
 """
 
 from __future__ import annotations
@@ -63,22 +63,24 @@ def main() -> None:
     ap.add_argument("--backbone", default="ViT-B-32")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
-    from sbir_bench.data.images import resolve_workers
+    from sbir_bench.data.images import available_cores, resolve_workers
     from sbir_bench.log import set_quiet
     from sbir_bench.models import load_backbone
     from sbir_bench.models.preprocess import eval_transform, preprocess_config
     set_quiet(True)
     backbone = load_backbone(args.backbone, "random", device=args.device)
     transform = eval_transform(preprocess_config(backbone.preprocess_cfg))
-    auto = resolve_workers(None, args.images, args.batch)
+    auto, cores = resolve_workers(None, args.images, args.batch), available_cores()
     with tempfile.TemporaryDirectory() as tmp:
         samples = make_images(Path(tmp), args.images, args.size)
         single = loader_rate(samples, transform, args.batch, 0)
         automatic = loader_rate(samples, transform, args.batch, None)
+        per_core = loader_rate(samples, transform, args.batch, cores)
     model = forward_rate(backbone.model, backbone.image_size, args.batch, args.device)
     print(f"{args.images} images of {args.size} px; device={args.device}, torch threads={torch.get_num_threads()}")
     print(f"loader, workers 0:          {single:8.1f} images/s")
     print(f"loader, automatic ({auto} workers): {automatic:8.1f} images/s  ({automatic / single:.2f}x workers 0)")
+    print(f"loader, {cores} workers:          {per_core:8.1f} images/s  ({per_core / single:.2f}x workers 0)")
     print(f"{args.backbone} forward:       {model:8.1f} images/s  (loader / forward = {automatic / model:.2f})")
 
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest.mock import patch
 
 import numpy as np
 import pytest
@@ -153,7 +154,15 @@ def test_automatic_workers():
     from sbir_bench.data.images import available_cores, resolve_workers
     assert resolve_workers(3, 10_000, 64) == 3
     assert resolve_workers(None, 100, 64) == 0  # two batches or fewer: no worker processes
-    assert resolve_workers(None, 10_000, 64) == max(0, min(8, available_cores() - 1))
+    cores = available_cores()
+    assert resolve_workers(None, 10_000, 64) == (0 if cores < 4 else min(8, cores - 1))
+    with_cores = lambda n: patch("sbir_bench.data.images.available_cores", return_value=n)  # noqa: E731
+    with with_cores(2):
+        assert resolve_workers(None, 10_000, 64) == 0   # no spare core: decode in the main process
+    with with_cores(16):
+        assert resolve_workers(None, 10_000, 64) == 8   # capped
+    with with_cores(16), patch.dict(os.environ, {"LOCAL_WORLD_SIZE": "4"}):
+        assert resolve_workers(None, 10_000, 64) == 3   # four ranks share the cores
 
 
 def test_block_rows_follow_the_memory_budget():

@@ -80,6 +80,7 @@ def collate_skip(batch: List):
     return images, positions, skipped
 
 
+MIN_CORES_FOR_WORKERS = 4
 MAX_AUTO_WORKERS = 8
 
 
@@ -92,15 +93,17 @@ def resolve_workers(workers: Optional[int], n_items: int, batch_size: int) -> in
     """Loader worker processes: ``workers`` if given, else automatic.
 
     Automatic: one core per local process stays with the main process (the model's forward), the
-    rest decode images, at most :data:`MAX_AUTO_WORKERS`; a loader of two batches or fewer decodes
-    in the main process, where starting workers would cost more than it saves.
+    rest decode images, at most :data:`MAX_AUTO_WORKERS`. With fewer than :data:`MIN_CORES_FOR_WORKERS`
+    cores per process, or a loader of two batches or fewer, images are decoded in the main process:
+    there a worker only adds start-up and inter-process copies (on 2 cores, one worker loaded at 0.63x
+    the main process's rate, ``benchmarks/loader.py``).
     """
     if workers is not None:
         return workers
     if n_items <= 2 * batch_size:
         return 0
-    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    return max(0, min(MAX_AUTO_WORKERS, available_cores() // local - 1))
+    cores = available_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return 0 if cores < MIN_CORES_FOR_WORKERS else min(MAX_AUTO_WORKERS, cores - 1)
 
 
 def image_loader(samples: Sequence[Sample], transform: Callable, batch_size: int, workers: Optional[int] = 0,
