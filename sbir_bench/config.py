@@ -50,6 +50,8 @@ class DataConfig:
                             choices=GZS_PROTOCOLS)
     gzs_seen_photo_fraction: float = opt(0.2, "GZS: seen-class share (see docs/datasets.md)", min=0.0, max=1.0,
                                          positive=True)
+    crop_scale_min: float = opt(0.8, "training augmentation: smallest random-resized-crop area (CoOp/MaPLe: 0.08)",
+                                min=0.0, max=1.0, positive=True)
     val_fraction: float = opt(0.1, "share of seen-class sketches/photos held out for validation", min=0.0, max=0.9)
     max_per_class: Optional[int] = opt(None, "cap images per class (quick experiments)", min=1)
     workers: Optional[int] = opt(None, "DataLoader worker processes (default: automatic, from the cores)", min=0)

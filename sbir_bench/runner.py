@@ -127,7 +127,7 @@ def build(cfg: RunConfig, device: torch.device, data: Optional[RunData] = None) 
                           f"{backbone.image_size}-pixel input; drop data.image_size")
     pp = preprocess_config(backbone.preprocess_cfg, cfg.data.image_size)
     cache = open_feature_cache(backbone, asdict(pp), device.type, cfg.train.amp) if cfg.eval.feature_cache else None
-    return RunParts(data, backbone, method, train_transform(pp), eval_transform(pp), cache)
+    return RunParts(data, backbone, method, train_transform(pp, cfg.data.crop_scale_min), eval_transform(pp), cache)
 
 
 @dataclass

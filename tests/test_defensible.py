@@ -43,9 +43,10 @@ def test_eval_transform_equals_open_clips_own_preprocess(name, tag, tmp_path, mo
 def test_training_augmentation_keeps_interpolation_and_statistics(tiny_backbone):
     from sbir_bench.models.preprocess import train_transform
     cfg = preprocess_config(tiny_backbone.preprocess_cfg)
-    tf = train_transform(cfg)
+    tf = train_transform(cfg, 0.08)
     crop, normalise = tf.transforms[0], tf.transforms[-1]
     assert crop.interpolation.value == cfg.interpolation and tuple(normalise.mean) == tuple(cfg.mean)
+    assert crop.scale == (0.08, 1.0)  # CoOp/MaPLe's random_resized_crop, restored by data.crop_scale_min
 
 
 # ------------------------------------------------------------------------------ statistics

@@ -9,14 +9,13 @@ interpolation and normalisation, so training and test images differ only by the 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional
 
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from torchvision import transforms as T
 
 INTERPOLATION = {"bicubic": T.InterpolationMode.BICUBIC, "bilinear": T.InterpolationMode.BILINEAR,
                  "random": T.InterpolationMode.BICUBIC}  # open_clip maps "random" to bicubic at inference
-TRAIN_SCALE: Tuple[float, float] = (0.8, 1.0)
 
 
 def preprocess_config(cfg: Dict[str, Any], image_size: Optional[int] = None) -> PreprocessCfg:
@@ -31,9 +30,10 @@ def eval_transform(cfg: PreprocessCfg) -> Callable:
     return image_transform_v2(cfg, is_train=False)
 
 
-def train_transform(cfg: PreprocessCfg, scale: Tuple[float, float] = TRAIN_SCALE) -> Callable:
-    """Light augmentation shared by sketches and photos, in ``cfg``'s interpolation and statistics."""
+def train_transform(cfg: PreprocessCfg, crop_scale_min: float) -> Callable:
+    """Augmentation shared by sketches and photos, in ``cfg``'s interpolation and statistics: a random
+    resized crop of at least ``crop_scale_min`` of the area (``data.crop_scale_min``) and a flip."""
     size = cfg.size if isinstance(cfg.size, int) else tuple(cfg.size)
-    return T.Compose([T.RandomResizedCrop(size, scale=scale, interpolation=INTERPOLATION[cfg.interpolation],
+    return T.Compose([T.RandomResizedCrop(size, scale=(crop_scale_min, 1.0), interpolation=INTERPOLATION[cfg.interpolation],
                                           antialias=True),
                       T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(cfg.mean, cfg.std)])

@@ -14,7 +14,7 @@ Prompt tensors may be shaped ``(n, D)`` (shared), ``(1, n, D)`` or ``(B, n, D)``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -158,20 +158,26 @@ class PromptedCLIP(nn.Module):
         token_ids = token_ids.to(c.token_embedding.weight.device)
         eot = token_ids.argmax(dim=-1)
         token_ids = token_ids[:, : int(eot.max()) + 1]
-        length = token_ids.shape[1]
+        x, n, mask = self._embed_text_input(token_ids, ctx)
+        x = self._run_blocks(c.transformer, x, mask, deep, n, "head")
+        x = c.ln_final(x)
+        pooled = x[torch.arange(x.shape[0], device=x.device), eot]
+        pooled = c.text_projection(pooled) if isinstance(c.text_projection, nn.Linear) else pooled @ c.text_projection
+        return nn.functional.normalize(pooled, dim=-1) if normalize else pooled
+
+    def _embed_text_input(self, token_ids: torch.Tensor, ctx: Optional[torch.Tensor]
+                          ) -> Tuple[torch.Tensor, int, Optional[torch.Tensor]]:
+        """Token embeddings with ``ctx`` at positions 1..n, plus positions; returns (x, n, causal mask)."""
+        c = self.clip
         x = self.token_embeddings(token_ids).to(self.dtype)
         n = 0
         if ctx is not None:
             p = _as_batch(ctx, x.shape[0]).to(x.dtype)
             n = p.shape[1]
             x = torch.cat([x[:, :1], p, x[:, 1 + n:]], dim=1)
+        length = x.shape[1]
         x = x + c.positional_embedding[:length].to(x.dtype)
-        mask = c.attn_mask[:length, :length] if c.attn_mask is not None else None
-        x = self._run_blocks(c.transformer, x, mask, deep, n, "head")
-        x = c.ln_final(x)
-        pooled = x[torch.arange(x.shape[0], device=x.device), eot]
-        pooled = c.text_projection(pooled) if isinstance(c.text_projection, nn.Linear) else pooled @ c.text_projection
-        return nn.functional.normalize(pooled, dim=-1) if normalize else pooled
+        return x, n, (c.attn_mask[:length, :length] if c.attn_mask is not None else None)
 
     def text_prefix(self, token_ids: torch.Tensor, ctx: Optional[torch.Tensor] = None,
                     deep: Optional[Sequence[Optional[torch.Tensor]]] = None) -> "TextPrefix":
@@ -184,14 +190,7 @@ class PromptedCLIP(nn.Module):
         :meth:`encode_text_after` (one prefix pass per image instead of one per image and class).
         """
         c = self.clip
-        x = self.token_embeddings(token_ids).to(self.dtype)
-        n = 0
-        if ctx is not None:
-            p = _as_batch(ctx, x.shape[0]).to(x.dtype)
-            n = p.shape[1]
-            x = torch.cat([x[:, :1], p, x[:, 1 + n:]], dim=1)
-        x = x + c.positional_embedding[: x.shape[1]].to(x.dtype)
-        mask = c.attn_mask[: x.shape[1], : x.shape[1]] if c.attn_mask is not None else None
+        x, n, mask = self._embed_text_input(token_ids, ctx)
         inputs, outputs = [], []
         for i, block in enumerate(c.transformer.resblocks):
             if i > 0 and deep is not None and i < len(deep) and deep[i] is not None:
