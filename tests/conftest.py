@@ -4,6 +4,7 @@ a tiny random open_clip backbone, and quiet progress bars."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -16,11 +17,14 @@ def _isolated_environment(tmp_path_factory: pytest.TempPathFactory):
     ``SBIR_BENCH_TEST_CACHE`` (a developer's option, unset in CI) reuses one folder across sessions,
     so the mini set and the tiny backbone are built once.
     """
+    from sbir_bench.models import tiny_pretrain
+    users_weights = tiny_pretrain.weights_path()
     cache = Path(os.environ["SBIR_BENCH_TEST_CACHE"]) if os.environ.get("SBIR_BENCH_TEST_CACHE") \
         else tmp_path_factory.mktemp("sbir-cache")
     old = {k: os.environ.get(k) for k in ("SBIR_BENCH_CACHE", "SBIR_BENCH_OFFLINE", "SBIR_BENCH_DATA", "HF_HUB_OFFLINE")}
     os.environ.update(SBIR_BENCH_CACHE=str(cache), SBIR_BENCH_OFFLINE="1", HF_HUB_OFFLINE="1",
                       SBIR_BENCH_DATA=str(cache / "no-data-here"))
+    _reuse_fresh_tiny_weights(users_weights, tiny_pretrain)
     from sbir_bench.log import set_quiet
     set_quiet(True)
     yield
@@ -29,6 +33,23 @@ def _isolated_environment(tmp_path_factory: pytest.TempPathFactory):
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+def _reuse_fresh_tiny_weights(users_weights: Path, tiny_pretrain) -> None:
+    """Copy (read only) the user's sbir-tiny weights into the test cache when they were built after
+    every file of the package last changed: the build is deterministic, so the tests would only build
+    the same file again (4-5 minutes on 2 cores; in CI the first set-up command has just built it)."""
+    ours = tiny_pretrain.weights_path()
+    package = Path(tiny_pretrain.__file__).parents[1]
+    if ours.exists() or not users_weights.is_file():
+        return
+    code_changed = max(f.stat().st_mtime for f in package.rglob("*") if f.is_file() and f.suffix != ".pyc")
+    if users_weights.stat().st_mtime <= code_changed:
+        return
+    ours.parent.mkdir(parents=True, exist_ok=True)
+    tmp = ours.with_suffix(".copying")
+    shutil.copyfile(users_weights, tmp)
+    tmp.replace(ours)
 
 
 @pytest.fixture(scope="session")
