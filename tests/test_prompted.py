@@ -47,3 +47,16 @@ def test_missing_internals_fail_loudly(tiny_backbone, attribute):
     delattr(model.visual if owner else model, name)
     with pytest.raises(OpenClipInternalsChanged, match=name):
         PromptedCLIP(model)
+
+
+def test_suffix_attention_equals_attention_over_the_concatenated_prompt():
+    from sbir_bench.models.prompted import _suffix_attention
+    torch.manual_seed(0)
+    attn = torch.nn.MultiheadAttention(64, 4, batch_first=True)
+    images, classes, plen, slen = 2, 3, 5, 4
+    prefix, suffix = torch.randn(images, plen, 64), torch.randn(images * classes, slen, 64)
+    causal = torch.triu(torch.full((slen, slen), float("-inf")), diagonal=1)
+    keys = torch.cat([prefix.repeat_interleave(classes, 0), suffix], dim=1)  # suffix i belongs to image i // classes
+    mask = torch.cat([torch.zeros(slen, plen), causal], dim=1)
+    expected = attn(suffix, keys, keys, need_weights=False, attn_mask=mask)[0]
+    assert torch.allclose(_suffix_attention(attn, suffix, prefix, causal), expected, atol=1e-6)

@@ -21,7 +21,7 @@ from torch import nn
 
 VISION_ATTRS = ("conv1", "class_embedding", "positional_embedding", "ln_pre", "transformer", "ln_post", "proj")
 TEXT_ATTRS = ("token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection", "attn_mask")
-BLOCK_ATTRS = ("ln_1", "attention", "ls_1", "ln_2", "mlp", "ls_2")  # used by encode_text_after
+BLOCK_ATTRS = ("ln_1", "attn", "ls_1", "ln_2", "mlp", "ls_2")  # used by encode_text_after
 
 
 class OpenClipInternalsChanged(RuntimeError):
@@ -60,6 +60,8 @@ class PromptedCLIP(nn.Module):
         lacking = [a for a in BLOCK_ATTRS if not hasattr(block, a)]
         if lacking or not getattr(clip.transformer, "batch_first", True):
             raise OpenClipInternalsChanged(f"open_clip text blocks lack {', '.join(lacking) or 'batch_first'}")
+        if not isinstance(block.attn, nn.MultiheadAttention) or block.attn.in_proj_weight is None:
+            raise OpenClipInternalsChanged("open_clip text blocks' attn is not a packed nn.MultiheadAttention")
         if getattr(visual, "attn_pool", None) is not None or getattr(visual, "pool_type", "tok") != "tok":
             raise OpenClipInternalsChanged("prompted vision encoder supports class-token pooling only")
         if getattr(visual, "final_ln_after_pool", False):
@@ -215,12 +217,9 @@ class PromptedCLIP(nn.Module):
         pos = c.positional_embedding[plen: plen + slen].to(self.dtype)
         x = (self.token_embeddings(suffix_ids).to(self.dtype) + pos).unsqueeze(0).expand(b, -1, -1, -1)
         x = x.reshape(b * n_cls, slen, -1)
-        mask = _prefix_causal_mask(plen, slen, x.dtype, x.device)
+        causal = torch.triu(torch.full((slen, slen), float("-inf"), dtype=x.dtype, device=x.device), diagonal=1)
         for block, kv_in in zip(c.transformer.resblocks, prefix.inputs):
-            q = block.ln_1(x)
-            kv_prefix = block.ln_1(kv_in).unsqueeze(1).expand(-1, n_cls, -1, -1).reshape(b * n_cls, plen, -1)
-            kv = torch.cat([kv_prefix, q], dim=1)
-            x = x + block.ls_1(block.attention(q_x=q, k_x=kv, v_x=kv, attn_mask=mask))
+            x = x + block.ls_1(_suffix_attention(block.attn, block.ln_1(x), block.ln_1(kv_in), causal))
             x = x + block.ls_2(block.mlp(block.ln_2(x)))
         x = c.ln_final(x)
         pooled = x[torch.arange(x.shape[0], device=x.device), eot.to(x.device).repeat(b)]
@@ -238,8 +237,34 @@ class TextPrefix:
     n_prompt: int
 
 
-def _prefix_causal_mask(plen: int, slen: int, dtype: torch.dtype, device) -> torch.Tensor:
-    """Additive mask (S, P+S): every suffix token sees the whole prefix and the suffix tokens up to itself."""
-    mask = torch.zeros(slen, plen + slen, dtype=dtype, device=device)
-    mask[:, plen:] = torch.triu(torch.full((slen, slen), float("-inf"), dtype=dtype, device=device), diagonal=1)
-    return mask
+def _suffix_attention(attn: nn.MultiheadAttention, suffix: torch.Tensor, prefix: torch.Tensor,
+                      causal: torch.Tensor) -> torch.Tensor:
+    """``attn`` of every suffix (B*C, S, D) over its image's prefix (B, P, D) and, causally, itself.
+
+    What :class:`nn.MultiheadAttention` computes on the concatenated ``[prefix, suffix]`` keys, without
+    building them: the prefix keys and values are projected once per image (not once per image and
+    class), and the scores against them come from one batched product per image.
+    """
+    b, plen, dim = prefix.shape
+    n, slen, _ = suffix.shape
+    heads = attn.num_heads
+    hd = dim // heads
+    w_q, w_k, w_v = attn.in_proj_weight.chunk(3)
+    b_q, b_k, b_v = attn.in_proj_bias.chunk(3) if attn.in_proj_bias is not None else (None, None, None)
+
+    def split(t: torch.Tensor, batch: int) -> torch.Tensor:  # (batch, L, D) -> (batch, heads, L, hd)
+        return t.reshape(batch, -1, heads, hd).transpose(1, 2)
+
+    q = nn.functional.linear(suffix, w_q, b_q) * hd ** -0.5
+    k_pre, v_pre = (split(nn.functional.linear(prefix, w, bias), b) for w, bias in ((w_k, b_k), (w_v, b_v)))
+    k_suf, v_suf = (split(nn.functional.linear(suffix, w, bias), n) for w, bias in ((w_k, b_k), (w_v, b_v)))
+    per_image = n // b  # suffixes (classes) per prefix (image)
+    s_pre = split(q, b) @ k_pre.transpose(-1, -2)                      # (B, h, C*S, P)
+    s_pre = s_pre.reshape(b, heads, per_image, slen, plen).transpose(1, 2).reshape(n, heads, slen, plen)
+    s_suf = split(q, n) @ k_suf.transpose(-1, -2) + causal             # (B*C, h, S, S)
+    weights = torch.softmax(torch.cat([s_pre, s_suf], dim=-1), dim=-1)
+    w_pre = weights[..., :plen].reshape(b, per_image, heads, slen, plen).transpose(1, 2)
+    out_pre = (w_pre.reshape(b, heads, per_image * slen, plen) @ v_pre)  # (B, h, C*S, hd)
+    out_pre = out_pre.reshape(b, heads, per_image, slen, hd).transpose(1, 2).reshape(n, heads, slen, hd)
+    out = (out_pre + weights[..., plen:] @ v_suf).transpose(1, 2).reshape(n, slen, dim)
+    return nn.functional.linear(out, attn.out_proj.weight, attn.out_proj.bias)
