@@ -34,6 +34,6 @@ def train_transform(cfg: PreprocessCfg, crop_scale_min: float) -> Callable:
     """Augmentation shared by sketches and photos, in ``cfg``'s interpolation and statistics: a random
     resized crop of at least ``crop_scale_min`` of the area (``data.crop_scale_min``) and a flip."""
     size = cfg.size if isinstance(cfg.size, int) else tuple(cfg.size)
-    return T.Compose([T.RandomResizedCrop(size, scale=(crop_scale_min, 1.0), interpolation=INTERPOLATION[cfg.interpolation],
-                                          antialias=True),
-                      T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(cfg.mean, cfg.std)])
+    crop = T.RandomResizedCrop(size, scale=(crop_scale_min, 1.0), interpolation=INTERPOLATION[cfg.interpolation],
+                               antialias=True)
+    return T.Compose([crop, T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(cfg.mean, cfg.std)])

@@ -2,8 +2,8 @@
 
 Nothing here ranks a gallery per query. For a block of queries that share one relevant set, the
 engine sorts each score row once; every relevant item's rank is then a binary search into its row
-(:func:`relevant_ranks`; numpy's SIMD sort on CPU, torch on a GPU, the same counts). A tie policy turns those counts into ranks and precisions
-(:func:`policy_ranks`), and :func:`cutoff_metrics` computes AP@K and P@K from them for every K at
+(:func:`relevant_ranks`; numpy's SIMD sort on CPU, torch on a GPU, the same counts). A tie policy
+turns those counts into ranks and precisions (:func:`policy_ranks`), and :func:`cutoff_metrics` computes AP@K and P@K from them for every K at
 once, mAP@all being AP@K with K = the gallery size. The faiss backend builds the same
 :class:`RelevantRanks` from its top-K lists, so both backends share one definition of each metric.
 """
