@@ -26,7 +26,8 @@ from .errors import ConfigError, DataError, SbirError
 from .fileio import project_folder
 from .log import get_logger
 from .models.factory import check_weights_source
-from .records import run_name, split_label
+from .runner import checkpoint_dir, config_run_name
+from .runner import run as run_one
 from .reporting.collect import config_id
 
 log = get_logger(__name__)
@@ -103,7 +104,7 @@ def _missing(cfg: RunConfig) -> str:
 
 def _finished(cfg: RunConfig) -> bool:
     """A record of this run name with the same config already exists in the output folder."""
-    name = _name(cfg)
+    name = config_run_name(cfg)
     wanted = config_id(to_dict(cfg))
     for path in Path(cfg.output_dir).glob(f"{name}_*.json"):
         try:
@@ -113,11 +114,6 @@ def _finished(cfg: RunConfig) -> bool:
         if isinstance(record, dict) and config_id(record.get("config") or {}) == wanted:
             return True
     return False
-
-
-def _name(cfg: RunConfig) -> str:
-    return run_name(cfg.method + (f"-{cfg.variant}" if cfg.variant else ""), cfg.data.dataset, cfg.data.setting,
-                    split_label(cfg.data.split, cfg.data.split_file), cfg.seed)
 
 
 def plan(table_cells: Sequence[Cell], seeds: Sequence[int], output_dir: Path, overrides: Dict[str, Any]) -> List[PlannedRun]:
@@ -132,8 +128,7 @@ def plan(table_cells: Sequence[Cell], seeds: Sequence[int], output_dir: Path, ov
             elif _finished(cfg):
                 status = "done"
             else:
-                ckpt = Path(cfg.train.checkpoint_dir or Path(cfg.output_dir) / "checkpoints" / _name(cfg)) / LAST
-                status = "resume" if ckpt.is_file() else "run"
+                status = "resume" if (checkpoint_dir(cfg) / LAST).is_file() else "run"
             out.append(PlannedRun(cell, seed, cfg, status))
     return out
 
@@ -147,7 +142,6 @@ def describe(run: PlannedRun) -> str:
 
 def execute(runs: Sequence[PlannedRun]) -> List[str]:
     """Run every runnable entry (resuming checkpoints); returns one line per run that failed."""
-    from .runner import run as run_one
     failures = []
     for planned in runs:
         if not planned.runnable:

@@ -174,6 +174,19 @@ class Scorer:
         return {samples[i].path: f for i, f in zip(pos, feats)}
 
 
+
+def config_run_name(cfg: RunConfig) -> str:
+    """The run's name: method (and variant), dataset, setting, split and seed."""
+    return run_name(cfg.method + (f"-{cfg.variant}" if cfg.variant else ""), cfg.data.dataset, cfg.data.setting,
+                    split_label(cfg.data.split, cfg.data.split_file), cfg.seed)
+
+
+def checkpoint_dir(cfg: RunConfig) -> Path:
+    """Where the run's checkpoints go: ``train.checkpoint_dir``, else ``<output_dir>/checkpoints/<run name>``."""
+    return Path(cfg.train.checkpoint_dir) if cfg.train.checkpoint_dir else \
+        Path(cfg.output_dir) / "checkpoints" / config_run_name(cfg)
+
+
 def train(cfg: RunConfig, parts: RunParts, scorer: Scorer, name: str, on_epoch_end=None) -> Dict[str, Any]:
     """Fit the method on seen-class triplets (if it trains); the ``train`` section of the record."""
     method, part = parts.method, parts.part
@@ -187,7 +200,7 @@ def train(cfg: RunConfig, parts: RunParts, scorer: Scorer, name: str, on_epoch_e
     else:
         dataset = TripletDataset(part.train_sketches, part.train_photos, part.seen, parts.train_tf, cfg.seed,
                                  instance_triplets)
-    ckpt_dir = Path(cfg.train.checkpoint_dir) if cfg.train.checkpoint_dir else Path(cfg.output_dir) / "checkpoints" / name
+    ckpt_dir = checkpoint_dir(cfg)
     validate = None
     if parts.data.val_task.evaluable:
         validate = lambda m: scorer.validation_metrics(parts.data.val_task)  # noqa: E731
@@ -234,8 +247,7 @@ def run(cfg: RunConfig, on_epoch_end=None) -> Dict[str, Any]:
     seed_everything(cfg.seed)
     t_start = time.perf_counter()
     parts = build(cfg, device)
-    name = run_name(cfg.method + (f"-{cfg.variant}" if cfg.variant else ""), cfg.data.dataset, cfg.data.setting,
-                    split_label(cfg.data.split, cfg.data.split_file), cfg.seed)
+    name = config_run_name(cfg)
     scorer = Scorer(cfg, parts, device, Protocol.from_eval_config(cfg.eval))
     task = parts.data.task
     log.info(f"{name}: {len(parts.part.seen)} seen / {len(parts.part.unseen)} unseen classes; test {len(task.queries)} "

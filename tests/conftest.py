@@ -4,7 +4,6 @@ a tiny random open_clip backbone, and quiet progress bars."""
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -39,6 +38,7 @@ def _reuse_fresh_tiny_weights(users_weights: Path, tiny_pretrain) -> None:
     """Copy (read only) the user's sbir-tiny weights into the test cache when they were built after
     every file of the package last changed: the build is deterministic, so the tests would only build
     the same file again (4-5 minutes on 2 cores; in CI the first set-up command has just built it)."""
+    from sbir_bench.fileio import atomic_write_bytes
     ours = tiny_pretrain.weights_path()
     package = Path(tiny_pretrain.__file__).parents[1]
     if ours.exists() or not users_weights.is_file():
@@ -46,10 +46,7 @@ def _reuse_fresh_tiny_weights(users_weights: Path, tiny_pretrain) -> None:
     code_changed = max(f.stat().st_mtime for f in package.rglob("*") if f.is_file() and f.suffix != ".pyc")
     if users_weights.stat().st_mtime <= code_changed:
         return
-    ours.parent.mkdir(parents=True, exist_ok=True)
-    tmp = ours.with_suffix(".copying")
-    shutil.copyfile(users_weights, tmp)
-    tmp.replace(ours)
+    atomic_write_bytes(ours, users_weights.read_bytes())
 
 
 @pytest.fixture(scope="session")
