@@ -83,7 +83,7 @@ class CoOp(Method):
     def __init__(self, backbone, class_names, seen, config=None) -> None:
         super().__init__(backbone, class_names, seen, config)
         self.check_config(self.config, backbone.tokenizer)
-        self.prompted = PromptedCLIP(self.clip)
+        self.prompted = PromptedCLIP(self.clip, vision=False)  # text prompts only: any image tower
         init = coop_context(self.config)
         self.ctx = nn.Parameter(init.vectors(self.prompted, backbone.tokenizer))
         self.prompts = ClassPrompts(backbone.tokenizer, init.prefix)

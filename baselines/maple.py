@@ -10,8 +10,10 @@ each prompted layer, text prompts sit right after the start token, as in the ref
 
 Adaptation to SBIR: trained, as in the paper, with cross-entropy of CLIP image-text logits over the
 seen classes, with sketches and photos both used as images; retrieval uses the prompted image
-embeddings (one set of prompts for both modalities, cosine similarity). ``depth`` is clamped to the
-backbone's number of layers (the bundled 4-layer ``sbir-tiny`` uses 4).
+embeddings (one set of prompts for both modalities, cosine similarity). As in the reference code,
+prompt layer i of the text tower is coupled to layer i of the vision tower (same index, also when the
+towers differ in depth, e.g. ViT-L-14's 24 visual and 12 text layers); ``depth`` is clamped, with a
+log line, to the shallower tower (the bundled 4-layer ``sbir-tiny`` uses 4).
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ def coupling_layers(text_width: int, vision_width: int, depth: int) -> nn.Module
 class MaPLe(Method):
     description = "MaPLe (CVPR'23): deep text prompts coupled to vision prompts by linear maps, CE over seen classes"
     config_class = MaPLeConfig
+    prompts_image_encoder = True
 
     @classmethod
     def check_config(cls, config: MaPLeConfig, tokenizer) -> None:
@@ -85,7 +88,10 @@ class MaPLe(Method):
         self.check_config(self.config, backbone.tokenizer)
         self.prompted = PromptedCLIP(self.clip)
         p, cfg = self.prompted, self.config
-        self.depth = max(1, min(cfg.depth, p.vision_layers, p.text_layers))
+        self.depth = min(cfg.depth, p.vision_layers, p.text_layers)  # layer i of both towers is coupled
+        if cfg.depth > self.depth:
+            log.info(f"maple: depth={cfg.depth} > the backbone's {min(p.vision_layers, p.text_layers)} layers "
+                     f"(visual {p.vision_layers}, text {p.text_layers}): depth {self.depth} is used")
         init = maple_context(cfg, backbone.tokenizer)
         self.ctx = nn.Parameter(init.vectors(p, backbone.tokenizer))
         self.deep_text = nn.ParameterList(

@@ -13,3 +13,13 @@ import logging
 
 __version__ = "0.1.0"
 logging.getLogger("sbir_bench").addHandler(logging.NullHandler())
+
+
+def load_model(where, pretrained=None, device="cpu", class_names=None):
+    """A trained model from its run record, run folder or ``model.json`` (see :mod:`sbir_bench.artifacts`)::
+
+        m = sbir_bench.load_model("results/runs/<run-id>.json")
+        similarity = m.embed_sketches(sketches) @ m.embed_photos(photos).T
+    """
+    from .artifacts import load_model as _load
+    return _load(where, pretrained, device, class_names)

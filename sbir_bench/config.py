@@ -24,6 +24,9 @@ from .errors import ConfigError
 from .retrieval.protocol import DEFAULT_PRESET, PRESETS
 
 DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?|mps"
+# A variant label becomes part of file names (records, checkpoints, plots) and table rows: a safe,
+# short character set, checked when the config is built (never a path, a space or a newline).
+LABEL_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}|"
 
 
 def opt(default: Any = dataclasses.MISSING, help: str = "", min: Optional[float] = None,
@@ -109,7 +112,9 @@ class RunConfig:
     """Everything a run needs; ``method_config`` holds the method's own typed config as a dict."""
 
     method: str = opt("zeroshot-clip", "method name (see `sbir-bench methods`)")
-    variant: str = opt("", "label of an ablation/variant: its own row in `compare`, its own checkpoints")
+    variant: str = opt("", "label of an ablation/variant: its own row in `compare`, its own checkpoints; letters, "
+                           "digits and . _ + - only, at most 64, starting with a letter or digit",
+                       pattern=LABEL_PATTERN)
     seed: int = opt(0, "random seed", min=0)
     device: str = opt("auto", "auto, cpu, cuda or cuda:N", pattern=DEVICE_PATTERN)
     output_dir: str = opt("results/runs", "where records go")
@@ -233,6 +238,8 @@ def load_yaml(path: str | Path, _seen: Tuple[Path, ...] = ()) -> Dict[str, Any]:
     base = data.pop("base", None)
     if base is None:
         return data
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"config file {path}: 'base' must name another YAML file (a path), got {base!r}")
     base_path = (Path(path).parent / str(base)).resolve()
     if base_path in _seen:
         raise ConfigError(f"config file {path}: 'base' chain loops back to {base_path}")
@@ -272,6 +279,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text or not text.split("=", 1)[0].strip():
         raise ConfigError(f"override {text!r} must look like section.key=value")
     key, raw = text.split("=", 1)
+    if not raw.strip():
+        raise ConfigError(f"override {text!r} gives no value; write {key.strip()}=VALUE (or {key.strip()}=null for none)")
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:
@@ -282,7 +291,6 @@ def parse_override(text: str) -> tuple[str, Any]:
 def build_run_config(file_data: Optional[Dict[str, Any]], overrides: Dict[str, Any]) -> RunConfig:
     """Merge YAML data and dotted overrides (CLI wins) into a validated :class:`RunConfig`."""
     tree: Dict[str, Any] = dict(file_data or {})
-    for key, value in overrides.items():
-        if value is not None:
-            set_dotted(tree, key, value)
+    for key, value in overrides.items():  # an explicit None (``--set key=null``) sets None
+        set_dotted(tree, key, value)
     return from_dict(RunConfig, tree, "config")

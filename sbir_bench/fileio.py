@@ -8,6 +8,7 @@ reject): a non-finite number is a bug upstream, reported as an error instead of 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -26,6 +27,15 @@ def cache_root() -> Path:
     (default ``~/.cache/sbir-bench``): the mini set, the tiny backbone, the frozen-feature cache."""
     base = os.environ.get("SBIR_BENCH_CACHE")
     return Path(base) if base else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sbir-bench"
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
+    """SHA-256 of a file's bytes (weight files and shipped data are identified by content, not by name)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def project_folder(name: str) -> Path:

@@ -126,4 +126,4 @@ def find_record_files(patterns: Iterable[str], default_dir: str | Path = "result
             out += sorted(p.glob("*.json"))
         else:
             out += [Path(x) for x in sorted(glob.glob(pat, recursive=True)) if x.endswith(".json")]
-    return out
+    return [p for p in out if p.is_file()]  # regular files only: reading a FIFO named x.json would hang

@@ -6,19 +6,19 @@ written once in ``configs/paper/recipes/``). ``--dataset mini`` runs the mini-se
 (``configs/mini/``) instead, so the whole pipeline can be tried anywhere.
 
 For every (cell, method, seed) the plan says whether the run is done (a record with the same
-config exists), can resume (a checkpoint exists), must start, or cannot run here (dataset or
-weights missing, said in one line). Executing the plan runs what it can, and the table is written
+config exists), can resume (a checkpoint exists), can reuse the model of an identical training
+(the GZS cell of a split whose ZS cell has trained: :func:`~sbir_bench.runner.training_identity`),
+must start, or cannot run here (dataset or weights missing, said in one line). Executing the plan runs what it can, and the table is written
 with the user's rows, the literature's rows of that table, and deltas to the paper.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .config import RunConfig, build_run_config, load_yaml, to_dict
+from .config import RunConfig, build_run_config, load_yaml
 from .data.catalog import get_spec
 from .data.discovery import default_data_root, locate, resolve_root
 from .engine.checkpoint import LAST
@@ -26,9 +26,9 @@ from .errors import ConfigError, DataError, SbirError
 from .fileio import project_folder
 from .log import get_logger
 from .models.factory import check_weights_source
-from .runner import checkpoint_dir, config_run_name
+from .artifacts import find_reusable, load_artifact
+from .runner import checkpoint_dir, evaluate_model, finished_record, training_identity
 from .runner import run as run_one
-from .reporting.collect import config_id
 
 log = get_logger(__name__)
 METHOD_ORDER = ("zeroshot-clip", "linear-probe", "coop", "maple", "splip")
@@ -52,17 +52,22 @@ class PlannedRun:
     cell: Cell
     seed: int
     cfg: Optional[RunConfig]
-    status: str  # done | run | resume | missing: <why>
+    status: str  # done | run | resume | reuse | missing: <why>
+    model: Optional[Path] = None  # with "reuse": the artifact of an identical training
 
     @property
     def runnable(self) -> bool:
-        return self.status in ("run", "resume")
+        return self.status in ("run", "resume", "reuse")
 
 
 def cells(setting: str, datasets: Sequence[str] = (), methods: Sequence[str] = ()) -> List[Cell]:
     """The cells of ``setting``'s table (paper configs), or of the mini set when ``datasets`` is ``["mini"]``."""
     if setting not in SETTINGS_OF_TABLES:
         raise ConfigError(f"unknown table {setting!r}; choose one of: {', '.join(SETTINGS_OF_TABLES)}")
+    from .methods import METHODS
+    unknown = [m for m in methods if m not in METHODS.names()]
+    if unknown:
+        raise ConfigError(f"unknown method {unknown[0]!r}; choose from: {', '.join(METHODS.names())}")
     wanted = [m for m in METHOD_ORDER if not methods or m in methods] + [m for m in methods if m not in METHOD_ORDER]
     if list(datasets) == ["mini"]:
         folder = project_folder("configs") / "mini"
@@ -102,18 +107,11 @@ def _missing(cfg: RunConfig) -> str:
     return "; ".join(lacks)
 
 
-def _finished(cfg: RunConfig) -> bool:
-    """A record of this run name with the same config already exists in the output folder."""
-    name = config_run_name(cfg)
-    wanted = config_id(to_dict(cfg))
-    for path in Path(cfg.output_dir).glob(f"{name}_*.json"):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(record, dict) and config_id(record.get("config") or {}) == wanted:
-            return True
-    return False
+def model_folders(output_dir: Path) -> List[Path]:
+    """Where an identical training's artifact may be: this table's folder, then the other tables'
+    default folders beside it (``results/reproduce/zs`` for the ``gzs`` table)."""
+    siblings = [output_dir.parent / s for s in SETTINGS_OF_TABLES if output_dir.parent / s != output_dir]
+    return [output_dir, *[p for p in siblings if p.is_dir()]]
 
 
 def plan(table_cells: Sequence[Cell], seeds: Sequence[int], output_dir: Path, overrides: Dict[str, Any]) -> List[PlannedRun]:
@@ -125,10 +123,15 @@ def plan(table_cells: Sequence[Cell], seeds: Sequence[int], output_dir: Path, ov
             missing = _missing(cfg)
             if missing:
                 status = f"missing: {missing}"
-            elif _finished(cfg):
+            elif finished_record(cfg) is not None:
                 status = "done"
+            elif (checkpoint_dir(cfg) / LAST).is_file():
+                status = "resume"
             else:
-                status = "resume" if (checkpoint_dir(cfg) / LAST).is_file() else "run"
+                model = find_reusable(model_folders(output_dir), training_identity(cfg))
+                status = "reuse" if model else "run"
+                out.append(PlannedRun(cell, seed, cfg, status, model))
+                continue
             out.append(PlannedRun(cell, seed, cfg, status))
     return out
 
@@ -137,20 +140,25 @@ def describe(run: PlannedRun) -> str:
     """One line: cell, method, seed, what it needs and its status."""
     cfg = run.cfg
     needs = f"{cfg.data.dataset} split {cfg.data.split}, {cfg.backbone.name}/{cfg.backbone.pretrained or 'default'}"
-    return f"{run.cell.setting}/{run.cell.name:<15} {run.cell.method:<14} seed {run.seed}  needs {needs}  -> {run.status}"
+    reuse = f" the model of {run.model.parent.name} (same training)" if run.model else ""
+    return (f"{run.cell.setting}/{run.cell.name:<15} {run.cell.method:<14} seed {run.seed}  needs {needs}  "
+            f"-> {run.status}{reuse}")
 
 
-def execute(runs: Sequence[PlannedRun]) -> List[str]:
-    """Run every runnable entry (resuming checkpoints); returns one line per run that failed."""
+def execute(runs: Sequence[PlannedRun]) -> List[Tuple[str, SbirError]]:
+    """Run every runnable entry (resuming checkpoints); returns (run, error) for each run that failed."""
     failures = []
     for planned in runs:
         if not planned.runnable:
             continue
         log.info(f"reproduce: {describe(planned)}")
         try:
-            run_one(planned.cfg)
+            if planned.status == "reuse":
+                evaluate_model(planned.cfg, load_artifact(planned.model))
+            else:
+                run_one(planned.cfg)
         except SbirError as exc:
-            failures.append(f"{planned.cell.name}/{planned.cell.method} seed {planned.seed}: {exc}")
+            failures.append((f"{planned.cell.name}/{planned.cell.method} seed {planned.seed}", exc))
     return failures
 
 

@@ -7,6 +7,7 @@ evaluable) runs in :func:`prepare_data`, before any model weight is loaded.
 
 from __future__ import annotations
 
+import json
 import random
 import time
 import uuid
@@ -17,6 +18,7 @@ from typing import Any, Callable, Dict, Optional
 import numpy as np
 import torch
 
+from .artifacts import save_artifact
 from .config import RunConfig, from_dict, to_dict
 from .data.discovery import DatasetIndex, index_dataset
 from .data.splits import load_split
@@ -28,10 +30,11 @@ from .engine import distributed as dist_utils
 from .engine.trainer import Trainer
 from .feature_cache import FeatureCache
 from .feature_cache import open_for as open_feature_cache
-from .fileio import atomic_write_json, atomic_write_npz, check_output_dir
+from .fileio import atomic_write_json, atomic_write_npz, check_output_dir, file_sha256
 from .log import get_logger, set_quiet
 from .methods import Method, get_method
 from .models import Backbone, load_backbone
+from .models.configs import vit_image_tower
 from .models.factory import check_weights_source
 from .models.preprocess import eval_transform, preprocess_config, train_transform
 from .records import SCHEMA, provenance, run_name, split_label
@@ -111,6 +114,9 @@ def method_and_config(cfg: RunConfig) -> tuple:
     method_cls = get_method(cfg.method)
     method_cfg = from_dict(method_cls.config_class, cfg.method_config, f"method_config ({cfg.method})")
     check_weights_source(cfg.backbone.name, cfg.backbone.pretrained, cfg.backbone.cache_dir)
+    if method_cls.prompts_image_encoder and not vit_image_tower(cfg.backbone.name):
+        raise ConfigError(f"{cfg.method} puts prompts into the image encoder, which needs a ViT backbone; "
+                          f"{cfg.backbone.name}'s image tower is not one (zeroshot-clip, linear-probe and coop work on it)")
     method_cls.check_config(method_cfg, open_clip.get_tokenizer(cfg.backbone.name))
     return method_cls, method_cfg
 
@@ -187,6 +193,20 @@ def checkpoint_dir(cfg: RunConfig) -> Path:
         Path(cfg.output_dir) / "checkpoints" / config_run_name(cfg)
 
 
+def finished_record(cfg: RunConfig) -> Optional[Path]:
+    """A record of this run (same run name and config, up to where files go) in the output folder, or None."""
+    from .reporting.collect import config_id
+    wanted = config_id(to_dict(cfg))
+    for path in sorted(Path(cfg.output_dir).glob(f"{config_run_name(cfg)}_*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and config_id(record.get("config") or {}) == wanted:
+            return path
+    return None
+
+
 def train(cfg: RunConfig, parts: RunParts, scorer: Scorer, name: str, on_epoch_end=None) -> Dict[str, Any]:
     """Fit the method on seen-class triplets (if it trains); the ``train`` section of the record."""
     method, part = parts.method, parts.part
@@ -230,6 +250,23 @@ def training_fingerprint(cfg: RunConfig) -> Dict[str, Any]:
     return tree
 
 
+def training_identity(cfg: RunConfig) -> str:
+    """What a trained model depends on, as a short hash: the training fingerprint without the test
+    setting where the setting does not change training. ZS and GZS under the literature's
+    composition train on the same partition (only a ``heldout`` GZS holds seen photos out, and only FG
+    trains on instance triplets), so a GZS cell can evaluate the ZS cell's model instead of training it."""
+    import hashlib
+    tree = training_fingerprint(cfg)
+    data = tree["data"]
+    setting = data.pop("setting")
+    heldout = setting == "gzs" and data.get("gzs_protocol") == "heldout"
+    data["heldout_seen_fraction"] = data["gzs_seen_photo_fraction"] if heldout else 0.0
+    data["instance_triplets"] = setting == "fg"
+    for key in ("gzs_protocol", "gzs_seen_photo_fraction"):
+        data.pop(key, None)
+    return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def final_validation(train_info: Dict[str, Any], val_task: RetrievalTask, scorer: Scorer) -> Dict[str, float]:
     """Seen-class validation metrics of the final model: from the last epoch's validation if the
     trainer ran one, else computed now (so zero-shot runs report them too)."""
@@ -242,6 +279,11 @@ def final_validation(train_info: Dict[str, Any], val_task: RetrievalTask, scorer
 def run(cfg: RunConfig, on_epoch_end=None) -> Dict[str, Any]:
     """Execute one run and return its record (also written under ``cfg.output_dir``)."""
     set_quiet(cfg.quiet)
+    done = finished_record(cfg) if cfg.train.resume else None
+    if done is not None:  # resuming a finished run would write a second record of the same seed
+        log.warning(f"{config_run_name(cfg)} already finished with this config: {done}; nothing to resume")
+        record = json.loads(done.read_text())
+        return {**record, "record_path": str(done), "already_finished": True}
     device = dist_utils.local_device(cfg.device)
     dist_utils.init_distributed(device)
     seed_everything(cfg.seed)
@@ -260,6 +302,38 @@ def run(cfg: RunConfig, on_epoch_end=None) -> Dict[str, Any]:
         return {"run_name": name, "rank": dist_utils.world()[0]}
     timings = {"total_seconds": time.perf_counter() - t_start, "eval_seconds": time.perf_counter() - t_eval}
     record = make_record(cfg, parts, name, results, train_info, val_metrics, scorer.skipped, timings, device)
+    save_record(cfg, record, emb, results[0], parts)
+    return record
+
+
+def evaluate_model(cfg: RunConfig, artifact, allow_seen: bool = False, pretrained: Optional[str] = None
+                   ) -> Dict[str, Any]:
+    """Score a trained model artifact on the task ``cfg`` describes (any dataset, split or setting) and
+    write a normal record that says which artifact it came from; nothing is trained."""
+    from .artifacts import build_method, check_no_leakage, load_backbone_for
+    set_quiet(cfg.quiet)
+    device = dist_utils.local_device(cfg.device)
+    dist_utils.init_distributed(device)
+    seed_everything(cfg.seed)
+    t_start = time.perf_counter()
+    data = prepare_data(cfg)
+    overlap = check_no_leakage(artifact, [data.part.class_names[c] for c in data.part.unseen], allow_seen)
+    backbone = load_backbone_for(artifact, pretrained, device)
+    method = build_method(artifact, backbone, device)
+    pp = preprocess_config(backbone.preprocess_cfg, cfg.data.image_size)
+    cache = open_feature_cache(backbone, asdict(pp), device.type, cfg.train.amp) if cfg.eval.feature_cache else None
+    parts = RunParts(data, backbone, method, train_transform(pp, cfg.data.crop_scale_min), eval_transform(pp), cache)
+    scorer = Scorer(cfg, parts, device, Protocol.from_eval_config(cfg.eval))
+    emb, results = scorer.score(data.task, "test", all_presets=True)
+    if results is None:
+        return {"run_name": config_run_name(cfg), "rank": dist_utils.world()[0]}
+    timings = {"total_seconds": time.perf_counter() - t_start, "eval_seconds": time.perf_counter() - t_start}
+    meta = artifact.meta
+    train_info = {"epochs": 0, "from_model": meta["run_id"]}
+    record = make_record(cfg, parts, config_run_name(cfg), results, train_info, {}, scorer.skipped, timings, device)
+    record["model_source"] = {"artifact": str(artifact.path), "run_id": meta["run_id"],
+                              "tensors_sha256": meta["tensors_sha256"], "trained_on": meta["training"],
+                              "seen_classes_in_test": overlap}
     save_record(cfg, record, emb, results[0])
     return record
 
@@ -279,6 +353,8 @@ def make_record(cfg: RunConfig, parts: RunParts, name: str, results: list, train
         "counts": part.counts, "classes": {"seen": len(part.seen), "unseen": len(part.unseen),
                                            "unseen_names": [part.class_names[c] for c in part.unseen]},
         "class_names": part.class_names, "gzs_protocol": cfg.data.gzs_protocol if cfg.data.setting == "gzs" else None,
+        "weights_sha256": file_sha256(parts.backbone.weights_file) if parts.backbone.weights_file else None,
+        "data_fingerprint": parts.index.fingerprint(),
         "preprocess": parts.backbone.preprocess_cfg, "train": train_info, "val_metrics": val_metrics,
         "skipped_images": sum(skipped.values()) + train_info.get("skipped_images", 0),
         "skipped_by_stage": {**skipped, "train": train_info.get("skipped_images", 0)},
@@ -286,11 +362,19 @@ def make_record(cfg: RunConfig, parts: RunParts, name: str, results: list, train
     }
 
 
-def save_record(cfg: RunConfig, record: Dict[str, Any], emb: EmbeddedTask, res: RetrievalResult) -> None:
-    """Write embeddings, per-query values and the record (each atomically; the record last)."""
+def save_record(cfg: RunConfig, record: Dict[str, Any], emb: EmbeddedTask, res: RetrievalResult,
+                parts: Optional[RunParts] = None) -> None:
+    """Write the model artifact (``parts`` of a trained run), embeddings, per-query values and the record
+    (each atomically; the record last)."""
     out_dir = Path(cfg.output_dir)
     run_id = f"{record['run_name']}_{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"  # unique within a second
     record["run_id"] = run_id
+    if parts is not None and parts.method.trainable:
+        training = {"dataset": cfg.data.dataset, "split": record["split"], "setting": cfg.data.setting,
+                    "counts": parts.part.counts, "data_fingerprint": record.get("data_fingerprint")}
+        record["model"] = str(save_artifact(out_dir / run_id, parts.method, to_dict(cfg), parts.backbone,
+                                            parts.part.class_names, parts.part.seen, training, run_id,
+                                            training_identity(cfg)))
     if cfg.eval.save_embeddings:
         record["embeddings"] = str(save_embeddings(out_dir / run_id / "embeddings.npz", emb.query, emb.gallery,
                                                    emb.query_labels, emb.gallery_labels, emb.query_to_gallery,

@@ -36,7 +36,7 @@ from sbir_bench.methods import METHODS, Method, TripletBatch
 from sbir_bench.methods.losses import cosine_triplet
 from sbir_bench.models import PromptedCLIP
 from sbir_bench.models.prompted import TextPrefix
-from sbir_bench.models.text_prompts import ContextInit
+from sbir_bench.models.text_prompts import ContextInit, phrase_tokens
 
 from .blocks import ImageToTextPrompts, PhraseToVisualPrompts, VisualTextualBlock
 from .objectives import (JigsawHead, adaptive_margin_matrix, conditional_jigsaw, jigsaw_permutations, shuffle_tiles,
@@ -91,6 +91,7 @@ class Encoded:
 class SpLIP(Method):
     description = "SpLIP (ECCV'24): bi-directional multimodal prompts (B_v, B_t, B_vt), adaptive-margin triplet, conditional jigsaw"
     config_class = SpLIPConfig
+    prompts_image_encoder = True
 
     @classmethod
     def check_config(cls, config: SpLIPConfig, tokenizer) -> None:
@@ -100,6 +101,16 @@ class SpLIP(Method):
         bad = [f"{k}={v}" for k, v in counts.items() if v < (2 if k in ("jigsaw_grid", "jigsaw_permutations") else 1)]
         if bad or not 0.0 < config.jigsaw_fraction <= 1.0:
             raise ConfigError(f"splip: {', '.join(bad) or f'jigsaw_fraction={config.jigsaw_fraction}'} is out of range")
+        if config.depth is not None and config.depth < 1:
+            raise ConfigError(f"splip depth={config.depth}: must be >= 1 (or null for every layer)")
+        weights = {k: getattr(config, k) for k in ("lambda_cls", "lambda_triplet", "lambda_jigsaw",
+                                                   "lambda_jigsaw_negative", "margin", "margin_scale")}
+        bad = [f"{k}={v}" for k, v in weights.items() if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0)]
+        if bad:
+            raise ConfigError(f"splip: {', '.join(bad)}: loss weights and margins must be finite and >= 0")
+        if config.text_init and phrase_tokens(tokenizer, config.text_init) < config.n_text:
+            raise ConfigError(f"splip text_init {config.text_init!r} has fewer than n_text={config.n_text} tokens; "
+                              f"give a longer phrase, a smaller n_text, or text_init: null (random)")
         if not (config.use_bv or config.use_bvt):
             log.info("splip: use_bv and use_bvt both off: the image encoder runs without prompts")
 
@@ -108,7 +119,11 @@ class SpLIP(Method):
         cfg = self.config
         self.check_config(cfg, backbone.tokenizer)
         self.prompted = p = PromptedCLIP(self.clip)
-        self.depth = max(1, min(cfg.depth or p.vision_layers, p.vision_layers, p.text_layers))
+        self.depth = min(cfg.depth or p.vision_layers, p.vision_layers)  # prompted visual layers
+        if cfg.depth and cfg.depth > p.vision_layers:
+            log.info(f"splip: depth={cfg.depth} > {p.vision_layers} visual layers: every layer is prompted")
+        self.text_layer_of = [text_layer_for(j, p.vision_layers, p.text_layers) for j in range(self.depth)]
+        self.text_depth = self.text_layer_of[-1] + 1  # T enters text layers 0 .. text_depth - 1
         phrases = (cfg.sketch_phrase, cfg.photo_phrase)
         self.register_buffer("phrase_embeddings", self.frozen_class_text(phrases, "{}"), persistent=False)
         base = ContextInit(cfg.n_text, cfg.text_init or "").vectors(p, backbone.tokenizer)
@@ -159,7 +174,7 @@ class SpLIP(Method):
 
     def _prefix(self, tokens: torch.Tensor, modality: int) -> TextPrefix:
         ids = self.prefix_ids(modality).expand(tokens.shape[0], -1)
-        return self.prompted.text_prefix(ids, tokens, [None] + [tokens] * (self.depth - 1))
+        return self.prompted.text_prefix(ids, tokens, [None] + [tokens] * (self.text_depth - 1))
 
     # ------------------------------------------------------------------ visual prompts and encoder
     def visual_prompts(self, prefix: TextPrefix, modality: int, batch: int) -> List[torch.Tensor]:
@@ -170,7 +185,7 @@ class SpLIP(Method):
             for layer in parts:
                 layer.append(vtg)
         if self.b_vt is not None:
-            for layer, vms in zip(parts, self.b_vt(prefix.outputs[: self.depth])):
+            for layer, vms in zip(parts, self.b_vt([prefix.outputs[t] for t in self.text_layer_of])):
                 layer.append(vms)
         return [torch.cat(layer, dim=1) for layer in parts] if parts[0] else []
 
@@ -238,6 +253,21 @@ class SpLIP(Method):
         m = max(1, math.ceil(self.config.jigsaw_fraction * sketches.shape[0]))
         target = torch.randint(len(self.permutations), (m,), device=sketches.device)
         return target, shuffle_tiles(sketches[:m], self.permutations[target], self.config.jigsaw_grid)
+
+
+def text_layer_for(visual_layer: int, visual_layers: int, text_layers: int) -> int:
+    """The text layer (0-based) whose prefix output B_vt turns into visual layer ``visual_layer``'s V^ms.
+
+    Towers of unequal depth are aligned by relative depth: 1-based visual layer j reads text layer
+    ceil(j * Lt / Lv). Equal towers pair layer with layer; ViT-L-14 (24 visual, 12 text layers) gives
+    visual layers 2k-1 and 2k the output of text layer k, and the last visual layer the last text layer.
+
+    >>> [text_layer_for(j, 24, 12) for j in range(4)], text_layer_for(23, 24, 12)
+    ([0, 0, 1, 1], 11)
+    >>> [text_layer_for(j, 4, 4) for j in range(4)]
+    [0, 1, 2, 3]
+    """
+    return math.ceil((visual_layer + 1) * text_layers / visual_layers) - 1
 
 
 def _rows(prefix: TextPrefix, n: int) -> TextPrefix:

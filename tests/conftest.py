@@ -1,4 +1,4 @@
-"""Shared fixtures: an isolated cache (the mini set is generated once per session), offline weights,
+"""Shared fixtures: an isolated cache (the shipped mini set is unpacked once per session), offline weights,
 a tiny random open_clip backbone, and quiet progress bars."""
 
 from __future__ import annotations
@@ -13,17 +13,14 @@ import pytest
 def _isolated_environment(tmp_path_factory: pytest.TempPathFactory):
     """Point every cache at a session temp dir and forbid downloads: tests never touch ~/.cache or the net.
 
-    ``SBIR_BENCH_TEST_CACHE`` (a developer's option, unset in CI) reuses one folder across sessions,
-    so the mini set and the tiny backbone are built once.
+    ``SBIR_BENCH_TEST_CACHE`` (a developer's option, unset in CI) reuses one folder across sessions.
+    The mini set and the sbir-tiny weights ship with the package, so nothing is built here.
     """
-    from sbir_bench.models import tiny_pretrain
-    users_weights = tiny_pretrain.weights_path()
     cache = Path(os.environ["SBIR_BENCH_TEST_CACHE"]) if os.environ.get("SBIR_BENCH_TEST_CACHE") \
         else tmp_path_factory.mktemp("sbir-cache")
     old = {k: os.environ.get(k) for k in ("SBIR_BENCH_CACHE", "SBIR_BENCH_OFFLINE", "SBIR_BENCH_DATA", "HF_HUB_OFFLINE")}
     os.environ.update(SBIR_BENCH_CACHE=str(cache), SBIR_BENCH_OFFLINE="1", HF_HUB_OFFLINE="1",
                       SBIR_BENCH_DATA=str(cache / "no-data-here"))
-    _reuse_fresh_tiny_weights(users_weights, tiny_pretrain)
     from sbir_bench.log import set_quiet
     set_quiet(True)
     yield
@@ -32,21 +29,6 @@ def _isolated_environment(tmp_path_factory: pytest.TempPathFactory):
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
-
-
-def _reuse_fresh_tiny_weights(users_weights: Path, tiny_pretrain) -> None:
-    """Copy (read only) the user's sbir-tiny weights into the test cache when they were built after
-    every file of the package last changed: the build is deterministic, so the tests would only build
-    the same file again (4-5 minutes on 2 cores; in CI the first set-up command has just built it)."""
-    from sbir_bench.fileio import atomic_write_bytes
-    ours = tiny_pretrain.weights_path()
-    package = Path(tiny_pretrain.__file__).parents[1]
-    if ours.exists() or not users_weights.is_file():
-        return
-    code_changed = max(f.stat().st_mtime for f in package.rglob("*") if f.is_file() and f.suffix != ".pyc")
-    if users_weights.stat().st_mtime <= code_changed:
-        return
-    atomic_write_bytes(ours, users_weights.read_bytes())
 
 
 @pytest.fixture(scope="session")

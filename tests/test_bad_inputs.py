@@ -44,6 +44,27 @@ def _fg_only_tree(root: Path) -> str:
     return str(root)
 
 
+def _nan_weights(path: Path) -> str:
+    from sbir_bench.models import load_backbone
+    state = load_backbone("sbir-tiny").model.state_dict()
+    state["visual.proj"] = torch.full_like(state["visual.proj"], float("nan"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return str(path)
+
+
+def _wrong_state(path: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"visual.conv1.weight": torch.zeros(3), "extra.key": torch.zeros(1)}, path)
+    return str(path)
+
+
+def _record_dir(path: Path) -> str:
+    from test_reporting import make_record
+    make_record(path, "coop", 0, {"mAP@all": 0.5})
+    return str(path)
+
+
 def _truncated_checkpoint(path: Path) -> str:
     import io
     buf = io.BytesIO()
@@ -74,7 +95,8 @@ ROWS: List[tuple] = [
     ("set-eval-memory", lambda t, o: ["run", "coop", "--set", "eval.memory=lots"], CONFIG, "eval.memory"),
     ("set-no-equals", lambda t, o: ["run", "coop", "--set", "train.epochs"], CONFIG, "section.key=value"),
     ("device-unknown", lambda t, o: ["run", "coop", "--device", "gpu9"], CONFIG, "device"),
-    ("device-cuda-absent", lambda t, o: ["run", "coop", "--device", "cuda"], CONFIG, "CUDA is not available"),
+    ("device-cuda-ordinal-absent", lambda t, o: ["run", "coop", "--device", f"cuda:{torch.cuda.device_count() + 7}"],
+     CONFIG, "--device cuda"),
     ("setting-unknown", lambda t, o: ["run", "coop", "--setting", "transductive"], CONFIG, "--setting"),
     ("protocol-unknown", lambda t, o: ["run", "coop", "--protocol", "nope"], CONFIG, "--protocol"),
     ("protocol-knob-bad", lambda t, o: ["run", "coop", "--set", "eval.protocol_overrides.ties=random"], CONFIG, "ties"),
@@ -100,6 +122,31 @@ ROWS: List[tuple] = [
                                        query_labels=[0, 1, 0, 1], gallery_labels=[0, 1, 0, 1, 1]),
                                        "--map-k", "x"], CONFIG, "comma-separated integers"),
     ("dataset-unknown", lambda t, o: ["run", "coop", "--dataset", "imagenet"], CONFIG, "unknown dataset"),
+    # ---- round two: labels that become file names, repeated seeds, empty values, conflicting options
+    ("variant-path-traversal", lambda t, o: ["run", "coop", "--variant", "x/../../../esc"], CONFIG, "variant"),
+    ("variant-subfolder", lambda t, o: ["run", "coop", "--variant", "a/b"], CONFIG, "letters, digits"),
+    ("variant-too-long", lambda t, o: ["run", "coop", "--variant", "v" * 300], CONFIG, "at most 64"),
+    ("variant-space", lambda t, o: ["run", "coop", "--variant", "a b"], CONFIG, "variant"),
+    ("variant-newline", lambda t, o: ["run", "coop", "--set", "variant=a\nb"], CONFIG, "variant"),
+    ("seed-repeated", lambda t, o: ["run", "coop", "--seed", "0", "--seed", "0"], CONFIG, "more than once"),
+    ("reproduce-seeds-repeated", lambda t, o: ["reproduce", "zs", "--dataset", "mini", "--seeds", "0,0",
+                                               "--output-dir", str(o)], CONFIG, "more than once"),
+    ("reproduce-seeds-empty", lambda t, o: ["reproduce", "zs", "--dataset", "mini", "--seeds", "",
+                                            "--output-dir", str(o)], CONFIG, "one or more integers"),
+    ("reproduce-unknown-method", lambda t, o: ["reproduce", "zs", "--method", "nosuch", "--output-dir", str(o)],
+     CONFIG, "choose from: "),
+    ("set-empty-value", lambda t, o: ["run", "coop", "--set", "train.lr="], CONFIG, "gives no value"),
+    ("config-base-not-a-path", lambda t, o: ["run", "coop", "--config", _write(t / "b.yaml", "base: 42\n")], CONFIG,
+     "'base' must name"),
+    ("eval-protocols-empty", lambda t, o: ["eval", "--embeddings", _npz(t / "e.npz", query=Q, gallery=G,
+                                           query_labels=[0, 1, 0, 1], gallery_labels=[0, 1, 0, 1, 1]),
+                                           "--protocols", ""], CONFIG, "--protocols needs"),
+    ("eval-protocol-and-protocols", lambda t, o: ["eval", "--embeddings", _npz(t / "e.npz", query=Q, gallery=G,
+                                                  query_labels=[0, 1, 0, 1], gallery_labels=[0, 1, 0, 1, 1]),
+                                                  "--protocols", "sake", "--protocol", "sem-pcyc"], CONFIG, "not both"),
+    ("plot-grid-unbounded", lambda t, o: ["plot", "--results-dir", str(o), "--top-k", "500"], CONFIG, "--top-k"),
+    ("run-resnet-visual-prompts", lambda t, o: ["run", "maple", "--backbone", "RN50", "--pretrained", "random"], CONFIG,
+     "needs a ViT backbone"),
     # ---- 3. empty / degenerate inputs, 7. weak messages: data errors (exit 3)
     ("split-mini-2", lambda t, o: ["run", "coop", "--split", "2"], DATA, "has no split '2'"),
     ("split-file-missing", lambda t, o: ["run", "coop", "--split-file", "/no/split.txt"], DATA, "split file not found"),
@@ -131,6 +178,10 @@ ROWS: List[tuple] = [
     ("compare-no-records", lambda t, o: ["compare", "--results-dir", str(o)], DATA, "no run records"),
     ("compare-reference-empty", lambda t, o: ["compare", "--results-dir", str(o), "--reference", str(t)], DATA,
      "no reference CSV"),
+    ("run-nan-weights", lambda t, o: ["run", "zeroshot-clip", "--quiet", "--pretrained", _nan_weights(t / "nan.pt")], DATA,
+     "holds NaN or infinity"),
+    ("compare-filter-matches-nothing", lambda t, o: ["compare", _record_dir(t / "recs"), "--method", "splip"], DATA,
+     "none of the 1 run record"),
     ("check-absent", lambda t, o: ["datasets", "check", "--dataset", "tuberlin", "--data-root", str(t / "none")], DATA,
      "not found"),
     # ---- weights (exit 4)
@@ -140,6 +191,10 @@ ROWS: List[tuple] = [
      "not a checkpoint"),
     ("pretrained-truncated", lambda t, o: ["run", "coop", "--pretrained", _truncated_checkpoint(t / "cut.pt")], WEIGHTS,
      "truncated"),
+    ("pretrained-folder", lambda t, o: ["run", "coop", "--pretrained", str(Path(_write(t / "w" / "x.txt", "")).parent)],
+     WEIGHTS, "is a folder"),
+    ("pretrained-wrong-state-dict", lambda t, o: ["run", "coop", "--pretrained", _wrong_state(t / "wrong.pt")], WEIGHTS,
+     "missing keys"),
     ("pretrained-empty", lambda t, o: ["run", "coop", "--pretrained", _write(t / "empty.pt", "")], WEIGHTS, "empty"),
     ("pretrained-unknown-tag", lambda t, o: ["run", "coop", "--backbone", "ViT-B-32", "--pretrained", "not-a-tag"],
      WEIGHTS, "unknown pretrained tag"),
@@ -162,7 +217,7 @@ def _snapshot(folder: Path) -> Dict[str, str]:
 
 
 def test_the_table_is_large_enough():
-    assert len(ROWS) >= 40 and len({r[0] for r in ROWS}) == len(ROWS)
+    assert len(ROWS) >= 80 and len({r[0] for r in ROWS}) == len(ROWS)
 
 
 @pytest.mark.parametrize("name,build,code,fragment", ROWS, ids=[r[0] for r in ROWS])
@@ -170,8 +225,8 @@ def test_bad_input_is_one_line_error(name: str, build: Callable, code: int, frag
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.json").write_text('{"unrelated": true}')
-    before = _snapshot(out)
     args = build(tmp_path / "in", out)
+    before = _snapshot(tmp_path)  # every folder a row could touch: its inputs and its outputs
     if args[0] == "run" and "--output-dir" not in args:
         args += ["--output-dir", str(out)]
     result = CliRunner().invoke(main, args)
@@ -181,7 +236,7 @@ def test_bad_input_is_one_line_error(name: str, build: Callable, code: int, frag
     assert "Traceback" not in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     assert len(lines) <= 3, result.output
-    assert _snapshot(out) == before
+    assert _snapshot(tmp_path) == before
 
 
 # ---------------------------------------------------------------------------------------- diverged
@@ -251,8 +306,24 @@ def test_custom_split_gets_its_own_checkpoints(trained, tmp_path):
     assert record["train"]["resumed_from_epoch"] == 0 and record["split"] == f"file:{split}"
 
 
-def test_resume_with_the_same_settings_continues(trained):
+def test_resume_of_a_finished_run_is_a_no_op_that_says_so(trained):
+    before = _snapshot(trained)
     result = CliRunner().invoke(main, ["run", "coop", *FAST, "--output-dir", str(trained), "--resume"])
     assert result.exit_code == 0, result.output
-    newest = max(trained.glob("coop_mini_zs_split1_seed0_*.json"), key=lambda p: p.stat().st_mtime)
-    assert json.loads(newest.read_text())["train"]["resumed_from_epoch"] == 2
+    assert "already finished" in result.output and "nothing to resume" in result.output
+    assert _snapshot(trained) == before  # no second record of the same seed
+
+
+def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, mini_root):
+    out = tmp_path / "runs"
+    first = CliRunner().invoke(main, ["run", "coop", *FAST, "--epochs", "1", "--output-dir", str(out)])
+    assert first.exit_code == 0, first.output
+    for record in out.glob("*.json"):  # as if the run had been killed after epoch 1 of 2
+        record.unlink()
+    ckpt = torch.load(out / "checkpoints" / "coop_mini_zs_split1_seed0" / "last.pt", weights_only=True)
+    ckpt["trained_on"]["train"]["epochs"] = 2
+    torch.save(ckpt, out / "checkpoints" / "coop_mini_zs_split1_seed0" / "last.pt")
+    result = CliRunner().invoke(main, ["run", "coop", *FAST, "--output-dir", str(out), "--resume"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(next(out.glob("coop_mini_zs_split1_seed0_*.json")).read_text())
+    assert record["train"]["resumed_from_epoch"] == 1

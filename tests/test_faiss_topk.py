@@ -53,3 +53,32 @@ def test_cli_faiss_backend(tmp_path):
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     assert set(data["metrics"]) == {"mAP@200", "P@100", "P@200"} and data["protocol"]["backend"] == "faiss-topk"
+
+
+@pytest.mark.parametrize("n_gallery", [150, 100, 80, 40])  # K < N, K = N, K > N for K = 100 (and 200 > N)
+@pytest.mark.parametrize("normalization", ["min_k_r", "hits", "r"])
+def test_both_backends_agree_when_k_reaches_or_exceeds_the_gallery(n_gallery, normalization):
+    rng = np.random.default_rng(n_gallery)
+    centres = rng.normal(size=(4, 10))
+    ql, gl = rng.integers(0, 4, 60), np.arange(n_gallery) % 4
+    q = (centres[ql] + rng.normal(size=(60, 10))).astype(np.float32)
+    g = (centres[gl] + rng.normal(size=(n_gallery, 10))).astype(np.float32)
+    proto = Protocol(map_k=(200,), prec_k=(100, 200), ties="stable", topk_normalization=normalization)
+    exact = evaluate(q, g, ql, gl, protocol=proto, device="cpu")
+    fast = evaluate_topk(q, g, ql, gl, protocol=proto)
+    for key in ("mAP@200", "P@100", "P@200"):
+        np.testing.assert_allclose(fast.per_query[key], exact.per_query[key], atol=1e-5, err_msg=key)
+    if n_gallery < 100:  # a brute-force count: every relevant item lies within K, P@K = R / min(K, N)
+        n_rel = np.bincount(gl, minlength=4)[ql]
+        np.testing.assert_allclose(fast.per_query["P@100"], n_rel / min(100, n_gallery), atol=1e-6)
+        assert fast.metrics["P@100"] < 0.5
+
+
+def test_non_finite_embeddings_are_refused_by_both_backends():
+    from sbir_bench.errors import DataError
+    q, g = np.ones((3, 4), np.float32), np.ones((5, 4), np.float32)
+    q[1, 2] = np.nan
+    for backend in (lambda: evaluate(q, g, [0, 0, 0], [0] * 5, device="cpu"),
+                    lambda: evaluate_topk(q, g, [0, 0, 0], [0] * 5)):
+        with pytest.raises(DataError, match="query embeddings row 1 holds NaN"):
+            backend()

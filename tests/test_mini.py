@@ -1,11 +1,42 @@
-"""The generated mini set: deterministic, SBIR-like, laid out like the real datasets."""
+"""The mini set: shipped bytes (the same on every machine), a generator that still writes it, SBIR-like,
+laid out like the real datasets."""
 
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image
 
+import pytest
+
+from sbir_bench.data import mini
 from sbir_bench.data.mini import MINI_CLASSES, generate_mini, tree_digest
+from sbir_bench.errors import DataError
+
+
+def test_the_set_every_machine_gets_is_the_shipped_bytes(mini_root):
+    assert tree_digest(mini_root) == mini.SHIPPED_SHA256
+    assert len(list(mini_root.rglob("*.png"))) == 20 * 16 * 2 and len(list(mini_root.rglob("*.jpg"))) == 20 * 16
+
+
+def test_generator_still_writes_the_shipped_set_up_to_codec_rounding(mini_root, tmp_path):
+    fresh = generate_mini(tmp_path / "fresh")
+    names = lambda root: sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())  # noqa: E731
+    assert names(fresh) == names(mini_root)
+    for rel in names(mini_root)[::7]:
+        if rel == "VERSION":
+            continue
+        a = np.asarray(Image.open(mini_root / rel).convert("RGB"), dtype=float)
+        b = np.asarray(Image.open(fresh / rel).convert("RGB"), dtype=float)
+        assert np.abs(a - b).mean() < 1.0, rel
+
+
+def test_a_damaged_shipped_archive_is_refused(tmp_path, monkeypatch):
+    broken = tmp_path / "mini.tar.gz"
+    broken.write_bytes(mini.pack(generate_mini(tmp_path / "other", seed=3)))
+    monkeypatch.setattr(mini, "SHIPPED", broken)
+    with pytest.raises(DataError, match="damaged"):
+        mini.unpack_shipped(tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_generation_is_deterministic(tmp_path):

@@ -132,8 +132,10 @@ def cache_list() -> None:
         click.echo(f"no cached features in {features_root()}")
     for ns in found:
         key = ns["key"]
-        click.echo(f"{ns['namespace']}  {key['backbone']}  {key['weights'][:24]}  size {key['preprocess'].get('size')}  "
-                   f"{key['precision']}/{key['device_type']}  {ns['entries']} images  {ns['bytes'] / 2**20:.1f} MiB")
+        what = (f"{key.get('backbone')}  {str(key.get('weights'))[:24]}  size {(key.get('preprocess') or {}).get('size')}  "
+                f"{key.get('precision')}/{key.get('device_type')}") if isinstance(key, dict) else "(key missing or damaged)"
+        damaged = f"  {ns['damaged']} damaged shard(s), dropped on next use" if ns["damaged"] else ""
+        click.echo(f"{ns['namespace']}  {what}  {ns['entries']} images  {ns['bytes'] / 2**20:.1f} MiB{damaged}")
 
 
 @cache_group.command("clear")

@@ -30,15 +30,52 @@ def _embeddings_path(emb_path: Optional[str], record: Optional[str]) -> str:
     return data["embeddings"]
 
 
-def _protocols(preset: str, presets: Optional[str], overrides: Dict[str, Any]) -> List[Any]:
+def _protocols(preset: str, presets: Optional[str], overrides: Dict[str, Any], preset_given: bool) -> List[Any]:
+    """The protocols to score under: ``--protocol`` (one), or ``--protocols`` (``all`` and/or names)."""
     from ..retrieval.protocol import PRESETS, resolve_protocol
     if presets is None:
         return [resolve_protocol(preset, overrides)]
-    names = list(PRESETS) if presets.strip() == "all" else split_list(presets)
-    return [resolve_protocol(name, overrides) for name in names]
+    if preset_given:
+        raise ConfigError("give --protocol PRESET (one) or --protocols LIST (several), not both")
+    names = split_list(presets)
+    if not names:
+        raise ConfigError(f"--protocols needs 'all' or a comma-separated list of presets ({', '.join(PRESETS)})")
+    if "all" in names:
+        names = list(PRESETS) + [n for n in names if n != "all"]
+    return [resolve_protocol(name, overrides) for name in dict.fromkeys(names)]
+
+
+def model_config(artifact, opts: Dict[str, Any]):
+    """The run config of ``eval --model``: the artifact's own (method, backbone, seed, protocol), with the
+    task replaced by what the options name; a new dataset starts from its split 1 and default root."""
+    from ..config import build_run_config
+    tree = json.loads(json.dumps(artifact.meta["config"]))
+    data = tree.setdefault("data", {})
+    if opts.get("dataset") and opts["dataset"] != data.get("dataset"):
+        data.update(dataset=opts["dataset"], split="1", split_file=None, data_root=None, max_per_class=None)
+    if opts.get("split"):
+        data.update(split=opts["split"], split_file=None)
+    overrides = {"data.setting": opts.get("setting"), "data.split_file": opts.get("split_file"),
+                 "data.data_root": opts.get("data_root"), "data.gzs_protocol": opts.get("gzs_protocol"),
+                 "eval.protocol": opts.get("protocol_given"), "device": opts.get("device"),
+                 "output_dir": opts.get("output_dir") or "results/runs", "quiet": opts.get("quiet") or None,
+                 "train.resume": False}
+    return build_run_config(tree, {k: v for k, v in overrides.items() if v is not None})
 
 
 @main.command("eval")
+@click.option("--model", "model", help="A trained model: its run record (.json), run folder or model.json; scores "
+                                       "the task given by --dataset/--setting/--split (default: its own).")
+@click.option("--dataset", help="With --model: the dataset to evaluate on.")
+@click.option("--setting", type=click.Choice(["zs", "gzs", "fg"]), help="With --model: the setting.")
+@click.option("--split", help="With --model: the split id.")
+@click.option("--split-file", type=click.Path(), help="With --model: a custom split file.")
+@click.option("--data-root", type=click.Path(), help="With --model: where the dataset is.")
+@click.option("--gzs-protocol", type=click.Choice(["sem-pcyc", "heldout"]), help="With --model: the GZS composition.")
+@click.option("--pretrained", help="With --model: where the backbone weights are here (checked by SHA-256).")
+@click.option("--allow-seen-classes", is_flag=True,
+              help="With --model: evaluate although test classes were seen in training (the record says so).")
+@click.option("--output-dir", type=click.Path(), help="With --model: where the record goes.  [default: results/runs]")
 @click.option("--embeddings", "emb_path", type=click.Path(),
               help="A .npz with query, gallery and query_labels+gallery_labels and/or query_to_gallery.")
 @click.option("--record", type=click.Path(), help="A run record (.json): score the embeddings it saved.")
@@ -53,12 +90,15 @@ def _protocols(preset: str, presets: Optional[str], overrides: Dict[str, Any]) -
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @friendly_errors
-def eval_command(emb_path: Optional[str], record: Optional[str], json_out: Optional[str], protocol: str,
-                 presets: Optional[str], eval_memory: str, backend: str, device: str, quiet: bool, **knobs: Any) -> None:
-    """Evaluate saved embeddings (every run saves them) without re-encoding any image.
+def eval_command(model: Optional[str], emb_path: Optional[str], record: Optional[str], json_out: Optional[str],
+                 protocol: str, presets: Optional[str], eval_memory: str, backend: str, device: str, quiet: bool,
+                 **knobs: Any) -> None:
+    """Evaluate saved embeddings (every run saves them) without re-encoding any image, or a trained
+    model (--model) on any dataset, split or setting.
 
     \b
     Examples:
+      sbir-bench eval --model results/runs/<run-id>.json --dataset tuberlin --setting zs --data-root ~/data/sbir
       sbir-bench eval --embeddings results/runs/<run-id>/embeddings.npz
       sbir-bench eval --record results/runs/<run-id>.json --protocols all
       sbir-bench eval --embeddings emb.npz --protocol sake --json metrics.json --quiet
@@ -73,10 +113,17 @@ def eval_command(emb_path: Optional[str], record: Optional[str], json_out: Optio
     from ..retrieval.embedding_files import load_embeddings
 
     set_quiet(quiet)
+    given = click.get_current_context().get_parameter_source("protocol") == click.core.ParameterSource.COMMANDLINE
+    model_opts = {k: knobs.pop(k) for k in ("dataset", "setting", "split", "split_file", "data_root", "gzs_protocol",
+                                            "pretrained", "allow_seen_classes", "output_dir")}
+    if model:
+        return _evaluate_model(model, model_opts, protocol if given else None, device, quiet)
+    if any(v for v in model_opts.values()):
+        raise ConfigError("--dataset, --setting, --split, --data-root, --pretrained and --output-dir go with --model")
     if json_out:
         check_output_file(json_out, "--json")
     path = _embeddings_path(emb_path, record)
-    protocols = _protocols(protocol, presets, knob_overrides(knobs))
+    protocols = _protocols(protocol, presets, knob_overrides(knobs), given)
     data = load_embeddings(path)
     arrays = (data["query"], data["gallery"], data.get("query_labels"), data.get("gallery_labels"),
               data.get("query_to_gallery"))
@@ -87,6 +134,21 @@ def eval_command(emb_path: Optional[str], record: Optional[str], json_out: Optio
         results = evaluate_many(*arrays, protocols=protocols, memory=eval_memory, device=local_device(device),
                                 desc="evaluating", query_seen=data.get("query_seen"))
     _report(path, results, presets is not None, json_out, atomic_write_json, metrics_table, protocols_table)
+
+
+def _evaluate_model(model: str, opts: Dict[str, Any], protocol: Optional[str], device: str, quiet: bool) -> None:
+    """``eval --model``: rebuild the trained method from its artifact, score the asked task, write a record."""
+    from ..artifacts import load_artifact
+    from ..reporting.render import record_table
+    from ..runner import evaluate_model
+    artifact = load_artifact(model)
+    cfg = model_config(artifact, {**opts, "protocol_given": protocol, "device": None if device == "auto" else device,
+                                  "quiet": quiet})
+    record = evaluate_model(cfg, artifact, opts["allow_seen_classes"], opts["pretrained"])
+    if record.get("record_path"):
+        click.echo(record_table(record))
+        click.echo(f"model: {artifact.path}")
+        click.echo(f"record: {record['record_path']}")
 
 
 def _report(path: str, results: List[Any], side_by_side: bool, json_out: Optional[str], write_json, metrics_table,

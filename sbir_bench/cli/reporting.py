@@ -8,8 +8,11 @@ from typing import Callable
 import click
 
 from ..errors import DataError
+from ..log import get_logger
 from . import main
 from .common import friendly_errors, selection_options
+
+log = get_logger(__name__)
 
 
 def table_options(fn: Callable) -> Callable:
@@ -94,8 +97,8 @@ def export_command(patterns, results_dir, datasets, settings, methods, reference
 @selection_options
 @click.option("--kind", type=click.Choice(["pr", "per-class", "grid", "all"]), default="all", show_default=True)
 @click.option("--output-dir", default="results/plots", show_default=True, type=click.Path())
-@click.option("--queries", default=4, show_default=True, type=click.IntRange(min=1), help="Rows of the retrieval grid.")
-@click.option("--top-k", default=8, show_default=True, type=click.IntRange(min=1),
+@click.option("--queries", default=4, show_default=True, type=click.IntRange(1, 32), help="Rows of the retrieval grid.")
+@click.option("--top-k", default=8, show_default=True, type=click.IntRange(1, 32),
               help="Photos per row of the retrieval grid.")
 @friendly_errors
 def plot_command(patterns, results_dir, datasets, settings, methods, kind, output_dir, queries, top_k) -> None:
@@ -113,7 +116,11 @@ def plot_command(patterns, results_dir, datasets, settings, methods, kind, outpu
 
     check_output_dir(output_dir, "--output-dir")
     frame = runs_frame(patterns, results_dir, datasets, settings, methods)
-    frame = frame[frame["embeddings"] != ""] if not frame.empty else frame
+    if not frame.empty:
+        present = frame["embeddings"].map(lambda p: bool(p) and Path(p).is_file())
+        for record, emb in zip(frame["record"][~present], frame["embeddings"][~present]):
+            log.warning(f"skipped {record}: its embeddings {emb or '(not saved)'} are missing")
+        frame = frame[present]
     if frame.empty:
         raise DataError("no run records with saved embeddings to plot")
     for path in plot_runs(frame, kind, Path(output_dir), queries, top_k):

@@ -61,6 +61,7 @@ def resolve_configs(method: str, config_file: Optional[str], sets: Sequence[str]
                     opts: Dict[str, Any]) -> List[RunConfig]:
     """One validated config per seed (all checked before the first run starts)."""
     from ..config import build_run_config, load_yaml, parse_override
+    check_distinct_seeds(seeds, "--seed")
     file_data = load_yaml(config_file) if config_file else {}
     overrides = {**overrides_from_options(opts), "method": method}
     for text in sets:
@@ -68,6 +69,27 @@ def resolve_configs(method: str, config_file: Optional[str], sets: Sequence[str]
         overrides[key] = value
     return [build_run_config(file_data, {**overrides, **({"seed": s} if s is not None else {})})
             for s in (seeds or [None])]
+
+
+def check_distinct_seeds(seeds: Sequence[int], option: str) -> None:
+    """One line if a seed is given twice: two records of one seed are one measurement, not two."""
+    repeated = sorted({s for s in seeds if list(seeds).count(s) > 1})
+    if repeated:
+        raise ConfigError(f"{option}: seed {', '.join(map(str, repeated))} is given more than once; each seed "
+                          f"is one measurement, so give distinct seeds")
+
+
+def parse_seed_list(text: str) -> List[int]:
+    """``"0,1,2"`` -> [0, 1, 2]; empty, non-integer, negative or repeated seeds are one-line errors."""
+    from .common import split_list
+    try:
+        seeds = [int(s) for s in split_list(text)]
+    except ValueError:
+        raise ConfigError(f"--seeds must be comma-separated integers, got {text!r}") from None
+    if not seeds or any(s < 0 for s in seeds):
+        raise ConfigError(f"--seeds must list one or more integers >= 0, got {text!r}")
+    check_distinct_seeds(seeds, "--seeds")
+    return seeds
 
 
 @main.command("run")
@@ -138,20 +160,17 @@ def reproduce_command(table: str, datasets, methods, seeds: str, data_root: Opti
     from ..log import set_quiet
     from ..reporting.render import to_text
     from ..reproduce import cells, describe, execute, plan, write_table
-    from .common import fail, split_list
+    from .common import fail
 
     set_quiet(quiet)
+    seed_list = parse_seed_list(seeds)
     out = check_output_dir(output_dir or f"results/reproduce/{table}")
-    try:
-        seed_list = [int(s) for s in split_list(seeds)]
-    except ValueError:
-        raise ConfigError(f"--seeds must be comma-separated integers, got {seeds!r}") from None
     overrides = dict(parse_override(t) for t in sets)
     if data_root:
         overrides["data.data_root"] = data_root
     if quiet:
         overrides["quiet"] = True
-    runs = plan(cells(table, datasets, methods), seed_list or [0], Path(out), overrides)
+    runs = plan(cells(table, datasets, methods), seed_list, Path(out), overrides)
     for planned in runs:
         if dry_run or planned.status.startswith("missing"):
             click.echo(f"{'skip ' if planned.status.startswith('missing') else ''}{describe(planned)}")
@@ -163,7 +182,7 @@ def reproduce_command(table: str, datasets, methods, seeds: str, data_root: Opti
     if any(not p.status.startswith("missing") for p in runs):
         written = write_table(table, Path(out))
         click.echo(f"wrote {', '.join(str(p) for p in written.values())}")
-    for line in failures:
-        click.echo(f"failed: {line}", err=True)
-    if failures:
-        fail(f"{len(failures)} run(s) failed; the table holds the others", 5)
+    for where, exc in failures:
+        click.echo(f"failed: {where}: {exc}", err=True)
+    if failures:  # the exit code says what kind of failure: the first one's (docs/errors.md)
+        fail(f"{len(failures)} run(s) failed; the table holds the others", failures[0][1].exit_code)

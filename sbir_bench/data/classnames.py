@@ -5,11 +5,16 @@ TU-Berlin ``computer-mouse``, ``t-shirt``). Every text that reaches CLIP (learne
 class text, SpLIP's margin matrix, the tiny backbone's captions) and every match between folder
 names, split files and class lists goes through these two functions, so they all see one string.
 
-The rule: ``_`` and ``-`` become spaces, runs of whitespace collapse, everything else (parentheses,
-case) is kept: ``car_(sedan)`` -> ``car (sedan)``, ``jack-o-lantern`` -> ``jack o lantern``.
+The words CLIP reads follow CoOp's and MaPLe's official code (``classname.replace("_", " ")``):
+``_`` becomes a space, runs of whitespace collapse, and hyphens, parentheses and case are kept:
+``car_(sedan)`` -> ``car (sedan)``, ``t-shirt`` -> ``t-shirt``, ``hot-air_balloon`` -> ``hot-air
+balloon``. Matching folder names against split files and class lists is looser (:func:`class_key`:
+case-, ``_``- and ``-``-insensitive), because copies of one dataset spell the same class both ways.
 
 >>> class_text("hot-air_balloon")
-'hot air balloon'
+'hot-air balloon'
+>>> class_text("t-shirt")
+'t-shirt'
 >>> class_key("Hot-Air_Balloon") == class_key("hot air balloon")
 True
 """
@@ -18,10 +23,11 @@ from __future__ import annotations
 
 
 def class_text(name: str) -> str:
-    """The words CLIP reads for class folder ``name`` (see the module docstring for the rule)."""
-    return " ".join(name.replace("_", " ").replace("-", " ").split())
+    """The words CLIP reads for class folder ``name`` (the reference code's rule: ``_`` -> space)."""
+    return " ".join(name.replace("_", " ").split())
 
 
 def class_key(name: str) -> str:
-    """Case-insensitive matching key: two spellings of a class match when their keys are equal."""
-    return class_text(name).lower()
+    """Matching key, insensitive to case, ``_`` and ``-``: two spellings of a class match when their
+    keys are equal (``hot-air_balloon``, ``hot air balloon``)."""
+    return " ".join(name.replace("-", " ").replace("_", " ").split()).lower()

@@ -7,6 +7,7 @@ for each modality. :func:`locate` tries the folder names and layouts of the data
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +106,24 @@ class DatasetIndex:
     class_names: List[str]
     sketches: List[Sample]
     photos: List[Sample]
+
+    def fingerprint(self) -> Dict[str, object]:
+        """What identifies this copy of the data: counts and a SHA-256 of every file's path (relative
+        to the dataset folder) and class; the generated mini set adds the digest of its bytes.
+
+        Two copies with the same files give the same fingerprint wherever they live, so records of
+        one seed on two copies are recognised as one seed, and a copy with other files is not.
+        """
+        h = hashlib.sha256()
+        for kind, samples in (("sketch", self.sketches), ("photo", self.photos)):
+            for s in samples:
+                h.update(f"{kind}\t{self.class_names[s.label]}\t{Path(s.path).relative_to(self.root)}\n".encode())
+        out: Dict[str, object] = {"sketches": len(self.sketches), "photos": len(self.photos),
+                                  "classes": len(self.class_names), "files_sha256": h.hexdigest()}
+        if self.spec.name == "mini":
+            from .mini import tree_digest
+            out["content_sha256"] = tree_digest(self.root)
+        return out
 
     def class_index(self) -> Dict[str, int]:
         """Class key (:func:`~sbir_bench.data.classnames.class_key`) -> label."""

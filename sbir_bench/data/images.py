@@ -42,12 +42,16 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def load_rgb(path: str, warn_once: bool = True) -> Optional[Image.Image]:
-    """Decode ``path`` as RGB (see :func:`to_rgb`), or None if unreadable (one warning per file)."""
+    """Decode ``path`` as RGB (see :func:`to_rgb`), or None if unreadable (one warning per file).
+
+    An image over PIL's decompression-bomb limit (about 179 megapixels, e.g. 20000 x 20000) counts as
+    unreadable: no SBIR image is that large, and decoding it would take gigabytes of memory.
+    """
     try:
         with Image.open(path) as im:
             im.load()
             return to_rgb(im)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         if warn_once and path not in _WARNED:
             _WARNED.add(path)
             log.warning(f"skipping unreadable image {path} ({type(exc).__name__})")

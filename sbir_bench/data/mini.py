@@ -1,17 +1,26 @@
-"""The bundled mini benchmark, generated deterministically on first use (no download, no binaries in git).
+"""The bundled mini benchmark: shipped as a small archive, unpacked on first use (no download).
 
 It is built to *look like* SBIR so that every code path runs for real on a laptop: 20 object classes
 drawn as filled, textured, coloured objects on varied backgrounds ("photos") and as thin, jittered
 black strokes on white ("sketches"). Every sketch is drawn from one photo's instance parameters and
 named ``<photo-id>-<n>.png`` exactly like Sketchy, so fine-grained pairing works too. The folder
 layout (``sketch/<class>/``, ``photo/<class>/``) is the one the real loaders read.
+
+Every machine must see the same bytes (the README's numbers and the tests' margins depend on them),
+so the package ships the set this generator wrote (:data:`SHIPPED`, under 1 MB; its content digest
+:data:`SHIPPED_SHA256` is checked on unpacking and written into every mini run's record). The
+generator stays a command, ``python -m sbir_bench.data.mini OUT_DIR``, and a test checks that it
+still writes the same files with the same pixels up to JPEG rounding.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import math
 import shutil
+import sys
+import tarfile
 import tempfile
 from pathlib import Path
 from typing import Callable, Dict, List, Sequence, Tuple
@@ -23,6 +32,8 @@ Point = Tuple[float, float]
 Shape = List[List[Point]]  # one or more closed polylines in [-1, 1]^2
 
 VERSION = 1
+SHIPPED = Path(__file__).parent / "shipped" / f"mini-v{VERSION}.tar.gz"
+SHIPPED_SHA256 = "807c06687c420d96185a109b832bc94595a6b3450117b6f6f2d82490e3e7ac09"  # tree_digest of the unpacked set
 SIZE = 64
 PHOTOS_PER_CLASS = 16
 SKETCHES_PER_PHOTO = 2
@@ -168,13 +179,48 @@ def generate_mini(root: Path, seed: int = 0) -> Path:
 
 
 def ensure_mini(root: Path | None = None) -> Path:
-    """Return the mini set's root, generating it first if it is absent or incomplete."""
+    """Return the mini set's root, unpacking the shipped archive first if it is absent or incomplete."""
     root = Path(root) if root else default_mini_root()
     if not (root / "VERSION").is_file():
         from ..log import get_logger
-        get_logger(__name__).info(f"generating the mini dataset in {root} ...")
-        generate_mini(root)
+        get_logger(__name__).info(f"unpacking the mini dataset into {root} ...")
+        unpack_shipped(root)
     return root
+
+
+def unpack_shipped(root: Path) -> Path:
+    """Unpack :data:`SHIPPED` into ``root`` atomically and check its content digest."""
+    from ..errors import DataError
+    root = Path(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".mini-", dir=root.parent))
+    try:
+        with tarfile.open(SHIPPED, "r:gz") as tar:
+            safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python < 3.10.12 lacks filters
+            tar.extractall(tmp, **safe)
+        if tree_digest(tmp) != SHIPPED_SHA256:
+            raise DataError(f"the shipped mini set {SHIPPED} is damaged (content digest differs); reinstall sbir-bench")
+        if root.exists():
+            shutil.rmtree(root)
+        tmp.rename(root)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+def pack(root: Path) -> bytes:
+    """A reproducible ``.tar.gz`` of the set at ``root``: sorted names, no owners, times or gzip name."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for p in sorted(Path(root).rglob("*")):
+            if p.is_file():
+                info = tarfile.TarInfo(str(p.relative_to(root)))
+                data = p.read_bytes()
+                info.size, info.mode = len(data), 0o644
+                tar.addfile(info, io.BytesIO(data))
+    import gzip
+    return gzip.compress(buf.getvalue(), compresslevel=9, mtime=0)
 
 
 def tree_digest(root: Path) -> str:
@@ -185,3 +231,9 @@ def tree_digest(root: Path) -> str:
             h.update(str(p.relative_to(root)).encode())
             h.update(p.read_bytes())
     return h.hexdigest()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2 or sys.argv[1].startswith("-"):
+        sys.exit("usage: python -m sbir_bench.data.mini OUT_DIR   (regenerates the mini set; see the module docstring)")
+    print(generate_mini(Path(sys.argv[1])))

@@ -9,7 +9,9 @@ never claims a config its model was not trained with.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import random
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -17,8 +19,11 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 import torch
 
-from ..errors import WeightsError
+from ..errors import OutputError, WeightsError
 from ..fileio import atomic_write_bytes
+from ..log import get_logger
+
+log = get_logger(__name__)
 
 LAST = "last.pt"
 
@@ -91,3 +96,48 @@ def check_resumable(ckpt: Dict[str, Any], method: str, fingerprint: Optional[Dic
         shown = "; ".join(diffs[:4]) + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else "")
         raise WeightsError(f"checkpoint in {where} was trained with other settings ({shown}); resume with the "
                            f"original settings, or start a new run without --resume or in another --output-dir")
+
+
+@contextlib.contextmanager
+def claim_folder(directory: Path) -> Iterator[None]:
+    """Hold an exclusive lock on a checkpoint folder while a run trains into it.
+
+    Two runs writing one folder would interleave their epochs' checkpoints and either could then
+    resume the other's model; the second run stops at once with one line instead. The lock is an
+    ``flock`` on ``<folder>/.lock``, released by the kernel when the process ends, however it ends.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, as before
+        yield
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    fh = open(directory / ".lock", "a+")
+    try:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise OutputError(f"checkpoint folder {directory} is in use by another run (same run name); wait for "
+                              f"it to finish, or give this run another --output-dir or --checkpoint-dir") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        yield
+    finally:
+        fh.close()
+
+
+def warn_if_foreign(directory: Path, method: str, fingerprint: Optional[Dict[str, Any]]) -> None:
+    """Warn when a run that does not resume is about to overwrite the checkpoints of another config."""
+    path = directory / LAST
+    if not path.is_file():
+        return
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # an unreadable old checkpoint is overwritten like any other
+        return
+    diffs = fingerprint_differences(ckpt.get("trained_on") or {}, fingerprint or {}) if fingerprint is not None else []
+    if ckpt.get("method") != method or diffs:
+        what = f"method {ckpt.get('method')!r}" if ckpt.get("method") != method else "; ".join(diffs[:3])
+        log.warning(f"overwriting the checkpoints in {directory} of a run with other settings ({what})")

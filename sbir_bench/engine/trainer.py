@@ -30,7 +30,8 @@ from ..errors import ConfigError, DataError, DivergedError
 from ..methods.base import Method
 from ..log import get_logger, progress
 from . import distributed as dist_utils
-from .checkpoint import check_resumable, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (check_resumable, claim_folder, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
+                         warn_if_foreign)
 
 log = get_logger(__name__)
 
@@ -220,7 +221,16 @@ class Trainer:
         return bool(self.validate and every and ((epoch + 1) % every == 0 or epoch + 1 == self.cfg.epochs))
 
     def fit(self) -> TrainResult:
-        """Train for ``cfg.epochs`` (continuing from the last checkpoint with ``resume``)."""
+        """Train for ``cfg.epochs`` (continuing from the last checkpoint with ``resume``); the checkpoint
+        folder is held exclusively meanwhile (:func:`~.checkpoint.claim_folder`, rank 0)."""
+        if not (self.checkpoint_dir and dist_utils.is_main()):
+            return self._fit()
+        with claim_folder(self.checkpoint_dir):
+            if not self.cfg.resume:
+                warn_if_foreign(self.checkpoint_dir, self.method.name, self.fingerprint)
+            return self._fit()
+
+    def _fit(self) -> TrainResult:
         start_epoch, history = self._resume()
         result = TrainResult(history=history, resumed_from_epoch=start_epoch)
         t0 = time.perf_counter()

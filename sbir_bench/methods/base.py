@@ -46,6 +46,9 @@ class Method(nn.Module):
     # embed_sketches(x) == embed_features(frozen_image_features(x), "sketch") (and likewise for
     # photos), and evaluation may take the features from the disk cache (sbir_bench.feature_cache).
     uses_frozen_features: bool = False
+    # True when the method injects prompts into the image encoder: it needs a ViT image tower, and
+    # a ResNet backbone is refused in one line before anything is built (sbir_bench.runner).
+    prompts_image_encoder: bool = False
 
     @classmethod
     def check_config(cls, config, tokenizer) -> None:

@@ -33,6 +33,15 @@ def list_backbones() -> List[str]:
     return open_clip.list_models()
 
 
+def vit_image_tower(name: str) -> bool:
+    """True when ``name``'s image tower is a ViT built by open_clip (a token sequence prompts can join);
+    False for ResNet (``layers`` is a list) and timm towers. Read from the JSON config: nothing is built."""
+    register_configs()
+    cfg = open_clip.get_model_config(name) or {}
+    vision = cfg.get("vision_cfg", {})
+    return isinstance(vision.get("layers", 12), int) and not vision.get("timm_model_name")
+
+
 def create_model(name: str, **kwargs: Any):
     """``open_clip.create_model_and_transforms(name, **kwargs)`` with bundled configs and quiet logs."""
     register_configs()

@@ -115,6 +115,9 @@ def is_path(pretrained: str) -> bool:
 
 def check_checkpoint_file(path: str) -> None:
     """One-line error unless ``path`` is a readable, complete torch or safetensors checkpoint."""
+    if os.path.isdir(path):
+        raise WeightsError(f"--pretrained {path} is a folder, not a checkpoint file; give the .pt, .bin or "
+                           f".safetensors file of open_clip weights inside it")
     if not os.path.isfile(path):
         raise WeightsError(f"checkpoint file not found: {path}")
     if os.path.getsize(path) == 0:
@@ -203,6 +206,26 @@ def tag_overrides(name: str, pretrained: Optional[str]) -> Dict[str, Any]:
     return out
 
 
+def load_error_summary(exc: Exception, keys: int = 3) -> str:
+    """One line saying why weights did not load, naming up to ``keys`` missing / unexpected / mismatched
+    keys from torch's multi-line ``load_state_dict`` message (its first line names none)."""
+    import re
+    text = str(exc)
+    parts = []
+    for kind in ("Missing key(s)", "Unexpected key(s)"):
+        m = re.search(re.escape(kind) + r' in state_dict: (.*?)(?:\.\s*$|\.\s*\n)', text, re.M | re.S)
+        if m:
+            names = re.findall(r'"([^"]+)"', m.group(1))
+            more = f" and {len(names) - keys} more" if len(names) > keys else ""
+            parts.append(f"{kind.split()[0].lower()} keys {', '.join(names[:keys])}{more}")
+    sizes = re.findall(r"size mismatch for ([\w.]+): copying a param with shape (torch.Size\(\[[^\]]*\]\))", text)
+    if sizes:
+        parts.append("shape mismatch for " + ", ".join(f"{k} ({s})" for k, s in sizes[:keys]))
+    if parts:
+        return "; ".join(parts) + " (a checkpoint of another model? check --backbone)"
+    return f"{type(exc).__name__}: {text.splitlines()[0][:200] if text else ''}"
+
+
 def load_backbone(name: str = TINY, pretrained: Optional[str] = None, cache_dir: Optional[str] = None,
                   device: str | torch.device = "cpu") -> Backbone:
     """Build ``name`` with weights from ``pretrained`` (tag, path or None), frozen and in eval mode."""
@@ -214,8 +237,7 @@ def load_backbone(name: str = TINY, pretrained: Optional[str] = None, cache_dir:
         model, _, preprocess = create_model(name, pretrained=weights, cache_dir=cache_dir,
                                             **tag_overrides(name, pretrained))
     except Exception as exc:
-        raise WeightsError(f"could not load weights {weights} into {name}: {type(exc).__name__}: "
-                           f"{str(exc).splitlines()[0][:200] if str(exc) else ''}") from None
+        raise WeightsError(f"could not load weights {weights} into {name}: {load_error_summary(exc)}") from None
     model.eval().requires_grad_(False).to(device)
     size = model.visual.image_size
     image_size = int(size[0] if isinstance(size, (tuple, list)) else size)

@@ -28,6 +28,21 @@ class OpenClipInternalsChanged(RuntimeError):
     """open_clip's module layout is not the one this view was written against."""
 
 
+def vision_prompt_support(visual: Optional[nn.Module]) -> str:
+    """Why visual prompts cannot be injected into ``visual`` ("" when they can): a ViT with class-token
+    pooling is needed (ResNet image towers have no token sequence to extend)."""
+    if visual is None or not hasattr(visual, "transformer"):
+        return f"its image tower is a {type(visual).__name__}, not a ViT: visual prompts need a token sequence"
+    missing = [f"visual.{a}" for a in VISION_ATTRS if not hasattr(visual, a)]
+    if missing or not hasattr(visual.transformer, "resblocks"):
+        return f"open_clip model lacks {', '.join(missing) or 'visual.transformer.resblocks'}: prompted encoders need updating"
+    if getattr(visual, "attn_pool", None) is not None or getattr(visual, "pool_type", "tok") != "tok":
+        return "prompted vision encoder supports class-token pooling only"
+    if getattr(visual, "final_ln_after_pool", False):
+        return "prompted vision encoder expects ln_post before pooling"
+    return ""
+
+
 def _as_batch(prompt: torch.Tensor, batch: int) -> torch.Tensor:
     """Broadcast a prompt of shape (n, D) / (1, n, D) / (B, n, D) to (B, n, D)."""
     if prompt.dim() == 2:
@@ -40,34 +55,32 @@ def _as_batch(prompt: torch.Tensor, batch: int) -> torch.Tensor:
 class PromptedCLIP(nn.Module):
     """Runs a frozen open_clip ``CLIP`` model with learnable prompt tokens."""
 
-    def __init__(self, clip: nn.Module) -> None:
+    def __init__(self, clip: nn.Module, vision: bool = True) -> None:
+        """``vision=False``: only the text encoder is prompted (CoOp), so any image tower will do."""
         super().__init__()
-        self.check_internals(clip)
+        self.check_internals(clip, vision)
         self.clip = clip
 
     # ------------------------------------------------------------------ introspection
     @staticmethod
-    def check_internals(clip: nn.Module) -> None:
+    def check_internals(clip: nn.Module, vision: bool = True) -> None:
         """Raise :class:`OpenClipInternalsChanged` if the attributes this view uses are missing."""
-        visual = getattr(clip, "visual", None)
-        missing = [f"visual.{a}" for a in VISION_ATTRS if visual is None or not hasattr(visual, a)]
-        missing += [a for a in TEXT_ATTRS if not hasattr(clip, a)]
-        if missing:
-            raise OpenClipInternalsChanged(f"open_clip model lacks {', '.join(missing)}: prompted encoders need updating")
-        if not hasattr(visual.transformer, "resblocks") or not hasattr(clip.transformer, "resblocks"):
-            raise OpenClipInternalsChanged("open_clip transformer lacks .resblocks")
+        missing = [a for a in TEXT_ATTRS if not hasattr(clip, a)]
+        if missing or not hasattr(clip.transformer, "resblocks"):
+            raise OpenClipInternalsChanged(f"open_clip model lacks {', '.join(missing) or 'transformer.resblocks'}: "
+                                           f"prompted encoders need updating")
         block = clip.transformer.resblocks[0]
         lacking = [a for a in BLOCK_ATTRS if not hasattr(block, a)]
         if lacking or not getattr(clip.transformer, "batch_first", True):
             raise OpenClipInternalsChanged(f"open_clip text blocks lack {', '.join(lacking) or 'batch_first'}")
         if not isinstance(block.attn, nn.MultiheadAttention) or block.attn.in_proj_weight is None:
             raise OpenClipInternalsChanged("open_clip text blocks' attn is not a packed nn.MultiheadAttention")
-        if getattr(visual, "attn_pool", None) is not None or getattr(visual, "pool_type", "tok") != "tok":
-            raise OpenClipInternalsChanged("prompted vision encoder supports class-token pooling only")
-        if getattr(visual, "final_ln_after_pool", False):
-            raise OpenClipInternalsChanged("prompted vision encoder expects ln_post before pooling")
         if getattr(clip, "text_pool_type", "argmax") != "argmax":
             raise OpenClipInternalsChanged("prompted text encoder expects argmax (EOT) pooling")
+        if vision:
+            why = vision_prompt_support(getattr(clip, "visual", None))
+            if why:
+                raise OpenClipInternalsChanged(why)
 
     @property
     def visual(self) -> nn.Module:

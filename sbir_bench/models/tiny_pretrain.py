@@ -12,25 +12,21 @@ land near its photos but not on them (:data:`SKETCH_ALIGNMENT`): zero-shot sketc
 works far above chance, the features tell sketches apart well, and there is a modality gap for a
 trained method to close, which is the ZS-SBIR situation in miniature.
 
-Reproducible across machines, and cached: the weights are built on first use into the sbir-bench
-cache (``$SBIR_BENCH_CACHE`` or ``~/.cache/sbir-bench``) in about three minutes on two CPU cores,
-then loaded like any local checkpoint. Floating-point results of 3,000 training steps depend on the
-CPU's instruction set and thread count, so the build runs in a child process
-(``python -m sbir_bench.models.tiny_pretrain PATH``) with both pinned (:func:`reproducible_env`:
-two threads, AVX2 kernels in torch, MKL and oneDNN): every x86-64 machine with AVX2 builds the same
-weights, and the mini-set numbers in README are the numbers a newcomer gets. Selected with
-``--backbone sbir-tiny --pretrained mini`` (the default for ``sbir-tiny``); ``--pretrained random``
-keeps random init.
+The same weights on every machine: 3,000 training steps amplify the last-bit differences between
+CPUs (Intel and AMD kernels reduce floats in different orders), so weights built on two machines
+differ and so would every mini-set number. The package therefore *ships* the weights this generator
+built once (fp16 safetensors, :data:`SHIPPED`, its SHA-256 in :data:`SHIPPED_SHA256` and in every run
+record). ``--backbone sbir-tiny --pretrained mini`` (the default for ``sbir-tiny``) loads them;
+``--pretrained random`` keeps random init. The generator stays a documented command,
+``python -m sbir_bench.models.tiny_pretrain OUT.safetensors`` (about 4 minutes on two cores), and a
+test checks that it still builds a backbone of the same quality (zero-shot accuracy within a band),
+not the same bytes.
 """
 
 from __future__ import annotations
 
-import io
-import os
-import subprocess
 import sys
 from pathlib import Path
-from typing import Dict
 
 import numpy as np
 import open_clip
@@ -39,11 +35,10 @@ import torch.nn.functional as F
 
 from ..data.classnames import class_text
 from ..errors import WeightsError
-from ..fileio import atomic_write_bytes
-from ..log import configure_cli_logging, get_logger, is_quiet, progress
+from ..fileio import atomic_write_bytes, file_sha256
+from ..log import configure_cli_logging, progress
 from .configs import TINY, create_model
 
-log = get_logger(__name__)
 THREADS = 2
 
 VERSION = 6  # 4: child process with pinned numerics; 5: sketches near their photos; 6: deterministic kernels
@@ -59,10 +54,9 @@ SEED = 1000
 SKETCH_ALIGNMENT = 0.3  # how close a class's sketch vector is to its photo vector (1: the same vector)
 
 
-def weights_path() -> Path:
-    """Where the built weights are cached (next to the generated mini set)."""
-    from ..data.mini import default_mini_root
-    return default_mini_root().parent / f"sbir-tiny-{TAG}-v{VERSION}.pt"
+SHIPPED = Path(__file__).parent / "weights" / f"sbir-tiny-{TAG}-v{VERSION}.safetensors"
+SHIPPED_SHA256 = "86099f64832ae962b300143236b939ed2dd64cc6eed5900399b24b86a19f900d"
+_verified = False
 
 
 def _corpus(seed: int, per_class: int = PHOTOS_PER_CLASS,
@@ -173,41 +167,47 @@ def pretrain(steps: int = STEPS, seed: int = SEED) -> dict:
     return model.state_dict()
 
 
-def reproducible_env() -> Dict[str, str]:
-    """Environment pinning the numerics of the child process that pretrains (see the module docstring)."""
-    isa = "avx2" if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") else "default"
-    return {"ATEN_CPU_CAPABILITY": isa, "MKL_CBWR": "AVX2,STRICT" if isa == "avx2" else "COMPATIBLE,STRICT",
-            "ONEDNN_MAX_CPU_ISA": "AVX2" if isa == "avx2" else "SSE41", "OMP_NUM_THREADS": str(THREADS),
-            "MKL_NUM_THREADS": str(THREADS), "CUDA_VISIBLE_DEVICES": ""}
-
-
 def ensure_weights() -> str:
-    """Path of the pretrained sbir-tiny weights, building them first (in a child process) if absent."""
-    path = weights_path()
-    if not path.is_file():
-        log.info(f"building the mini-pretrained sbir-tiny backbone in {path} (once, about 3 minutes) ...")
-        cmd = [sys.executable, "-m", "sbir_bench.models.tiny_pretrain", str(path)] + (["--quiet"] if is_quiet() else [])
-        done = subprocess.run(cmd, env={**os.environ, **reproducible_env()}, stdout=subprocess.DEVNULL,
-                              stderr=None if not is_quiet() else subprocess.PIPE, text=True)
-        if done.returncode != 0 or not path.is_file():
-            tail = (done.stderr or "").strip().splitlines()[-1:] or ["see the output above"]
-            raise WeightsError(f"building the sbir-tiny weights failed (exit {done.returncode}): {tail[0]}")
-    return str(path)
+    """Path of the shipped sbir-tiny weights, after checking (once per process) that they are the
+    bytes the package was released with: a damaged install is an error, never other numbers."""
+    global _verified
+    if not _verified:
+        if not SHIPPED.is_file():
+            raise WeightsError(f"the shipped sbir-tiny weights are missing ({SHIPPED}); reinstall sbir-bench")
+        if file_sha256(SHIPPED) != SHIPPED_SHA256:
+            raise WeightsError(f"the shipped sbir-tiny weights {SHIPPED} are damaged (SHA-256 differs); reinstall sbir-bench")
+        _verified = True
+    return str(SHIPPED)
 
 
-def _build(path: str) -> None:
-    """The child process: pretrain with pinned threads and deterministic kernels, write the weights atomically.
+def to_safetensors(state: dict) -> bytes:
+    """fp16 safetensors bytes of a state dict (the shipped format: half the size, loads into fp32)."""
+    from safetensors.torch import save
+    return save({k: v.detach().to(torch.float16).contiguous() for k, v in state.items()},
+                metadata={"generator": f"sbir_bench.models.tiny_pretrain v{VERSION}", "steps": str(STEPS),
+                          "seed": str(SEED)})
 
-    Deterministic kernels matter: with two threads, the backward of an indexed gather accumulates in
-    a thread-dependent order, and two builds on one machine differed by up to 0.9 in some weights.
+
+def build(path: str, steps: int = STEPS) -> None:
+    """Pretrain with pinned threads and deterministic kernels; write fp16 safetensors atomically.
+
+    Deterministic kernels make two builds on one machine identical: with two threads, the backward
+    of an indexed gather accumulates in a thread-dependent order (up to 0.9 apart in some weights).
+    Other machines build a backbone of the same quality, not the same bytes.
     """
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     torch.set_num_threads(THREADS)
     torch.use_deterministic_algorithms(True)
-    buf = io.BytesIO()
-    torch.save(pretrain(), buf)
-    atomic_write_bytes(path, buf.getvalue())
+    try:
+        atomic_write_bytes(path, to_safetensors(pretrain(steps)))
+    finally:  # a caller in the same process (a test) keeps its own settings
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
 
 
 if __name__ == "__main__":
+    if len(sys.argv) < 2 or sys.argv[1].startswith("-"):
+        sys.exit("usage: python -m sbir_bench.models.tiny_pretrain OUT.safetensors [--quiet]")
     configure_cli_logging(quiet="--quiet" in sys.argv)
-    _build(sys.argv[1])
+    build(sys.argv[1])

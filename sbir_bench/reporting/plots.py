@@ -7,7 +7,7 @@ re-running a model, so a figure in a paper can be regenerated from the results f
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import matplotlib
 
@@ -17,8 +17,11 @@ import numpy as np  # noqa: E402
 
 from ..data.images import load_rgb  # noqa: E402
 from ..errors import SbirError  # noqa: E402
+from ..log import get_logger  # noqa: E402
 from ..retrieval.embedding_files import load_embeddings  # noqa: E402
 from ..retrieval.scoring import cosine_scores  # noqa: E402
+
+log = get_logger(__name__)
 
 RECALL_LEVELS = np.linspace(0.0, 1.0, 101)
 
@@ -89,6 +92,11 @@ def plot_retrieval_grid(embeddings: str, out_stem: Path, n_queries: int = 4, k: 
     if "query_paths" not in data:
         raise SbirError(f"{embeddings}: no image paths saved with these embeddings (rerun with a current sbir-bench)")
     instance = "query_to_gallery" in data
+    if n_queries > len(data["query"]) or k > len(data["gallery"]):
+        log.warning(f"retrieval grid of {embeddings}: {len(data['query'])} queries and {len(data['gallery'])} photos "
+                    f"saved, so {min(n_queries, len(data['query']))} rows of {min(k, len(data['gallery']))} photos "
+                    f"are drawn (asked for {n_queries} x {k})")
+    k = min(k, len(data["gallery"]))
     rows = np.sort(np.random.default_rng(seed).choice(len(data["query"]), min(n_queries, len(data["query"])), replace=False))
     top = np.argsort(-cosine_scores(data["query"][rows], data["gallery"]), axis=1, kind="stable")[:, :k]
     fig, axes = plt.subplots(len(rows), k + 1, figsize=(1.1 * (k + 1), 1.15 * len(rows)), squeeze=False)
@@ -119,19 +127,30 @@ def _slug(text: str) -> str:
     return "-".join("".join(ch if ch.isalnum() or ch in "._" else " " for ch in text).split())
 
 
+def file_stems(labels: Sequence[str]) -> Dict[str, str]:
+    """One distinct file-name stem per distinct label: :func:`_slug`, plus a short hash of the label
+    where two labels would share a slug (so no figure overwrites another's)."""
+    import hashlib
+    slugs = {label: _slug(label) for label in dict.fromkeys(labels)}
+    clash = {v for v in slugs.values() if list(slugs.values()).count(v) > 1}
+    return {label: slug + (f"-{hashlib.sha256(label.encode()).hexdigest()[:6]}" if slug in clash else "")
+            for label, slug in slugs.items()}
+
+
 def plot_runs(frame, kind: str, out: Path, queries: int, top_k: int) -> List[Path]:
     """Every figure of ``kind`` for the runs of ``frame``: per (dataset, split, setting), one PR curve per
     method and variant (its last seed), and per-class bars and a retrieval grid for each of those runs."""
     import json
 
     written: List[Path] = []
+    stems = file_stems(list(frame["row"]))
     for (dataset, split, setting), block in frame.groupby(["dataset", "split", "setting"], sort=True):
         tag = f"{dataset}_split{split}_{setting}"
         latest = block.drop_duplicates("row", keep="last")  # one curve per table row: its last seed
         if kind in ("pr", "all") and setting != "fg":
             written += plot_pr_curves(list(zip(latest["row"], latest["embeddings"])), out / f"pr_{tag}")
         for _, run in latest.iterrows():
-            stem = f"{_slug(run['row'])}_{tag}_seed{run['seed']}"
+            stem = f"{stems[run['row']]}_{tag}_seed{run['seed']}"
             if kind in ("per-class", "all") and setting != "fg":
                 written += plot_per_class_ap(json.loads(Path(run["record"]).read_text()), out / f"per_class_{stem}")
             if kind in ("grid", "all"):

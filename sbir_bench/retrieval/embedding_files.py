@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..fileio import atomic_write_npz
+from .scoring import check_finite_rows
 
 
 def save_embeddings(path: str | Path, query: np.ndarray, gallery: np.ndarray,
@@ -57,10 +58,7 @@ def _validate(p: Path, data: Dict[str, np.ndarray]) -> None:
             raise DataError(f"{p}: needs a 2-D array {key!r}")
         if not np.issubdtype(data[key].dtype, np.number):
             raise DataError(f"{p}: {key!r} is not numeric")
-        bad = np.flatnonzero(~np.isfinite(data[key]).all(axis=1))
-        if len(bad):
-            raise DataError(f"{p}: {key} row {bad[0]} holds NaN or infinity ({len(bad)} such row(s)); "
-                            f"these embeddings cannot be ranked")
+        check_finite_rows(data[key], f"{p}: {key}")
     if data["query"].shape[1] != data["gallery"].shape[1]:
         raise DataError(f"{p}: query and gallery dimensions differ")
     instance = "query_to_gallery" in data

@@ -17,12 +17,12 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from ..errors import ConfigError, SbirError
+from ..errors import ConfigError, DataError, SbirError
 from ..log import progress
 from .metrics import RetrievalResult
 from .protocol import Protocol
 from .ranking import RelevantRanks, cutoff_metrics
-from .scoring import unit_rows
+from .scoring import check_finite_rows, unit_rows
 
 
 def _faiss():
@@ -33,13 +33,14 @@ def _faiss():
     return faiss
 
 
-def _hit_ranks(flags: np.ndarray, scores: np.ndarray, n_rel: np.ndarray, n_gallery: int) -> RelevantRanks:
+def _hit_ranks(flags: np.ndarray, scores: np.ndarray, n_rel: np.ndarray, n_gallery: int, max_k: int) -> RelevantRanks:
     """:class:`RelevantRanks` of the hits in ranked top-K lists (real ranks, hit numbers in order).
 
-    Misses get a rank past every cut-off, so only hits ever count; ``n_rel`` is each query's true
-    number of relevant gallery items (most lie outside the list).
+    Misses get a rank past every cut-off (past the gallery *and* the largest K: with K > N, a rank of
+    N + 1 would still fall inside the cut-off and count a miss as a hit), so only hits ever count;
+    ``n_rel`` is each query's true number of relevant gallery items (most lie outside the list).
     """
-    rank = np.where(flags, np.arange(1, flags.shape[1] + 1), n_gallery + 1)
+    rank = np.where(flags, np.arange(1, flags.shape[1] + 1), max(n_gallery, max_k) + 1)
     order = np.argsort(rank, axis=1, kind="stable")  # hits first, in rank order
     take = lambda a: torch.from_numpy(np.ascontiguousarray(np.take_along_axis(a, order, axis=1)))  # noqa: E731
     rank_t, hit_no = take(rank), take(np.where(flags, np.cumsum(flags, axis=1), 0))
@@ -59,6 +60,8 @@ def evaluate_topk(query: np.ndarray, gallery: np.ndarray, query_labels: Optional
     q, g = unit_rows(query).numpy(), unit_rows(gallery).numpy()
     if q.shape[1] != g.shape[1]:
         raise SbirError(f"query and gallery dimensions differ: {q.shape[1]} vs {g.shape[1]}")
+    check_finite_rows(query, "query embeddings")
+    check_finite_rows(gallery, "gallery embeddings")
     instance = query_to_gallery is not None
     ks = protocol.acc_k if instance else (*protocol.map_k, *protocol.prec_k)
     k_max = min(max(ks), len(g))
@@ -82,14 +85,16 @@ def evaluate_topk(query: np.ndarray, gallery: np.ndarray, query_labels: Optional
                 values.setdefault(f"Acc@{k}", []).append(flags[:, :k].any(1).astype(np.float64))
             continue
         n_rel = np.array([n_rel_of[c] for c in ql[rows]], dtype=np.int64)
-        rr = _hit_ranks(gl[top] == ql[rows, None], top_scores, n_rel, len(g))
+        rr = _hit_ranks(gl[top] == ql[rows, None], top_scores, n_rel, len(g), max(ks))
         out = cutoff_metrics(rr, protocol, protocol.map_k, protocol.prec_k, ranks=rr.n_ge)
         for k in protocol.map_k:
             values.setdefault(f"mAP@{k}", []).append(out[f"AP@{k}"].numpy())
         for k in protocol.prec_k:
             values.setdefault(f"P@{k}", []).append(out[f"P@{k}"].numpy())
-    per_query = {key: np.concatenate(v) if v else np.zeros(0) for key, v in values.items()}
-    metrics = {key: float(v.mean()) if len(v) else float("nan") for key, v in per_query.items()}
+    if not len(valid):
+        raise DataError("no query can retrieve anything: no query's class (or photo) is in the gallery")
+    per_query = {key: np.concatenate(v) for key, v in values.items()}
+    metrics = {key: float(v.mean()) for key, v in per_query.items()}
     return RetrievalResult("instance" if instance else "category", metrics, per_query, valid, len(q),
                            int(len(q) - len(valid)), {},
                            {**protocol.to_dict(), "backend": "faiss-topk", "ties": "faiss index order"})

@@ -76,6 +76,23 @@ def evaluate(query=None, gallery=None, query_labels: Optional[Sequence[int]] = N
                          memory, device, desc, scores, query_seen)[0]
 
 
+def label_codes(query_labels, gallery_labels) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+    """Integer class codes of the query and gallery labels; labels of any other kind (class-name
+    strings in an embeddings file) are coded through one joint vocabulary, so equal names match.
+
+    >>> [c.tolist() for c in label_codes(["cat", "dog"], ["dog", "cow", "cat"])]
+    [[1, 2], [2, 0, 1]]
+    """
+    if query_labels is None or gallery_labels is None:
+        as_int = lambda x: None if x is None else np.asarray(x, dtype=np.int64)  # noqa: E731
+        return as_int(query_labels), as_int(gallery_labels)
+    q, g = np.asarray(query_labels), np.asarray(gallery_labels)
+    if np.issubdtype(q.dtype, np.integer) and np.issubdtype(g.dtype, np.integer):
+        return q.astype(np.int64), g.astype(np.int64)
+    _, codes = np.unique(np.concatenate([q.astype(str), g.astype(str)]), return_inverse=True)
+    return codes[: len(q)].astype(np.int64), codes[len(q):].astype(np.int64)
+
+
 def evaluate_many(query=None, gallery=None, query_labels=None, gallery_labels=None, query_to_gallery=None,
                   protocols: Sequence[Protocol] = (Protocol(),), memory: str | int = "1GiB",
                   device: str | torch.device | None = None, desc: str = "evaluating",
@@ -84,8 +101,7 @@ def evaluate_many(query=None, gallery=None, query_labels=None, gallery_labels=No
     dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     src = ScoreSource(query, gallery, scores, dev)
     rows = block_rows(src.n_gallery, memory, src.device)
-    ql = None if query_labels is None else np.asarray(query_labels, dtype=np.int64)
-    gl = None if gallery_labels is None else np.asarray(gallery_labels, dtype=np.int64)
+    ql, gl = label_codes(query_labels, gallery_labels)
     if ql is not None and len(ql) != src.n_query or gl is not None and len(gl) != src.n_gallery:
         raise SbirError("label arrays do not match the number of embeddings")
     seen = None if query_seen is None else np.asarray(query_seen, dtype=bool)

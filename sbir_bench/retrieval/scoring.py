@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..errors import ConfigError, SbirError
+from ..errors import ConfigError, DataError, SbirError
 
 EPS = 1e-12
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20,
@@ -34,6 +34,22 @@ def unit_rows(x: np.ndarray | torch.Tensor, device: Optional[torch.device | str]
     if t.dim() != 2:
         raise SbirError(f"embeddings must be 2-D (N x d), got shape {tuple(t.shape)}")
     return torch.nn.functional.normalize(t, dim=1, eps=EPS)
+
+
+def check_finite_rows(x: np.ndarray | torch.Tensor, what: str) -> None:
+    """A one-line :class:`DataError` naming the first row of ``x`` that holds NaN or infinity.
+
+    Every path to a score (a run's embeddings, an embeddings file, a score matrix) passes this check
+    in :class:`ScoreSource`: a NaN ranks arbitrarily, so scoring it would print a plausible, wrong number.
+    """
+    t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+    if t.dim() != 2:
+        raise SbirError(f"{what} must be 2-D (N x d), got shape {tuple(t.shape)}")
+    if t.is_floating_point():
+        bad = torch.nonzero(~torch.isfinite(t).all(dim=1)).flatten()
+        if len(bad):
+            raise DataError(f"{what} row {int(bad[0])} holds NaN or infinity ({len(bad)} such row(s)); these "
+                            f"cannot be ranked (non-finite weights, or a damaged input?)")
 
 
 def cosine_scores(query: np.ndarray, gallery: np.ndarray) -> np.ndarray:
@@ -77,11 +93,14 @@ class ScoreSource:
 
     def __init__(self, query, gallery, scores, device: torch.device) -> None:
         if scores is not None:
+            check_finite_rows(np.asarray(scores), "the score matrix")
             self.matrix: Optional[torch.Tensor] = torch.as_tensor(np.asarray(scores), dtype=torch.float32)
             self.n_query, self.n_gallery = self.matrix.shape
             self.device = torch.device("cpu")
         else:
             self.matrix = None
+            check_finite_rows(query, "query embeddings")
+            check_finite_rows(gallery, "gallery embeddings")
             self.q, self.g = unit_rows(query, device), unit_rows(gallery, device)
             if self.q.shape[1] != self.g.shape[1]:
                 raise SbirError(f"query and gallery dimensions differ: {self.q.shape[1]} vs {self.g.shape[1]}")

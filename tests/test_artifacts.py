@@ -1,0 +1,138 @@
+"""Train once, evaluate anywhere: every trained run leaves a model artifact that reproduces its own
+numbers, scores other tasks, refuses leakage, loads from Python, and is refused when damaged."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from sbir_bench.cli import main
+from sbir_bench.errors import DataError, WeightsError
+
+FAST = ["--epochs", "1", "--batch-size", "8", "--set", "train.steps_per_epoch=2", "--set", "train.val_every=0",
+        "--quiet"]
+
+
+def _invoke(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def _latest(folder: Path) -> dict:
+    return json.loads(max(folder.glob("*.json"), key=lambda p: p.stat().st_mtime).read_text())
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, mini_root):
+    """A short SpLIP run (the method with the most trained parts) and its record."""
+    out = tmp_path_factory.mktemp("trained")
+    result = _invoke("run", "splip", *FAST, "--output-dir", str(out))
+    assert result.exit_code == 0, result.output
+    return out, _latest(out)
+
+
+def test_a_trained_run_saves_a_small_self_describing_artifact(trained):
+    out, record = trained
+    meta = json.loads(Path(record["model"]).read_text())
+    tensors = Path(record["model"]).with_name("model.safetensors")
+    assert meta["method"] == "splip" and meta["run_id"] == record["run_id"]
+    assert meta["backbone"]["weights_sha256"] == record["weights_sha256"]
+    assert meta["training"]["data_fingerprint"] == record["data_fingerprint"]
+    assert [meta["class_names"][i] for i in meta["seen"]] == [n for n in record["class_names"]
+                                                               if n not in record["classes"]["unseen_names"]]
+    from safetensors.torch import load_file
+    state = load_file(str(tensors))
+    assert not any(k.startswith("clip.") for k in state)  # the backbone is not in it
+    assert tensors.stat().st_size < 2 * 2**20
+
+
+def test_eval_model_reproduces_the_runs_own_numbers_and_embeddings(trained, tmp_path):
+    out, record = trained
+    result = _invoke("eval", "--model", record["record_path"] if "record_path" in record else
+                     str(out / f"{record['run_id']}.json"), "--output-dir", str(tmp_path), "--quiet")
+    assert result.exit_code == 0, result.output
+    again = _latest(tmp_path)
+    assert again["metrics"] == record["metrics"]
+    assert again["model_source"]["run_id"] == record["run_id"] and again["train"]["epochs"] == 0
+    with np.load(record["embeddings"]) as a, np.load(again["embeddings"]) as b:
+        np.testing.assert_allclose(a["query"], b["query"], atol=1e-6)
+        np.testing.assert_allclose(a["gallery"], b["gallery"], atol=1e-6)
+
+
+def test_eval_model_scores_another_setting_and_refuses_seen_test_classes(trained, tmp_path):
+    out, record = trained
+    run_folder = str(Path(record["model"]).parent)
+    gzs = _invoke("eval", "--model", run_folder, "--setting", "gzs", "--output-dir", str(tmp_path / "gzs"), "--quiet")
+    assert gzs.exit_code == 0, gzs.output
+    assert _latest(tmp_path / "gzs")["setting"] == "gzs"
+    split = tmp_path / "split.txt"
+    split.write_text("star\ncircle\nsquare\n")  # circle and square were training classes
+    leak = _invoke("eval", "--model", run_folder, "--split-file", str(split), "--output-dir", str(tmp_path / "x"))
+    assert leak.exit_code == DataError.exit_code and "circle, square" in leak.output
+    assert not (tmp_path / "x").exists() or not list((tmp_path / "x").glob("*.json"))
+    allowed = _invoke("eval", "--model", run_folder, "--split-file", str(split), "--allow-seen-classes",
+                      "--output-dir", str(tmp_path / "y"), "--quiet")
+    assert allowed.exit_code == 0, allowed.output
+    assert _latest(tmp_path / "y")["model_source"]["seen_classes_in_test"] == ["circle", "square"]
+
+
+def test_load_model_in_three_lines_embeds_like_the_run(trained, mini_root):
+    import sbir_bench
+    from PIL import Image
+    out, record = trained
+    m = sbir_bench.load_model(Path(record["model"]).parent)
+    with np.load(record["embeddings"], allow_pickle=False) as z:
+        path, expected = str(z["query_paths"][0]), z["query"][0]
+    got = m.embed_sketches([Image.open(path)])
+    assert got.shape == (1, expected.shape[0])
+    np.testing.assert_allclose(got[0].numpy(), expected, atol=1e-5)
+    assert m.embed_photos([path]).shape == got.shape
+
+
+@pytest.mark.parametrize("damage", ["truncated-tensors", "missing-key", "newer-version", "not-json", "other-backbone"])
+def test_a_refused_artifact_is_one_line_exit_4_and_writes_nothing(damage, trained, tmp_path):
+    import shutil
+    out, record = trained
+    copy = tmp_path / "model"
+    shutil.copytree(Path(record["model"]).parent, copy)
+    meta_path, tensors = copy / "model.json", copy / "model.safetensors"
+    meta = json.loads(meta_path.read_text())
+    extra = []
+    if damage == "truncated-tensors":
+        tensors.write_bytes(tensors.read_bytes()[:100])
+    elif damage == "missing-key":
+        meta.pop("seen")
+    elif damage == "newer-version":
+        meta["format_version"] = 99
+    elif damage == "not-json":
+        meta_path.write_text("{not json")
+    else:
+        from sbir_bench.models import load_backbone
+        weights = tmp_path / "other.pt"
+        torch.save(load_backbone("sbir-tiny", "random").model.state_dict(), weights)
+        extra = ["--pretrained", str(weights)]
+    if damage in ("missing-key", "newer-version"):
+        meta_path.write_text(json.dumps(meta))
+    result = _invoke("eval", "--model", str(copy), *extra, "--output-dir", str(tmp_path / "records"), "--quiet")
+    assert result.exit_code == WeightsError.exit_code, result.output
+    assert len([ln for ln in result.output.splitlines() if ln.strip()]) == 1 and "Traceback" not in result.output
+    assert not (tmp_path / "records").exists()
+
+
+def test_reproduce_reuses_the_zs_model_for_the_gzs_cell(tmp_path, mini_root):
+    base = ["--dataset", "mini", "--method", "linear-probe", "--set", "train.epochs=1", "--quiet"]
+    zs = _invoke("reproduce", "zs", *base, "--output-dir", str(tmp_path / "zs"))
+    assert zs.exit_code == 0, zs.output
+    dry = _invoke("reproduce", "gzs", *base, "--output-dir", str(tmp_path / "gzs"), "--dry-run")
+    assert "-> reuse the model of linear-probe_mini_zs_split1_seed0" in dry.output, dry.output
+    gzs = _invoke("reproduce", "gzs", *base, "--output-dir", str(tmp_path / "gzs"))
+    assert gzs.exit_code == 0, gzs.output
+    record = _latest(tmp_path / "gzs")
+    assert record["setting"] == "gzs" and record["train"]["epochs"] == 0 and record["model_source"]
+    heldout = _invoke("reproduce", "gzs", *base, "--set", "data.gzs_protocol=heldout", "--output-dir",
+                      str(tmp_path / "gzs"), "--dry-run")
+    assert "-> run" in heldout.output  # a held-out GZS partition trains on other data: no reuse
