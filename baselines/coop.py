@@ -6,38 +6,26 @@ is trained, as in the paper, with cross-entropy of CLIP image-text logits over t
 using both sketches and photos as images.
 
 Adapting it to retrieval. CoOp changes only the text side, so the frozen image embedding alone would
-retrieve exactly like zero-shot CLIP. ``retrieval`` chooses how the learned prompts enter retrieval:
-
-* ``fused`` (default): ``[sqrt(1 - w) f, sqrt(w) p]`` where ``f`` is the L2-normalised image embedding
-  and ``p`` the L2-normalised softmax class-probability vector over the *gallery's* class vocabulary
-  (prompted text features, CLIP temperature). Cosine similarity of two fused vectors is then
-  ``(1 - w) cos(f, f') + w cos(p, p')``: visual similarity plus agreement of predicted classes.
-  ``w = fusion_weight`` (0.5).
-* ``probs``: the class-probability vector alone (retrieval by predicted-class agreement).
-* ``image``: the frozen image embedding (equals zero-shot CLIP; a sanity baseline).
-
-The vocabulary is the set of class names in the gallery being searched (unseen classes in ZS, seen +
-unseen in GZS), which the method receives through ``prepare_eval``; no test label is used.
+retrieve exactly like zero-shot CLIP. ``retrieval`` chooses how the learned prompts enter retrieval
+(:mod:`sbir_bench.methods.class_probabilities`): ``fused`` (default, ``fusion_weight`` 0.5) joins the
+image embedding with the class-probability vector over the gallery's class vocabulary, ``probs``
+uses the probabilities alone, ``image`` the frozen image embedding (equals zero-shot CLIP).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sbir_bench.errors import ConfigError
 from sbir_bench.methods import METHODS, Method, TripletBatch
+from sbir_bench.methods.class_probabilities import check_retrieval, retrieval_embedding
 from sbir_bench.methods.losses import clip_cross_entropy
 from sbir_bench.models import PromptedCLIP
 from sbir_bench.models.text_prompts import ClassPrompts, ContextInit
-
-RETRIEVAL_MODES = ("fused", "probs", "image")
-
 
 @dataclass
 class CoOpConfig:
@@ -74,10 +62,7 @@ class CoOp(Method):
 
     @classmethod
     def check_config(cls, config: CoOpConfig, tokenizer) -> None:
-        if config.retrieval not in RETRIEVAL_MODES:
-            raise ConfigError(f"coop retrieval={config.retrieval!r}; choose one of: {', '.join(RETRIEVAL_MODES)}")
-        if not 0.0 <= config.fusion_weight <= 1.0:
-            raise ConfigError(f"coop fusion_weight={config.fusion_weight}: must be in [0, 1]")
+        check_retrieval("coop", config.retrieval, config.fusion_weight)
         coop_context(config)
 
     def __init__(self, backbone, class_names, seen, config=None) -> None:
@@ -106,12 +91,5 @@ class CoOp(Method):
 
     @torch.no_grad()
     def embed_features(self, f: torch.Tensor, modality: str = "") -> torch.Tensor:
-        if self.config.retrieval == "image":
-            return f
-        if self._vocab_text is None:
-            raise RuntimeError("CoOp.prepare_eval(class_names) must be called before embedding")
-        p = F.normalize((self.logit_scale * f @ self._vocab_text.t()).softmax(-1), dim=-1)
-        if self.config.retrieval == "probs":
-            return p
-        w = self.config.fusion_weight
-        return torch.cat([math.sqrt(1.0 - w) * f, math.sqrt(w) * p], dim=-1)
+        return retrieval_embedding(f, self._vocab_text, self.logit_scale, self.config.retrieval,
+                                   self.config.fusion_weight)

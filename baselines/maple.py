@@ -10,7 +10,9 @@ each prompted layer, text prompts sit right after the start token, as in the ref
 
 Adaptation to SBIR: trained, as in the paper, with cross-entropy of CLIP image-text logits over the
 seen classes, with sketches and photos both used as images; retrieval uses the prompted image
-embeddings (one set of prompts for both modalities, cosine similarity). As in the reference code,
+embeddings (one set of prompts for both modalities, cosine similarity); ``retrieval: fused`` or
+``probs`` adds the class-probability vector over the gallery's classes, as CoOp's retrieval does
+(:mod:`sbir_bench.methods.class_probabilities`). As in the reference code,
 prompt layer i of the text tower is coupled to layer i of the vision tower (same index, also when the
 towers differ in depth, e.g. ViT-L-14's 24 visual and 12 text layers); ``depth`` is clamped, with a
 log line, to the shallower tower (the bundled 4-layer ``sbir-tiny`` uses 4).
@@ -28,6 +30,7 @@ from torch import nn
 from sbir_bench.errors import ConfigError
 from sbir_bench.log import get_logger
 from sbir_bench.methods import METHODS, Method, TripletBatch
+from sbir_bench.methods.class_probabilities import check_retrieval, retrieval_embedding
 from sbir_bench.methods.losses import clip_cross_entropy
 from sbir_bench.models import PromptedCLIP
 from sbir_bench.models.text_prompts import INIT_STD, ClassPrompts, ContextInit, phrase_tokens
@@ -42,6 +45,8 @@ class MaPLeConfig:
     n_ctx: int = 2
     depth: int = 9
     ctx_init: Optional[str] = "a photo of a"
+    retrieval: str = "image"  # image (default), or fused / probs over the gallery's classes (class_probabilities)
+    fusion_weight: float = 0.5
 
 
 MAX_PHRASE_CTX = 4  # the reference uses ctx_init only when n_ctx <= 4
@@ -81,6 +86,7 @@ class MaPLe(Method):
     def check_config(cls, config: MaPLeConfig, tokenizer) -> None:
         if config.n_ctx < 1 or config.depth < 1:
             raise ConfigError(f"maple: n_ctx={config.n_ctx} and depth={config.depth} must be >= 1")
+        check_retrieval("maple", config.retrieval, config.fusion_weight)
         maple_context(config, tokenizer)
 
     def __init__(self, backbone, class_names, seen, config=None) -> None:
@@ -98,6 +104,7 @@ class MaPLe(Method):
             [nn.Parameter(torch.randn(cfg.n_ctx, p.text_width) * INIT_STD) for _ in range(self.depth - 1)])
         self.coupling = coupling_layers(p.text_width, p.vision_width, self.depth)
         self.prompts = ClassPrompts(backbone.tokenizer, init.prefix)
+        self._vocab_text: Optional[torch.Tensor] = None
 
     def prompt_stacks(self) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
         """(text prompts per layer, vision prompts per layer), layer 0 first."""
@@ -120,8 +127,15 @@ class MaPLe(Method):
         return {"loss": ce, "cls": ce.detach()}
 
     @torch.no_grad()
+    def prepare_eval(self, class_names: Sequence[str]) -> None:
+        if self.config.retrieval != "image":
+            self._vocab_text = self.class_text(class_names, self.prompt_stacks()[0])
+
+    @torch.no_grad()
     def _embed(self, images: torch.Tensor) -> torch.Tensor:
-        return self._encode_images(images, self.prompt_stacks()[1])
+        feats = self._encode_images(images, self.prompt_stacks()[1])
+        return retrieval_embedding(feats, self._vocab_text, self.logit_scale, self.config.retrieval,
+                                   self.config.fusion_weight)
 
     embed_sketches = _embed
     embed_photos = _embed

@@ -119,6 +119,8 @@ class RunConfig:
     device: str = opt("auto", "auto, cpu, cuda or cuda:N", pattern=DEVICE_PATTERN)
     output_dir: str = opt("results/runs", "where records go")
     quiet: bool = opt(False, "no progress bars or info lines")
+    report_to: str = opt("none", "trackers for training curves, comma-separated: none, csv, tensorboard, wandb, mlflow")
+    tracking_uri: Optional[str] = opt(None, "MLflow tracking URI (default: sqlite:///<output_dir>/mlflow.db)")
     data: DataConfig = opt(factory=DataConfig)
     backbone: BackboneConfig = opt(factory=BackboneConfig)
     train: TrainConfig = opt(factory=TrainConfig)

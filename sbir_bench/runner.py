@@ -40,6 +40,7 @@ from .models.preprocess import eval_transform, preprocess_config, train_transfor
 from .records import SCHEMA, provenance, run_name, split_label
 from .retrieval import PRESETS, Protocol, RetrievalResult, evaluate_many
 from .retrieval.embedding_files import save_embeddings
+from .tracking import NoTrackers, Trackers, check_available, parse_report_to
 
 log = get_logger(__name__)
 
@@ -118,6 +119,7 @@ def method_and_config(cfg: RunConfig) -> tuple:
         raise ConfigError(f"{cfg.method} puts prompts into the image encoder, which needs a ViT backbone; "
                           f"{cfg.backbone.name}'s image tower is not one (zeroshot-clip, linear-probe and coop work on it)")
     method_cls.check_config(method_cfg, open_clip.get_tokenizer(cfg.backbone.name))
+    check_available(parse_report_to(cfg.report_to))
     return method_cls, method_cfg
 
 
@@ -207,7 +209,8 @@ def finished_record(cfg: RunConfig) -> Optional[Path]:
     return None
 
 
-def train(cfg: RunConfig, parts: RunParts, scorer: Scorer, name: str, on_epoch_end=None) -> Dict[str, Any]:
+def train(cfg: RunConfig, parts: RunParts, scorer: Scorer, name: str, on_epoch_end=None,
+          trackers: Optional[Trackers] = None) -> Dict[str, Any]:
     """Fit the method on seen-class triplets (if it trains); the ``train`` section of the record."""
     method, part = parts.method, parts.part
     if not method.trainable:
@@ -227,14 +230,16 @@ def train(cfg: RunConfig, parts: RunParts, scorer: Scorer, name: str, on_epoch_e
     elif cfg.train.val_every:
         log.info("no seen-class validation: the split leaves no validation photos (raise data.val_fraction)")
     trainer = Trainer(method, dataset, cfg.train, scorer.device, cfg.seed, ckpt_dir, cfg.data.workers,
-                      cfg.data.pin_memory, validate, on_epoch_end, fingerprint=training_fingerprint(cfg))
+                      cfg.data.pin_memory, validate, on_epoch_end, fingerprint=training_fingerprint(cfg),
+                      trackers=trackers)
     result = trainer.fit()
     return {"epochs": cfg.train.epochs, "steps_per_epoch": trainer.steps, "history": result.history,
+            "steps_done": trainer.global_step,
             "seconds": result.seconds, "resumed_from_epoch": result.resumed_from_epoch,
             "skipped_images": result.skipped_images, "checkpoint_dir": str(ckpt_dir), "world_size": trainer.world}
 
 
-RESUMABLE_KEYS = ("quiet", "output_dir", "device", "eval", "train.resume", "train.checkpoint_dir", "train.val_every",
+RESUMABLE_KEYS = ("quiet", "output_dir", "device", "eval", "report_to", "tracking_uri", "train.resume", "train.checkpoint_dir", "train.val_every",
                   "data.workers", "data.pin_memory", "data.data_root", "backbone.cache_dir")
 
 
@@ -290,20 +295,34 @@ def run(cfg: RunConfig, on_epoch_end=None) -> Dict[str, Any]:
     t_start = time.perf_counter()
     parts = build(cfg, device)
     name = config_run_name(cfg)
+    run_id = new_run_id(name)
     scorer = Scorer(cfg, parts, device, Protocol.from_eval_config(cfg.eval))
     task = parts.data.task
     log.info(f"{name}: {len(parts.part.seen)} seen / {len(parts.part.unseen)} unseen classes; test {len(task.queries)} "
              f"queries x {len(task.gallery)} gallery; method {cfg.method} ({parts.method.n_trainable():,} trainable parameters)")
-    train_info = train(cfg, parts, scorer, name, on_epoch_end)
-    val_metrics = final_validation(train_info, parts.data.val_task, scorer)
-    t_eval = time.perf_counter()
-    emb, results = scorer.score(task, "test", all_presets=True)
+    trackers = Trackers(parse_report_to(cfg.report_to), Path(cfg.output_dir) / run_id, run_id, to_dict(cfg),
+                        cfg.tracking_uri) if dist_utils.is_main() else NoTrackers()
+    try:
+        train_info = train(cfg, parts, scorer, name, on_epoch_end, trackers)
+        val_metrics = final_validation(train_info, parts.data.val_task, scorer)
+        t_eval = time.perf_counter()
+        emb, results = scorer.score(task, "test", all_presets=True)
+        if results is not None:
+            trackers.log({f"test/{k}": v for k, v in results[0].metrics.items()}, train_info.get("steps_done", 0))
+    finally:
+        tracking = trackers.finish()
     if results is None:  # a DDP rank other than 0: it embedded its shard, rank 0 scores and records
         return {"run_name": name, "rank": dist_utils.world()[0]}
     timings = {"total_seconds": time.perf_counter() - t_start, "eval_seconds": time.perf_counter() - t_eval}
     record = make_record(cfg, parts, name, results, train_info, val_metrics, scorer.skipped, timings, device)
-    save_record(cfg, record, emb, results[0], parts)
+    record["tracking"] = tracking
+    save_record(cfg, record, emb, results[0], parts, run_id)
     return record
+
+
+def new_run_id(name: str) -> str:
+    """A run's id: its name, the start time and a random suffix (unique within a second)."""
+    return f"{name}_{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
 def evaluate_model(cfg: RunConfig, artifact, allow_seen: bool = False, pretrained: Optional[str] = None
@@ -363,11 +382,11 @@ def make_record(cfg: RunConfig, parts: RunParts, name: str, results: list, train
 
 
 def save_record(cfg: RunConfig, record: Dict[str, Any], emb: EmbeddedTask, res: RetrievalResult,
-                parts: Optional[RunParts] = None) -> None:
+                parts: Optional[RunParts] = None, run_id: Optional[str] = None) -> None:
     """Write the model artifact (``parts`` of a trained run), embeddings, per-query values and the record
     (each atomically; the record last)."""
     out_dir = Path(cfg.output_dir)
-    run_id = f"{record['run_name']}_{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"  # unique within a second
+    run_id = run_id or new_run_id(record["run_name"])
     record["run_id"] = run_id
     if parts is not None and parts.method.trainable:
         training = {"dataset": cfg.data.dataset, "split": record["split"], "setting": cfg.data.setting,

@@ -17,14 +17,22 @@ def test_tiny_config_is_registered_and_frozen(tiny_backbone):
     assert out.shape == (2, tiny_backbone.embed_dim)
 
 
-def test_local_checkpoint_round_trip(tmp_path, tiny_backbone):
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_local_checkpoint_round_trip(tmp_path, tiny_backbone, suffix):
     torch.manual_seed(123)
-    source = load_backbone("sbir-tiny")
-    path = tmp_path / "tiny.pt"
-    torch.save(source.model.state_dict(), path)
+    source = load_backbone("sbir-tiny", "random")  # weights unlike the default: only the file can give them
+    assert not torch.equal(source.model.visual.conv1.weight, tiny_backbone.model.visual.conv1.weight)
+    path = tmp_path / f"tiny{suffix}"
+    if suffix == ".pt":
+        torch.save(source.model.state_dict(), path)
+    else:
+        from safetensors.torch import save_file
+        save_file({k: v.contiguous() for k, v in source.model.state_dict().items()}, str(path))
     loaded = load_backbone("sbir-tiny", str(path))
-    for (name, a), b in zip(source.model.state_dict().items(), loaded.model.state_dict().values()):
-        assert torch.equal(a, b), name
+    want, got = source.model.state_dict(), loaded.model.state_dict()
+    assert set(want) == set(got) and loaded.weights_file == str(path)
+    for name, value in want.items():
+        assert torch.equal(value, got[name]), name
 
 
 def test_offline_missing_weights_is_one_line_naming_cache_and_way_out(tmp_path):

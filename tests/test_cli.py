@@ -120,10 +120,25 @@ def test_methods_and_datasets_listing(mini_root):
     assert "present" in result.output.splitlines()[-1]
 
 
-def test_every_command_help_shows_examples():
-    for cmd in (["run"], ["eval"], ["methods"], ["datasets"], ["datasets", "check"], ["backbones"]):
+def _commands(group, prefix=()):
+    import click
+    for name, cmd in group.commands.items():
+        yield (*prefix, name)
+        if isinstance(cmd, click.Group):
+            yield from _commands(cmd, (*prefix, name))
+
+
+def test_every_command_help_shows_an_example_of_itself():
+    commands = list(_commands(main))
+    assert len(commands) >= 13
+    for cmd in commands:
         result = invoke(*cmd, "--help")
-        assert result.exit_code == 0 and "sbir-bench" in result.output.split("Options")[0], cmd
+        assert result.exit_code == 0, cmd
+        head = result.output.split("Options:")[0]
+        is_group = "Commands:" in result.output
+        example = f"sbir-bench {' '.join(cmd)}" if not is_group else f"sbir-bench {cmd[0]}"
+        assert example in head or (is_group and any(f"sbir-bench {' '.join(c)}" in head for c in commands
+                                                    if c[: len(cmd)] == cmd)), (cmd, head)
 
 
 def test_variant_labels_the_record_and_compare_row(tmp_path, mini_root):

@@ -50,3 +50,32 @@ def test_embeddings_round_trip_and_validation(tmp_path):
         load_embeddings(tmp_path / "junk.npz")
     with pytest.raises(SbirError, match="not found"):
         load_embeddings(tmp_path / "missing.npz")
+
+
+def test_gzs_record_parts_and_every_preset_agree_with_an_independent_computation(tmp_path, mini_root):
+    """The record's seen / unseen / H values and its metrics under every preset, recomputed from its
+    own saved embeddings: H by the formula, each part by scikit-learn over that part's queries."""
+    import numpy as np
+    from click.testing import CliRunner
+    from sklearn.metrics import average_precision_score
+
+    from sbir_bench.cli import main
+    result = CliRunner().invoke(main, ["run", "zeroshot-clip", "--setting", "gzs", "--output-dir", str(tmp_path),
+                                       "--quiet"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(next(tmp_path.glob("*.json")).read_text())
+    m = record["metrics"]
+    s, u = m["mAP@all/seen"], m["mAP@all/unseen"]
+    assert m["mAP@all/H"] == pytest.approx(2 * s * u / (s + u), abs=1e-12)
+    with np.load(record["embeddings"]) as z:
+        q, g, ql, gl, seen = z["query"], z["gallery"], z["query_labels"], z["gallery_labels"], z["query_seen"]
+    scores = (q / np.linalg.norm(q, axis=1, keepdims=True)) @ (g / np.linalg.norm(g, axis=1, keepdims=True)).T
+    ap = np.array([average_precision_score(gl == ql[i], scores[i]) for i in range(len(q))])
+    assert ap[seen].mean() == pytest.approx(s, abs=1e-6) and ap[~seen].mean() == pytest.approx(u, abs=1e-6)
+    out = tmp_path / "all.json"
+    again = CliRunner().invoke(main, ["eval", "--record", str(next(tmp_path.glob("*.json"))), "--protocols", "all",
+                                      "--json", str(out), "--quiet"])
+    assert again.exit_code == 0, again.output
+    for preset, result_ in json.loads(out.read_text())["protocols"].items():
+        for key, value in record["metrics_by_protocol"][preset].items():
+            assert result_["metrics"][key] == pytest.approx(value, abs=1e-9), (preset, key)

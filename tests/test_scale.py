@@ -97,7 +97,12 @@ def test_linear_probe_trains_on_cached_features(tmp_path, mini_root, cache_dir):
     fast = ["--epochs", "2", "--set", "train.val_every=0"]
     record = _run(tmp_path / "a", *fast, method="linear-probe")
     assert record["train"]["history"][-1]["loss"] > 0
-    again = _run(tmp_path / "b", *fast, method="linear-probe")
+    import open_clip
+
+    def no_backbone(*args, **kwargs):
+        raise AssertionError("the image encoder ran although every feature was cached")
+    with patch.object(open_clip.model.CLIP, "encode_image", no_backbone):  # the cache is warm: training,
+        again = _run(tmp_path / "b", *fast, method="linear-probe")         # validation and test read it
     assert again["metrics"] == record["metrics"]  # deterministic on features
     augmented = _run(tmp_path / "c", *fast, "--set", "method_config.augment=true", method="linear-probe")
     assert augmented["metrics"] != record["metrics"]  # the augmented path goes through the backbone
@@ -128,6 +133,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_evaluation_sharded_over_two_processes_equals_one(tmp_path, mini_root):
     args = ["run", "zeroshot-clip", "--setting", "gzs", "--device", "cpu", "--no-cache", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -189,3 +195,22 @@ def test_cpu_and_device_ranking_paths_give_the_same_counts(decimals):
         rows, cols = torch.nonzero(rr.n_ge - rr.n_gt > 1, as_tuple=True)
         if len(rows):
             assert torch.equal(tie_shift_numpy(rr, rows, cols), tie_shift_torch(rr, rows, cols))
+
+
+@pytest.mark.parametrize("decimals", [1, 6])
+def test_every_metric_is_the_same_through_the_torch_ranking_path(decimals, monkeypatch):
+    """The whole engine, every preset: the numpy ranking CPUs use against the torch ranking GPUs use
+    (run here on CPU tensors by routing the CPU counts through ``counts_torch``)."""
+    from sbir_bench.retrieval import PRESETS, evaluate_many, ranking
+    rng = np.random.default_rng(decimals)
+    q, g = np.round(rng.normal(size=(70, 6)), decimals), np.round(rng.normal(size=(90, 6)), decimals)
+    ql, gl = rng.integers(0, 5, 70), rng.integers(0, 5, 90)
+    protocols = list(PRESETS.values())
+    numpy_path = evaluate_many(q, g, ql, gl, protocols=protocols, device="cpu")
+    monkeypatch.setattr(ranking, "counts_numpy", lambda s, r: tuple(
+        t.numpy() for t in ranking.counts_torch(torch.from_numpy(np.ascontiguousarray(s)), torch.from_numpy(r))))
+    torch_path = evaluate_many(q, g, ql, gl, protocols=protocols, device="cpu")
+    for a, b in zip(numpy_path, torch_path):
+        assert a.metrics.keys() == b.metrics.keys()
+        for key in a.metrics:
+            assert a.metrics[key] == pytest.approx(b.metrics[key], abs=1e-12), (a.protocol["preset"], key)

@@ -105,6 +105,7 @@ def _cli_run(tmp_path: Path, nproc: int) -> dict:
     return json.loads(path.read_text())
 
 
+@pytest.mark.slow
 def test_ddp_two_gloo_processes_match_one_process(tmp_path):
     single = _cli_run(tmp_path, 1)
     double = _cli_run(tmp_path, 2)
@@ -114,3 +115,45 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path):
     assert losses1 == pytest.approx(losses2, rel=1e-4)
     for key, value in single["metrics"].items():
         assert double["metrics"][key] == pytest.approx(value, abs=1e-4)
+
+
+@pytest.mark.parametrize("method,extra", [
+    ("linear-probe", []),                                  # the frozen-feature path real runs use
+    ("splip", []),
+    ("coop", ["--set", "train.grad_accum=2"]),             # accumulation: the interruption falls between micro-steps
+])
+def test_interrupted_mid_epoch_with_ctrl_c_then_resumed_is_bit_identical(tmp_path, method, extra, monkeypatch):
+    from click.testing import CliRunner
+
+    from sbir_bench.cli import main
+    from sbir_bench.methods import get_method
+    args = ["run", method, "--epochs", "2", "--batch-size", "8", "--set", "train.steps_per_epoch=3", "--set",
+            "train.val_every=0", "--set", "eval.save_embeddings=false", "--quiet", *extra]
+    straight = CliRunner().invoke(main, [*args, "--output-dir", str(tmp_path / "a")])
+    assert straight.exit_code == 0, straight.output
+    name = f"{method}_mini_zs_split1_seed0"
+    reference = last_checkpoint(tmp_path / "a" / "checkpoints" / name)
+    cls, calls = get_method(method), {"n": 0}
+    original = cls.loss
+    accum = 2 if extra else 1
+
+    def interrupted(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 3 * accum + 2:  # the second step of epoch 2
+            raise KeyboardInterrupt
+        return original(self, batch)
+    monkeypatch.setattr(cls, "loss", interrupted)
+    out = str(tmp_path / "b")
+    first = CliRunner().invoke(main, [*args, "--output-dir", out])
+    assert first.exit_code == 130 and "rerun the same command with --resume" in first.output, first.output
+    assert last_checkpoint(tmp_path / "b" / "checkpoints" / name)["epoch"] == 1
+    monkeypatch.setattr(cls, "loss", original)
+    resumed = CliRunner().invoke(main, [*args, "--output-dir", out, "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    final = last_checkpoint(tmp_path / "b" / "checkpoints" / name)
+    assert final["epoch"] == 2
+    for key, value in reference["trainable"].items():
+        assert torch.equal(value, final["trainable"][key]), key
+    assert [h["loss"] for h in final["history"]] == [h["loss"] for h in reference["history"]]
+    a, b = (json.loads(next(p.glob("*.json")).read_text())["metrics"] for p in (tmp_path / "a", tmp_path / "b"))
+    assert a == b

@@ -1,7 +1,12 @@
-"""Training is worth it: on the mini set with the tiny backbone, each trained method's seen-class
-validation mAP@all beats zero-shot CLIP's on the same partition by a clear margin (MARGIN, far above
-the run-to-run differences of floating point on other CPUs), using the shipped recipes
-(configs/mini/*.yaml), each run well under five minutes on two cores."""
+"""Training is worth it: on the mini set with the shipped tiny backbone, each trained method's
+seen-class validation mAP@all beats zero-shot CLIP's on the same partition by MARGIN, using the
+shipped recipes (configs/mini/*.yaml), each run well under five minutes on two cores.
+
+Why MARGIN holds on any CPU: every machine loads the same weights and images (shipped bytes), so a
+CPU change only moves training in its last bits, not the world it trains in. Over seeds 0-2 (on one
+AMD EPYC) the smallest gain over zero-shot was 0.08 (linear probe and CoOp) and 0.09 (MaPLe); see
+README for SpLIP's. MARGIN = 0.05 leaves a last-bit drift of training more than half the smallest gain.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ from sbir_bench.config import build_run_config, load_yaml
 from sbir_bench.runner import run
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "mini"
-MARGIN = 0.01
+MARGIN = 0.05
 
 
 def val_map(method: str, tmp_path: Path) -> tuple[float, float]:

@@ -20,7 +20,7 @@ def main() -> None:
     """Train, evaluate and compare CLIP prompt-learning methods for zero-shot sketch-based image retrieval.
 
     \b
-    Quick start (no downloads: the mini dataset is generated on first use):
+    Quick start (no downloads: the mini dataset and the sbir-tiny weights ship with the package):
       sbir-bench run zeroshot-clip --dataset mini --setting zs
       sbir-bench methods
       sbir-bench datasets

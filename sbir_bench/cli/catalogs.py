@@ -70,7 +70,7 @@ def datasets_group(ctx: click.Context, data_root: Optional[str]) -> None:
         if spec.default_root is not None and data_root is None:
             from ..data.mini import default_mini_root
             root = default_mini_root()
-            status = "present" if (root / "VERSION").is_file() else "generated on first use"
+            status = "present" if (root / "VERSION").is_file() else "shipped; unpacked on first use"
             click.echo(f"{name:<11} {spec.title:<30} {status:<24} {root}")
             continue
         try:
@@ -91,7 +91,8 @@ def datasets_group(ctx: click.Context, data_root: Optional[str]) -> None:
 @friendly_errors
 def datasets_check(dataset: str, data_root: Optional[str], split: str, split_file: Optional[str], no_decode: bool,
                    quiet: bool) -> None:
-    """Walk a dataset copy and report what is missing, empty, unreadable or duplicated.
+    """Walk a dataset copy and report what is missing, empty, unreadable or duplicated, then the test
+    task every split and setting builds (queries x photos, GZS's seen and unseen parts).
 
     Exits non-zero (3) when the copy is unusable for the requested split.
 
@@ -99,7 +100,7 @@ def datasets_check(dataset: str, data_root: Optional[str], split: str, split_fil
     Example:
       sbir-bench datasets check --dataset tuberlin --data-root /data/sbir
     """
-    from ..data.check import check_dataset
+    from ..data.check import check_dataset, task_sizes
     from ..log import set_quiet
 
     set_quiet(quiet)
@@ -108,6 +109,8 @@ def datasets_check(dataset: str, data_root: Optional[str], split: str, split_fil
         click.echo(line)
     if not report.usable:
         fail(report.summary(), DataError.exit_code)
+    for line in task_sizes(dataset, data_root, split_file):
+        click.echo(line)
     click.echo(report.summary())
 
 
@@ -124,7 +127,12 @@ def cache_group() -> None:
 
 @cache_group.command("list")
 def cache_list() -> None:
-    """One line per namespace: backbone, weights, entries and size on disk."""
+    """One line per namespace: backbone, weights, entries, damaged shards and size on disk.
+
+    \b
+    Examples:
+      sbir-bench cache list
+    """
     from ..feature_cache import features_root, namespaces
 
     found = namespaces()
@@ -140,7 +148,12 @@ def cache_list() -> None:
 
 @cache_group.command("clear")
 def cache_clear() -> None:
-    """Delete every cached feature (they are recomputed when next needed)."""
+    """Delete every cached feature (they are recomputed when next needed).
+
+    \b
+    Examples:
+      sbir-bench cache clear
+    """
     from ..feature_cache import clear, features_root
 
     click.echo(f"removed {clear()} namespace(s) from {features_root()}")

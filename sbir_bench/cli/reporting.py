@@ -95,19 +95,23 @@ def export_command(patterns, results_dir, datasets, settings, methods, reference
 
 @main.command("plot")
 @selection_options
-@click.option("--kind", type=click.Choice(["pr", "per-class", "grid", "all"]), default="all", show_default=True)
+@click.option("--kind", type=click.Choice(["pr", "per-class", "grid", "curves", "all"]), default="all", show_default=True,
+              help="curves: training curves (loss terms, lr, validation metrics per epoch) from the records, "
+                   "one line per method and variant with its seeds as a band.")
 @click.option("--output-dir", default="results/plots", show_default=True, type=click.Path())
 @click.option("--queries", default=4, show_default=True, type=click.IntRange(1, 32), help="Rows of the retrieval grid.")
 @click.option("--top-k", default=8, show_default=True, type=click.IntRange(1, 32),
               help="Photos per row of the retrieval grid.")
 @friendly_errors
 def plot_command(patterns, results_dir, datasets, settings, methods, kind, output_dir, queries, top_k) -> None:
-    """Draw PR curves (one per method and variant), per-class AP bars and retrieval grids (PNG + PDF).
+    """Draw PR curves (one per method and variant), per-class AP bars, retrieval grids, or training curves
+    (PNG + PDF).
 
     \b
     Examples:
       sbir-bench plot
       sbir-bench plot --kind grid --method splip --queries 6 --top-k 10
+      sbir-bench plot --kind curves --method splip
       sbir-bench plot 'results/runs/*gzs*.json' --kind pr --output-dir figures
     """
     from ..fileio import check_output_dir
@@ -116,7 +120,9 @@ def plot_command(patterns, results_dir, datasets, settings, methods, kind, outpu
 
     check_output_dir(output_dir, "--output-dir")
     frame = runs_frame(patterns, results_dir, datasets, settings, methods)
-    if not frame.empty:
+    if frame.empty:
+        raise DataError(f"no run records found in {' '.join(patterns) or results_dir}; run `sbir-bench run` first")
+    if kind != "curves":  # curves come from the records alone; the other figures need the embeddings
         present = frame["embeddings"].map(lambda p: bool(p) and Path(p).is_file())
         for record, emb in zip(frame["record"][~present], frame["embeddings"][~present]):
             log.warning(f"skipped {record}: its embeddings {emb or '(not saved)'} are missing")

@@ -33,6 +33,8 @@ RUN_OPTIONS: List[Tuple[str, Any, str, str]] = [
     ("--eval-memory", EvalConfig, "memory", "eval.memory"),
     ("--output-dir", RunConfig, "output_dir", "output_dir"),
     ("--checkpoint-dir", TrainConfig, "checkpoint_dir", "train.checkpoint_dir"),
+    ("--report-to", RunConfig, "report_to", "report_to"),
+    ("--tracking-uri", RunConfig, "tracking_uri", "tracking_uri"),
 ]
 
 

@@ -44,6 +44,7 @@ class DatasetSpec:
     default_root: Optional[Callable[[], Path]] = None  # where the data is when --data-root is not given
     sibling: str = ""  # a dataset with a similar layout, suggested when it is there and this one is not
     table_title: str = ""  # the name papers print in table headers
+    photo_aliases: Optional[str] = None  # bundled file: photo folder spellings -> class (raw downloads)
 
 
 def layouts(sketch: Sequence[str], photo: Sequence[str]) -> Tuple[Layout, ...]:
@@ -66,31 +67,37 @@ def _mini_root() -> Path:
     return ensure_mini()
 
 
-_SKETCHY_SK = ("256x256/sketch/tx_000000000000", "sketch/tx_000000000000", "sketch")
-_SKETCHY_FG_PH = ("256x256/photo/tx_000000000000", "photo/tx_000000000000")
+# Sketch and photo folders of every public copy (docs/datasets.md names the source of each): the
+# official archive, SAKE / ZSE-SBIR / TCN (`_ready`), SEM-PCYC (`extended_photo`), Doodle2Search's
+# loader (`EXTEND_image_sketchy` beside `Sketchy/`), CLIP-AT (`sketch/<c>`, `photo/<c>`).
+_SKETCHY_SK = ("256x256/sketch/tx_000000000000", "256x256/sketch/tx_000000000000_ready", "sketch/tx_000000000000",
+               "sketch/tx_000000000000_ready", "sketch")
+_SKETCHY_FG_PH = ("256x256/photo/tx_000000000000", "256x256/photo/tx_000000000000_ready", "photo/tx_000000000000",
+                  "photo/tx_000000000000_ready")
 register(DatasetSpec(
     name="sketchy", title="Sketchy Extended", table_title="Sketchy-Ext", subdirs=("Sketchy", "sketchy", ""),
-    layouts=layouts(_SKETCHY_SK, ("EXTEND_image_sketchy", "256x256/EXTEND_image_sketchy", "extended_photo", "photo")),
+    layouts=layouts(_SKETCHY_SK, ("EXTEND_image_sketchy", "EXTEND_image_sketchy_ready", "256x256/EXTEND_image_sketchy",
+                                  "extended_photo", "../EXTEND_image_sketchy", "photo")),
     splits={"1": "sketchy_split1.txt", "2": "sketchy_split2.txt"},
-    expected={"classes": 125, "sketches": 75471, "photos": 73002}, class_list="sketchy.txt",
+    expected={"classes": 125, "sketches": 75481, "photos": 73002}, class_list="sketchy.txt",
     source="Sangkloy et al. 2016 (sketchy.eye.gatech.edu) + extended photos of Liu et al. 2017",
     licence="CC BY 4.0 (sketches); photos from ImageNet, research use", sibling="sketchy-fg"))
 register(DatasetSpec(
     name="sketchy-fg", title="Sketchy (fine-grained pairs)", table_title="Sketchy", subdirs=("Sketchy", "sketchy", ""),
     layouts=layouts(_SKETCHY_SK, (*_SKETCHY_FG_PH, "photo")),
     splits={"1": "sketchy_split1.txt", "2": "sketchy_split2.txt"},
-    expected={"classes": 125, "sketches": 75471, "photos": 12500}, class_list="sketchy.txt", fine_grained=True,
+    expected={"classes": 125, "sketches": 75481, "photos": 12500}, class_list="sketchy.txt", fine_grained=True,
     source="Sangkloy et al. 2016 (sketchy.eye.gatech.edu)", licence="CC BY 4.0 (sketches); photos from ImageNet"))
 register(DatasetSpec(
     name="tuberlin", title="TU-Berlin Extended", table_title="TU-Berlin-Ext", subdirs=("TUBerlin", "TU-Berlin", "tuberlin", ""),
     layouts=layouts(("png_ready", "sketches", "png", "sketch"), ("ImageResized_ready", "images", "ImageResized", "photo")),
-    splits={"1": "tuberlin_split1.txt"},
+    splits={"1": "tuberlin_split1.txt"}, photo_aliases="tuberlin_photo_aliases.txt",
     expected={"classes": 250, "sketches": 20000, "photos": 204489}, class_list="tuberlin.txt",
     source="Eitz et al. 2012 (cybertron.cg.tu-berlin.de/eitz/projects/classifysketch) + photos of Zhang et al. 2016",
     licence="CC BY 4.0 (sketches); photos research use"))
 register(DatasetSpec(
     name="quickdraw", title="QuickDraw Extended", table_title="QuickDraw-Ext", subdirs=("QuickDraw", "quickdraw", ""),
-    layouts=layouts(("QuickDraw_sketches_final", "sketch"), ("QuickDraw_images_final", "photo")),
+    layouts=layouts(("QuickDraw_sketches_final", "sketches", "sketch"), ("QuickDraw_images_final", "images", "photo")),
     splits={"1": "quickdraw_split1.txt"},
     expected={"classes": 110, "sketches": 330000, "photos": 204000}, class_list="quickdraw.txt",
     source="Dey et al., Doodle to Search, CVPR 2019 (github.com/sounakdey/doodle2search)",

@@ -22,7 +22,8 @@ from ..errors import DataError
 from ..log import progress
 from .catalog import DatasetSpec, get_spec
 from .classnames import class_key
-from .discovery import class_folders, list_images, locate, photo_instance, resolve_root, sketch_instance
+from .discovery import (class_folders, list_images, locate, photo_folders, photo_instance, resolve_root,
+                        sketch_instance)
 from .images import load_rgb
 from .splits import package_file, read_class_file, split_names
 
@@ -120,7 +121,9 @@ def check_dataset(name: str, data_root: Optional[str], split: str = "1", split_f
     spec = get_spec(name)
     base, layout = locate(spec, resolve_root(spec, data_root))
     report = CheckReport(name, base)
-    folders = {"sketches": class_folders(base / layout.sketch_dir), "photos": class_folders(base / layout.photo_dir)}
+    sketches = class_folders(base / layout.sketch_dir)
+    folders = {"sketches": sketches,  # photo folders keyed by the class they hold (raw spellings mapped)
+               "photos": photo_folders(spec, base / layout.photo_dir, {class_key(c) for c in sketches})}
     report.counts["classes"] = len({class_key(c) for c in folders["sketches"]} & {class_key(c) for c in folders["photos"]})
     _check_classes(report, spec, folders)
     images = {m: {c: list_images(p) for c, p in f.items()} for m, f in folders.items()}
@@ -140,3 +143,33 @@ def check_dataset(name: str, data_root: Optional[str], split: str = "1", split_f
     except DataError as exc:
         report.problems.append(str(exc))
     return report
+
+
+def task_sizes(name: str, data_root: Optional[str], split_file: Optional[str] = None) -> List[str]:
+    """One line per split and setting: the test task a run builds (queries x gallery; GZS's seen and
+    unseen parts), with the default seed and fractions, so a copy can be compared with a paper's test
+    set before any GPU time is spent (docs/datasets.md lists the published ones)."""
+    from .discovery import index_dataset
+    from .splits import load_split
+    from .tasks import SETTINGS, build_task, partition
+    spec = get_spec(name)
+    index = index_dataset(name, data_root)
+    splits = [split_file] if split_file else list(spec.splits)
+    lines = []
+    for split in splits:
+        unseen = load_split(spec, index.class_names, "1" if split_file else split, split_file)
+        part = partition(index, unseen)
+        label = f"split {split}" if not split_file else f"split file {split_file}"
+        for setting in SETTINGS:
+            if setting == "fg" and not spec.fine_grained:
+                continue
+            task = build_task(setting, part, spec.fine_grained)
+            line = f"{label} {setting}: {len(task.queries):,} queries x {len(task.gallery):,} photos"
+            if setting == "gzs":
+                seen = set(part.seen)
+                seen_q = sum(1 for q in task.queries if q.label in seen)
+                seen_g = sum(1 for g in task.gallery if g.label in seen)
+                line += (f" (seen part {seen_q:,} x {seen_g:,}, unseen part {len(task.queries) - seen_q:,} x "
+                         f"{len(task.gallery) - seen_g:,})")
+            lines.append(line)
+    return lines

@@ -130,16 +130,61 @@ class DatasetIndex:
         return {class_key(c): i for i, c in enumerate(self.class_names)}
 
 
+def photo_aliases(spec: DatasetSpec) -> Dict[str, str]:
+    """Class key of a photo folder's spelling -> the class it holds (raw downloads spell some differently)."""
+    if not spec.photo_aliases:
+        return {}
+    from .splits import package_file, read_class_file
+    pairs = [line.split("\t") for line in read_class_file(package_file("classes", spec.photo_aliases))]
+    return {class_key(raw): cls for raw, cls in pairs}
+
+
+def photo_folders(spec: DatasetSpec, folder: Path, sketch_keys: set) -> Dict[str, Path]:
+    """Class key -> photo class folder, photo spellings mapped through the dataset's alias table."""
+    aliases = photo_aliases(spec)
+    out: Dict[str, Path] = {}
+    for name, path in class_folders(folder).items():
+        key = class_key(name)
+        out[key if key in sketch_keys else class_key(aliases.get(key, name))] = path
+    return out
+
+
+def _check_modalities(spec: DatasetSpec, base: Path, layout: Layout, sketch_keys: Dict[str, str],
+                      photo_keys: Dict[str, Path]) -> None:
+    """A class with sketches but no photo folder (or the reverse) is an error naming it, never a silent drop."""
+    photo_names = [p.name for p in photo_keys.values()]
+    if photo_names and all(n.startswith("tx_") for n in photo_names) and spec.sibling:
+        raise DataError(f"{spec.title} at {base}: '{layout.photo_dir}' holds {', '.join(sorted(photo_names))}, not "
+                        f"class folders: that is the fine-grained photo layout; use --dataset {spec.sibling}")
+    no_photos = [name for key, name in sketch_keys.items() if key not in photo_keys]
+    no_sketches = [p.name for key, p in photo_keys.items() if key not in sketch_keys]
+    if no_photos or no_sketches:
+        parts = [f"{len(v)} class(es) only in '{d}' ({', '.join(sorted(v)[:6])}{', ...' if len(v) > 6 else ''})"
+                 for v, d in ((no_photos, layout.sketch_dir), (no_sketches, layout.photo_dir)) if v]
+        raise DataError(f"{spec.title} at {base}: {'; '.join(parts)}; every class needs sketches and photos "
+                        f"(see docs/datasets.md for the copies and spellings sbir-bench knows)")
+
+
+def _check_pairs(spec: DatasetSpec, base: Path, layout: Layout, sketches: List[Sample], photos: List[Sample]) -> None:
+    """Fine-grained data: refuse a photo folder most of whose photos no sketch depicts (the extended
+    photos under a fine-grained name would silently become distractors of every query)."""
+    depicted = {s.instance for s in sketches}
+    unpaired = sum(1 for p in photos if p.instance not in depicted)
+    if photos and unpaired > 0.1 * len(photos):
+        raise DataError(f"{spec.title} at {base}: {unpaired} of the {len(photos)} photos in '{layout.photo_dir}' are "
+                        f"depicted by no sketch (the extended photos?); fine-grained retrieval needs Sketchy's "
+                        f"paired photos (256x256/photo/tx_000000000000); use --dataset sketchy for the extended set")
+
+
 def index_dataset(name: str, data_root: Optional[str | Path] = None) -> DatasetIndex:
     """Walk a dataset copy and list every sketch and photo with its class (and instance) label."""
     spec = get_spec(name)
     base, layout = locate(spec, resolve_root(spec, data_root))
     sk_classes = class_folders(base / layout.sketch_dir)
-    ph_by_key = {class_key(c): p for c, p in class_folders(base / layout.photo_dir).items()}
-    names = [c for c in sk_classes if class_key(c) in ph_by_key]
-    if not names:
-        raise DataError(f"{spec.title} at {base}: no class folder appears under both "
-                        f"'{layout.sketch_dir}' and '{layout.photo_dir}'")
+    sketch_keys = {class_key(c): c for c in sk_classes}
+    ph_by_key = photo_folders(spec, base / layout.photo_dir, set(sketch_keys))
+    _check_modalities(spec, base, layout, sketch_keys, ph_by_key)
+    names = list(sk_classes)
     sketches: List[Sample] = []
     photos: List[Sample] = []
     for label, cname in enumerate(names):
@@ -147,4 +192,6 @@ def index_dataset(name: str, data_root: Optional[str | Path] = None) -> DatasetI
             sketches.append(Sample(str(p), label, sketch_instance(p) if spec.fine_grained else ""))
         for p in list_images(ph_by_key[class_key(cname)]):
             photos.append(Sample(str(p), label, photo_instance(p) if spec.fine_grained else ""))
+    if spec.fine_grained:
+        _check_pairs(spec, base, layout, sketches, photos)
     return DatasetIndex(spec, base, layout, names, sketches, photos)

@@ -15,6 +15,7 @@ still writes the same files with the same pixels up to JPEG rounding.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import math
@@ -23,7 +24,7 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -148,12 +149,25 @@ def render_sketch(cname: str, rng: np.random.Generator) -> Image.Image:
     return _sketch(_transform(SHAPES[cname](), *instance_params(rng)), rng)
 
 
-def generate_mini(root: Path, seed: int = 0) -> Path:
-    """Write the mini set under ``root`` (atomically: a temp dir renamed into place)."""
+@contextlib.contextmanager
+def _atomic_folder(root: Path) -> Iterator[Path]:
+    """A temp folder beside ``root`` that replaces ``root`` when the block succeeds (else is removed)."""
     root = Path(root)
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".mini-", dir=root.parent))
     try:
+        yield tmp
+        if root.exists():
+            shutil.rmtree(root)
+        tmp.rename(root)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def generate_mini(root: Path, seed: int = 0) -> Path:
+    """Write the mini set under ``root`` (atomically: a temp dir renamed into place)."""
+    with _atomic_folder(root) as tmp:
         for ci, cname in enumerate(MINI_CLASSES):
             crng = np.random.default_rng([seed, ci])
             hue = crng.uniform(30, 230, 3)
@@ -169,13 +183,7 @@ def generate_mini(root: Path, seed: int = 0) -> Path:
                     jitter = (params[0] + rng.normal(0, 0.03), params[1] + rng.normal(0, 0.03), params[2] * rng.uniform(0.95, 1.05), params[3] + rng.normal(0, 0.05))
                     _sketch(_transform(SHAPES[cname](), *jitter), rng).save(tmp / "sketch" / cname / f"{pid}-{n}.png")
         (tmp / "VERSION").write_text(f"{VERSION} seed={seed}\n")
-        if root.exists():
-            shutil.rmtree(root)
-        tmp.rename(root)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return root
+    return Path(root)
 
 
 def ensure_mini(root: Path | None = None) -> Path:
@@ -191,22 +199,13 @@ def ensure_mini(root: Path | None = None) -> Path:
 def unpack_shipped(root: Path) -> Path:
     """Unpack :data:`SHIPPED` into ``root`` atomically and check its content digest."""
     from ..errors import DataError
-    root = Path(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".mini-", dir=root.parent))
-    try:
+    with _atomic_folder(root) as tmp:
         with tarfile.open(SHIPPED, "r:gz") as tar:
             safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python < 3.10.12 lacks filters
             tar.extractall(tmp, **safe)
         if tree_digest(tmp) != SHIPPED_SHA256:
             raise DataError(f"the shipped mini set {SHIPPED} is damaged (content digest differs); reinstall sbir-bench")
-        if root.exists():
-            shutil.rmtree(root)
-        tmp.rename(root)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return root
+    return Path(root)
 
 
 def pack(root: Path) -> bytes:

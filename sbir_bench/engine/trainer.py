@@ -118,9 +118,10 @@ class Trainer:
                  seed: int, checkpoint_dir: Optional[Path] = None, workers: Optional[int] = 0, pin_memory: bool = False,
                  validate: Optional[Callable[[Method], Dict[str, float]]] = None,
                  on_epoch_end: Optional[Callable[[int], None]] = None,
-                 fingerprint: Optional[Dict[str, Any]] = None) -> None:
+                 fingerprint: Optional[Dict[str, Any]] = None, trackers=None) -> None:
         self.method, self.dataset, self.cfg, self.device, self.seed = method, dataset, cfg, device, seed
         self.checkpoint_dir, self.fingerprint = checkpoint_dir, fingerprint
+        self.trackers, self.global_step = trackers, 0
         self.validate, self.on_epoch_end = validate, on_epoch_end
         self.distributed = dist_utils.init_distributed(device)
         self.rank, self.world = dist_utils.world()
@@ -176,7 +177,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def _step(self, micro_batches: List, where: str) -> Dict[str, float]:
-        """One optimiser step over the micro-batches of one global batch."""
+        """One optimiser step over the micro-batches of one global batch; the loss terms and the
+        gradient norm (after unscaling, before the step: reading it changes nothing)."""
         self.optimizer.zero_grad(set_to_none=True)
         totals: Dict[str, float] = {}
         n = len(micro_batches)
@@ -190,10 +192,26 @@ class Trainer:
             self.scaler.scale(terms["loss"] / n).backward()
             for key, val in terms.items():
                 totals[key] = totals.get(key, 0.0) + float(val.detach()) / n
+        self.scaler.unscale_(self.optimizer)
+        grads = [p.grad.detach().norm() for p in self.params if p.grad is not None]
+        totals["grad_norm"] = float(torch.stack(grads).norm()) if grads else 0.0
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
         return totals
+
+    def _report_step(self, terms: Dict[str, float], seconds: float, bar) -> None:
+        """Step values to the trackers (rank 0) and the progress bar."""
+        self.global_step += 1
+        bar.set_postfix({k: f"{v:.3g}" for k, v in terms.items() if k not in ("grad_norm", "margin")}, refresh=False)
+        if not self.trackers or not self.trackers.active:
+            return
+        values = {f"train/{k}": v for k, v in terms.items()}
+        values["train/lr"] = self.scheduler.get_last_lr()[0]
+        values["train/images_per_s"] = self.cfg.batch_size / max(seconds, 1e-9)
+        if self.device.type == "cuda":
+            values["train/peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        self.trackers.log(values, self.global_step)
 
     def _epoch(self, epoch: int, result: TrainResult) -> Dict[str, float]:
         """One pass over the epoch's batches; the mean of each loss term."""
@@ -202,6 +220,7 @@ class Trainer:
         steps_done = 0
         bar = progress(self.loader, desc=f"{self.method.name} epoch {epoch + 1}/{self.cfg.epochs}",
                        total=len(self.loader), unit="batch")
+        t0 = time.perf_counter()
         for batch, skipped in bar:
             result.skipped_images += skipped
             if batch is not None:
@@ -211,6 +230,8 @@ class Trainer:
             if micro:
                 terms = self._step(micro, f"epoch {epoch + 1}, step {steps_done + 1}")
                 steps_done += 1
+                self._report_step(terms, time.perf_counter() - t0, bar)
+                t0 = time.perf_counter()
                 for key, val in terms.items():
                     sums[key] = sums.get(key, 0.0) + val
             micro = []
@@ -232,6 +253,7 @@ class Trainer:
 
     def _fit(self) -> TrainResult:
         start_epoch, history = self._resume()
+        self.global_step = start_epoch * self.steps  # tracker steps continue where the checkpoint left off
         result = TrainResult(history=history, resumed_from_epoch=start_epoch)
         t0 = time.perf_counter()
         for epoch in range(start_epoch, self.cfg.epochs):
@@ -242,6 +264,8 @@ class Trainer:
             if self._validates(epoch):
                 metrics = dist_utils.broadcast_from_main(self.validate(self.method))
                 row.update({f"val_{k}": v for k, v in (metrics or {}).items()})
+                if self.trackers:
+                    self.trackers.log({f"val/{k}": v for k, v in (metrics or {}).items()}, self.global_step)
             history.append(row)
             log.info("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
             if self.checkpoint_dir and dist_utils.is_main():

@@ -137,6 +137,52 @@ def file_stems(labels: Sequence[str]) -> Dict[str, str]:
             for label, slug in slugs.items()}
 
 
+Series = Dict[str, Dict[str, Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]]
+
+
+def curve_series(frame) -> Series:
+    """Per table row and per history value (loss terms, lr, gradient norm, validation metrics): epochs,
+    the mean over the row's seeds, and the lowest and highest seed (the band), from the records alone."""
+    import json
+    values: Dict[str, Dict[str, Dict[int, List[float]]]] = {}
+    for row, record in zip(frame["row"], frame["record"]):
+        for h in json.loads(Path(record).read_text()).get("train", {}).get("history") or []:
+            for key, value in h.items():
+                if key != "epoch" and isinstance(value, (int, float)):
+                    values.setdefault(row, {}).setdefault(key, {}).setdefault(int(h["epoch"]), []).append(float(value))
+    out: Series = {}
+    for row, by_key in values.items():
+        for key, by_epoch in by_key.items():
+            epochs = np.array(sorted(by_epoch))
+            runs = [np.array(by_epoch[e]) for e in epochs]
+            out.setdefault(row, {})[key] = (epochs, np.array([r.mean() for r in runs]),
+                                           np.array([r.min() for r in runs]), np.array([r.max() for r in runs]))
+    return out
+
+
+def plot_curves(series: Series, out_stem: Path) -> List[Path]:
+    """One panel per history value, one line per table row (mean over seeds) with a min-max band."""
+    keys = sorted({k for by_key in series.values() for k in by_key}, key=lambda k: (k.startswith("val_"), k))
+    if not keys:
+        raise SbirError("no training history in these records (zero-shot runs train nothing)")
+    cols = min(3, len(keys))
+    rows = -(-len(keys) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.6 * rows), squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        for row, by_key in series.items():
+            if key in by_key:
+                epochs, mean, low, high = by_key[key]
+                line, = ax.plot(epochs, mean, label=row, linewidth=1.5)
+                ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+        ax.set(title=key, xlabel="epoch")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return save_figure(fig, out_stem)
+
+
 def plot_runs(frame, kind: str, out: Path, queries: int, top_k: int) -> List[Path]:
     """Every figure of ``kind`` for the runs of ``frame``: per (dataset, split, setting), one PR curve per
     method and variant (its last seed), and per-class bars and a retrieval grid for each of those runs."""
@@ -146,6 +192,9 @@ def plot_runs(frame, kind: str, out: Path, queries: int, top_k: int) -> List[Pat
     stems = file_stems(list(frame["row"]))
     for (dataset, split, setting), block in frame.groupby(["dataset", "split", "setting"], sort=True):
         tag = f"{dataset}_split{split}_{setting}"
+        if kind == "curves":
+            written += plot_curves(curve_series(block), out / f"curves_{tag}")
+            continue
         latest = block.drop_duplicates("row", keep="last")  # one curve per table row: its last seed
         if kind in ("pr", "all") and setting != "fg":
             written += plot_pr_curves(list(zip(latest["row"], latest["embeddings"])), out / f"pr_{tag}")
