@@ -14,6 +14,7 @@ with the user's rows, the literature's rows of that table, and deltas to the pap
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -179,3 +180,77 @@ def write_table(setting: str, output_dir: Path) -> Dict[str, Path]:
                       ("csv", to_csv(cells_))):
         written[fmt] = atomic_write_bytes(output_dir / f"table_{setting}.{fmt}", text.encode())
     return written
+
+
+# ------------------------------------------------------------------------------ launchers and status
+def status_lines(runs: Sequence[PlannedRun], output_dir: Path) -> List[str]:
+    """One line per cell: done / running / pending / failed (with its last error and log) / missing data."""
+    from .launchers import cell_id, read_state, state_dir
+    lines = []
+    for planned in runs:
+        cid = cell_id(planned)
+        state = read_state(output_dir, cid)
+        if planned.status == "done" or state.get("status") == "done":
+            what = "done"
+        elif planned.status.startswith("missing"):
+            what = planned.status
+        elif state.get("status") == "failed":
+            logs = state.get("log") or str(state_dir(output_dir) / f"{cid}.log")
+            what = f"failed: {state.get('error', '')} (log {logs})"
+        elif state.get("status") == "running":
+            what = f"running on {state.get('host', '?')}" + (f" (job {state['job_id']})" if state.get("job_id") else "")
+        elif state.get("has.claim"):
+            what = f"pending (job {state.get('job_id', '?')})"
+        else:
+            what = f"not submitted ({planned.status})"
+        lines.append(f"{planned.cell.setting}/{planned.cell.name:<15} {planned.cell.method:<14} seed {planned.seed}  {what}")
+    return lines
+
+
+def submit(runs: Sequence[PlannedRun], launcher: str, resources, table: str, output_dir: Path, wait: bool
+           ) -> Tuple[List[str], List[Tuple[str, SbirError]]]:
+    """Submit every runnable cell that is neither claimed nor running through submitit (``slurm`` or
+    ``submitit-local``); returns (one line per submitted job, failures when ``wait``)."""
+    from .config import to_dict
+    from .fileio import atomic_write_json
+    from .launchers import CellFailed, claim, executor, read_state, release, state_dir, submitit_job_class
+    from .launchers import cell_id as cid_of
+    folder = state_dir(output_dir)
+    _save_plan(runs, output_dir)
+    job_class, submitted, jobs = submitit_job_class(), [], []
+    for planned in runs:
+        if not planned.runnable:
+            continue
+        cid = cid_of(planned)
+        if read_state(output_dir, cid).get("status") == "failed":
+            release(output_dir, cid)  # a failed cell is submitted again
+        if not claim(output_dir, cid, {"launcher": launcher}):
+            continue  # claimed by this or another reproduce command: pending, running or done
+        ex = executor(launcher, folder / "jobs", resources, f"sbir-{cid}")
+        job = ex.submit(job_class(to_dict(planned.cfg), cid, table, resources.gpus_per_cell))
+        atomic_write_json(folder / f"{cid}.claim", {"launcher": launcher, "job_id": str(job.job_id),
+                                                     "log": str(job.paths.stderr), "claimed": time.time()})
+        submitted.append(f"submitted {cid}: job {job.job_id} (logs {job.paths.folder})")
+        jobs.append((cid, job))
+    failures: List[Tuple[str, SbirError]] = []
+    if wait:
+        for cid, job in jobs:
+            try:
+                job.result()
+            except Exception as exc:  # submitit's FailedJobError / UncompletedJobError carry the job's traceback
+                state = read_state(output_dir, cid)
+                why = state.get("error") or (str(exc).strip().splitlines() or ["failed"])[-1][:300]
+                failures.append((cid, CellFailed(f"{why} (log {state.get('log', job.paths.stderr)})")))
+    return submitted, failures
+
+
+def _save_plan(runs: Sequence[PlannedRun], output_dir: Path) -> None:
+    """The cells of this table the last job waits for before writing the table."""
+    from .fileio import atomic_write_json
+    from .launchers import cell_id, state_dir
+    runnable = [cell_id(p) for p in runs if p.runnable or p.status == "done"]
+    for p in runs:
+        if p.status == "done":
+            from .launchers import write_state
+            write_state(output_dir, cell_id(p), status="done")
+    atomic_write_json(state_dir(output_dir) / "plan.json", {"runnable": runnable})

@@ -130,6 +130,33 @@ def run_command(method: str, seeds: Sequence[int], config_file: Optional[str], s
             click.echo(f"record: {record['record_path']}")
 
 
+def cluster_options(fn):
+    """``reproduce``'s launcher and scheduler options (sbir_bench.launchers)."""
+    for option in reversed([
+        click.option("--launcher", type=click.Choice(["local", "slurm", "submitit-local"]), default="local",
+                     show_default=True, help="local: this machine; slurm: one SLURM job per cell through submitit; "
+                                             "submitit-local: the same job path as local subprocesses."),
+        click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1),
+                     help="local: cells run at once (one GPU each, CPU threads shared out)."),
+        click.option("--partition", help="slurm: partition."),
+        click.option("--time", "time_min", type=click.IntRange(min=1), default=24 * 60, show_default=True,
+                     help="slurm: time limit per cell, in minutes (a job at its limit is requeued and resumes)."),
+        click.option("--gpus-per-cell", type=click.IntRange(min=0), default=1, show_default=True,
+                     help="slurm: GPUs per cell (more than one: torchrun inside the job)."),
+        click.option("--cpus-per-gpu", type=click.IntRange(min=1), default=8, show_default=True, help="slurm: CPUs per GPU."),
+        click.option("--mem", help="slurm: memory per cell, e.g. 64G."),
+        click.option("--account", help="slurm: account."),
+        click.option("--qos", help="slurm: quality of service."),
+        click.option("--constraint", help="slurm: node constraint, e.g. a100."),
+        click.option("--sbatch", "sbatch", multiple=True, metavar="KEY=VALUE", help="slurm: any other sbatch option."),
+        click.option("--wait", is_flag=True, help="slurm / submitit-local: wait for every job, then write the table."),
+        click.option("--status", is_flag=True, help="One line per cell: done, running, pending, failed or missing data."),
+        click.option("--collect", is_flag=True, help="Write the table from whatever cells have finished."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
 @main.command("reproduce")
 @click.argument("table", type=click.Choice(["zs", "gzs", "fg"]))
 @click.option("--dataset", "datasets", multiple=True,
@@ -140,19 +167,23 @@ def run_command(method: str, seeds: Sequence[int], config_file: Optional[str], s
 @click.option("--output-dir", type=click.Path(), help="Where runs and tables go.  [default: results/reproduce/TABLE]")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any config key of every run.")
 @click.option("--dry-run", is_flag=True, help="List every run, what it needs and whether it can run; run nothing.")
+@cluster_options
 @click.option("--quiet", is_flag=True, help="No progress bars or info lines.")
 @friendly_errors
 def reproduce_command(table: str, datasets, methods, seeds: str, data_root: Optional[str], output_dir: Optional[str],
-                      sets, dry_run: bool, quiet: bool) -> None:
+                      sets, dry_run: bool, quiet: bool, **cluster: Any) -> None:
     """Run every cell of one of SpLIP's tables (methods x datasets x seeds) and write the table with the
     literature's rows and deltas to the paper. Finished cells are kept, interrupted ones resume, and a
-    cell whose dataset or weights are absent is skipped with one line saying what is missing.
+    cell whose dataset or weights are absent is skipped with one line saying what is missing. Cells run
+    here one after another, N at a time (--jobs), or as SLURM jobs (--launcher slurm; docs/cluster.md).
 
     \b
     Examples:
       sbir-bench reproduce zs --dry-run --data-root ~/data/sbir
       sbir-bench reproduce zs --dataset mini
-      sbir-bench reproduce gzs --data-root ~/data/sbir --seeds 0,1,2
+      sbir-bench reproduce gzs --data-root ~/data/sbir --seeds 0,1,2 --jobs 4
+      sbir-bench reproduce zs --launcher slurm --partition gpu --time 720 --data-root /shared/sbir --seeds 0,1,2
+      sbir-bench reproduce zs --status
       sbir-bench reproduce fg --method splip --method zeroshot-clip --data-root ~/data/sbir
     """
     from pathlib import Path
@@ -160,29 +191,65 @@ def reproduce_command(table: str, datasets, methods, seeds: str, data_root: Opti
     from ..config import parse_override
     from ..fileio import check_output_dir
     from ..log import set_quiet
-    from ..reporting.render import to_text
-    from ..reproduce import cells, describe, execute, plan, write_table
-    from .common import fail
+    from ..reproduce import cells, describe, plan, status_lines, write_table
 
     set_quiet(quiet)
     seed_list = parse_seed_list(seeds)
-    out = check_output_dir(output_dir or f"results/reproduce/{table}")
+    resources = _resources(cluster)
+    out = Path(check_output_dir(output_dir or f"results/reproduce/{table}"))
     overrides = dict(parse_override(t) for t in sets)
     if data_root:
         overrides["data.data_root"] = data_root
     if quiet:
         overrides["quiet"] = True
-    runs = plan(cells(table, datasets, methods), seed_list, Path(out), overrides)
+    runs = plan(cells(table, datasets, methods), seed_list, out, overrides)
+    if cluster["status"]:
+        for line in status_lines(runs, out):
+            click.echo(line)
+        return
+    if cluster["collect"]:
+        click.echo(f"wrote {', '.join(str(p) for p in write_table(table, out).values())}")
+        return
     for planned in runs:
         if dry_run or planned.status.startswith("missing"):
             click.echo(f"{'skip ' if planned.status.startswith('missing') else ''}{describe(planned)}")
-    if dry_run:
-        return
+    if not dry_run:
+        _launch(table, runs, out, cluster, resources)
+
+
+def _resources(cluster: Dict[str, Any]):
+    from ..launchers import Resources, parse_sbatch
+    if cluster["launcher"] != "local" and cluster["jobs"] != 1:
+        raise ConfigError("--jobs is for --launcher local; a cluster runs every cell as its own job")
+    return Resources(partition=cluster["partition"], time_min=cluster["time_min"], gpus_per_cell=cluster["gpus_per_cell"],
+                     cpus_per_gpu=cluster["cpus_per_gpu"], mem=cluster["mem"], account=cluster["account"],
+                     qos=cluster["qos"], constraint=cluster["constraint"], sbatch=parse_sbatch(cluster["sbatch"]))
+
+
+def _launch(table: str, runs, out, cluster: Dict[str, Any], resources) -> None:
+    """Run or submit the runnable cells, then write the table (unless jobs are still out) and report failures."""
+    from ..launchers import local_jobs
+    from ..reproduce import execute, submit, write_table
+    from .common import fail
+
     if all(p.status.startswith("missing") for p in runs):
         fail(f"nothing to run: all {len(runs)} run(s) lack their dataset or weights (listed above)", 3)
-    failures = execute(runs)
+    launcher = cluster["launcher"]
+    if launcher == "local":
+        parallel = [p for p in runs if p.status in ("run", "resume")] if cluster["jobs"] > 1 else []
+        failures = execute([p for p in runs if p not in parallel])
+        failures += local_jobs(parallel, cluster["jobs"], table) if parallel else []
+    else:
+        execute([p for p in runs if p.status == "reuse"])  # an evaluation of an existing model: here, now
+        lines, failures = submit(runs, launcher, resources, table, out, cluster["wait"])
+        for line in lines:
+            click.echo(line)
+        if not cluster["wait"]:
+            click.echo(f"{len(lines)} job(s) submitted; `sbir-bench reproduce {table} --status` follows them, and the "
+                       f"table is written when the last one ends")
+            return
     if any(not p.status.startswith("missing") for p in runs):
-        written = write_table(table, Path(out))
+        written = write_table(table, out)
         click.echo(f"wrote {', '.join(str(p) for p in written.values())}")
     for where, exc in failures:
         click.echo(f"failed: {where}: {exc}", err=True)

@@ -1,0 +1,273 @@
+"""Where ``reproduce`` runs its cells: in this process, N at a time on a multi-GPU box, or as SLURM jobs.
+
+* ``local`` (default): one cell after another in this process; ``--jobs N`` runs N cells at once as
+  ``sbir-bench run`` subprocesses, one GPU each (``CUDA_VISIBLE_DEVICES``) and an equal share of the
+  CPU threads each, so that N torch processes do not oversubscribe the cores.
+* ``slurm``: one job per cell (method x dataset x seed) through submitit (imported only here, only
+  when asked for); resources from the options; a cell with several GPUs runs under ``torchrun``
+  inside its job. ``reproduce`` submits every cell that is not finished and returns, printing the
+  job ids, unless ``--wait``.
+* ``submitit-local``: the same job path through submitit's local executor (real subprocesses), so
+  tests and a laptop exercise what the cluster runs.
+
+Every cell keeps its state in ``<output>/.cells/``: a claim made atomically before it is submitted
+(two ``reproduce`` commands on one folder never submit the same cell twice), and the state the job
+itself writes (running / failed with its last error line). A job killed by the scheduler
+(preemption, time limit) is requeued by submitit's checkpoint hook and resumes from the cell's last
+checkpoint (the trainer's resume is bit-identical on CPU); a failed cell does not stop the others,
+and running ``reproduce`` again resubmits only what is neither done nor running. The table is
+written when the last cell ends, and on demand with ``--collect``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from .errors import ConfigError, SbirError
+from .fileio import atomic_write_json
+from .log import get_logger
+
+log = get_logger(__name__)
+LAUNCHERS = ("local", "slurm", "submitit-local")
+CELLS = ".cells"
+
+
+@dataclass
+class Resources:
+    """What one cell's job asks the scheduler for (``reproduce --partition ... --sbatch KEY=VALUE``)."""
+
+    partition: Optional[str] = None
+    time_min: int = 24 * 60
+    gpus_per_cell: int = 1
+    cpus_per_gpu: int = 8
+    mem: Optional[str] = None  # e.g. "64G"
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    constraint: Optional[str] = None
+    sbatch: Dict[str, str] = field(default_factory=dict)
+
+    def executor_parameters(self, name: str) -> Dict[str, Any]:
+        """submitit ``update_parameters`` keywords for these resources."""
+        params: Dict[str, Any] = {"name": name, "timeout_min": self.time_min, "nodes": 1, "tasks_per_node": 1,
+                                  "gpus_per_node": self.gpus_per_cell,
+                                  "cpus_per_task": self.cpus_per_gpu * max(1, self.gpus_per_cell)}
+        if self.mem:
+            params["mem_gb"] = _gigabytes(self.mem)
+        for key in ("partition", "account", "qos", "constraint"):
+            if getattr(self, key):
+                params[f"slurm_{key}"] = getattr(self, key)
+        if self.sbatch:
+            params["slurm_additional_parameters"] = dict(self.sbatch)
+        return params
+
+
+def _gigabytes(text: str) -> float:
+    """``"64G"`` / ``"500M"`` / ``"64"`` -> gigabytes."""
+    t = text.strip().upper().rstrip("B")
+    scale = {"T": 1024.0, "G": 1.0, "M": 1 / 1024}.get(t[-1:], None)
+    try:
+        return float(t[:-1]) * scale if scale else float(t)
+    except ValueError:
+        raise ConfigError(f"--mem {text!r}: give a size such as 64G or 500M") from None
+
+
+def parse_sbatch(items: Sequence[str]) -> Dict[str, str]:
+    """``["mail-type=END", "exclude=node1"]`` -> {"mail-type": "END", "exclude": "node1"}."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--sbatch {item!r} must look like KEY=VALUE (an sbatch option without its dashes)")
+        out[key.strip().lstrip("-")] = value.strip()
+    return out
+
+
+# ------------------------------------------------------------------------------------ cell state
+def cell_id(planned) -> str:
+    """A cell's file-name-safe id: setting, cell, method, seed."""
+    return f"{planned.cell.setting}_{planned.cell.name}_{planned.cell.method}_seed{planned.seed}"
+
+
+def state_dir(output_dir: Path) -> Path:
+    return Path(output_dir) / CELLS
+
+
+def claim(output_dir: Path, cid: str, info: Dict[str, Any]) -> bool:
+    """Atomically claim a cell for submission (False: another command claimed it first)."""
+    folder = state_dir(output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(folder / f"{cid}.claim", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as fh:
+        json.dump({**info, "claimed": time.time()}, fh)
+    return True
+
+
+def release(output_dir: Path, cid: str) -> None:
+    """Drop a cell's claim and state (it failed: the next ``reproduce`` may submit it again)."""
+    for suffix in (".claim", ".state"):
+        (state_dir(output_dir) / f"{cid}{suffix}").unlink(missing_ok=True)
+
+
+def read_state(output_dir: Path, cid: str) -> Dict[str, Any]:
+    """The claim and the job's own state of a cell ({} when never submitted)."""
+    out: Dict[str, Any] = {}
+    for suffix in (".claim", ".state"):
+        path = state_dir(output_dir) / f"{cid}{suffix}"
+        try:
+            out.update(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+        out["has" + suffix] = True
+    return out
+
+
+def write_state(output_dir: Path, cid: str, **state: Any) -> None:
+    atomic_write_json(state_dir(output_dir) / f"{cid}.state", {**state, "time": time.time()})
+
+
+# ------------------------------------------------------------------------------------ the job
+class CellRun:
+    """What a job runs: one cell's run (resuming its checkpoint), its state kept in ``.cells/``; when it
+    is the last unfinished cell of its table, the table is written."""
+
+    def __init__(self, cfg_tree: Dict[str, Any], cid: str, table: str, gpus: int = 1) -> None:
+        self.cfg_tree, self.cid, self.table, self.gpus = cfg_tree, cid, table, gpus
+
+    def __call__(self) -> Optional[str]:
+        from .config import RunConfig, from_dict
+        from .errors import SbirError
+        cfg = from_dict(RunConfig, self.cfg_tree)
+        out = Path(cfg.output_dir)
+        write_state(out, self.cid, status="running", pid=os.getpid(), host=os.uname().nodename)
+        try:
+            path = self._run(cfg)
+        except (SbirError, subprocess.CalledProcessError) as exc:
+            write_state(out, self.cid, status="failed", error=str(exc).splitlines()[0][:300] if str(exc) else "")
+            raise
+        except BaseException as exc:  # preemption or a crash: say so, then let the scheduler see it
+            write_state(out, self.cid, status="failed", error=f"{type(exc).__name__}: {str(exc)[:200]}")
+            raise
+        write_state(out, self.cid, status="done", record=path)
+        write_table_when_complete(out, self.table)
+        return path
+
+    def _run(self, cfg) -> Optional[str]:
+        if self.gpus > 1:  # several GPUs: DDP under torchrun inside the job
+            cfg_file = state_dir(Path(cfg.output_dir)) / f"{self.cid}.yaml"
+            _write_yaml(cfg_file, self.cfg_tree)
+            subprocess.run([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={self.gpus}",
+                            "-m", "sbir_bench", "run", cfg.method, "--config", str(cfg_file), "--quiet"], check=True)
+            from .runner import finished_record
+            done = finished_record(cfg)
+            return str(done) if done else None
+        from .runner import run
+        return run(cfg).get("record_path")
+
+
+def _write_yaml(path: Path, tree: Dict[str, Any]) -> None:
+    import yaml
+
+    from .fileio import atomic_write_bytes
+    atomic_write_bytes(path, yaml.safe_dump(tree, sort_keys=False).encode())
+
+
+def write_table_when_complete(output_dir: Path, table: str) -> None:
+    """Write the table once every planned cell of it is done or cannot run (the last job does it)."""
+    plan_file = state_dir(output_dir) / "plan.json"
+    try:
+        planned = json.loads(plan_file.read_text())
+    except (OSError, ValueError):
+        return
+    if all(read_state(output_dir, cid).get("status") == "done" for cid in planned["runnable"]):
+        from .reproduce import write_table
+        write_table(table, Path(output_dir))
+
+
+def submitit_job_class():
+    """:class:`CellRun` with submitit's checkpoint hook (a requeue resumes from the last checkpoint)."""
+    import submitit
+
+    class CheckpointableCellRun(CellRun, submitit.helpers.Checkpointable):
+        """Requeued after a preemption or time limit with the same cell: the run resumes its checkpoint."""
+
+    return CheckpointableCellRun
+
+
+def executor(kind: str, folder: Path, resources: Resources, name: str):
+    """A submitit executor: ``slurm`` or ``local`` (submitit's own subprocess executor)."""
+    try:
+        import submitit
+    except ImportError:
+        raise ConfigError("--launcher slurm/submitit-local needs submitit: pip install -e '.[cluster]'") from None
+    if kind == "slurm":
+        import shutil
+        missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
+        if missing:
+            raise ConfigError(f"--launcher slurm: {' and '.join(missing)} not found; run reproduce on a SLURM login "
+                              f"node (or use --launcher local / submitit-local)")
+    ex = submitit.AutoExecutor(folder=str(folder / "%j"), cluster="slurm" if kind == "slurm" else "local")
+    params = resources.executor_parameters(name)
+    if kind != "slurm":
+        params = {k: v for k, v in params.items() if not k.startswith("slurm_") and k != "mem_gb"}
+        params["gpus_per_node"] = 0 if not _cuda_count() else min(params["gpus_per_node"], _cuda_count())
+    ex.update_parameters(**params)
+    return ex
+
+
+def _cuda_count() -> int:
+    try:
+        import torch
+        return torch.cuda.device_count()
+    except Exception:  # no torch CUDA runtime at all
+        return 0
+
+
+class CellFailed(SbirError):
+    """A cell that failed in another process; its exit code is that process's (docs/errors.md)."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def local_jobs(runs: List[Any], jobs: int, table: str) -> List[tuple]:
+    """Run cells ``jobs`` at a time as ``sbir-bench run`` subprocesses; returns (cell, error) per failure."""
+    gpus = _cuda_count()
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    queue, active, failures = list(runs), [], []
+    while queue or active:
+        while queue and len(active) < jobs:
+            planned = queue.pop(0)
+            cid = cell_id(planned)
+            slot = len(active)
+            env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+            if gpus:
+                env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
+            cfg_file = state_dir(Path(planned.cfg.output_dir)) / f"{cid}.yaml"
+            from .config import to_dict
+            _write_yaml(cfg_file, to_dict(planned.cfg))
+            cmd = [sys.executable, "-m", "sbir_bench", "run", planned.cell.method, "--config", str(cfg_file), "--quiet"]
+            log_file = open(state_dir(Path(planned.cfg.output_dir)) / f"{cid}.log", "w")
+            active.append((planned, cid, subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT),
+                           log_file))
+        time.sleep(0.2)
+        for item in [a for a in active if a[2].poll() is not None]:
+            planned, cid, proc, log_file = item
+            log_file.close()
+            active.remove(item)
+            if proc.returncode != 0:
+                last = (Path(log_file.name).read_text().strip().splitlines() or [""])[-1]
+                failures.append((cid, CellFailed(f"{last} (exit {proc.returncode}, log {log_file.name})",
+                                                 proc.returncode if proc.returncode > 0 else 1)))
+    return failures
+
