@@ -138,7 +138,8 @@ def load_backbone_for(artifact: Artifact, pretrained: Optional[str] = None, devi
     have = file_sha256(backbone.weights_file) if backbone.weights_file else None
     if want.get("weights_sha256") and have != want["weights_sha256"]:
         raise WeightsError(f"model artifact {artifact.path} was trained on {want['name']} weights with SHA-256 "
-                           f"{want['weights_sha256'][:12]}..., not {str(have)[:12]}...; pass --pretrained with those weights")
+                           f"{want['weights_sha256'][:12]}..., not {str(have)[:12]}...; pass --pretrained with "
+                           f"those weights")
     return backbone
 
 
@@ -201,7 +202,8 @@ def load_model(where: str | Path, pretrained: Optional[str] = None, device: str 
     backbone = load_backbone_for(artifact, pretrained, dev)
     method = build_method(artifact, backbone, dev)
     method.prepare_eval(list(class_names or artifact.meta["class_names"]))
-    transform = eval_transform(preprocess_config(backbone.preprocess_cfg, artifact.meta["config"]["data"].get("image_size")))
+    size = artifact.meta["config"]["data"].get("image_size")
+    transform = eval_transform(preprocess_config(backbone.preprocess_cfg, size))
     return TrainedModel(method, backbone, transform, dev)
 
 

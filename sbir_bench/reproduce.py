@@ -8,8 +8,9 @@ written once in ``configs/paper/recipes/``). ``--dataset mini`` runs the mini-se
 For every (cell, method, seed) the plan says whether the run is done (a record with the same
 config exists), can resume (a checkpoint exists), can reuse the model of an identical training
 (the GZS cell of a split whose ZS cell has trained: :func:`~sbir_bench.runner.training_identity`),
-must start, or cannot run here (dataset or weights missing, said in one line). Executing the plan runs what it can, and the table is written
-with the user's rows, the literature's rows of that table, and deltas to the paper.
+must start, or cannot run here (dataset or weights missing, said in one line). Executing the plan
+runs what it can (here, or through a launcher: :mod:`sbir_bench.launchers`), and the table is
+written with the user's rows, the literature's rows of that table, and deltas to the paper.
 """
 
 from __future__ import annotations

@@ -239,7 +239,8 @@ def train(cfg: RunConfig, parts: RunParts, scorer: Scorer, name: str, on_epoch_e
             "skipped_images": result.skipped_images, "checkpoint_dir": str(ckpt_dir), "world_size": trainer.world}
 
 
-RESUMABLE_KEYS = ("quiet", "output_dir", "device", "eval", "report_to", "tracking_uri", "train.resume", "train.checkpoint_dir", "train.val_every",
+RESUMABLE_KEYS = ("quiet", "output_dir", "device", "eval", "report_to", "tracking_uri",
+                  "train.resume", "train.checkpoint_dir", "train.val_every",
                   "data.workers", "data.pin_memory", "data.data_root", "backbone.cache_dir")
 
 

@@ -172,8 +172,8 @@ class Trackers:
         try:
             call()
         except Exception as exc:  # any failure of a tracker library: the run goes on without it
-            log.warning(f"tracker {name} failed ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}); "
-                        f"the run goes on without it")
+            why = str(exc).splitlines()[0][:160] if str(exc) else ""
+            log.warning(f"tracker {name} failed ({type(exc).__name__}: {why}); the run goes on without it")
             self.active.pop(name, None)
 
     def log(self, values: Dict[str, float], step: int) -> None:

@@ -35,7 +35,8 @@ def vision_prompt_support(visual: Optional[nn.Module]) -> str:
         return f"its image tower is a {type(visual).__name__}, not a ViT: visual prompts need a token sequence"
     missing = [f"visual.{a}" for a in VISION_ATTRS if not hasattr(visual, a)]
     if missing or not hasattr(visual.transformer, "resblocks"):
-        return f"open_clip model lacks {', '.join(missing) or 'visual.transformer.resblocks'}: prompted encoders need updating"
+        return (f"open_clip model lacks {', '.join(missing) or 'visual.transformer.resblocks'}: prompted encoders "
+                f"need updating")
     if getattr(visual, "attn_pool", None) is not None or getattr(visual, "pool_type", "tok") != "tok":
         return "prompted vision encoder supports class-token pooling only"
     if getattr(visual, "final_ln_after_pool", False):

@@ -175,7 +175,8 @@ def ensure_weights() -> str:
         if not SHIPPED.is_file():
             raise WeightsError(f"the shipped sbir-tiny weights are missing ({SHIPPED}); reinstall sbir-bench")
         if file_sha256(SHIPPED) != SHIPPED_SHA256:
-            raise WeightsError(f"the shipped sbir-tiny weights {SHIPPED} are damaged (SHA-256 differs); reinstall sbir-bench")
+            raise WeightsError(f"the shipped sbir-tiny weights {SHIPPED} are damaged (SHA-256 differs); "
+                               f"reinstall sbir-bench")
         _verified = True
     return str(SHIPPED)
 

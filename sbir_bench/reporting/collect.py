@@ -27,7 +27,8 @@ from ..retrieval.protocol import DEFAULT_PRESET, metric_sort_key
 log = get_logger(__name__)
 
 KEYS = ("method", "variant", "dataset", "setting", "split", "backbone", "seed")
-NOT_IN_CONFIG_ID = ("seed", "output_dir", "quiet", "device", "report_to", "tracking_uri", "train.resume", "train.checkpoint_dir", "data.workers",
+NOT_IN_CONFIG_ID = ("seed", "output_dir", "quiet", "device", "report_to", "tracking_uri",
+                    "train.resume", "train.checkpoint_dir", "data.workers",
                     "data.pin_memory", "data.data_root", "backbone.cache_dir", "eval.memory", "eval.batch_size",
                     "eval.save_embeddings", "eval.feature_cache")
 
