@@ -58,7 +58,8 @@ def test_a_method_and_a_dataset_from_an_installed_package(tmp_path):
     def cli(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "sbir_bench", *args], capture_output=True, text=True, env=env,
                               timeout=300)
-    assert "mean-shift" in cli("methods").stdout and "plug-in test method" in cli("methods").stdout
+    listed = cli("methods").stdout
+    assert "mean-shift" in listed and "plug-in test method" in listed
     assert "plugdata" in cli("datasets").stdout
     out = tmp_path / "runs"
     done = cli("run", "mean-shift", "--dataset", "plugdata", "--data-root", str(tmp_path / "data"), "--output-dir",

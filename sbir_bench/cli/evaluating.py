@@ -117,6 +117,9 @@ def eval_command(model: Optional[str], emb_path: Optional[str], record: Optional
     model_opts = {k: knobs.pop(k) for k in ("dataset", "setting", "split", "split_file", "data_root", "gzs_protocol",
                                             "pretrained", "allow_seen_classes", "output_dir")}
     if model:
+        if emb_path or record or json_out or presets or backend != "exact" or knob_overrides(knobs):
+            raise ConfigError("--model writes a run record under every preset; --embeddings, --record, --json, "
+                              "--protocols, --backend and protocol knobs go with saved embeddings, not with --model")
         return _evaluate_model(model, model_opts, protocol if given else None, device, quiet)
     if any(v for v in model_opts.values()):
         raise ConfigError("--dataset, --setting, --split, --data-root, --pretrained and --output-dir go with --model")
