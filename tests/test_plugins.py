@@ -54,17 +54,24 @@ def test_a_method_and_a_dataset_from_an_installed_package(tmp_path):
                 _tiny_image(data / modality / cname / f"{cname}{k}.png", k, sketch=sketch)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
-
-    def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "sbir_bench", *args], capture_output=True, text=True, env=env,
-                              timeout=300)
-    listed = cli("methods").stdout
-    assert "mean-shift" in listed and "plug-in test method" in listed
-    assert "plugdata" in cli("datasets").stdout
     out = tmp_path / "runs"
-    done = cli("run", "mean-shift", "--dataset", "plugdata", "--data-root", str(tmp_path / "data"), "--output-dir",
-               str(out), "--quiet", "--set", "eval.save_embeddings=false")
+    # One fresh interpreter (its entry points are read from the installed package's metadata) runs
+    # `methods`, `datasets` and `run`, each as the command line would.
+    script = (
+        "import sys\n"
+        "from sbir_bench.cli import main\n"
+        "for args in (['methods'], ['datasets'], ['run', 'mean-shift', '--dataset', 'plugdata', '--data-root', "
+        f"{str(tmp_path / 'data')!r}, '--output-dir', {str(out)!r}, '--quiet', '--set', 'eval.save_embeddings=false']):\n"
+        "    print('=== ' + args[0], flush=True)\n"
+        "    try:\n"
+        "        main.main(args, standalone_mode=False)\n"
+        "    except SystemExit as exc:\n"
+        "        sys.exit(exc.code)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
+    listed, datasets, _ = done.stdout.split("=== ")[1:]
+    assert "mean-shift" in listed and "plug-in test method" in listed
+    assert "plugdata" in datasets
     record = json.loads(next(out.glob("*.json")).read_text())
     assert record["method"] == "mean-shift" and record["dataset"] == "plugdata"
     assert record["classes"]["unseen_names"] == ["cat", "dog"]
