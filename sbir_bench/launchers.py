@@ -145,17 +145,15 @@ class CellRun:
 
     def __call__(self) -> Optional[str]:
         from .config import RunConfig, from_dict
-        from .errors import SbirError
         cfg = from_dict(RunConfig, self.cfg_tree)
         out = Path(cfg.output_dir)
         write_state(out, self.cid, status="running", pid=os.getpid(), host=os.uname().nodename)
         try:
             path = self._run(cfg)
-        except (SbirError, subprocess.CalledProcessError) as exc:
-            write_state(out, self.cid, status="failed", error=str(exc).splitlines()[0][:300] if str(exc) else "")
-            raise
-        except BaseException as exc:  # preemption or a crash: say so, then let the scheduler see it
-            write_state(out, self.cid, status="failed", error=f"{type(exc).__name__}: {str(exc)[:200]}")
+        except BaseException as exc:  # a user error, a crash or a preemption: say so, then let the scheduler see it
+            first = str(exc).splitlines()[0][:300] if str(exc) else ""
+            write_state(out, self.cid, status="failed",
+                        error=first if isinstance(exc, SbirError) else f"{type(exc).__name__}: {first}")
             raise
         write_state(out, self.cid, status="done", record=path)
         write_table_when_complete(out, self.table)
@@ -240,7 +238,7 @@ class CellFailed(SbirError):
         self.exit_code = exit_code
 
 
-def local_jobs(runs: List[Any], jobs: int, table: str) -> List[tuple]:
+def local_jobs(runs: List[Any], jobs: int) -> List[tuple]:
     """Run cells ``jobs`` at a time as ``sbir-bench run`` subprocesses; returns (cell, error) per failure."""
     gpus = _cuda_count()
     threads = max(1, (os.cpu_count() or 1) // jobs)

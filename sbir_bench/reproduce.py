@@ -248,10 +248,9 @@ def submit(runs: Sequence[PlannedRun], launcher: str, resources, table: str, out
 def _save_plan(runs: Sequence[PlannedRun], output_dir: Path) -> None:
     """The cells of this table the last job waits for before writing the table."""
     from .fileio import atomic_write_json
-    from .launchers import cell_id, state_dir
-    runnable = [cell_id(p) for p in runs if p.runnable or p.status == "done"]
+    from .launchers import cell_id, state_dir, write_state
     for p in runs:
         if p.status == "done":
-            from .launchers import write_state
             write_state(output_dir, cell_id(p), status="done")
+    runnable = [cell_id(p) for p in runs if p.runnable or p.status == "done"]
     atomic_write_json(state_dir(output_dir) / "plan.json", {"runnable": runnable})

@@ -238,7 +238,7 @@ def _launch(table: str, runs, out, cluster: Dict[str, Any], resources) -> None:
     if launcher == "local":
         parallel = [p for p in runs if p.status in ("run", "resume")] if cluster["jobs"] > 1 else []
         failures = execute([p for p in runs if p not in parallel])
-        failures += local_jobs(parallel, cluster["jobs"], table) if parallel else []
+        failures += local_jobs(parallel, cluster["jobs"]) if parallel else []
     else:
         execute([p for p in runs if p.status == "reuse"])  # an evaluation of an existing model: here, now
         lines, failures = submit(runs, launcher, resources, table, out, cluster["wait"])
