@@ -3,7 +3,7 @@
 ``--backbone ViT-B-32 --pretrained openai`` goes through open_clip's own pretrained registry and
 cache; ``--pretrained PATH`` loads a local checkpoint; ``--pretrained random`` (or no ``--pretrained``
 for an open_clip model) gives random init. The bundled ``sbir-tiny`` config defaults to ``mini``:
-weights pretrained on synthetic photos, built on first use (see ``tiny_pretrain``). A weight file
+weights pretrained on synthetic photos, shipped with the package (see ``tiny_pretrain``). A weight file
 that is not cached while offline is a one-line :class:`WeightsError` naming the cache directory and
 the ``--pretrained PATH`` way out, never a network stack trace.
 
