@@ -49,8 +49,12 @@ class Artifact:
 
 
 def save_artifact(folder: Path, method, cfg_tree: Dict[str, Any], backbone, class_names: Sequence[str],
-                  seen: Sequence[int], training: Dict[str, Any], run_id: str, identity: str) -> Path:
-    """Write ``model.safetensors`` then ``model.json`` (atomically, the description last) into ``folder``."""
+                  seen: Sequence[int], training: Dict[str, Any], run_id: str, identity: str,
+                  weights_sha256: Optional[str]) -> Path:
+    """Write ``model.safetensors`` then ``model.json`` (atomically, the description last) into ``folder``.
+
+    ``weights_sha256``: the backbone file's hash, as the run record already computed it (a ViT's
+    weights are hundreds of MB: hashed once per run)."""
     from safetensors.torch import save
     from dataclasses import asdict, is_dataclass
     tensors = {k: v.detach().cpu().contiguous() for k, v in method.trainable_state().items()}
@@ -61,7 +65,7 @@ def save_artifact(folder: Path, method, cfg_tree: Dict[str, Any], backbone, clas
             "variant": cfg_tree.get("variant", ""), "method_config": method_cfg, "config": cfg_tree,
             "backbone": {"name": backbone.name, "pretrained": backbone.pretrained,
                          "weights_tag": backbone.weights_tag,
-                         "weights_sha256": file_sha256(backbone.weights_file) if backbone.weights_file else None},
+                         "weights_sha256": weights_sha256},
             "preprocess": backbone.preprocess_cfg, "image_size": backbone.image_size,
             "class_names": list(class_names), "seen": list(seen), "training": training, "run_id": run_id,
             "training_identity": identity, "tensors_sha256": file_sha256(folder / MODEL_TENSORS)}

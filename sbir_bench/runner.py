@@ -394,7 +394,7 @@ def save_record(cfg: RunConfig, record: Dict[str, Any], emb: EmbeddedTask, res: 
                     "counts": parts.part.counts, "data_fingerprint": record.get("data_fingerprint")}
         record["model"] = str(save_artifact(out_dir / run_id, parts.method, to_dict(cfg), parts.backbone,
                                             parts.part.class_names, parts.part.seen, training, run_id,
-                                            training_identity(cfg)))
+                                            training_identity(cfg), record["weights_sha256"]))
     if cfg.eval.save_embeddings:
         record["embeddings"] = str(save_embeddings(out_dir / run_id / "embeddings.npz", emb.query, emb.gallery,
                                                    emb.query_labels, emb.gallery_labels, emb.query_to_gallery,
