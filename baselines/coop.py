@@ -41,13 +41,14 @@ class CoOpConfig:
     fusion_weight: float = 0.5
 
 
-def coop_context(cfg: CoOpConfig) -> ContextInit:
-    """The reference CoOp rule; an ``n_ctx`` that contradicts the phrase is refused (one line)."""
+def coop_context(cfg, method: str = "coop") -> ContextInit:
+    """The reference CoOp rule (also CoCoOp's): a phrase sets the context length to its word count,
+    random vectors need ``n_ctx``; an ``n_ctx`` that contradicts the phrase is refused (one line)."""
     if cfg.ctx_init:
         phrase = cfg.ctx_init.replace("_", " ")
         words = len(phrase.split(" "))
         if cfg.n_ctx is not None and cfg.n_ctx != words:
-            raise ConfigError(f"coop: n_ctx={cfg.n_ctx} but ctx_init {phrase!r} has {words} words; the reference CoOp "
+            raise ConfigError(f"{method}: n_ctx={cfg.n_ctx} but ctx_init {phrase!r} has {words} words; the reference code "
                               f"learns one vector per word of the phrase: drop n_ctx, or set ctx_init: null for "
                               f"{cfg.n_ctx} random vectors")
         return ContextInit(words, phrase)

@@ -200,14 +200,15 @@ def load_model(where: str | Path, pretrained: Optional[str] = None, device: str 
     ``class_names``: the gallery's vocabulary, for methods whose embedding uses class texts (CoOp's
     fused retrieval); default the vocabulary it trained on.
     """
-    from .models.preprocess import eval_transform, preprocess_config
+    from .models.preprocess import preprocess_config
     artifact = load_artifact(where)
     dev = torch.device(device)
     backbone = load_backbone_for(artifact, pretrained, dev)
     method = build_method(artifact, backbone, dev)
     method.prepare_eval(list(class_names or artifact.meta["class_names"]))
     size = artifact.meta["config"]["data"].get("image_size")
-    transform = eval_transform(preprocess_config(backbone.preprocess_cfg, size))
+    pp = preprocess_config(backbone.preprocess_cfg, size)
+    transform = method.image_transforms(method.config, pp, crop_scale_min=1.0)[1]
     return TrainedModel(method, backbone, transform, dev)
 
 

@@ -36,7 +36,7 @@ from .methods import Method, get_method
 from .models import Backbone, load_backbone
 from .models.configs import vit_image_tower
 from .models.factory import check_weights_source
-from .models.preprocess import eval_transform, preprocess_config, train_transform
+from .models.preprocess import preprocess_config
 from .records import SCHEMA, provenance, run_name, split_label
 from .retrieval import PRESETS, Protocol, RetrievalResult, evaluate_many
 from .retrieval.embedding_files import save_embeddings
@@ -135,7 +135,7 @@ def build(cfg: RunConfig, device: torch.device, data: Optional[RunData] = None) 
                           f"{backbone.image_size}-pixel input; drop data.image_size")
     pp = preprocess_config(backbone.preprocess_cfg, cfg.data.image_size)
     cache = open_feature_cache(backbone, asdict(pp), device.type, cfg.train.amp) if cfg.eval.feature_cache else None
-    return RunParts(data, backbone, method, train_transform(pp, cfg.data.crop_scale_min), eval_transform(pp), cache)
+    return RunParts(data, backbone, method, *method_cls.image_transforms(method_cfg, pp, cfg.data.crop_scale_min), cache)
 
 
 @dataclass
@@ -342,7 +342,7 @@ def evaluate_model(cfg: RunConfig, artifact, allow_seen: bool = False, pretraine
     method = build_method(artifact, backbone, device)
     pp = preprocess_config(backbone.preprocess_cfg, cfg.data.image_size)
     cache = open_feature_cache(backbone, asdict(pp), device.type, cfg.train.amp) if cfg.eval.feature_cache else None
-    parts = RunParts(data, backbone, method, train_transform(pp, cfg.data.crop_scale_min), eval_transform(pp), cache)
+    parts = RunParts(data, backbone, method, *method.image_transforms(method.config, pp, cfg.data.crop_scale_min), cache)
     scorer = Scorer(cfg, parts, device, Protocol.from_eval_config(cfg.eval))
     emb, results = scorer.score(data.task, "test", all_presets=True)
     if results is None:
@@ -375,7 +375,8 @@ def make_record(cfg: RunConfig, parts: RunParts, name: str, results: list, train
         "class_names": part.class_names, "gzs_protocol": cfg.data.gzs_protocol if cfg.data.setting == "gzs" else None,
         "weights_sha256": file_sha256(parts.backbone.weights_file) if parts.backbone.weights_file else None,
         "data_fingerprint": parts.index.fingerprint(),
-        "preprocess": parts.backbone.preprocess_cfg, "train": train_info, "val_metrics": val_metrics,
+        "preprocess": parts.backbone.preprocess_cfg,
+        "image_transforms": {"train": repr(parts.train_tf), "eval": repr(parts.eval_tf)}, "train": train_info, "val_metrics": val_metrics,
         "skipped_images": sum(skipped.values()) + train_info.get("skipped_images", 0),
         "skipped_by_stage": {**skipped, "train": train_info.get("skipped_images", 0)},
         "timings": timings, "device": str(device), "provenance": provenance(),

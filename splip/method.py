@@ -33,14 +33,14 @@ from sbir_bench.data.classnames import class_text
 from sbir_bench.errors import ConfigError
 from sbir_bench.log import get_logger
 from sbir_bench.methods import METHODS, Method, TripletBatch
+from sbir_bench.methods.image_tiles import shuffle_tiles
 from sbir_bench.methods.losses import cosine_triplet
 from sbir_bench.models import PromptedCLIP
 from sbir_bench.models.prompted import TextPrefix
 from sbir_bench.models.text_prompts import ContextInit, phrase_tokens
 
 from .blocks import ImageToTextPrompts, PhraseToVisualPrompts, VisualTextualBlock
-from .objectives import (JigsawHead, adaptive_margin_matrix, conditional_jigsaw, jigsaw_permutations, shuffle_tiles,
-                         triplet_margins)
+from .objectives import JigsawHead, adaptive_margin_matrix, conditional_jigsaw, jigsaw_permutations, triplet_margins
 
 log = get_logger(__name__)
 SKETCH, PHOTO = 0, 1

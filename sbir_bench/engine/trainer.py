@@ -105,10 +105,12 @@ def lr_lambda(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
     return per_epoch if cfg.schedule == "cosine-epoch" else per_step
 
 
-def _optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(method: Method, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The run's optimiser over :meth:`Method.param_groups` (a group's own ``lr`` overrides ``cfg.lr``)."""
+    groups = [g for g in method.param_groups(cfg.lr) if g["params"]]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 class Trainer:
@@ -136,7 +138,7 @@ class Trainer:
         self.steps = cfg.steps_per_epoch or max(1, len(dataset) // cfg.batch_size)
         self.sampler = EpochSampler(len(dataset), cfg.batch_size, self.steps, seed, self.rank, self.world)
         self.loader = self._loader(workers, pin_memory)
-        self.optimizer = _optimizer(self.params, cfg)
+        self.optimizer = build_optimizer(method, cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, self.steps))
         self.use_amp = cfg.amp and device.type == "cuda"
         self.amp_dtype = torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported() else torch.float16

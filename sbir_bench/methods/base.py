@@ -19,7 +19,7 @@ the trainable state, so they are small and never duplicate CLIP's weights.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Sequence
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from torch import nn
 from ..data.classnames import class_text
 from ..data.triplets import TripletBatch
 from ..models.factory import Backbone
+from ..models.preprocess import eval_transform, train_transform
 
 
 @dataclass
@@ -56,6 +57,16 @@ class Method(nn.Module):
 
         ``tokenizer`` is the backbone's (some rules count a phrase's tokens); the default accepts all.
         """
+
+    @classmethod
+    def image_transforms(cls, config, pp, crop_scale_min: float) -> Tuple[Callable, Callable]:
+        """(training, evaluation) image transforms for open_clip preprocess config ``pp``.
+
+        Default: the backbone's own preprocessing, with the shared augmentation for training. A
+        method whose reference code prepares images otherwise (CLIP-AT) overrides this; such a
+        method must not set ``uses_frozen_features`` (the feature cache is keyed by ``pp``).
+        """
+        return train_transform(pp, crop_scale_min), eval_transform(pp)
 
     def __init__(self, backbone: Backbone, class_names: Sequence[str], seen: Sequence[int], config=None) -> None:
         super().__init__()
@@ -129,6 +140,11 @@ class Method(nn.Module):
 
     def forward(self, batch: TripletBatch) -> Dict[str, torch.Tensor]:  # lets DDP wrap a method
         return self.loss(batch)
+
+    def param_groups(self, lr: float) -> List[dict]:
+        """Optimiser parameter groups; a group without ``lr`` runs at the run's ``lr``. Default: every
+        trainable parameter in one group (CLIP-AT gives CLIP's own parameters a smaller rate)."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
 
     def trainable_state(self) -> Dict[str, torch.Tensor]:
         """What training changes (what checkpoints store): trainable parameters and the method's own

@@ -40,12 +40,16 @@ def check_retrieval(method: str, mode: str, fusion_weight: float) -> None:
 
 def retrieval_embedding(features: torch.Tensor, vocab_text: torch.Tensor | None, logit_scale: torch.Tensor,
                         mode: str, fusion_weight: float) -> torch.Tensor:
-    """The retrieval vector of normalised image ``features`` under ``mode`` (see the module docstring)."""
+    """The retrieval vector of normalised image ``features`` under ``mode`` (see the module docstring).
+
+    ``vocab_text`` is (C, E), one text per class, or (B, C, E), texts conditioned on each image (CoCoOp).
+    """
     if mode == "image":
         return features
     if vocab_text is None:
         raise RuntimeError("prepare_eval(class_names) must be called before embedding with class probabilities")
-    p = F.normalize((logit_scale * features @ vocab_text.t()).softmax(-1), dim=-1)
+    logits = features @ vocab_text.t() if vocab_text.dim() == 2 else torch.einsum("be,bce->bc", features, vocab_text)
+    p = F.normalize((logit_scale * logits).softmax(-1), dim=-1)
     if mode == "probs":
         return p
     return torch.cat([math.sqrt(1.0 - fusion_weight) * features, math.sqrt(fusion_weight) * p], dim=-1)

@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import Any, Callable, Dict, Optional
 
 from open_clip.transform import PreprocessCfg, image_transform_v2
+from PIL import Image, ImageOps
 from torchvision import transforms as T
 
 INTERPOLATION = {"bicubic": T.InterpolationMode.BICUBIC, "bilinear": T.InterpolationMode.BILINEAR,
@@ -37,3 +38,25 @@ def train_transform(cfg: PreprocessCfg, crop_scale_min: float) -> Callable:
     crop = T.RandomResizedCrop(size, scale=(crop_scale_min, 1.0), interpolation=INTERPOLATION[cfg.interpolation],
                                antialias=True)
     return T.Compose([crop, T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(cfg.mean, cfg.std)])
+
+
+
+class PadToSquare:
+    """Pad to a ``size`` square with black, keeping the aspect (``PIL.ImageOps.pad``, bicubic).
+
+    A class, not a lambda, so transforms pickle into DataLoader worker processes."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        return ImageOps.pad(image, (self.size, self.size), method=Image.Resampling.BICUBIC)
+
+    def __repr__(self) -> str:  # shown in records' image_transforms
+        return f"PadToSquare(size={self.size}, fill=black, interpolation=bicubic)"
+
+
+def padded_square_transform(size: int, mean, std) -> Callable:
+    """:class:`PadToSquare`, then normalise with ``mean``/``std``: CLIP-AT's official preprocessing
+    (no crop, so no stroke is lost)."""
+    return T.Compose([PadToSquare(size), T.ToTensor(), T.Normalize(mean, std)])

@@ -63,3 +63,12 @@ class ClassPrompts(nn.Module):
         if key not in self._cache:
             self._cache[key] = self.tokenizer(self.texts(class_names)).to(device)
         return self._cache[key]
+
+    def suffix_ids(self, class_names: Sequence[str], device: torch.device,
+                   start: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(token ids from position ``start`` to the last end token (C, S), each class's end-token index
+        within them (C,)): the part of every prompt after a shared prefix of ``start`` tokens, as
+        :meth:`PromptedCLIP.encode_text_after` takes it."""
+        ids = self.token_ids(class_names, device)
+        eot = ids.argmax(-1) - start
+        return ids[:, start: start + int(eot.max()) + 1], eot

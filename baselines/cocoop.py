@@ -1,0 +1,106 @@
+"""CoCoOp: Conditional Context Optimization (Zhou, Yang, Loy, Liu; "Conditional Prompt Learning for
+Vision-Language Models", CVPR 2022), as the official ``trainers/cocoop.py`` (KaiyangZhou/CoOp) computes it.
+
+CoOp's learned context ``ctx`` (4 vectors from "a photo of a") is shifted, per image, by a
+meta-network ``pi(x)``: Linear(vis_dim, vis_dim/16) - ReLU - Linear(vis_dim/16, ctx_dim) of the
+image's normalised frozen CLIP feature. Every class prompt of that image reads ``[SOT] ctx + pi(x)
+<class>. [EOT]``; the logits are CLIP's scaled cosines between the image and its own class texts,
+trained with cross-entropy over the seen classes (sketches and photos both as images). The image
+and text encoders stay frozen; ``ctx`` and the meta-network train.
+
+Cost. Each image has its own class texts: B images x C classes text encodings per step (as SpLIP's
+image-conditioned texts), which is why the paper trains with batch size 1. The toolkit encodes the
+shared prefix ``[SOT, ctx + pi(x)]`` once per image and only the class words per (image, class)
+(:meth:`PromptedCLIP.encode_text_after`, equal to the full encoder), so larger batches fit; the
+paper's batch of 1 is ``train.batch_size: 1``. Evaluation costs the same per gallery class.
+
+Retrieval, as CoOp's (:mod:`sbir_bench.methods.class_probabilities`): ``fused`` (default) joins the
+frozen image embedding with the class-probability vector from the image's own conditioned texts,
+``probs`` uses the probabilities, ``image`` the frozen embedding (equals zero-shot CLIP).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sbir_bench.errors import ConfigError
+from sbir_bench.methods import METHODS, Method, TripletBatch
+from sbir_bench.methods.class_probabilities import check_retrieval, retrieval_embedding
+from sbir_bench.models import PromptedCLIP
+from sbir_bench.models.text_prompts import ClassPrompts
+
+from .coop import coop_context
+
+
+@dataclass
+class CoCoOpConfig:
+    """Options of CoCoOp (defaults: the paper's ``vit_b16_c4_ep10_batch1_ctxv1`` configuration)."""
+
+    n_ctx: Optional[int] = None  # None: the word count of ctx_init (CoOp's rule), 16 random vectors without one
+    ctx_init: Optional[str] = "a photo of a"
+    meta_reduction: int = 16  # the meta-network's hidden width is vis_dim // meta_reduction
+    retrieval: str = "fused"
+    fusion_weight: float = 0.5
+
+
+@METHODS.register("cocoop")
+class CoCoOp(Method):
+    description = "CoCoOp (CVPR'22): CoOp context shifted per image by a meta-network, CE over seen classes"
+    config_class = CoCoOpConfig
+    uses_frozen_features = True
+
+    @classmethod
+    def check_config(cls, config: CoCoOpConfig, tokenizer) -> None:
+        check_retrieval("cocoop", config.retrieval, config.fusion_weight)
+        coop_context(config, "cocoop")
+        if config.meta_reduction < 1:
+            raise ConfigError(f"cocoop: meta_reduction={config.meta_reduction} must be >= 1")
+
+    def __init__(self, backbone, class_names, seen, config=None) -> None:
+        super().__init__(backbone, class_names, seen, config)
+        self.check_config(self.config, backbone.tokenizer)
+        self.prompted = PromptedCLIP(self.clip, vision=False)  # text prompts only: any image tower
+        init = coop_context(self.config, "cocoop")
+        self.ctx = nn.Parameter(init.vectors(self.prompted, backbone.tokenizer))
+        vis_dim, hidden = backbone.embed_dim, max(1, backbone.embed_dim // self.config.meta_reduction)
+        self.meta_net = nn.Sequential(OrderedDict([("linear1", nn.Linear(vis_dim, hidden)), ("relu", nn.ReLU()),
+                                                   ("linear2", nn.Linear(hidden, self.prompted.text_width))]))
+        self.prompts = ClassPrompts(backbone.tokenizer, init.prefix)
+        self.register_buffer("prefix_ids", backbone.tokenizer([init.prefix])[:, : 1 + init.n], persistent=False)
+        self._vocab: List[str] = []
+
+    def class_text(self, features: torch.Tensor, names: Sequence[str]) -> torch.Tensor:
+        """(B, C, E) normalised texts of ``names`` conditioned on each image's normalised feature."""
+        ctx = self.ctx.unsqueeze(0) + self.meta_net(features.to(self.ctx.dtype)).unsqueeze(1)  # (B, n, D)
+        prefix = self.prompted.text_prefix(self.prefix_ids.expand(len(features), -1), ctx)
+        suffix, eot = self.prompts.suffix_ids(names, self.device, self.prefix_ids.shape[1])
+        return self.prompted.encode_text_after(prefix, suffix, eot).float()
+
+    def logits(self, features: torch.Tensor, names: Sequence[str]) -> torch.Tensor:
+        """CLIP logits (B, C) of normalised image ``features`` against their own class texts."""
+        return self.logit_scale * torch.einsum("be,bce->bc", features, self.class_text(features, names))
+
+    def loss(self, batch: TripletBatch) -> Dict[str, torch.Tensor]:
+        images = torch.cat([batch.sketch, batch.positive])
+        feats = images if batch.features else self.frozen_image_features(images)
+        ce = F.cross_entropy(self.logits(feats, self.seen_names).float(), torch.cat([batch.label, batch.label]))
+        return {"loss": ce, "cls": ce.detach()}
+
+    @torch.no_grad()
+    def prepare_eval(self, class_names: Sequence[str]) -> None:
+        self._vocab = list(class_names)
+
+    @torch.no_grad()
+    def embed_features(self, f: torch.Tensor, modality: str = "") -> torch.Tensor:
+        if self.config.retrieval == "image":
+            return f
+        if not self._vocab:
+            raise RuntimeError("prepare_eval(class_names) must be called before embedding with class probabilities")
+        return retrieval_embedding(f, self.class_text(f, self._vocab), self.logit_scale, self.config.retrieval,
+                                   self.config.fusion_weight)

@@ -1,0 +1,70 @@
+"""Fixed weights and inputs shared by the official-code fixtures and the tests that replay them.
+
+``tests/fixtures/official/make_fixtures.py`` runs CLIP-AT's and CoCoOp's official code (checked out
+outside this project) on a tiny OpenAI-layout CLIP filled with :func:`weights`, and stores what that
+code computes; ``tests/test_official_equivalence.py`` builds the same CLIP through open_clip
+(``test-openai-tiny.json``), fills it the same way, and checks our methods against the numbers.
+Everything here comes from numpy's seeded generator, so the inputs are the same bytes on every CPU.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, Mapping, Sequence
+
+import numpy as np
+
+# the OpenAI CLIP constructor's arguments for the fixture model (open_clip: test-openai-tiny.json)
+TINY_OPENAI = dict(embed_dim=32, image_resolution=32, vision_layers=2, vision_width=64, vision_patch_size=8,
+                   context_length=77, vocab_size=49408, transformer_width=32, transformer_heads=2,
+                   transformer_layers=2)
+CLASS_NAMES = ["hot_air_balloon", "t-shirt", "cup", "star", "kite"]  # underscore and hyphen on purpose
+N_IMAGES = 4
+N_PROMPTS = 3
+
+
+def _std(name: str, shape: Sequence[int]) -> float:
+    fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 0
+    return fan_in ** -0.5 if fan_in else 0.1
+
+
+def weights(shapes: Mapping[str, Sequence[int]], seed: int = 0) -> Dict[str, np.ndarray]:
+    """A float32 value per parameter name, in sorted-name order from one seeded generator.
+
+    LayerNorm gains sit near 1, the temperature is CLIP's initial 1/0.07, everything else is
+    N(0, 1/fan_in) (0.1 for vectors), so activations stay O(1) through the tiny towers.
+    """
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name in sorted(shapes):
+        shape = tuple(shapes[name])
+        noise = rng.standard_normal(shape)
+        if name == "logit_scale":
+            value = np.full(shape, math.log(1 / 0.07))
+        elif (".ln_" in name or name.startswith("ln_")) and name.endswith(".weight"):
+            value = 1.0 + 0.1 * noise
+        else:
+            value = noise * _std(name, shape)
+        out[name] = value.astype(np.float32)
+    return out
+
+
+def images(n: int, seed: int, size: int = 32) -> np.ndarray:
+    """``n`` normalised-looking images (N, 3, size, size), float32."""
+    return np.random.default_rng([seed, 1]).standard_normal((n, 3, size, size)).astype(np.float32)
+
+
+def prompt_values(rows: int, width: int, seed: int) -> np.ndarray:
+    """Values for a learned prompt (rows, width): N(0, 1), as CLIP-AT's ``randn`` initialisation."""
+    return np.random.default_rng([seed, 2]).standard_normal((rows, width)).astype(np.float32)
+
+
+def labels(n: int, n_classes: int, seed: int) -> np.ndarray:
+    return np.random.default_rng([seed, 3]).integers(n_classes, size=n)
+
+
+def pil_image(seed: int, size=(40, 24)):
+    """A non-square RGB image (width, height = ``size``): padding to a square has work to do."""
+    from PIL import Image
+    pixels = np.random.default_rng([seed, 4]).integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
