@@ -80,8 +80,9 @@ class TrainConfig:
     weight_decay: float = opt(1e-4, "weight decay", min=0.0)
     optimizer: str = opt("adamw", "adamw or sgd", choices=("adamw", "sgd"))
     momentum: float = opt(0.9, "SGD momentum", min=0.0, max=1.0)
-    schedule: str = opt("cosine-step", "cosine-step (per step) or cosine-epoch (per epoch, as CoOp/MaPLe)",
-                        choices=("cosine-step", "cosine-epoch"))
+    schedule: str = opt("cosine-step", "cosine-step (per step), cosine-epoch (per epoch, as CoOp/MaPLe) or "
+                                       "constant (after any warm-up, as CLIP-AT)",
+                        choices=("cosine-step", "cosine-epoch", "constant"))
     warmup_epochs: float = opt(0.0, "warm-up length in epochs", min=0.0)
     warmup: str = opt("linear", "linear ramp, or constant lr = warmup_lr (CoOp/MaPLe)", choices=("linear", "constant"))
     warmup_lr: float = opt(1e-5, "learning rate during a constant warm-up", positive=True)

@@ -33,7 +33,7 @@ from .runner import checkpoint_dir, evaluate_model, finished_record, training_id
 from .runner import run as run_one
 
 log = get_logger(__name__)
-METHOD_ORDER = ("zeroshot-clip", "linear-probe", "coop", "maple", "splip")
+METHOD_ORDER = ("zeroshot-clip", "linear-probe", "coop", "cocoop", "maple", "clip-at", "splip")
 SETTINGS_OF_TABLES = ("zs", "gzs", "fg")
 
 

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from sbir_bench.cli import main
 from sbir_bench.methods import METHODS, TripletBatch, get_method, load_builtin_methods
 from sbir_bench.models import load_backbone
+from baselines.clip_at import trainable_clip_parameters
 from splip.method import PHOTO, text_layer_for
 
 CONFIGS = Path(__file__).parent / "fixtures" / "model_configs"
@@ -67,7 +68,11 @@ def test_every_method_trains_checkpoints_and_embeds_on_unequal_towers(name, tmp_
         loss = method.loss(batch(32))["loss"]
         assert torch.isfinite(loss)
         loss.backward()
-        assert all(p.grad is None for p in bb.model.parameters())  # the backbone stays frozen
+        trained_backbone = {n for n, p in bb.model.named_parameters() if p.grad is not None}
+        # the backbone stays frozen, except the image-tower parameters CLIP-AT's official code trains
+        expected = {f"visual.{n}" for n, _ in trainable_clip_parameters(bb.model.visual, "official")} \
+            if name == "clip-at" else set()
+        assert trained_backbone == expected
         opt.step()
         after = method.trainable_state()
         assert any(not torch.equal(before[k], after[k]) for k in before)
@@ -112,7 +117,16 @@ def test_maple_couples_layer_i_with_layer_i_up_to_the_shallower_tower():
     assert [v.shape for v in vision] == [torch.Size([2, 48])] * 3 and [t.shape for t in text] == [torch.Size([2, 32])] * 3
 
 
-@pytest.mark.parametrize("name", ["zeroshot-clip", "linear-probe", "coop"])
+def methods_prompting_images(prompting: bool) -> list:
+    return [m for m in all_methods() if get_method(m).prompts_image_encoder == prompting]
+
+
+def test_the_visual_prompt_methods_are_the_ones_we_know():
+    assert methods_prompting_images(True) == ["clip-at", "maple", "splip"]
+    assert methods_prompting_images(False) == ["cocoop", "coop", "linear-probe", "zeroshot-clip"]
+
+
+@pytest.mark.parametrize("name", methods_prompting_images(False))
 def test_resnet_backbone_runs_methods_without_visual_prompts(name):
     bb = backbone("test-tiny-rn")
     method = get_method(name)(bb, NAMES, SEEN)
@@ -121,7 +135,7 @@ def test_resnet_backbone_runs_methods_without_visual_prompts(name):
     assert torch.isfinite(embed(method, batch(32).sketch)).all()
 
 
-@pytest.mark.parametrize("name", ["maple", "splip"])
+@pytest.mark.parametrize("name", methods_prompting_images(True))
 def test_resnet_backbone_is_refused_by_visual_prompt_methods_in_one_line(name, tmp_path):
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["run", name, "--backbone", "test-tiny-rn", "--pretrained", "random",

@@ -82,6 +82,7 @@ def lr_lambda(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
     ``ConstantWarmupScheduler`` around ``CosineAnnealingLR(T_max=epochs)``, stepped once per epoch):
     epoch ``e`` runs at ``0.5 (1 + cos(pi (e - w) / epochs))`` after ``w`` warm-up epochs. A
     ``constant`` warm-up runs at ``warmup_lr``, a ``linear`` one ramps up to the base rate.
+    ``constant``: the base rate after the warm-up (CLIP-AT's code has no schedule).
     """
     total = steps_per_epoch * cfg.epochs
     warm_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
@@ -102,7 +103,10 @@ def lr_lambda(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
             return warm(step)
         return 0.5 * (1.0 + math.cos(math.pi * (epoch - warm_epochs) / cfg.epochs))
 
-    return per_epoch if cfg.schedule == "cosine-epoch" else per_step
+    def constant(step: int) -> float:
+        return warm(step) if step < warm_steps else 1.0
+
+    return {"cosine-epoch": per_epoch, "constant": constant}.get(cfg.schedule, per_step)
 
 
 def build_optimizer(method: Method, cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -1,0 +1,113 @@
+"""Each method's training-step cost relative to a frozen-CLIP forward on the same batch.
+
+    python benchmarks/train_step.py                      # ViT-B-32, random init, batch 16, 100 seen classes
+    python benchmarks/train_step.py --backbones sbir-tiny ViT-B-32 --batch 32 --device cuda
+    python benchmarks/train_step.py --methods splip clip-at
+
+The reference is what any CLIP-based SBIR method pays at least: one forward of the frozen image
+encoder over the batch's sketches, positive and negative photos (3 x batch images, no gradients).
+A method's step is forward + backward + optimiser step of its full objective (its own parameter
+groups). SpLIP is timed twice: ``class_text=image`` (the figure: every image's own text tokens T
+condition its class texts, one cached-prefix text pass per image and class) and ``class_text=batch``
+(one text pass per class, conditioned on the batch's mean T). CoCoOp pays the same per-image class
+texts as SpLIP's figure; CLIP-AT back-propagates through the image tower. Target for SpLIP (issue
+#10): <= 3.5x. Run it with nothing else busy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+VARIANTS = {  # label: (method, method_config)
+    "splip class_text=image": ("splip", {"class_text": "image"}),
+    "splip class_text=batch": ("splip", {"class_text": "batch"}),
+    "cocoop": ("cocoop", {}),
+    "clip-at": ("clip-at", {}),
+    "coop": ("coop", {}),
+    "maple": ("maple", {}),
+}
+SPLIP_TARGET = 3.5
+
+
+def best_time(fn, repeats: int, warmup: int = 2) -> float:
+    """Fastest of ``repeats`` timed calls: on a shared machine noise only ever adds time."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def _batch(size: int, batch: int, n_classes: int, device: str):
+    from sbir_bench.methods import TripletBatch
+    g = torch.Generator().manual_seed(0)
+    images = lambda: torch.randn(batch, 3, size, size, generator=g).to(device)  # noqa: E731
+    labels = torch.randint(0, n_classes, (batch,), generator=g).to(device)
+    return TripletBatch(images(), images(), images(), labels, (labels + 1) % n_classes)
+
+
+def measure(name: str, methods, batch: int, n_classes: int, repeats: int, device: str) -> dict:
+    """{"frozen_ms": ..., label: (step ms, trainable parameters)} for each chosen variant."""
+    from sbir_bench.config import TrainConfig
+    from sbir_bench.engine.trainer import build_optimizer
+    from sbir_bench.methods import get_method, load_builtin_methods
+    from sbir_bench.models import load_backbone
+
+    load_builtin_methods()
+    classes = [f"class {i}" for i in range(n_classes)]
+    out = {}
+    for label, (method_name, options) in VARIANTS.items():
+        if methods and method_name not in methods:
+            continue
+        backbone = load_backbone(name, "random", device=device)  # fresh: CLIP-AT trains CLIP's own parameters
+        b = _batch(backbone.image_size, batch, n_classes, device)
+        if "frozen_ms" not in out:
+            def frozen_forward() -> None:
+                with torch.no_grad():
+                    backbone.model.encode_image(torch.cat([b.sketch, b.positive, b.negative]))
+            out["frozen_ms"] = best_time(frozen_forward, 3 * repeats) * 1e3  # cheap: more tries
+        cls = get_method(method_name)
+        method = cls(backbone, classes, list(range(n_classes)), cls.config_class(**options)).to(device).train()
+        opt = build_optimizer(method, TrainConfig(lr=1e-3))
+
+        def step() -> None:
+            opt.zero_grad(set_to_none=True)
+            method.loss(b)["loss"].backward()
+            opt.step()
+        out[label] = (best_time(step, repeats) * 1e3, method.n_trainable())
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--backbones", nargs="+", default=["ViT-B-32"])
+    ap.add_argument("--methods", nargs="+", default=[], help="default: splip, cocoop, clip-at, coop, maple")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--classes", type=int, default=100, help="seen classes in the classification loss")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args()
+    print(f"device={args.device} threads={torch.get_num_threads()} batch={args.batch} seen classes={args.classes}")
+    for name in args.backbones:
+        r = measure(name, args.methods, args.batch, args.classes, args.repeats, args.device)
+        frozen = r.pop("frozen_ms")
+        print(f"{name}: frozen forward of the batch's 3 x {args.batch} images {frozen:.0f} ms")
+        for label, (ms, params) in r.items():
+            ratio = ms / frozen
+            target = f"  (target <= {SPLIP_TARGET}x: {'PASS' if ratio <= SPLIP_TARGET else 'FAIL'})" \
+                if label.startswith("splip") else ""
+            print(f"  {label:<24} step {ms:8.0f} ms  ratio {ratio:6.2f}x  trainable {params:>12,}{target}")
+
+
+if __name__ == "__main__":
+    main()
