@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
-from .data.tasks import GZS_PROTOCOLS, SETTINGS
+from .data.tasks import GALLERIES, GZS_PROTOCOLS, SETTINGS
 from .errors import ConfigError
 from .retrieval.protocol import DEFAULT_PRESET, PRESETS
 
@@ -53,6 +53,8 @@ class DataConfig:
                             choices=GZS_PROTOCOLS)
     gzs_seen_photo_fraction: float = opt(0.2, "GZS: seen-class share (see docs/datasets.md)", min=0.0, max=1.0,
                                          positive=True)
+    gallery: str = opt("unique", "ZS gallery: unique, or published (as SAKE's/ZSE-SBIR's lists: Sketchy's original "
+                                 "photos listed twice; docs/metrics.md)", choices=GALLERIES)
     crop_scale_min: float = opt(0.8, "training augmentation: smallest random-resized-crop area (CoOp/MaPLe: 0.08)",
                                 min=0.0, max=1.0, positive=True)
     val_fraction: float = opt(0.1, "share of seen-class sketches/photos held out for validation", min=0.0, max=0.9)

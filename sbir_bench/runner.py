@@ -20,7 +20,7 @@ import torch
 
 from .artifacts import save_artifact
 from .config import RunConfig, from_dict, to_dict
-from .data.discovery import DatasetIndex, index_dataset
+from .data.discovery import DatasetIndex, index_dataset, photos_listed_twice
 from .data.splits import load_split
 from .data.tasks import RetrievalTask, SplitPartition, build_task, build_val_task, partition
 from .data.triplets import FeatureTriplets, TripletDataset
@@ -103,7 +103,9 @@ def prepare_data(cfg: RunConfig) -> RunData:
     heldout = cfg.data.gzs_seen_photo_fraction if cfg.data.gzs_protocol == "heldout" else 0.0
     part = partition(index, unseen, cfg.seed, cfg.data.val_fraction, heldout, cfg.data.max_per_class)
     fine = index.spec.fine_grained
-    task = build_task(cfg.data.setting, part, fine, cfg.data.gzs_protocol, cfg.data.gzs_seen_photo_fraction, cfg.seed)
+    again = photos_listed_twice(index, cfg.data.data_root) if cfg.data.gallery == "published" else None
+    task = build_task(cfg.data.setting, part, fine, cfg.data.gzs_protocol, cfg.data.gzs_seen_photo_fraction, cfg.seed,
+                      again)
     task.check(f"{cfg.data.dataset} split {split_label(cfg.data.split, cfg.data.split_file)}")
     return RunData(index, part, task, build_val_task(cfg.data.setting, part, fine))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -119,13 +120,33 @@ def test_check_reports_empty_unreadable_and_duplicates(make_tree):
     photo = next((base / "ImageResized_ready" / "bus").iterdir())
     photo.write_bytes(photo.read_bytes()[:40])  # truncated
     first, second = sorted((base / "png_ready" / "bee").iterdir())
-    shutil.copy(first, second)
+    shutil.copy(first, second)  # a copy: same bytes, another file
+    linked = sorted((base / "png_ready" / "cat").iterdir())
+    linked[1].unlink()
+    os.link(linked[0], linked[1])  # a hard link: one file under two names
+    quick = check_dataset("tuberlin", str(root))
+    text = "\n".join(quick.lines())
+    assert "1 empty sketches class folder(s): ant" in text and not quick.usable
+    assert "1 duplicate sketches file(s)" in text and str(linked[1]) in text  # without reading: the link only
+    assert "decoded a sample of 200 of the 500 photos" in text
+    deep = check_dataset("tuberlin", str(root), depth="deep")
+    text = "\n".join(deep.lines())
+    assert "1 unreadable or truncated photos image(s) (0.2% of all)" in text and str(photo) in text
+    assert "2 duplicate sketches file(s)" in text  # --deep compares contents: the copy too
+    assert not deep.usable
+
+
+def test_check_decodes_a_sample_and_deep_decodes_everything(make_tree, monkeypatch):
+    from sbir_bench.data import check
+    root = make_tree("tuberlin")
+    monkeypatch.setattr(check, "SAMPLE", 3)
+    decoded = []
+    monkeypatch.setattr(check, "load_rgb", lambda path, warn_once=True: decoded.append(path) or object())
     report = check_dataset("tuberlin", str(root))
-    text = "\n".join(report.lines())
-    assert "1 empty sketches class folder(s): ant" in text
-    assert "1 unreadable or truncated photos image(s)" in text and str(photo) in text
-    assert "1 duplicate sketches file(s)" in text
-    assert not report.usable
+    assert len(decoded) == 6 and any("decoded a sample of 3 of the" in n for n in report.notes)
+    decoded.clear()
+    check_dataset("tuberlin", str(root), depth="deep")
+    assert len(decoded) == report.counts["sketches"] + report.counts["photos"]
 
 
 def test_check_missing_dataset_is_one_line(tmp_path):

@@ -86,11 +86,12 @@ def datasets_group(ctx: click.Context, data_root: Optional[str]) -> None:
 @click.option("--data-root", type=click.Path(), help="Folder holding the dataset.")
 @click.option("--split", default="1", show_default=True, help="Split whose class names must exist.")
 @click.option("--split-file", type=click.Path(), help="Custom split file to check instead.")
-@click.option("--no-decode", is_flag=True, help="Skip decoding every image (faster, misses corrupt files).")
+@click.option("--deep", is_flag=True, help="Decode every image and compare file contents (reads the whole copy).")
+@click.option("--no-decode", is_flag=True, help="Decode nothing (by default a sample of 200 images per modality).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @friendly_errors
-def datasets_check(dataset: str, data_root: Optional[str], split: str, split_file: Optional[str], no_decode: bool,
-                   quiet: bool) -> None:
+def datasets_check(dataset: str, data_root: Optional[str], split: str, split_file: Optional[str], deep: bool,
+                   no_decode: bool, quiet: bool) -> None:
     """Walk a dataset copy and report what is missing, empty, unreadable or duplicated, then the test
     task every split and setting builds (queries x photos, GZS's seen and unseen parts).
 
@@ -104,7 +105,10 @@ def datasets_check(dataset: str, data_root: Optional[str], split: str, split_fil
     from ..log import set_quiet
 
     set_quiet(quiet)
-    report = check_dataset(dataset, data_root, split, split_file, decode=not no_decode)
+    if deep and no_decode:
+        fail("--deep and --no-decode contradict each other: choose one", 2)
+    report = check_dataset(dataset, data_root, split, split_file, depth="deep" if deep else "none" if no_decode
+                           else "sample")
     for line in report.lines():
         click.echo(line)
     if not report.usable:

@@ -45,6 +45,8 @@ class DatasetSpec:
     sibling: str = ""  # a dataset with a similar layout, suggested when it is there and this one is not
     table_title: str = ""  # the name papers print in table headers
     photo_aliases: Optional[str] = None  # bundled file: photo folder spellings -> class (raw downloads)
+    # photo file names that SAKE's / ZSE-SBIR's zero-shot lists name twice (data.gallery: published)
+    listed_twice: str = ""
 
 
 def layouts(sketch: Sequence[str], photo: Sequence[str]) -> Tuple[Layout, ...]:
@@ -81,7 +83,8 @@ register(DatasetSpec(
     splits={"1": "sketchy_split1.txt", "2": "sketchy_split2.txt"},
     expected={"classes": 125, "sketches": 75481, "photos": 73002}, class_list="sketchy.txt",
     source="Sangkloy et al. 2016 (sketchy.eye.gatech.edu) + extended photos of Liu et al. 2017",
-    licence="CC BY 4.0 (sketches); photos from ImageNet, research use", sibling="sketchy-fg"))
+    licence="CC BY 4.0 (sketches); photos from ImageNet, research use", sibling="sketchy-fg",
+    listed_twice=r"n\d+_\d+\.\w+"))  # the original Sketchy photos (the extended ones are ext_N.jpg)
 register(DatasetSpec(
     name="sketchy-fg", title="Sketchy (fine-grained pairs)", table_title="Sketchy", subdirs=("Sketchy", "sketchy", ""),
     layouts=layouts(_SKETCHY_SK, (*_SKETCHY_FG_PH, "photo")),

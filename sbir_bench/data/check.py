@@ -8,6 +8,10 @@ classes absent from the copy, and (fine-grained) sketches whose photo is missing
 
 A copy is *unusable* (non-zero exit) when the requested split cannot be applied, an official
 class is missing, a class folder is empty, or more than 5% of the images cannot be decoded.
+
+Depth: by default a seeded sample of ``SAMPLE`` images per modality is decoded and only hard links
+(one file under two names) count as duplicates, so a QuickDraw-Ext-sized copy (534k files) is checked
+in seconds; ``deep`` decodes every image and compares file contents (reads the whole copy).
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
+
+import numpy as np
 
 from ..errors import DataError
 from ..log import progress
@@ -29,6 +35,8 @@ from .splits import package_file, read_class_file, split_names
 
 MAX_LISTED = 10
 UNREADABLE_LIMIT = 0.05
+SAMPLE = 200  # images decoded per modality without --deep
+DEPTHS = ("none", "sample", "deep")
 
 
 @dataclass
@@ -40,6 +48,7 @@ class CheckReport:
     counts: Dict[str, int] = field(default_factory=dict)
     problems: List[str] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)  # what was not checked, and how to check it
 
     @property
     def usable(self) -> bool:
@@ -49,6 +58,7 @@ class CheckReport:
         out = [f"{self.dataset} at {self.root}: " + ", ".join(f"{v} {k}" for k, v in self.counts.items())]
         out += [f"problem: {p}" for p in self.problems]
         out += [f"warning: {w}" for w in self.warnings]
+        out += [f"note: {n}" for n in self.notes]
         return out
 
     def summary(self) -> str:
@@ -83,29 +93,53 @@ def _check_classes(report: CheckReport, spec: DatasetSpec, folders: Dict[str, Di
         report.problems.append(f"class(es) with only one modality: {_listing(one_sided)}")
 
 
-def _check_images(report: CheckReport, modality: str, images: Dict[str, List[Path]], decode: bool) -> None:
+def _check_images(report: CheckReport, modality: str, images: Dict[str, List[Path]], depth: str) -> None:
     empty = sorted(c for c, files in images.items() if not files)
     if empty:
         report.problems.append(f"{len(empty)} empty {modality} class folder(s): {_listing(empty)}")
     files = [p for group in images.values() for p in group]
     report.counts[modality] = len(files)
-    by_size: Dict[int, List[Path]] = defaultdict(list)
-    for p in files:
-        by_size[p.stat().st_size].append(p)
-    by_hash: Dict[str, List[Path]] = defaultdict(list)
-    for same in (g for g in by_size.values() if len(g) > 1):
-        for p in same:
-            by_hash[hashlib.sha1(p.read_bytes()).hexdigest()].append(p)
-    dups = [g for g in by_hash.values() if len(g) > 1]
+    dups = _duplicates(files, modality, read=depth == "deep")
     if dups:
         report.warnings.append(f"{sum(len(g) - 1 for g in dups)} duplicate {modality} file(s) (byte-identical): "
                                + _listing([" = ".join(str(p) for p in g[:2]) for g in dups]))
-    if decode:
-        bad = [str(p) for p in progress(files, desc=f"decoding {modality}", unit="img") if load_rgb(str(p), warn_once=False) is None]
-        if bad:
-            share = len(bad) / max(1, len(files))
-            message = f"{len(bad)} unreadable or truncated {modality} image(s) ({share:.1%}): {_listing(bad)}"
-            (report.problems if share > UNREADABLE_LIMIT else report.warnings).append(message)
+    if depth == "none":
+        return
+    chosen = files if depth == "deep" or len(files) <= SAMPLE else \
+        [files[i] for i in sorted(np.random.default_rng(0).choice(len(files), SAMPLE, replace=False))]
+    if len(chosen) < len(files):
+        report.notes.append(f"decoded a sample of {len(chosen)} of the {len(files):,} {modality}; --deep decodes "
+                            f"every image and compares file contents")
+    bad = [str(p) for p in progress(chosen, desc=f"decoding {modality}", unit="img")
+           if load_rgb(str(p), warn_once=False) is None]
+    if bad:
+        share = len(bad) / max(1, len(chosen))
+        message = (f"{len(bad)} unreadable or truncated {modality} image(s) ({share:.1%} of "
+                   f"{'all' if len(chosen) == len(files) else 'a sample'}): {_listing(bad)}")
+        (report.problems if share > UNREADABLE_LIMIT else report.warnings).append(message)
+
+
+def _duplicates(files: List[Path], modality: str, read: bool) -> List[List[Path]]:
+    """Groups of byte-identical files: hard links of one file always (no read), and with ``read``
+    files of equal size and SHA-1 (the whole copy is read, with a progress bar)."""
+    by_inode: Dict[tuple, List[Path]] = defaultdict(list)
+    by_size: Dict[int, List[tuple]] = defaultdict(list)
+    for p in progress(files, desc=f"listing {modality}", unit="file"):
+        st = p.stat()
+        key = (st.st_dev, st.st_ino)
+        if key not in by_inode:
+            by_size[st.st_size].append(key)
+        by_inode[key].append(p)
+    groups = [g for g in by_inode.values() if len(g) > 1]
+    if read:
+        by_hash: Dict[str, List[Path]] = defaultdict(list)
+        candidates = [key for keys in by_size.values() if len(keys) > 1 for key in keys]
+        for key in progress(candidates, desc=f"comparing {modality}", unit="file"):
+            by_hash[hashlib.sha1(by_inode[key][0].read_bytes()).hexdigest()].append(key)
+        for keys in (k for k in by_hash.values() if len(k) > 1):
+            merged = [p for key in keys for p in by_inode[key]]
+            groups = [g for g in groups if g[0] not in merged] + [merged]
+    return groups
 
 
 def _check_pairs(report: CheckReport, images: Dict[str, Dict[str, List[Path]]]) -> None:
@@ -116,8 +150,9 @@ def _check_pairs(report: CheckReport, images: Dict[str, Dict[str, List[Path]]]) 
 
 
 def check_dataset(name: str, data_root: Optional[str], split: str = "1", split_file: Optional[str] = None,
-                  decode: bool = True) -> CheckReport:
-    """Run every check on the copy of ``name`` under ``data_root``."""
+                  depth: str = "sample") -> CheckReport:
+    """Run every check on the copy of ``name`` under ``data_root`` (``depth``: none, sample or deep,
+    see the module docstring)."""
     spec = get_spec(name)
     base, layout = locate(spec, resolve_root(spec, data_root))
     report = CheckReport(name, base)
@@ -128,7 +163,7 @@ def check_dataset(name: str, data_root: Optional[str], split: str = "1", split_f
     _check_classes(report, spec, folders)
     images = {m: {c: list_images(p) for c, p in f.items()} for m, f in folders.items()}
     for modality in ("sketches", "photos"):
-        _check_images(report, modality, images[modality], decode)
+        _check_images(report, modality, images[modality], depth)
     if spec.fine_grained:
         _check_pairs(report, images)
     for key, expected in spec.expected.items():
@@ -149,12 +184,13 @@ def task_sizes(name: str, data_root: Optional[str], split_file: Optional[str] = 
     """One line per split and setting: the test task a run builds (queries x gallery; GZS's seen and
     unseen parts), with the default seed and fractions, so a copy can be compared with a paper's test
     set before any GPU time is spent (docs/datasets.md lists the published ones)."""
-    from .discovery import index_dataset
+    from .discovery import index_dataset, photos_listed_twice
     from .splits import load_split
     from .tasks import SETTINGS, build_task, partition
     spec = get_spec(name)
     index = index_dataset(name, data_root)
     splits = [split_file] if split_file else list(spec.splits)
+    again = photos_listed_twice(index, data_root) if spec.listed_twice else None
     lines = []
     for split in splits:
         unseen = load_split(spec, index.class_names, "1" if split_file else split, split_file)
@@ -165,6 +201,9 @@ def task_sizes(name: str, data_root: Optional[str], split_file: Optional[str] = 
                 continue
             task = build_task(setting, part, spec.fine_grained)
             line = f"{label} {setting}: {len(task.queries):,} queries x {len(task.gallery):,} photos"
+            if setting == "zs" and again is not None:
+                published = build_task(setting, part, False, listed_again=again)
+                line += f" ({len(published.gallery):,} with data.gallery=published, as SAKE's/ZSE-SBIR's lists)"
             if setting == "gzs":
                 seen = set(part.seen)
                 seen_q = sum(1 for q in task.queries if q.label in seen)

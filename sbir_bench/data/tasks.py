@@ -29,6 +29,7 @@ from .discovery import DatasetIndex, Sample
 
 SETTINGS = ("zs", "gzs", "fg")
 GZS_PROTOCOLS = ("sem-pcyc", "heldout")
+GALLERIES = ("unique", "published")
 
 
 @dataclass
@@ -199,10 +200,17 @@ def gzs_task(part: SplitPartition, protocol: str = "sem-pcyc", seen_fraction: fl
 
 
 def build_task(setting: str, part: SplitPartition, fine_grained: bool, gzs_protocol: str = "sem-pcyc",
-               seen_fraction: float = 0.2, seed: int = 0) -> RetrievalTask:
-    """The test task of ``setting`` over ``part``."""
+               seen_fraction: float = 0.2, seed: int = 0,
+               listed_again: Optional[Sequence[Sample]] = None) -> RetrievalTask:
+    """The test task of ``setting`` over ``part``. ``listed_again`` (ZS only): photos the gallery lists
+    a second time, to compose SAKE's / ZSE-SBIR's published lists
+    (:func:`~sbir_bench.data.discovery.photos_listed_twice`); their unseen-class ones are appended."""
+    if listed_again is not None and setting != "zs":
+        raise DataError("data.gallery=published composes SAKE's/ZSE-SBIR's zero-shot lists: setting zs only")
     if setting == "zs":
-        return RetrievalTask("zs", "category", list(part.unseen_sketches), list(part.unseen_photos))
+        unseen = set(part.unseen)
+        again = [p for p in listed_again or () if p.label in unseen]
+        return RetrievalTask("zs", "category", list(part.unseen_sketches), list(part.unseen_photos) + again)
     if setting == "gzs":
         return gzs_task(part, gzs_protocol, seen_fraction, seed)
     if setting == "fg":

@@ -30,7 +30,8 @@ KEYS = ("method", "variant", "dataset", "setting", "split", "backbone", "seed")
 NOT_IN_CONFIG_ID = ("seed", "output_dir", "quiet", "device", "report_to", "tracking_uri",
                     "train.resume", "train.checkpoint_dir", "data.workers",
                     "data.pin_memory", "data.data_root", "backbone.cache_dir", "eval.memory", "eval.batch_size",
-                    "eval.save_embeddings", "eval.feature_cache")
+                    "eval.save_embeddings", "eval.feature_cache",
+                    "data.gallery")  # shown as its own label (row_labels), absent from older records
 
 
 def config_id(config: Dict[str, Any]) -> str:
@@ -48,6 +49,7 @@ def _row(rec) -> Dict[str, Any]:
     row["seed"] = int(d.get("seed", 0))
     row["protocol"] = str((d.get("protocol") or {}).get("preset") or DEFAULT_PRESET)
     row["gzs_protocol"] = str(d.get("gzs_protocol") or "")
+    row["gallery"] = str(((d.get("config") or {}).get("data") or {}).get("gallery") or "unique")
     row["config_id"] = config_id(d.get("config") or {})
     fingerprint = d.get("data_fingerprint")
     row["data_id"] = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:8] if fingerprint else ""
@@ -102,7 +104,8 @@ def drop_repeated_seeds(frame: pd.DataFrame) -> pd.DataFrame:
 
 def row_labels(frame: pd.DataFrame) -> List[str]:
     """Table row of each run: ``method [variant]``, plus what differs between otherwise equal rows of
-    the same (dataset, split, setting) block: backbone, protocol, GZS protocol, a config number when
+    the same (dataset, split, setting) block: backbone, protocol, GZS protocol, gallery composition
+    (``data.gallery``), a config number when
     the configs differ otherwise, a data number when the copies of the dataset hold different files."""
     if frame.empty:
         return []
@@ -113,7 +116,7 @@ def row_labels(frame: pd.DataFrame) -> List[str]:
         same = [j for j, other in enumerate(base) if other == label and block[j] == block[i]]
         extras = []
         for key, show in (("backbone", lambda x: x), ("protocol", lambda x: f"protocol {x}"),
-                          ("gzs_protocol", lambda x: f"GZS {x}")):
+                          ("gzs_protocol", lambda x: f"GZS {x}"), ("gallery", lambda x: f"{x} gallery")):
             if len({frame[key].iloc[j] for j in same}) > 1:
                 extras.append(show(frame[key].iloc[i]))
         for key, word in (("config_id", "config"), ("data_id", "data")):
