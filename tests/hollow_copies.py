@@ -120,8 +120,9 @@ class HollowCopy:
 
     @property
     def unique_photos(self) -> int:
-        """Distinct photos of the lists: a photo listed twice (Sketchy originals) counts once."""
-        return len({(p.split("/")[-2], p.rsplit("/", 1)[-1]) for p in self.photos})
+        """The photos of the lists without their second listing: for Sketchy, the extended folder's
+        (the originals listed again from ``256x256/photo/`` left out), elsewhere every listed photo."""
+        return len({p for p in self.photos if not p.startswith(PH_READY)})
 
 
 class _Linker:
