@@ -164,6 +164,8 @@ def test_unreadable_image_is_skipped_and_counted_in_run(make_tree, tmp_path):
     assert result.exit_code == 0, result.output
     record = json.loads(next((tmp_path / "runs").glob("*.json")).read_text())
     assert record["skipped_images"] == 1
+    stages = record["skipped_by_stage"]
+    assert stages == {"train": 0, "val": 0, "zs": 1}  # "bat" is a split-2 test class: the zs test task only
 
 
 def test_split_mismatch_is_an_error(make_tree):

@@ -76,6 +76,10 @@ def test_gzs_record_parts_and_every_preset_agree_with_an_independent_computation
     assert ap[seen & has].mean() == pytest.approx(s, abs=1e-6)
     assert ap[~seen & has].mean() == pytest.approx(u, abs=1e-6)
     assert record["n_excluded"] == int((~has).sum())
+    per_class = {int(c): v for c, v in record["per_class_map"].items()}
+    assert set(per_class) == set(ql[has].tolist())  # every evaluated query's class, no other
+    for c, value in per_class.items():  # each class's mean AP over its evaluated queries
+        assert value == pytest.approx(ap[(ql == c) & has].mean(), abs=1e-6)
     out = tmp_path / "all.json"
     again = CliRunner().invoke(main, ["eval", "--record", str(next(tmp_path.glob("*.json"))), "--protocols", "all",
                                       "--json", str(out), "--quiet"])

@@ -161,3 +161,34 @@ def test_plot_command_writes_png_and_pdf(tmp_path, mini_root):
     for stem in ("pr_mini_split1_zs", "per_class_zeroshot-clip_mini_split1_zs_seed0", "grid_zeroshot-clip_mini_split1_zs_seed0"):
         assert f"{stem}.png" in names and f"{stem}.pdf" in names
     assert (out / "grid_zeroshot-clip_mini_split1_zs_seed0.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compare_ci_from_the_command_line_brackets_the_mean(tmp_path):
+    rng = np.random.default_rng(3)
+    folder = tmp_path / "runs"
+    values = rng.uniform(0, 1, 400)
+    make_record(folder, "splip", 0, {"mAP@all": values.mean()}, per_query={"AP@all": values})
+    result = CliRunner().invoke(main, ["compare", "--results-dir", str(folder), "--ci"])
+    assert result.exit_code == 0, result.output
+    lo, hi = map(float, re.search(r"\[(0\.\d+), (0\.\d+)\]", result.output).groups())
+    half = 1.96 * values.std(ddof=1) / np.sqrt(len(values))  # the normal approximation, independent of the bootstrap
+    assert lo < values.mean() < hi and abs((hi - lo) / 2 - half) < 0.2 * half
+    plain = CliRunner().invoke(main, ["compare", "--results-dir", str(folder)]).output
+    assert "[" not in plain.split("mAP@all", 1)[1]  # no interval without --ci
+
+
+def test_delta_uses_the_published_columns_preset_or_marks_the_protocol_unknown(tmp_path):
+    folder = tmp_path / "runs"
+    path = make_record(folder, "splip", 0, {"mAP@all": 0.70})
+    record = json.loads(path.read_text())
+    record["metrics_by_protocol"] = {"sake": {"mAP@all": 0.75}}
+    path.write_text(json.dumps(record))
+    ref = tmp_path / "paper"
+    ref.mkdir()
+    header = "method,dataset,split,setting,metric,value,source,table,protocol\n"
+    (ref / "known.csv").write_text(header + "splip,sketchy,1,zs,mAP@all,0.700,A 2024,T1,sake\n")
+    text = CliRunner().invoke(main, ["compare", "--results-dir", str(folder), "--reference", str(ref)]).output
+    assert "+0.050" in text and "+0.050?" not in text  # 0.75 under sake - 0.70: like with like
+    (ref / "known.csv").write_text(header + "splip,sketchy,1,zs,mAP@all,0.650,A 2024,T1,\n")
+    text = CliRunner().invoke(main, ["compare", "--results-dir", str(folder), "--reference", str(ref)]).output
+    assert "+0.050?" in text  # 0.70 (our default) - 0.65, protocol of the published number unknown

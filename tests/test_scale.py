@@ -157,14 +157,16 @@ def test_evaluation_sharded_over_two_processes_equals_one(tmp_path, mini_root):
 
 
 def test_automatic_workers():
-    from sbir_bench.data.images import available_cores, resolve_workers
+    from sbir_bench.data.images import resolve_workers
     assert resolve_workers(3, 10_000, 64) == 3
     assert resolve_workers(None, 100, 64) == 0  # two batches or fewer: no worker processes
-    cores = available_cores()
-    assert resolve_workers(None, 10_000, 64) == (0 if cores < 4 else min(8, cores - 1))
     with_cores = lambda n: patch("sbir_bench.data.images.available_cores", return_value=n)  # noqa: E731
     with with_cores(2):
         assert resolve_workers(None, 10_000, 64) == 0   # no spare core: decode in the main process
+    with with_cores(3):
+        assert resolve_workers(None, 10_000, 64) == 0   # below four cores: still the main process
+    with with_cores(4):
+        assert resolve_workers(None, 10_000, 64) == 3   # one core stays with the model
     with with_cores(16):
         assert resolve_workers(None, 10_000, 64) == 8   # capped
     with with_cores(16), patch.dict(os.environ, {"LOCAL_WORLD_SIZE": "4"}):

@@ -44,8 +44,12 @@ def test_prompt_counts_per_layer(tiny_backbone):
     assert len(enc.visual_prompts) == m.depth
     assert all(p.shape == (3, 4 + 2, m.prompted.vision_width) for p in enc.visual_prompts)  # 4 V^tg + 2 V^ms
     assert enc.text_tokens.shape == (3, 4, m.prompted.text_width)  # 4 T tokens
-    vtg = m.b_v(m.phrase_embeddings[SKETCH])
-    for layer in enc.visual_prompts:  # V^tg: the same 4 tokens at every visual layer
+    width = m.prompted.vision_width
+    with torch.no_grad():  # B_v with known weights: V^tg is then its bias, as 4 tokens (hand-computable)
+        m.b_v.proj.weight.zero_()
+        m.b_v.proj.bias.copy_(torch.arange(4 * width, dtype=torch.float32))
+    vtg = torch.arange(4 * width, dtype=torch.float32).reshape(4, width)
+    for layer in m.encode(images, SKETCH).visual_prompts:  # V^tg: the same 4 tokens at every visual layer
         assert torch.equal(layer[:, :4], vtg.expand(3, -1, -1))
     assert m.encode(images, SKETCH).features.shape == (3, tiny_backbone.embed_dim)
 
