@@ -93,7 +93,8 @@ class CLIPAT(Method):
             if getattr(config, key) not in allowed:
                 raise ConfigError(f"clip-at: {key}={getattr(config, key)!r}; choose one of {', '.join(allowed)}")
         if config.n_prompts < 1 or config.patch_grid < 2:
-            raise ConfigError(f"clip-at: n_prompts={config.n_prompts} must be >= 1 and patch_grid={config.patch_grid} >= 2")
+            raise ConfigError(f"clip-at: n_prompts={config.n_prompts} must be >= 1 and "
+                              f"patch_grid={config.patch_grid} >= 2")
         for key in ("clip_lr", "margin", "lambda_cls", "lambda_patch"):
             value = getattr(config, key)
             if not (value >= 0 and value < float("inf")):

@@ -98,9 +98,5 @@ class CoCoOp(Method):
 
     @torch.no_grad()
     def embed_features(self, f: torch.Tensor, modality: str = "") -> torch.Tensor:
-        if self.config.retrieval == "image":
-            return f
-        if not self._vocab:
-            raise RuntimeError("prepare_eval(class_names) must be called before embedding with class probabilities")
-        return retrieval_embedding(f, self.class_text(f, self._vocab), self.logit_scale, self.config.retrieval,
-                                   self.config.fusion_weight)
+        texts = self.class_text(f, self._vocab) if self._vocab and self.config.retrieval != "image" else None
+        return retrieval_embedding(f, texts, self.logit_scale, self.config.retrieval, self.config.fusion_weight)

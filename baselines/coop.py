@@ -48,9 +48,9 @@ def coop_context(cfg, method: str = "coop") -> ContextInit:
         phrase = cfg.ctx_init.replace("_", " ")
         words = len(phrase.split(" "))
         if cfg.n_ctx is not None and cfg.n_ctx != words:
-            raise ConfigError(f"{method}: n_ctx={cfg.n_ctx} but ctx_init {phrase!r} has {words} words; the reference code "
-                              f"learns one vector per word of the phrase: drop n_ctx, or set ctx_init: null for "
-                              f"{cfg.n_ctx} random vectors")
+            raise ConfigError(f"{method}: n_ctx={cfg.n_ctx} but ctx_init {phrase!r} has {words} words; the reference "
+                              f"code learns one vector per word of the phrase: drop n_ctx, or set ctx_init: null "
+                              f"for {cfg.n_ctx} random vectors")
         return ContextInit(words, phrase)
     return ContextInit(cfg.n_ctx if cfg.n_ctx is not None else 16)
 
