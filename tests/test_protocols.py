@@ -133,6 +133,33 @@ def test_clip_at_preset(ties):
     np.testing.assert_allclose(res.per_query["AP@all"], expected, atol=1e-6)
 
 
+def precision_093(preds, target, k):
+    """torchmetrics 0.9.3 ``retrieval_precision(preds, target, k)``: relevant items in the top k, over k."""
+    return target[stable_order(preds)[:k]].sum() / k
+
+
+def ap_at_k_over_relevant(preds, target, k):
+    """AP of the top-k list with torchmetrics 0.9.3's divisor, all relevant items (0 without one)."""
+    if not target.sum():
+        return 0.0
+    positions = np.flatnonzero(target[stable_order(preds)[:k]]) + 1
+    return float(((np.arange(len(positions)) + 1) / positions).sum() / target.sum())
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_clip_at_preset_top_k(ties):
+    scores, ql, gl = problem(2, ties, shift=-1.0)
+    ql[0] = 9  # no relevant item: 0, and the query is kept (no_relevant=zero)
+    res = evaluate(scores=scores, query_labels=ql, gallery_labels=gl,
+                   protocol=resolve_protocol("clip-at", {"map_k": [K], "prec_k": [10, K]}))
+    assert res.n_excluded == 0
+    for k in (10, K):
+        np.testing.assert_allclose(res.per_query[f"P@{k}"],
+                                   [precision_093(scores[i], gl == ql[i], k) for i in range(len(ql))], atol=1e-6)
+    np.testing.assert_allclose(res.per_query[f"mAP@{K}"],
+                               [ap_at_k_over_relevant(scores[i], gl == ql[i], K) for i in range(len(ql))], atol=1e-6)
+
+
 @pytest.mark.parametrize("ties", [False, True])
 def test_torchmetrics_preset(ties):
     scores, ql, gl = problem(3, ties, shift=-0.2)  # some relevant items score <= 0
