@@ -3,7 +3,8 @@
 CLIP's linear probe fits a classifier on frozen image features. For sketch-photo retrieval the probe
 must produce an *embedding*, so here a linear projection W maps the frozen image feature of a sketch
 or a photo to the retrieval space. As in MAE's linear probing protocol (He et al., CVPR 2022), the
-frozen features are first standardised by a BatchNorm without affine parameters: CLIP features share
+frozen features are first standardised by a BatchNorm without affine parameters (its statistics those
+of the whole batch under DDP: :class:`~sbir_bench.engine.distributed.GlobalBatchNorm1d`): CLIP features share
 a large common component, and without it a linear map needs huge weights (and many steps) to turn
 the small class-dependent part into distinct embeddings. W starts as the identity. Trained with
 
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sbir_bench.engine.distributed import GlobalBatchNorm1d
 from sbir_bench.methods import METHODS, Method, TripletBatch
 from sbir_bench.methods.losses import cosine_triplet
 
@@ -49,7 +51,7 @@ class LinearProbe(Method):
     def __init__(self, backbone, class_names, seen, config=None) -> None:
         super().__init__(backbone, class_names, seen, config)
         dim = backbone.embed_dim
-        self.standardise = nn.BatchNorm1d(dim, affine=False, eps=1e-6)
+        self.standardise = GlobalBatchNorm1d(dim, affine=False, eps=1e-6)
         self.projection = nn.Linear(dim, dim)
         nn.init.eye_(self.projection.weight)
         nn.init.zeros_(self.projection.bias)

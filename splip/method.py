@@ -149,7 +149,8 @@ class SpLIP(Method):
         prefixes = []
         for text in self.prefix_text:
             ids = self.backbone.tokenizer([text])[0]
-            prefixes.append(ids[: int(ids.argmax())])  # up to the end token, excluded
+            # up to the end token, excluded; a compact copy (DDP's start-up broadcast refuses a view of the row)
+            prefixes.append(ids[: int(ids.argmax())].clone())
         for m, ids in enumerate(prefixes):
             self.register_buffer(f"prefix_ids_{m}", ids.unsqueeze(0), persistent=False)
 

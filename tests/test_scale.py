@@ -152,8 +152,9 @@ def test_evaluation_sharded_over_two_processes_equals_one(tmp_path, mini_root):
     assert double["n_queries"] == single["n_queries"] and double["n_evaluated"] == single["n_evaluated"]
     assert double["metrics"] == pytest.approx(single["metrics"], abs=1e-6)
     with np.load(single["embeddings"]) as a, np.load(double["embeddings"]) as b:
-        assert a["query_paths"].tolist() == b["query_paths"].tolist()  # every query once, in order
-        np.testing.assert_allclose(a["query"], b["query"], atol=1e-6)
+        for part in ("query", "gallery"):  # every image once, in the one-process order
+            assert a[f"{part}_paths"].tolist() == b[f"{part}_paths"].tolist()
+            np.testing.assert_allclose(a[part], b[part], atol=1e-6)
 
 
 def test_automatic_workers():

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -88,33 +89,70 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _cli_run(tmp_path: Path, nproc: int) -> dict:
-    out = tmp_path / f"runs{nproc}"
-    args = ["run", "coop", "--epochs", "2", "--batch-size", "8", "--lr", "0.05", "--set", "train.steps_per_epoch=3",
-            "--set", "train.val_every=0", "--set", "eval.save_embeddings=false", "--device", "cpu",
-            "--output-dir", str(out), "--quiet"]
-    if nproc == 1:
-        cmd = [sys.executable, "-m", "sbir_bench", *args]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
-               f"--master_port={_free_port()}", "-m", "sbir_bench", *args]
+TRAINED = {"train.epochs": 2, "train.steps_per_epoch": 3, "train.batch_size": 8, "train.lr": 0.05,
+           "train.val_every": 1, "eval.save_embeddings": True}
+# DDP == one process: every method whose loss is a mean of per-sample terms. SpLIP's jigsaw draws its
+# permutations from each rank's own generator, so only its jigsaw-free variant can equal one process.
+EQUAL = {"coop-accum": ("coop", {"train.grad_accum": 2}),   # no_sync on the first micro-batch of each step
+         "maple": ("maple", {}), "linear-probe": ("linear-probe", {}), "clip-at": ("clip-at", {}),
+         "cocoop": ("cocoop", {}), "splip-nojigsaw": ("splip", {"method_config.jigsaw": False})}
+
+
+def _plan(tmp_path: Path, nproc: int) -> Path:
+    plan = [{"out": str(tmp_path / f"{name}-{nproc}"), "method": method, "set": {**TRAINED, **extra}}
+            for name, (method, extra) in EQUAL.items()]
+    if nproc > 1:  # Ctrl-C in the second step of epoch 2 on both ranks, then --resume, against a straight run
+        plan += [{"out": str(tmp_path / f"splip-{kind}"), "method": "splip", "set": TRAINED, **extra}
+                 for kind, extra in (("straight", {}), ("resumed", {"interrupt_at": 3 + 2}))]
+    path = tmp_path / f"plan{nproc}.json"
+    path.write_text(json.dumps(plan))
+    return path
+
+
+def _launch(tmp_path: Path, nproc: int) -> None:
+    helper = str(Path(__file__).with_name("ddp_runs.py"))
+    cmd = [sys.executable, helper] if nproc == 1 else [
+        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}", helper]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-    (path,) = out.glob("*.json")
+    done = subprocess.run([*cmd, str(_plan(tmp_path, nproc))], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def _record(folder: Path) -> dict:
+    (path,) = folder.glob("*.json")  # rank 0 alone writes the record
     return json.loads(path.read_text())
 
 
+def _trainable(folder: Path, record: dict) -> dict:
+    return last_checkpoint(folder / "checkpoints" / record["run_name"])["trainable"]
+
+
 @pytest.mark.slow
-def test_ddp_two_gloo_processes_match_one_process(tmp_path):
-    single = _cli_run(tmp_path, 1)
-    double = _cli_run(tmp_path, 2)
-    assert double["train"]["world_size"] == 2 and single["train"]["world_size"] == 1
-    losses1 = [h["loss"] for h in single["train"]["history"]]
-    losses2 = [h["loss"] for h in double["train"]["history"]]
-    assert losses1 == pytest.approx(losses2, rel=1e-4)
-    for key, value in single["metrics"].items():
-        assert double["metrics"][key] == pytest.approx(value, abs=1e-4)
+def test_ddp_two_gloo_processes_match_one_process_and_resume_bit_identically(tmp_path):
+    _launch(tmp_path, 1)
+    _launch(tmp_path, 2)
+    for name in EQUAL:
+        single, double = _record(tmp_path / f"{name}-1"), _record(tmp_path / f"{name}-2")
+        assert (single["train"]["world_size"], double["train"]["world_size"]) == (1, 2), name
+        for one, two in zip(single["train"]["history"], double["train"]["history"], strict=True):
+            assert set(one) == set(two) and "val_mAP@all" in one, name  # validation ran on every epoch
+            assert two == pytest.approx(one, rel=1e-4, abs=1e-6), name
+        assert double["metrics"] == pytest.approx(single["metrics"], abs=1e-4), name
+        a, b = _trainable(tmp_path / f"{name}-1", single), _trainable(tmp_path / f"{name}-2", double)
+        assert a.keys() == b.keys(), name
+        for key in a:
+            torch.testing.assert_close(b[key], a[key], rtol=1e-3, atol=1e-3, msg=f"{name}: {key}")
+        with np.load(single["embeddings"]) as x, np.load(double["embeddings"]) as y:
+            for part in ("query_paths", "gallery_paths"):  # every image once, in the one-process order
+                assert x[part].tolist() == y[part].tolist(), (name, part)
+            np.testing.assert_allclose(y["gallery"], x["gallery"], atol=1e-4)
+    straight, resumed = _record(tmp_path / "splip-straight"), _record(tmp_path / "splip-resumed")
+    assert resumed["train"]["resumed_from_epoch"] == 1 and straight["train"]["resumed_from_epoch"] == 0
+    assert resumed["train"]["history"] == straight["train"]["history"]
+    assert resumed["metrics"] == straight["metrics"]
+    a, b = _trainable(tmp_path / "splip-straight", straight), _trainable(tmp_path / "splip-resumed", resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a) and a.keys() == b.keys()
 
 
 @pytest.mark.parametrize("method,extra", [

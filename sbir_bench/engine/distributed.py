@@ -94,3 +94,35 @@ def all_reduce_mean(value: float, device: torch.device) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return float(t.item() / dist.get_world_size())
+
+
+class GlobalBatchNorm1d(torch.nn.BatchNorm1d):
+    """``BatchNorm1d`` whose training statistics are those of the whole batch, across DDP processes.
+
+    A plain BatchNorm normalises each process's share of a batch by that share's own mean and
+    variance, so the same run on 1 and on 8 GPUs trains two different models (and on small shares,
+    with noisy statistics). Here the shares' sums are all-reduced (autograd-aware, so gradients flow
+    as in one process); outside ``torchrun`` or in eval mode it is exactly ``BatchNorm1d``. Running
+    statistics follow BatchNorm's update (momentum, unbiased variance), from the global batch.
+    ``SyncBatchNorm`` does the same on GPUs only; this also runs under gloo on CPU.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and is_initialized()):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+        d = x.shape[1]
+        x64 = x.double()  # sums of squares in double: no cancellation in var = E[x^2] - E[x]^2
+        count = torch.full((1,), float(x.shape[0]), dtype=torch.float64, device=x.device)
+        total = all_reduce(torch.cat([x64.sum(0), (x64 * x64).sum(0), count]))
+        n = total[-1]
+        mean = total[:d] / n
+        var = (total[d: 2 * d] / n - mean * mean).clamp_min(0)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - m).add_(m * mean.to(x.dtype))
+                self.running_var.mul_(1 - m).add_(m * (var * n / (n - 1).clamp_min(1)).to(x.dtype))
+        out = ((x64 - mean) / torch.sqrt(var + self.eps)).to(x.dtype)
+        return out * self.weight + self.bias if self.affine else out
