@@ -404,5 +404,7 @@ def save_record(cfg: RunConfig, record: Dict[str, Any], emb: EmbeddedTask, res: 
                                                    emb.query_paths, emb.gallery_paths, emb.query_seen))
         record["per_query"] = str(atomic_write_npz(out_dir / run_id / "per_query.npz", compressed=True,
                                                    query_index=res.query_index,
-                                                   **{k.replace("@", "_at_"): v for k, v in res.per_query.items()}))
+                                                   **{k.replace("@", "_at_"): v for k, v in res.per_query.items()},
+                                                   **{f"query_index_{k.replace('@', '_at_')}": v
+                                                      for k, v in res.query_index_of.items()}))
     record["record_path"] = str(atomic_write_json(out_dir / f"{run_id}.json", record))

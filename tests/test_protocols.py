@@ -111,6 +111,35 @@ def test_sake_preset(ties):
 
 
 @pytest.mark.parametrize("ties", [False, True])
+def test_sake_preset_drops_a_query_without_relevant_photos_from_map_only_and_divides_by_the_gallery(ties):
+    """SAKE's script: AP of a query without relevant photos is 0/0 = nan and ``np.nanmean`` drops it;
+    its precision is 0 and stays. With fewer photos than K, P@K divides by the gallery size."""
+    scores, ql, gl = problem(4, ties, ng=15)  # 15 photos, K = 20: min(K, N) = 15 is the divisor
+    ql[:3] = 9  # three queries without a relevant photo
+    res = evaluate(scores=scores, query_labels=ql, gallery_labels=gl,
+                   protocol=resolve_protocol("sake", {"map_k": [K], "prec_k": [10, K]}))
+    rel = [gl == q for q in ql]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        expected = {"mAP@all": np.nanmean([sake_eval_ap_inner(s, r) for s, r in zip(scores, rel)]),
+                    f"mAP@{K}": np.nanmean([sake_eval_ap_inner(s, r, K) for s, r in zip(scores, rel)]),
+                    **{f"P@{k}": np.nanmean([sake_eval_precision(s, r, k) for s, r in zip(scores, rel)]) for k in (10, K)}}
+    assert res.metrics == pytest.approx(expected, abs=1e-6)
+    assert res.n_excluded == 3 and len(res.per_query["AP@all"]) == len(ql) - 3 and len(res.per_query[f"P@{K}"]) == len(ql)
+    assert res.query_index_of[f"P@{K}"].tolist() == list(range(len(ql)))
+    assert expected[f"P@{K}"] != pytest.approx(np.mean([r[stable_order(s)].sum() / K for s, r in zip(scores, rel)]))
+
+
+def test_a_short_gallery_divides_p_at_k_as_each_source_does():
+    """Fewer photos than K: SAKE and SEM-PCYC divide by min(K, N), torchmetrics 0.9.3 (CLIP-AT) by K."""
+    scores, ql, gl = problem(5, False, ng=15)
+    results = evaluate_many(scores=scores, query_labels=ql, gallery_labels=gl,
+                            protocols=[resolve_protocol(p, {"prec_k": [K]}) for p in ("sake", "sem-pcyc", "clip-at")])
+    hits = np.array([(gl == q).sum() for q in ql])  # the whole gallery is inside the top K
+    for res, divisor in zip(results, (15, 15, K)):
+        np.testing.assert_allclose(res.per_query[f"P@{K}"], hits / divisor, atol=1e-6)
+
+
+@pytest.mark.parametrize("ties", [False, True])
 def test_sem_pcyc_preset(ties):
     scores, ql, gl = problem(1, ties)
     ql[0] = 9  # a query without any relevant item: SEM-PCYC counts it as 0, it is not excluded

@@ -141,7 +141,8 @@ def per_query_values(path: str, metric: str) -> Optional[Tuple[np.ndarray, np.nd
         with np.load(path, allow_pickle=False) as z:
             if key not in z.files or "query_index" not in z.files:
                 return None
-            return z["query_index"], z[key]
+            own = f"query_index_{key}"  # a metric counting queries mAP leaves out (no_relevant=exclude_map)
+            return (z[own] if own in z.files else z["query_index"]), z[key]
     except (OSError, ValueError) as exc:
         log.warning(f"per-query values {path} are unreadable ({type(exc).__name__})")
         return None

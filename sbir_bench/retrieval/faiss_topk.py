@@ -12,6 +12,7 @@ Needs ``faiss-cpu`` (``pip install -e ".[faiss]"``); ``faiss-gpu`` works unchang
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -19,7 +20,7 @@ import torch
 
 from ..errors import ConfigError, DataError, SbirError
 from ..log import progress
-from .metrics import RetrievalResult
+from .metrics import RetrievalResult, _aggregate
 from .protocol import Protocol
 from .ranking import RelevantRanks, cutoff_metrics
 from .scoring import check_finite_rows, unit_rows
@@ -93,8 +94,11 @@ def evaluate_topk(query: np.ndarray, gallery: np.ndarray, query_labels: Optional
             values.setdefault(f"P@{k}", []).append(out[f"P@{k}"].numpy())
     if not len(valid):
         raise DataError("no query can retrieve anything: no query's class (or photo) is in the gallery")
-    per_query = {key: np.concatenate(v) for key, v in values.items()}
-    metrics = {key: float(v.mean()) for key, v in per_query.items()}
-    return RetrievalResult("instance" if instance else "category", metrics, per_query, valid, len(q),
-                           int(len(q) - len(valid)), {},
-                           {**protocol.to_dict(), "backend": "faiss-topk", "ties": "faiss index order"})
+    has = np.zeros(len(q), dtype=bool)
+    has[valid] = True
+    full = {key: np.zeros(len(q)) for key in values}  # a query that cannot retrieve anything scores 0 ...
+    for key, v in values.items():
+        full[key][valid] = np.concatenate(v)
+    # ... and enters a metric's mean or not by the one rule the exact engine follows (no_relevant)
+    result = _aggregate("instance" if instance else "category", full, has, None if instance else ql, protocol, None)
+    return replace(result, protocol={**result.protocol, "backend": "faiss-topk", "ties": "faiss index order"})

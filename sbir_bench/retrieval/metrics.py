@@ -6,8 +6,8 @@ Definitions are in docs/metrics.md and :mod:`.ranking`; in short:
 * Category level (ZS, GZS): mAP@all, mAP@K and P@K from the ranks of each query's relevant items.
 * Instance level (FG-ZS): Acc@K from the rank of each query's true photo, among all gallery photos or
   among the photos of the query's category (``fg_gallery``).
-* Queries with no relevant gallery item are excluded and counted in ``n_excluded``, or scored 0
-  (``no_relevant``).
+* Queries with no relevant gallery item are excluded and counted in ``n_excluded``, or scored 0, or
+  (SAKE) left out of mAP but scored 0 in P@K (``no_relevant``).
 * With ``query_seen`` (GZS), every metric is also reported for seen-class queries (``/seen``),
   unseen-class queries (``/unseen``) and their harmonic mean (``/H``), as generalized zero-shot
   classification reports accuracies.
@@ -47,6 +47,8 @@ class RetrievalResult:
     n_excluded: int
     per_class: Dict[int, float] = field(default_factory=dict)
     protocol: Dict[str, object] = field(default_factory=dict)
+    # metric -> its own query positions, where it counts queries mAP leaves out (no_relevant=exclude_map)
+    query_index_of: Dict[str, np.ndarray] = field(default_factory=dict)
 
     def to_json(self) -> Dict[str, object]:
         """The record fragment: metrics, counts, per-class mAP and protocol."""
@@ -197,26 +199,35 @@ def _mean(values: np.ndarray, labels: Optional[np.ndarray], average: str) -> flo
 
 def _aggregate(level: str, values: Dict[str, np.ndarray], has: np.ndarray, ql: Optional[np.ndarray],
                protocol: Protocol, seen: Optional[np.ndarray]) -> RetrievalResult:
-    """Means over the evaluated queries (plus seen / unseen / H groups), per-class mAP, per-query values."""
-    evaluated = np.flatnonzero(has) if protocol.no_relevant == "exclude" else np.arange(len(has))
-    labels = None if ql is None else ql[evaluated]
-    rename = {"AP@all": "mAP@all", **{f"AP@{k}": f"mAP@{k}" for k in protocol.map_k}}
-    per_query = {rename.get(k, k) if k != "AP@all" else k: v[evaluated] for k, v in values.items()}
+    """Means over each metric's evaluated queries (plus seen / unseen / H groups), per-class mAP,
+    per-query values. A query without a relevant item enters a metric's mean (at 0) or not as
+    :meth:`Protocol.counts_unmatched` says; ``query_index`` lists the queries of mAP (of Acc at
+    instance level), ``query_index_of`` those of any metric that counts more."""
+    everyone = np.arange(len(has))
+    matched = np.flatnonzero(has)
+    evaluated = everyone if protocol.counts_unmatched("mAP@all") else matched
     metrics: Dict[str, float] = {}
-    for key, v in per_query.items():
+    per_query: Dict[str, np.ndarray] = {}
+    query_index_of: Dict[str, np.ndarray] = {}
+    for key, v in values.items():
+        name = {"AP@all": "mAP@all", **{f"AP@{k}": f"mAP@{k}" for k in protocol.map_k}}.get(key, key)
+        rows = everyone if protocol.counts_unmatched(name) else matched
+        per_query[key if key in ("AP@all", "rank") else name] = v[rows]
+        if len(rows) != len(evaluated):
+            query_index_of[name] = rows
         if key == "rank":
             continue
-        name = "mAP@all" if key == "AP@all" else key
-        metrics[name] = _mean(v, labels, protocol.average)
-        if seen is not None and seen[evaluated].any() and not seen[evaluated].all():
-            metrics.update(_group_metrics(name, v, labels, seen[evaluated], protocol.average))
+        labels = None if ql is None else ql[rows]
+        metrics[name] = _mean(v[rows], labels, protocol.average)
+        if seen is not None and seen[rows].any() and not seen[rows].all():
+            metrics.update(_group_metrics(name, v[rows], labels, seen[rows], protocol.average))
     per_class = {}
-    if level == "category":
-        ap = per_query["AP@all"]
+    if level == "category" and "AP@all" in per_query:
+        ap, labels = per_query["AP@all"], ql[evaluated]
         per_class = {int(c): float(ap[labels == c].mean()) for c in np.unique(labels)}
     ordered = {k: metrics[k] for k in sorted(metrics, key=metric_sort_key)}
     return RetrievalResult(level, ordered, per_query, evaluated, len(has), int(len(has) - len(evaluated)),
-                           per_class, protocol.to_dict())
+                           per_class, protocol.to_dict(), query_index_of)
 
 
 def _group_metrics(name: str, v: np.ndarray, labels: Optional[np.ndarray], seen: np.ndarray,

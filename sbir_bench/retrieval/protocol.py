@@ -24,7 +24,8 @@ INTERPOLATIONS = ("voc", "none")
 NORMALIZATIONS = ("min_k_r", "hits", "r")
 TIE_POLICIES = ("grouped", "stable", "optimistic", "pessimistic", "list")
 AVERAGES = ("query", "class")
-NO_RELEVANT = ("exclude", "zero")
+NO_RELEVANT = ("exclude", "zero", "exclude_map")
+PRECISION_DIVISORS = ("min_k_n", "k")
 FG_GALLERIES = ("all", "category")
 DEFAULT_PRESET = "sbir-bench"
 
@@ -47,12 +48,14 @@ class Protocol:
     topk_normalization: str = knob("min_k_r", "AP divisor: min(K, #relevant) (SAKE), hits in the top K "
                                    "(scikit-learn on the list, torchmetrics) or #relevant", NORMALIZATIONS,
                                    "--normalization")
+    precision_divisor: str = knob("min_k_n", "P@K divisor: min(K, N) (SAKE, SEM-PCYC) or K (torchmetrics); they "
+                                  "differ only when the gallery holds fewer than K items", PRECISION_DIVISORS)
     ties: str = knob("grouped", "tied scores: grouped (one operating point, as scikit-learn), stable (gallery "
                      "order), optimistic, pessimistic, or list (top-K cut by gallery order, grouped inside, "
                      "as SEM-PCYC)", TIE_POLICIES)
     average: str = knob("query", "average over queries or over classes", AVERAGES)
-    no_relevant: str = knob("exclude", "a query with no relevant gallery item: exclude it, or count it as 0",
-                            NO_RELEVANT)
+    no_relevant: str = knob("exclude", "a query with no relevant gallery item: exclude it, count it as 0, or "
+                            "exclude_map: leave it out of mAP, count it as 0 in P@K (SAKE)", NO_RELEVANT)
     positive_only: bool = knob(False, "relevant items scored <= 0 count as non-relevant (torchmetrics >= 1.8)")
     fg_gallery: str = knob("all", "FG-ZS: rank each sketch among all test photos, or among its category's",
                            FG_GALLERIES)
@@ -71,6 +74,14 @@ class Protocol:
     def from_eval_config(cls, cfg: Any) -> "Protocol":
         """The protocol of an :class:`~sbir_bench.config.EvalConfig` (preset + overrides)."""
         return resolve_protocol(cfg.protocol, cfg.protocol_overrides)
+
+    def counts_unmatched(self, metric: str) -> bool:
+        """Whether a query without a relevant gallery item enters ``metric``'s mean, scoring 0.
+
+        >>> PRESETS["sake"].counts_unmatched("mAP@all"), PRESETS["sake"].counts_unmatched("P@100")
+        (False, True)
+        """
+        return self.no_relevant == "zero" or (self.no_relevant == "exclude_map" and metric.startswith("P@"))
 
     def describe(self) -> str:
         """The preset this protocol was resolved from, and what differs from it."""
@@ -101,9 +112,10 @@ PRESETS: Dict[str, Protocol] = {
     # ties) and SAKE's top-K conventions, with tied scores grouped so that gallery order never matters.
     DEFAULT_PRESET: Protocol(),
     # github.com/qliu24/SAKE, src/test_cse_resnet_{sketchy,tuberlin}_zeroshot.py: eval_AP_inner
-    # (np.argsort order) + VOCap for mAP@all and mAP@K, eval_precision for P@K; nan queries dropped.
+    # (np.argsort order) + VOCap for mAP@all and mAP@K, eval_precision for P@K; a query without a
+    # relevant photo has AP nan (0 / 0), which np.nanmean drops, and precision 0, which it keeps.
     "sake": Protocol(all_interpolation="voc", topk_interpolation="voc", topk_normalization="min_k_r",
-                     ties="stable", preset="sake"),
+                     ties="stable", no_relevant="exclude_map", preset="sake"),
     # github.com/AnjanDutta/sem-pcyc, src/utils.py: apsak (sklearn average_precision_score over the
     # argsort top-K list, 0 when the list holds no hit) and precak (hits / K); src/test.py.
     "sem-pcyc": Protocol(all_interpolation="none", topk_interpolation="none", topk_normalization="hits",
@@ -111,12 +123,13 @@ PRESETS: Dict[str, Protocol] = {
     # torchmetrics >= 1.8 functional retrieval_average_precision(top_k) / retrieval_precision(top_k):
     # topk order, relevant items with score <= 0 dropped, divisor = hits, 0 without a relevant item.
     "torchmetrics": Protocol(all_interpolation="none", topk_interpolation="none", topk_normalization="hits",
-                             ties="stable", no_relevant="zero", positive_only=True, preset="torchmetrics"),
+                             ties="stable", no_relevant="zero", positive_only=True, precision_divisor="k",
+                             preset="torchmetrics"),
     # github.com/aneeshan95/Sketch_LVM, src/model_LN_prompt.py: torchmetrics 0.9.3
     # retrieval_average_precision per query (argsort order, divisor = #relevant); mAP@all only in
     # the released code, the top-K knobs follow torchmetrics 0.9's retrieval_precision.
     "clip-at": Protocol(all_interpolation="none", topk_interpolation="none", topk_normalization="r",
-                        ties="stable", no_relevant="zero", preset="clip-at"),
+                        ties="stable", no_relevant="zero", precision_divisor="k", preset="clip-at"),
 }
 SOURCES: Dict[str, str] = {
     DEFAULT_PRESET: "scikit-learn average_precision_score (mAP@all); SAKE's VOCap / eval_precision (top-K)",

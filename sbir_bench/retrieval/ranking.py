@@ -190,7 +190,8 @@ def cutoff_metrics(rr: RelevantRanks, protocol: Protocol, ap_ks: Iterable[int], 
         n_rel = torch.full(rr.score.shape[:1], float(rr.score.shape[1]), dtype=torch.float64, device=rr.score.device)
     out: Dict[str, torch.Tensor] = {}
     for k in p_ks:
-        out[f"P@{k}"] = within(k).sum(1).double() / min(k, rr.n_gallery)
+        divisor = k if protocol.precision_divisor == "k" else min(k, rr.n_gallery)
+        out[f"P@{k}"] = within(k).sum(1).double() / divisor
     uncut = None if protocol.ties == "list" else _precision(rr, protocol.ties, ranks, None, rr.n_gallery)
     for k in [*ap_ks, None]:
         cut = rr.n_gallery if k is None else min(k, rr.n_gallery)
