@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Callable, Dict, List
 
@@ -72,6 +73,17 @@ def _truncated_checkpoint(path: Path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(buf.getvalue()[:300])
     return str(path)
+
+
+def _unwritable(tmp: Path, name: str) -> str:
+    """A path inside a folder that refuses new files: a read-only folder, or for root (whom mode bits
+    do not stop) a path under /proc, where nobody can create a file."""
+    if os.geteuid() == 0:
+        return f"/proc/sbir-bench-test/{name}"
+    folder = tmp / "read-only"
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o555)
+    return str(folder / name)
 
 
 RNG = np.random.default_rng(0)
@@ -214,6 +226,17 @@ ROWS: List[tuple] = [
     ("export-output-is-dir", lambda t, o: ["export", "--results-dir", str(o), "-o", str(o)], OUTPUT, "is a folder"),
     ("plot-output-dir-is-file", lambda t, o: ["plot", "--results-dir", str(o), "--output-dir",
                                               _write(t / "f.txt", "x")], OUTPUT, "is a file"),
+    ("run-output-dir-unwritable", lambda t, o: ["run", "coop", "--output-dir", _unwritable(t, "runs")], OUTPUT,
+     "is not writable"),
+    ("reproduce-output-dir-unwritable", lambda t, o: ["reproduce", "zs", "--output-dir", _unwritable(t, "table")],
+     OUTPUT, "is not writable"),
+    ("eval-json-unwritable", lambda t, o: ["eval", "--embeddings", _npz(t / "e.npz", query=Q, gallery=G,
+                                           query_labels=[0, 1, 0, 1], gallery_labels=[0, 1, 0, 1, 1]),
+                                           "--json", _unwritable(t, "m.json")], OUTPUT, "is not writable"),
+    ("export-output-unwritable", lambda t, o: ["export", "--results-dir", str(o), "-o", _unwritable(t, "t.tex")],
+     OUTPUT, "is not writable"),
+    ("plot-output-dir-unwritable", lambda t, o: ["plot", "--results-dir", str(o), "--output-dir",
+                                                 _unwritable(t, "plots")], OUTPUT, "is not writable"),
 ]
 
 
@@ -333,3 +356,10 @@ def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, mini_root):
     assert result.exit_code == 0, result.output
     record = json.loads(next(out.glob("coop_mini_zs_split1_seed0_*.json")).read_text())
     assert record["train"]["resumed_from_epoch"] == 1
+
+
+def test_a_write_refused_after_the_early_check_is_a_one_line_output_error(tmp_path):
+    """A folder made read-only (or a full disk) while a run works: exit 6 with the path, no traceback."""
+    from sbir_bench.fileio import atomic_write_json
+    with pytest.raises(OutputError, match="cannot write .*record.json"):
+        atomic_write_json(Path(_unwritable(tmp_path, "record.json")), {"a": 1})
