@@ -195,3 +195,19 @@ def test_interrupted_mid_epoch_with_ctrl_c_then_resumed_is_bit_identical(tmp_pat
     assert [h["loss"] for h in final["history"]] == [h["loss"] for h in reference["history"]]
     a, b = (json.loads(next(p.glob("*.json")).read_text())["metrics"] for p in (tmp_path / "a", tmp_path / "b"))
     assert a == b
+
+
+def test_gradient_accumulation_takes_the_step_of_the_whole_batch(tmp_path):
+    """batch 8 as 1 or as 4 micro-batches: the same SGD steps (plain SGD, unlike Adam, would show a
+    gradient scaled by the number of micro-batches) and the same losses, to float rounding."""
+    runs = {}
+    for accum in (1, 4):
+        cfg = config(tmp_path / str(accum), "coop", **{"train.grad_accum": accum, "train.lr": 0.1,
+                                                       "train.optimizer": "sgd", "train.val_every": 0})
+        record = run(cfg)
+        runs[accum] = (record, last_checkpoint(tmp_path / str(accum) / "runs" / "checkpoints" / record["run_name"]))
+    (ref, ref_ckpt), (record, ckpt) = runs[1], runs[4]
+    assert [h["loss"] for h in record["train"]["history"]] == pytest.approx(
+        [h["loss"] for h in ref["train"]["history"]], rel=1e-4)
+    torch.testing.assert_close(ckpt["trainable"]["ctx"], ref_ckpt["trainable"]["ctx"], rtol=1e-3, atol=1e-4)
+    assert record["train"]["steps_done"] == ref["train"]["steps_done"] == 2 * 3
