@@ -128,11 +128,8 @@ class CLIPAT(Method):
 
     def encode(self, images: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
         """Normalised embedding of ``images`` with one modality's prompts."""
-        if self.config.prompt_position == "append":
-            return self.prompted.encode_image(images, prompt).float()
-        x = self.prompted.patch_embeddings(images)
-        x = torch.cat([prompt.to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1), x], dim=1)
-        return self.prompted.encode_image(images, embeddings=x).float()  # token 0 is the first prompt
+        position = "tail" if self.config.prompt_position == "append" else "head"
+        return self.prompted.encode_image(images, prompt, position=position).float()
 
     @torch.no_grad()
     def embed_sketches(self, images: torch.Tensor) -> torch.Tensor:

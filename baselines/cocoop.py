@@ -72,9 +72,7 @@ class CoCoOp(Method):
         self.meta_net = nn.Sequential(OrderedDict([("linear1", nn.Linear(vis_dim, hidden)), ("relu", nn.ReLU()),
                                                    ("linear2", nn.Linear(hidden, self.prompted.text_width))]))
         self.prompts = ClassPrompts(backbone.tokenizer, init.prefix)
-        ids = backbone.tokenizer([init.prefix])[0, : 1 + init.n]
-        # a compact copy: DDP's start-up broadcast refuses a buffer strided over the 77-token row
-        self.register_buffer("prefix_ids", ids.clone().unsqueeze(0), persistent=False)
+        self.register_buffer("prefix_ids", self.prompts.prefix_ids(1 + init.n), persistent=False)
         self._vocab: List[str] = []
 
     def class_text(self, features: torch.Tensor, names: Sequence[str]) -> torch.Tensor:

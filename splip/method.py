@@ -29,7 +29,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sbir_bench.data.classnames import class_text
 from sbir_bench.errors import ConfigError
 from sbir_bench.log import get_logger
 from sbir_bench.methods import METHODS, Method, TripletBatch
@@ -37,7 +36,7 @@ from sbir_bench.methods.image_tiles import shuffle_tiles
 from sbir_bench.methods.losses import cosine_triplet
 from sbir_bench.models import PromptedCLIP
 from sbir_bench.models.prompted import TextPrefix
-from sbir_bench.models.text_prompts import ContextInit, phrase_tokens
+from sbir_bench.models.text_prompts import ClassPrompts, ContextInit, phrase_tokens
 
 from .blocks import ImageToTextPrompts, PhraseToVisualPrompts, VisualTextualBlock
 from .objectives import JigsawHead, adaptive_margin_matrix, conditional_jigsaw, jigsaw_permutations, triplet_margins
@@ -139,33 +138,23 @@ class SpLIP(Method):
             self.register_buffer("permutations", jigsaw_permutations(cfg.jigsaw_grid, cfg.jigsaw_permutations),
                                  persistent=False)
             self.jigsaw_head = JigsawHead(backbone.embed_dim, len(self.permutations))
-        self._suffix_cache: Dict[Tuple, Tuple[torch.Tensor, torch.Tensor]] = {}
 
     # ------------------------------------------------------------------ text prompts
     def _tokenize_prompts(self, phrases: Tuple[str, str]) -> None:
-        """Prefix token ids per modality: [SOT, X * n_text, phrase words] (T replaces the X slots)."""
+        """Class prompts per modality, "X * n_text <phrase> <class>." (T replaces the X slots), and
+        the ids of their shared prefix [SOT, X * n_text, phrase words]."""
         placeholders = " ".join(["X"] * self.config.n_text)
-        self.prefix_text = [f"{placeholders} {ph}" for ph in phrases]
-        prefixes = []
-        for text in self.prefix_text:
-            ids = self.backbone.tokenizer([text])[0]
-            # up to the end token, excluded; a compact copy (DDP's start-up broadcast refuses a view of the row)
-            prefixes.append(ids[: int(ids.argmax())].clone())
-        for m, ids in enumerate(prefixes):
-            self.register_buffer(f"prefix_ids_{m}", ids.unsqueeze(0), persistent=False)
+        self.class_prompts = nn.ModuleList(ClassPrompts(self.backbone.tokenizer, f"{placeholders} {ph}")
+                                           for ph in phrases)
+        for m, prompts in enumerate(self.class_prompts):
+            self.register_buffer(f"prefix_ids_{m}", prompts.prefix_ids(), persistent=False)
 
     def prefix_ids(self, modality: int) -> torch.Tensor:
         return getattr(self, f"prefix_ids_{modality}")
 
     def suffix_ids(self, names: List[str], modality: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """(suffix token ids (C, S), end-token index per class) of "<prefix> <class>." after the prefix."""
-        key = (tuple(names), modality, str(self.device))
-        if key not in self._suffix_cache:
-            plen = self.prefix_ids(modality).shape[1]
-            ids = self.backbone.tokenizer([f"{self.prefix_text[modality]} {class_text(n)}." for n in names])
-            eot = ids.argmax(-1) - plen
-            self._suffix_cache[key] = (ids[:, plen: plen + int(eot.max()) + 1].to(self.device), eot.to(self.device))
-        return self._suffix_cache[key]
+        return self.class_prompts[modality].suffix_ids(names, self.device, self.prefix_ids(modality).shape[1])
 
     def text_prompts(self, embeddings: torch.Tensor) -> torch.Tensor:
         """T for each image (B, n_text, Dt): B_t(E_0), or the shared learned tokens without B_t."""

@@ -22,7 +22,7 @@ def _odd_images():
 
 
 @pytest.mark.parametrize("name,tag", [("ViT-B-32", "openai"), ("ViT-B-32", "laion2b_s34b_b79k"),
-                                      ("ViT-L-14", "laion2b_s32b_b82k")])
+                                      pytest.param("ViT-L-14", "laion2b_s32b_b82k", marks=pytest.mark.slow)])
 def test_eval_transform_equals_open_clips_own_preprocess(name, tag, tmp_path, monkeypatch):
     """Random weights: open_clip's download and weight loading are stubbed on both sides, so each
     builds the tag's model config and preprocessing exactly as it would with the real weights."""

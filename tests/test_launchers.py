@@ -22,6 +22,7 @@ def reproduce(*args: str):
     return CliRunner().invoke(main, ["reproduce", "zs", *MINI, *args])
 
 
+@pytest.mark.slow  # submitit's local executor: a process per cell
 def test_submitit_local_jobs_give_the_same_table_as_the_local_launcher(tmp_path, mini_root):
     methods = ["--method", "zeroshot-clip", "--method", "linear-probe"]
     local = reproduce(*methods, "--output-dir", str(tmp_path / "a"))
@@ -123,6 +124,7 @@ def test_a_requeued_job_resumes_from_the_cells_checkpoint(tmp_path, mini_root, m
     assert record["train"]["resumed_from_epoch"] == 1
 
 
+@pytest.mark.slow  # two cells as two processes
 def test_local_jobs_run_cells_at_once_and_collect_writes_the_table(tmp_path, mini_root):
     out = tmp_path / "out"
     result = reproduce("--method", "zeroshot-clip", "--method", "linear-probe", "--jobs", "2", "--output-dir", str(out))

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import _tiny_image
 
 PLUGIN = '''
@@ -44,6 +45,7 @@ def _install(site: Path) -> None:
                                            "[sbir_bench.datasets]\nplugdata = sbirplug:DATA\n")
 
 
+@pytest.mark.slow  # a pip install and a fresh interpreter
 def test_a_method_and_a_dataset_from_an_installed_package(tmp_path):
     site = tmp_path / "site"
     _install(site)

@@ -93,6 +93,7 @@ def test_random_weights_are_never_cached(tmp_path, mini_root, cache_dir):
     assert not list(cache_dir.glob("*/shard-*"))
 
 
+@pytest.mark.slow  # three training runs
 def test_linear_probe_trains_on_cached_features(tmp_path, mini_root, cache_dir):
     fast = ["--epochs", "2", "--set", "train.val_every=0"]
     record = _run(tmp_path / "a", *fast, method="linear-probe")

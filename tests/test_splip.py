@@ -96,7 +96,7 @@ def test_class_embeddings_equal_the_full_prompt_through_the_text_encoder(tiny_ba
     with torch.no_grad():
         enc = m.encode(torch.randn(2, 3, 64, 64), SKETCH)
         cached = m.class_embeddings(enc, NAMES)
-        ids = tiny_backbone.tokenizer([f"{m.prefix_text[SKETCH]} {n}." for n in NAMES])
+        ids = tiny_backbone.tokenizer([f"{m.class_prompts[SKETCH].prefix} {n}." for n in NAMES])
         for b in range(2):
             t = enc.text_tokens[b]
             full = m.prompted.encode_text(ids, t, [None] + [t] * (m.depth - 1))
@@ -105,7 +105,7 @@ def test_class_embeddings_equal_the_full_prompt_through_the_text_encoder(tiny_ba
 
 def test_sketch_and_photo_class_texts_differ(tiny_backbone):
     m = make(tiny_backbone)
-    assert m.prefix_text[SKETCH].endswith("sketch of a") and m.prefix_text[PHOTO].endswith("photo of a")
+    assert m.class_prompts[SKETCH].prefix.endswith("sketch of a") and m.class_prompts[PHOTO].prefix.endswith("photo of a")
     image = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         as_sketch = m.class_embeddings(m.encode(image, SKETCH), NAMES)

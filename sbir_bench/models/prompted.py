@@ -139,18 +139,24 @@ class PromptedCLIP(nn.Module):
 
     def encode_image(self, images: torch.Tensor, prompts: Optional[torch.Tensor] = None,
                      deep: Optional[Sequence[Optional[torch.Tensor]]] = None,
-                     embeddings: Optional[torch.Tensor] = None, normalize: bool = True) -> torch.Tensor:
-        """Image embedding with ``prompts`` appended before ``ln_pre`` and ``deep`` replacements.
+                     embeddings: Optional[torch.Tensor] = None, normalize: bool = True,
+                     position: str = "tail") -> torch.Tensor:
+        """Image embedding with ``prompts`` added before ``ln_pre`` and ``deep`` replacements.
 
-        ``embeddings`` lets a caller that already computed :meth:`patch_embeddings` reuse them.
+        ``position``: "tail" puts the prompts after the patch tokens (MaPLe, SpLIP, CLIP-AT), "head"
+        before the class token, so that the pooled token 0 is the first prompt (CLIP-AT's code before
+        2023-08-01); ``deep`` replaces tail prompts only. ``embeddings`` lets a caller that already
+        computed :meth:`patch_embeddings` reuse them.
         """
+        if position not in ("tail", "head") or (position == "head" and deep is not None):
+            raise ValueError(f"prompt position {position!r} (deep prompts: tail only)")
         v = self.visual
         x = self.patch_embeddings(images) if embeddings is None else embeddings
         n = 0
         if prompts is not None:
             p = _as_batch(prompts, x.shape[0]).to(x.dtype)
             n = p.shape[1]
-            x = torch.cat([x, p], dim=1)
+            x = torch.cat([x, p] if position == "tail" else [p, x], dim=1)
         x = v.ln_pre(x)
         x = self._run_blocks(v.transformer, x, None, deep, n, "tail")
         x = v.ln_post(x)

@@ -9,7 +9,7 @@ the n learned slots stay as fixed text, as in the reference CoOp and MaPLe code)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -63,6 +63,13 @@ class ClassPrompts(nn.Module):
         if key not in self._cache:
             self._cache[key] = self.tokenizer(self.texts(class_names)).to(device)
         return self._cache[key]
+
+    def prefix_ids(self, length: Optional[int] = None) -> torch.Tensor:
+        """(1, L) token ids of ``"[SOT] <prefix>"`` (end token excluded), or their first ``length``: the
+        part every class prompt shares. A compact copy, fit to be a buffer (DDP's start-up broadcast
+        refuses a buffer that is a view of the 77-token row)."""
+        ids = self.tokenizer([self.prefix])[0]
+        return ids[: int(ids.argmax()) if length is None else length].clone().unsqueeze(0)
 
     def suffix_ids(self, class_names: Sequence[str], device: torch.device,
                    start: int) -> Tuple[torch.Tensor, torch.Tensor]:
