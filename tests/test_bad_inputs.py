@@ -1,6 +1,7 @@
 """Every bad input fails early, in one line: one row per bad input (docs/errors.md lists the codes).
 
-Each row asserts a non-zero exit with the documented code, a fragment of the message, no traceback,
+Each row asserts a non-zero exit with the documented code, one `error:` line on stderr holding a fragment
+of the message, no traceback,
 at most three lines of output, and that no file in the output folder was created or changed.
 Separate tests cover a diverged (NaN) training run and every kind of resume mismatch.
 """
@@ -261,7 +262,9 @@ def test_bad_input_is_one_line_error(name: str, build: Callable, code: int, frag
     result = CliRunner().invoke(main, args)
     lines = [ln for ln in result.output.splitlines() if ln.strip()]
     assert result.exit_code == code, result.output
-    assert fragment in result.output, result.output
+    errors = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert errors and errors[-1].startswith("error: ") and fragment in errors[-1], result.output  # docs/errors.md
+    assert "error:" not in result.stdout and sum(ln.startswith("error: ") for ln in errors) == 1, result.output
     assert "Traceback" not in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     assert len(lines) <= 3, result.output

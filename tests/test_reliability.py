@@ -199,3 +199,35 @@ def test_a_finished_resumed_cell_in_reproduce_is_kept(tmp_path, mini_root):
     assert "-> done" in dry.output
     assert CliRunner().invoke(main, args).exit_code == 0
     assert sorted(out.glob("*.json")) == records
+
+
+@pytest.mark.slow  # three reproduce runs
+def test_an_interrupted_reproduce_resumes_its_cell_from_the_checkpoint(tmp_path, mini_root, monkeypatch):
+    """Ctrl-C inside a cell (exit 130); the same reproduce command again resumes that cell from its
+    last epoch and ends with the weights of a table that was never interrupted."""
+    import torch
+
+    from sbir_bench.methods import get_method
+    args = ["reproduce", "zs", "--dataset", "mini", "--method", "coop", "--set", "train.epochs=2", "--set",
+            "train.steps_per_epoch=2", "--set", "train.batch_size=8", "--set", "train.val_every=0", "--quiet"]
+    assert CliRunner().invoke(main, [*args, "--output-dir", str(tmp_path / "a")]).exit_code == 0
+    cls, calls, original = get_method("coop"), {"n": 0}, get_method("coop").loss
+
+    def interrupted(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 3:  # epoch 2, step 1
+            raise KeyboardInterrupt
+        return original(self, batch)
+    monkeypatch.setattr(cls, "loss", interrupted)
+    first = CliRunner().invoke(main, [*args, "--output-dir", str(tmp_path / "b")])
+    assert first.exit_code == 130 and "rerun the same reproduce command" in first.output, first.output
+    assert not list((tmp_path / "b").glob("*.json"))
+    monkeypatch.setattr(cls, "loss", original)
+    again = CliRunner().invoke(main, [*args, "--output-dir", str(tmp_path / "b")])
+    assert again.exit_code == 0, again.output
+    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "b").glob("*.json")]
+    assert record["train"]["resumed_from_epoch"] == 1
+    last = lambda out: torch.load(next(out.glob("**/coop_mini_zs_split1_seed0/last.pt")),  # noqa: E731
+                                  weights_only=True)["trainable"]
+    straight, resumed = last(tmp_path / "a"), last(tmp_path / "b")
+    assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)
