@@ -201,7 +201,6 @@ def test_a_finished_resumed_cell_in_reproduce_is_kept(tmp_path, mini_root):
     assert sorted(out.glob("*.json")) == records
 
 
-@pytest.mark.slow  # three reproduce runs
 def test_an_interrupted_reproduce_resumes_its_cell_from_the_checkpoint(tmp_path, mini_root, monkeypatch):
     """Ctrl-C inside a cell (exit 130); the same reproduce command again resumes that cell from its
     last epoch and ends with the weights of a table that was never interrupted."""

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from unittest.mock import patch
@@ -127,35 +125,7 @@ def test_shard_bounds_cover_every_item_once():
             assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
 
 
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.mark.slow
-def test_evaluation_sharded_over_two_processes_equals_one(tmp_path, mini_root):
-    args = ["run", "zeroshot-clip", "--setting", "gzs", "--device", "cpu", "--no-cache", "--quiet"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    records = []
-    for nproc in (1, 2):
-        out = tmp_path / f"runs{nproc}"
-        launcher = [sys.executable, "-m", "sbir_bench"] if nproc == 1 else \
-            [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
-             f"--master_port={_free_port()}", "-m", "sbir_bench"]
-        done = subprocess.run([*launcher, *args, "--output-dir", str(out)], capture_output=True, text=True, env=env,
-                              timeout=300)
-        assert done.returncode == 0, done.stdout + done.stderr
-        (path,) = out.glob("*.json")  # rank 0 alone writes the record
-        records.append(json.loads(path.read_text()))
-    single, double = records
-    assert double["n_queries"] == single["n_queries"] and double["n_evaluated"] == single["n_evaluated"]
-    assert double["metrics"] == pytest.approx(single["metrics"], abs=1e-6)
-    with np.load(single["embeddings"]) as a, np.load(double["embeddings"]) as b:
-        for part in ("query", "gallery"):  # every image once, in the one-process order
-            assert a[f"{part}_paths"].tolist() == b[f"{part}_paths"].tolist()
-            np.testing.assert_allclose(a[part], b[part], atol=1e-6)
+# Sharded evaluation over two processes: tests/test_trainer.py (the DDP test's zeroshot-clip GZS entry).
 
 
 def test_automatic_workers():

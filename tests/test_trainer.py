@@ -101,6 +101,9 @@ EQUAL = {"coop-accum": ("coop", {"train.grad_accum": 2}),   # no_sync on the fir
 def _plan(tmp_path: Path, nproc: int) -> Path:
     plan = [{"out": str(tmp_path / f"{name}-{nproc}"), "method": method, "set": {**TRAINED, **extra}}
             for name, (method, extra) in EQUAL.items()]
+    # sharded evaluation alone, on a task with seen and unseen queries
+    plan.append({"out": str(tmp_path / f"zs-gzs-{nproc}"), "method": "zeroshot-clip",
+                 "set": {"data.setting": "gzs", "eval.feature_cache": False}})
     if nproc > 1:  # Ctrl-C in the second step of epoch 2 on both ranks, then --resume, against a straight run
         plan += [{"out": str(tmp_path / f"splip-{kind}"), "method": "splip", "set": TRAINED, **extra}
                  for kind, extra in (("straight", {}), ("resumed", {"interrupt_at": 3 + 2}))]
@@ -130,6 +133,7 @@ def _trainable(folder: Path, record: dict) -> dict:
 
 @pytest.mark.slow
 def test_ddp_two_gloo_processes_match_one_process_and_resume_bit_identically(tmp_path):
+    """Two launches (one process, two gloo processes) run every plan entry; see tests/ddp_runs.py."""
     _launch(tmp_path, 1)
     _launch(tmp_path, 2)
     for name in EQUAL:
@@ -147,6 +151,13 @@ def test_ddp_two_gloo_processes_match_one_process_and_resume_bit_identically(tmp
             for part in ("query_paths", "gallery_paths"):  # every image once, in the one-process order
                 assert x[part].tolist() == y[part].tolist(), (name, part)
             np.testing.assert_allclose(y["gallery"], x["gallery"], atol=1e-4)
+    single, double = _record(tmp_path / "zs-gzs-1"), _record(tmp_path / "zs-gzs-2")
+    assert (double["n_queries"], double["n_evaluated"]) == (single["n_queries"], single["n_evaluated"])
+    assert double["metrics"] == pytest.approx(single["metrics"], abs=1e-6) and "mAP@all/H" in single["metrics"]
+    with np.load(single["embeddings"]) as a, np.load(double["embeddings"]) as b:
+        for part in ("query", "gallery"):  # each rank embeds a shard; rank 0 puts them back in order
+            assert a[f"{part}_paths"].tolist() == b[f"{part}_paths"].tolist()
+            np.testing.assert_allclose(a[part], b[part], atol=1e-6)
     straight, resumed = _record(tmp_path / "splip-straight"), _record(tmp_path / "splip-resumed")
     assert resumed["train"]["resumed_from_epoch"] == 1 and straight["train"]["resumed_from_epoch"] == 0
     assert resumed["train"]["history"] == straight["train"]["history"]

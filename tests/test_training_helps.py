@@ -14,12 +14,11 @@ larger perturbation than a CPU's last bits) did not move.
 
 from __future__ import annotations
 
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
-
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
 
 from sbir_bench.config import build_run_config, load_yaml
 from sbir_bench.runner import run
