@@ -54,6 +54,7 @@ def tracked(tmp_path_factory, mini_root):
     return out, _record(out)
 
 
+@pytest.mark.slow  # one training run reported to all four trackers (their imports: ~10 s)
 def test_csv_holds_every_step_term_validation_and_test_metric(tracked):
     out, record = tracked
     with open(record["tracking"]["csv"]) as fh:
@@ -67,6 +68,7 @@ def test_csv_holds_every_step_term_validation_and_test_metric(tracked):
         record["metrics"]["mAP@all"])
 
 
+@pytest.mark.slow  # one training run reported to all four trackers (their imports: ~10 s)
 def test_tensorboard_scalars_read_back(tracked):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     out, record = tracked
@@ -77,6 +79,7 @@ def test_tensorboard_scalars_read_back(tracked):
     assert len(acc.Scalars("val/mAP@all")) == 2
 
 
+@pytest.mark.slow  # one training run reported to all four trackers (their imports: ~10 s)
 def test_mlflow_run_in_the_local_sqlite_store_names_the_record(tracked):
     from mlflow.tracking import MlflowClient
     out, record = tracked
@@ -91,6 +94,7 @@ def test_mlflow_run_in_the_local_sqlite_store_names_the_record(tracked):
     assert run.data.metrics["test/mAP_at_all"] == pytest.approx(record["metrics"]["mAP@all"])
 
 
+@pytest.mark.slow  # one training run reported to all four trackers (their imports: ~10 s)
 def test_wandb_offline_run_file_holds_the_curves(tracked):
     out, record = tracked
     (path,) = Path(record["tracking"]["wandb"]["dir"]).parent.glob("run-*.wandb")
