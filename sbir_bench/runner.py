@@ -30,7 +30,7 @@ from .engine import distributed as dist_utils
 from .engine.trainer import Trainer
 from .feature_cache import FeatureCache
 from .feature_cache import open_for as open_feature_cache
-from .fileio import atomic_write_json, atomic_write_npz, check_output_dir, file_sha256
+from .fileio import atomic_write_json, check_output_dir, file_sha256
 from .log import get_logger, set_quiet
 from .methods import Method, get_method
 from .models import Backbone, load_backbone
@@ -39,7 +39,7 @@ from .models.factory import check_weights_source
 from .models.preprocess import preprocess_config
 from .records import SCHEMA, provenance, run_name, split_label
 from .retrieval import PRESETS, Protocol, RetrievalResult, evaluate_many
-from .retrieval.embedding_files import save_embeddings
+from .retrieval.embedding_files import save_embeddings, save_per_query
 from .tracking import NoTrackers, Trackers, check_available, parse_report_to
 
 log = get_logger(__name__)
@@ -402,9 +402,5 @@ def save_record(cfg: RunConfig, record: Dict[str, Any], emb: EmbeddedTask, res: 
         record["embeddings"] = str(save_embeddings(out_dir / run_id / "embeddings.npz", emb.query, emb.gallery,
                                                    emb.query_labels, emb.gallery_labels, emb.query_to_gallery,
                                                    emb.query_paths, emb.gallery_paths, emb.query_seen))
-        record["per_query"] = str(atomic_write_npz(out_dir / run_id / "per_query.npz", compressed=True,
-                                                   query_index=res.query_index,
-                                                   **{k.replace("@", "_at_"): v for k, v in res.per_query.items()},
-                                                   **{f"query_index_{k.replace('@', '_at_')}": v
-                                                      for k, v in res.query_index_of.items()}))
+        record["per_query"] = str(save_per_query(out_dir / run_id / "per_query.npz", res))
     record["record_path"] = str(atomic_write_json(out_dir / f"{run_id}.json", record))

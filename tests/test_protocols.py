@@ -266,3 +266,18 @@ def test_eval_protocols_all_side_by_side(tmp_path):
     assert all(name in header for name in PRESETS) and "spread" in header
     payload = json.loads(out.read_text())
     assert set(payload["protocols"]) == set(PRESETS)
+
+
+def test_per_query_file_gives_each_metric_its_own_queries_under_sakes_rule(tmp_path):
+    """per_query.npz (what compare's CIs and paired tests read): mAP's values belong to the queries with a
+    relevant photo, P@K's to every query, each with the positions that say which."""
+    from sbir_bench.retrieval.embedding_files import per_query_values, save_per_query
+    scores, ql, gl = problem(6, False)
+    ql[[2, 7]] = 9
+    res = evaluate(scores=scores, query_labels=ql, gallery_labels=gl, protocol=PRESETS["sake"])
+    path = str(save_per_query(tmp_path / "per_query.npz", res))
+    index, ap = per_query_values(path, "mAP@all")
+    assert 2 not in index and 7 not in index and len(index) == len(ap) == len(ql) - 2
+    index, p100 = per_query_values(path, "P@100")
+    assert index.tolist() == list(range(len(ql))) and p100[[2, 7]].tolist() == [0.0, 0.0]
+    assert np.mean(p100) == pytest.approx(res.metrics["P@100"]) and np.mean(ap) == pytest.approx(res.metrics["mAP@all"])

@@ -11,7 +11,7 @@ whichever worker process or DDP rank loads it and whether or not training was re
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 import torch

@@ -14,9 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Sequence
 
-import numpy as np
 import pandas as pd
 
 from ..errors import DataError
@@ -130,19 +129,3 @@ def row_labels(frame: pd.DataFrame) -> List[str]:
 def metric_names(frame: pd.DataFrame) -> List[str]:
     """Metric names present, in the conventional order (:func:`~sbir_bench.retrieval.protocol.metric_sort_key`)."""
     return sorted((c[len("metric:"):] for c in frame.columns if c.startswith("metric:")), key=metric_sort_key)
-
-
-def per_query_values(path: str, metric: str) -> Optional[Tuple[np.ndarray, np.ndarray]]:
-    """(query positions, per-query values of ``metric``) saved with a run, or None if unavailable."""
-    if not path or not Path(path).is_file():
-        return None
-    key = ("AP@all" if metric == "mAP@all" else metric).replace("@", "_at_")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if key not in z.files or "query_index" not in z.files:
-                return None
-            own = f"query_index_{key}"  # a metric counting queries mAP leaves out (no_relevant=exclude_map)
-            return (z[own] if own in z.files else z["query_index"]), z[key]
-    except (OSError, ValueError) as exc:
-        log.warning(f"per-query values {path} are unreadable ({type(exc).__name__})")
-        return None

@@ -22,7 +22,8 @@ import pandas as pd
 
 from ..errors import DataError
 from ..log import get_logger
-from .collect import metric_names, per_query_values
+from ..retrieval.embedding_files import per_query_values
+from .collect import metric_names
 from .stats import bootstrap_ci, paired_permutation_test, query_means
 
 log = get_logger(__name__)

@@ -10,13 +10,16 @@ training) and ``query_paths`` / ``gallery_paths`` (the image files, for retrieva
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..errors import DataError
 from ..fileio import atomic_write_npz
+from ..log import get_logger
 from .scoring import check_finite_rows
+
+log = get_logger(__name__)
 
 
 def save_embeddings(path: str | Path, query: np.ndarray, gallery: np.ndarray,
@@ -71,3 +74,29 @@ def _validate(p: Path, data: Dict[str, np.ndarray]) -> None:
         raise DataError(f"{p}: label arrays do not match the embeddings")
     if "query_seen" in data and len(data["query_seen"]) != len(data["query"]):
         raise DataError(f"{p}: query_seen has {len(data['query_seen'])} entries for {len(data['query'])} queries")
+
+
+def save_per_query(path: str | Path, result) -> Path:
+    """Write a run's ``per_query.npz``: each metric's per-query values (``@`` spelled ``_at_``), the
+    positions of the queries they belong to (``query_index``), and ``query_index_<metric>`` for a
+    metric that counts queries mAP leaves out (``no_relevant=exclude_map``)."""
+    arrays = {k.replace("@", "_at_"): v for k, v in result.per_query.items()}
+    arrays.update({f"query_index_{k.replace('@', '_at_')}": v for k, v in result.query_index_of.items()})
+    return atomic_write_npz(path, compressed=True, query_index=result.query_index, **arrays)
+
+
+def per_query_values(path: str, metric: str) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """(query positions, per-query values of ``metric``) from a ``per_query.npz``, or None (with a
+    warning if the file is unreadable) when the run did not save them."""
+    if not path or not Path(path).is_file():
+        return None
+    key = ("AP@all" if metric == "mAP@all" else metric).replace("@", "_at_")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if key not in z.files or "query_index" not in z.files:
+                return None
+            own = f"query_index_{key}"
+            return (z[own] if own in z.files else z["query_index"]), z[key]
+    except (OSError, ValueError) as exc:
+        log.warning(f"per-query values {path} are unreadable ({type(exc).__name__})")
+        return None
