@@ -222,3 +222,28 @@ def test_gradient_accumulation_takes_the_step_of_the_whole_batch(tmp_path):
         [h["loss"] for h in ref["train"]["history"]], rel=1e-4)
     torch.testing.assert_close(ckpt["trainable"]["ctx"], ref_ckpt["trainable"]["ctx"], rtol=1e-3, atol=1e-4)
     assert record["train"]["steps_done"] == ref["train"]["steps_done"] == 2 * 3
+
+
+def test_global_batchnorm_equals_batchnorm_inside_a_process_group(tmp_path):
+    """The all-reduce branch (a one-process gloo group here; two processes in the DDP test): output,
+    input gradient and running statistics as BatchNorm1d's over the same batch."""
+    import torch.distributed as dist
+
+    from sbir_bench.engine.distributed import GlobalBatchNorm1d
+    x = torch.randn(12, 5, generator=torch.Generator().manual_seed(0)) * 3 + 1
+    plain, ours = torch.nn.BatchNorm1d(5, eps=1e-6), GlobalBatchNorm1d(5, eps=1e-6)
+    ours.load_state_dict(plain.state_dict())
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        outputs = []
+        for module in (plain, ours):
+            xi = x.clone().requires_grad_(True)
+            y = module(xi)
+            (y * torch.arange(5.0)).square().sum().backward()
+            outputs.append((y.detach(), xi.grad))
+    finally:
+        dist.destroy_process_group()
+    torch.testing.assert_close(outputs[1][0], outputs[0][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(outputs[1][1], outputs[0][1], rtol=1e-4, atol=1e-5)
+    for key, value in plain.state_dict().items():
+        torch.testing.assert_close(ours.state_dict()[key], value)

@@ -96,6 +96,23 @@ def all_reduce_mean(value: float, device: torch.device) -> float:
     return float(t.item() / dist.get_world_size())
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks whose backward sums the gradients over ranks (every rank's loss depends on
+    every rank's input through the sum)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        out = x.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        out = grad.contiguous().clone()
+        dist.all_reduce(out)
+        return out
+
+
 class GlobalBatchNorm1d(torch.nn.BatchNorm1d):
     """``BatchNorm1d`` whose training statistics are those of the whole batch, across DDP processes.
 
@@ -110,11 +127,10 @@ class GlobalBatchNorm1d(torch.nn.BatchNorm1d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and is_initialized()):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
         d = x.shape[1]
         x64 = x.double()  # sums of squares in double: no cancellation in var = E[x^2] - E[x]^2
         count = torch.full((1,), float(x.shape[0]), dtype=torch.float64, device=x.device)
-        total = all_reduce(torch.cat([x64.sum(0), (x64 * x64).sum(0), count]))
+        total = _AllReduceSum.apply(torch.cat([x64.sum(0), (x64 * x64).sum(0), count]))
         n = total[-1]
         mean = total[:d] / n
         var = (total[d: 2 * d] / n - mean * mean).clamp_min(0)
