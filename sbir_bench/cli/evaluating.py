@@ -158,8 +158,10 @@ def _report(path: str, results: List[Any], side_by_side: bool, json_out: Optiona
             protocols_table) -> None:
     """Print one metrics table, or the protocols side by side; write --json."""
     first = results[0]
-    left_out = "excluded" if first.protocol.get("no_relevant") != "exclude_map" else "left out of mAP, 0 in P@K"
-    counted = f"{first.n_queries - first.n_excluded} queries ({first.n_excluded} without a relevant item {left_out})"
+    if first.protocol.get("no_relevant") == "exclude_map":
+        counted = f"{first.n_queries} queries ({first.n_excluded} without a relevant item: left out of mAP, 0 in P@K)"
+    else:
+        counted = f"{first.n_queries - first.n_excluded} queries ({first.n_excluded} without a relevant item excluded)"
     if side_by_side:
         click.echo(f"{counted}; the same embeddings under each protocol (docs/metrics.md):")
         click.echo(protocols_table({r.protocol["preset"]: r.metrics for r in results}))
