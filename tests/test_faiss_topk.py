@@ -82,3 +82,21 @@ def test_non_finite_embeddings_are_refused_by_both_backends():
                     lambda: evaluate_topk(q, g, [0, 0, 0], [0] * 5)):
         with pytest.raises(DataError, match="query embeddings row 1 holds NaN"):
             backend()
+
+
+@pytest.mark.parametrize("preset", ["sbir-bench", "sem-pcyc", "sake", "clip-at"])
+def test_queries_without_a_relevant_item_follow_the_presets_rule_in_both_backends(preset):
+    """Excluded, scored 0, or (SAKE) out of mAP and 0 in P@K; class-averaged too: the one aggregation."""
+    from sbir_bench.retrieval.protocol import resolve_protocol
+    rng = np.random.default_rng(2)
+    centres = rng.normal(size=(5, 12))
+    ql, gl = rng.integers(0, 5, 120), rng.integers(0, 4, 300)  # class 4 has no photo
+    q = (centres[ql] + rng.normal(size=(120, 12))).astype(np.float32)
+    g = (centres[gl] + rng.normal(size=(300, 12))).astype(np.float32)
+    for average in ("query", "class"):
+        proto = resolve_protocol(preset, {"map_k": [50], "prec_k": [10, 100], "ties": "stable", "average": average})
+        exact = evaluate(q, g, ql, gl, protocol=proto, device="cpu")
+        fast = evaluate_topk(q, g, ql, gl, protocol=proto, block=32)
+        assert exact.n_excluded == fast.n_excluded and (ql == 4).any()
+        for key in ("mAP@50", "P@10", "P@100"):
+            assert fast.metrics[key] == pytest.approx(exact.metrics[key], abs=1e-6), (preset, average, key)
