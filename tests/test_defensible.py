@@ -21,7 +21,8 @@ def _odd_images():
     return [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for h, w in ((171, 300), (400, 97), (64, 65))]
 
 
-@pytest.mark.parametrize("name,tag", [("ViT-B-32", "openai"), ("ViT-B-32", "laion2b_s34b_b79k"),
+@pytest.mark.parametrize("name,tag", [("ViT-B-32", "openai"),
+                                      pytest.param("ViT-B-32", "laion2b_s34b_b79k", marks=pytest.mark.slow),
                                       pytest.param("ViT-L-14", "laion2b_s32b_b82k", marks=pytest.mark.slow)])
 def test_eval_transform_equals_open_clips_own_preprocess(name, tag, tmp_path, monkeypatch):
     """Random weights: open_clip's download and weight loading are stubbed on both sides, so each
@@ -50,6 +51,7 @@ def test_training_augmentation_keeps_interpolation_and_statistics(tiny_backbone)
 
 
 # ------------------------------------------------------------------------------ statistics
+@pytest.mark.slow  # thousands of permutation tests
 def test_paired_test_is_calibrated_per_query_and_pooling_seeds_is_not():
     from sbir_bench.reporting.stats import paired_permutation_test, query_means
     rng = np.random.default_rng(0)
@@ -203,6 +205,7 @@ def test_latex_escapes_every_special_character():
     assert latex_escape("50% & $x$ #1 \\") == r"50\% \& \$x\$ \#1 \textbackslash{}"
 
 
+@pytest.mark.slow  # four training runs
 def test_plot_keeps_one_curve_per_variant(tmp_path, mini_root):
     from click.testing import CliRunner
 

@@ -90,6 +90,7 @@ def test_a_failed_cell_is_submitted_again_and_a_running_one_is_not(fake_sbatch, 
     assert len(list(fake_sbatch.glob("*.sh"))) == 3
 
 
+@pytest.mark.slow  # three training runs through submitit's job class
 def test_a_requeued_job_resumes_from_the_cells_checkpoint(tmp_path, mini_root, monkeypatch):
     """Preemption: the job dies mid-training; submitit's checkpoint hook requeues the same cell, which
     resumes from the last epoch's checkpoint and ends with the uninterrupted run's weights."""

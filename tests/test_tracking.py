@@ -134,6 +134,7 @@ def test_a_tracker_that_cannot_be_used_is_one_line_before_any_work(report_to, fr
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow  # four training runs
 def test_plot_curves_from_records_with_seeds_as_bands(tmp_path, mini_root):
     out = tmp_path / "runs"
     for seed in ("0", "1"):
