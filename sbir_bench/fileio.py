@@ -52,22 +52,19 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
     A crash mid-write leaves either the old file or none, never half a file.
     """
-    path = Path(path)
+    path, tmp = Path(path), None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:  # the folder became unwritable, or the disk is full: one line, not a traceback
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
-    try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        if isinstance(exc, OSError):
+        if isinstance(exc, OSError):  # the folder became unwritable, or the disk is full: one line, no traceback
             raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
         raise
     return path
@@ -145,15 +142,15 @@ def _check_writable_dir(folder: Path, what: str) -> Path:
         existing = existing.parent
     if existing.exists() and not existing.is_dir():
         raise OutputError(f"{what}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK) or not _can_create_in(existing):
+    if not _can_create_in(existing):
         raise OutputError(f"{what}: {existing} is not writable")
     return folder
 
 
 def _can_create_in(folder: Path) -> bool:
-    """Whether a file can really be created in ``folder``: mode bits do not bind root, and a
-    read-only mount or an ACL can refuse what ``os.access`` allows. The probe is an unnamed
-    temporary file where the system supports one, removed at once."""
+    """Whether a file can really be created in ``folder`` (``os.access`` is not enough: mode bits do not
+    bind root, it checks the real user, not the effective one, and an ACL can refuse what it allows).
+    The probe is an unnamed temporary file where the system supports one, removed at once."""
     try:
         with tempfile.TemporaryFile(dir=folder):
             return True

@@ -13,20 +13,11 @@ from __future__ import annotations
 import json
 import sys
 
+from interrupts import loss_interrupted_at
+
 from sbir_bench.config import build_run_config
 from sbir_bench.methods import get_method
 from sbir_bench.runner import run
-
-
-def _interrupted(cls, at: int):
-    original, calls = cls.loss, {"n": 0}
-
-    def loss(self, batch):
-        calls["n"] += 1
-        if calls["n"] == at:
-            raise KeyboardInterrupt
-        return original(self, batch)
-    return original, loss
 
 
 def main(plan_file: str) -> None:
@@ -37,8 +28,8 @@ def main(plan_file: str) -> None:
             run(build_run_config({}, overrides))
             continue
         cls = get_method(entry["method"])
-        original, patched = _interrupted(cls, entry["interrupt_at"])
-        cls.loss = patched
+        original = cls.loss
+        cls.loss = loss_interrupted_at(cls, entry["interrupt_at"])
         try:
             run(build_run_config({}, overrides))
             raise SystemExit("the run was not interrupted")

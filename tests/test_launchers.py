@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from interrupts import loss_interrupted_at
 
 from sbir_bench.cli import main
 
@@ -102,14 +103,9 @@ def test_a_requeued_job_resumes_from_the_cells_checkpoint(tmp_path, mini_root, m
         "train.val_every": 0, "train.resume": True, "eval.save_embeddings": False}))
     job_class = submitit_job_class()
     job_class(tree(tmp_path / "a"), "a", "zs")()
-    cls, calls, original = get_method("coop"), {"n": 0}, get_method("coop").loss
-
-    def preempted(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 3:  # epoch 2, step 1
-            raise KeyboardInterrupt("SIGUSR1: preempted")
-        return original(self, batch)
-    monkeypatch.setattr(cls, "loss", preempted)
+    cls = get_method("coop")
+    original = cls.loss
+    monkeypatch.setattr(cls, "loss", loss_interrupted_at(cls, 3, "SIGUSR1: preempted"))  # epoch 2, step 1
     job = job_class(tree(tmp_path / "b"), "b", "zs")
     with pytest.raises(KeyboardInterrupt):
         job()

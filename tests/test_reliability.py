@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from interrupts import loss_interrupted_at
 
 from sbir_bench.cli import main
 from sbir_bench.errors import OutputError
@@ -210,14 +211,9 @@ def test_an_interrupted_reproduce_resumes_its_cell_from_the_checkpoint(tmp_path,
     args = ["reproduce", "zs", "--dataset", "mini", "--method", "coop", "--set", "train.epochs=2", "--set",
             "train.steps_per_epoch=2", "--set", "train.batch_size=8", "--set", "train.val_every=0", "--quiet"]
     assert CliRunner().invoke(main, [*args, "--output-dir", str(tmp_path / "a")]).exit_code == 0
-    cls, calls, original = get_method("coop"), {"n": 0}, get_method("coop").loss
-
-    def interrupted(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 3:  # epoch 2, step 1
-            raise KeyboardInterrupt
-        return original(self, batch)
-    monkeypatch.setattr(cls, "loss", interrupted)
+    cls = get_method("coop")
+    original = cls.loss
+    monkeypatch.setattr(cls, "loss", loss_interrupted_at(cls, 3))  # epoch 2, step 1
     first = CliRunner().invoke(main, [*args, "--output-dir", str(tmp_path / "b")])
     assert first.exit_code == 130 and "rerun the same reproduce command" in first.output, first.output
     assert not list((tmp_path / "b").glob("*.json"))

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from interrupts import loss_interrupted_at
 
 from sbir_bench.config import build_run_config
 from sbir_bench.runner import build, run
@@ -182,16 +183,10 @@ def test_interrupted_mid_epoch_with_ctrl_c_then_resumed_is_bit_identical(tmp_pat
     assert straight.exit_code == 0, straight.output
     name = f"{method}_mini_zs_split1_seed0"
     reference = last_checkpoint(tmp_path / "a" / "checkpoints" / name)
-    cls, calls = get_method(method), {"n": 0}
+    cls = get_method(method)
     original = cls.loss
     accum = 2 if extra else 1
-
-    def interrupted(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 3 * accum + 2:  # the second step of epoch 2
-            raise KeyboardInterrupt
-        return original(self, batch)
-    monkeypatch.setattr(cls, "loss", interrupted)
+    monkeypatch.setattr(cls, "loss", loss_interrupted_at(cls, 3 * accum + 2))  # the second step of epoch 2
     out = str(tmp_path / "b")
     first = CliRunner().invoke(main, [*args, "--output-dir", out])
     assert first.exit_code == 130 and "rerun the same command with --resume" in first.output, first.output

@@ -20,7 +20,7 @@ import torch
 
 from ..errors import ConfigError, DataError, SbirError
 from ..log import progress
-from .metrics import RetrievalResult, _aggregate
+from .metrics import RetrievalResult, aggregate
 from .protocol import Protocol
 from .ranking import RelevantRanks, cutoff_metrics
 from .scoring import check_finite_rows, unit_rows
@@ -100,5 +100,5 @@ def evaluate_topk(query: np.ndarray, gallery: np.ndarray, query_labels: Optional
     for key, v in values.items():
         full[key][valid] = np.concatenate(v)
     # ... and enters a metric's mean or not by the one rule the exact engine follows (no_relevant)
-    result = _aggregate("instance" if instance else "category", full, has, None if instance else ql, protocol, None)
+    result = aggregate("instance" if instance else "category", full, has, None if instance else ql, protocol, None)
     return replace(result, protocol={**result.protocol, "backend": "faiss-topk", "ties": "faiss index order"})

@@ -117,7 +117,7 @@ def evaluate_many(query=None, gallery=None, query_labels=None, gallery_labels=No
             raise SbirError("category-level evaluation needs query_labels and gallery_labels")
         raw = _category_values(src, ql, gl, protocols, rows, desc)
         level = "category"
-    return [_aggregate(level, values, has, ql, p, seen) for p, (values, has) in zip(protocols, raw)]
+    return [aggregate(level, values, has, ql, p, seen) for p, (values, has) in zip(protocols, raw)]
 
 
 # ---------------------------------------------------------------------------------- category level
@@ -197,20 +197,22 @@ def _mean(values: np.ndarray, labels: Optional[np.ndarray], average: str) -> flo
     return float(values.mean())
 
 
-def _aggregate(level: str, values: Dict[str, np.ndarray], has: np.ndarray, ql: Optional[np.ndarray],
+def aggregate(level: str, values: Dict[str, np.ndarray], has: np.ndarray, ql: Optional[np.ndarray],
                protocol: Protocol, seen: Optional[np.ndarray]) -> RetrievalResult:
-    """Means over each metric's evaluated queries (plus seen / unseen / H groups), per-class mAP,
+    """Per-query values (AP@K, P@K, Acc@K, rank; one per query, ``has``: the query has a relevant item)
+    into a result: means over each metric's evaluated queries (plus seen / unseen / H groups), per-class mAP,
     per-query values. A query without a relevant item enters a metric's mean (at 0) or not as
     :meth:`Protocol.counts_unmatched` says; ``query_index`` lists the queries of mAP (of Acc at
     instance level), ``query_index_of`` those of any metric that counts more."""
     everyone = np.arange(len(has))
     matched = np.flatnonzero(has)
     evaluated = everyone if protocol.counts_unmatched("mAP@all") else matched
+    rename = {"AP@all": "mAP@all", **{f"AP@{k}": f"mAP@{k}" for k in protocol.map_k}}
     metrics: Dict[str, float] = {}
     per_query: Dict[str, np.ndarray] = {}
     query_index_of: Dict[str, np.ndarray] = {}
     for key, v in values.items():
-        name = {"AP@all": "mAP@all", **{f"AP@{k}": f"mAP@{k}" for k in protocol.map_k}}.get(key, key)
+        name = rename.get(key, key)
         rows = everyone if protocol.counts_unmatched(name) else matched
         per_query[key if key in ("AP@all", "rank") else name] = v[rows]
         if len(rows) != len(evaluated):
