@@ -29,7 +29,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .data.discovery import Sample
-from .fileio import atomic_write_bytes, atomic_write_json, atomic_write_npz, cache_root, file_sha256
+from .fileio import atomic_write_bytes, atomic_write_json, atomic_write_npz, file_sha256
+from .locations import cache_root
 from .log import get_logger
 
 log = get_logger(__name__)

@@ -22,13 +22,6 @@ import numpy as np
 from .errors import OutputError
 
 
-def cache_root() -> Path:
-    """Where sbir-bench keeps what it generates: ``$SBIR_BENCH_CACHE`` or ``$XDG_CACHE_HOME/sbir-bench``
-    (default ``~/.cache/sbir-bench``): the mini set, the tiny backbone, the frozen-feature cache."""
-    base = os.environ.get("SBIR_BENCH_CACHE")
-    return Path(base) if base else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sbir-bench"
-
-
 def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
     """SHA-256 of a file's bytes (weight files and shipped data are identified by content, not by name)."""
     h = hashlib.sha256()
@@ -36,15 +29,6 @@ def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
         for block in iter(lambda: fh.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def project_folder(name: str) -> Path:
-    """A folder the project ships beside the package (``configs``, ``results``): ``./<name>`` in a
-    clone, else the one next to the installed package (an editable install)."""
-    here = Path(name)
-    if here.is_dir():
-        return here
-    return Path(__file__).resolve().parents[1] / name
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

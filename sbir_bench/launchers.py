@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from .errors import ConfigError, SbirError
+from .extras import require
 from .fileio import atomic_write_json
 from .log import get_logger
 
@@ -193,7 +194,7 @@ def write_table_when_complete(output_dir: Path, table: str) -> None:
 
 def submitit_job_class():
     """:class:`CellRun` with submitit's checkpoint hook (a requeue resumes from the last checkpoint)."""
-    import submitit
+    submitit = require("submitit", "--launcher slurm/submitit-local")
 
     class CheckpointableCellRun(CellRun, submitit.helpers.Checkpointable):
         """Requeued after a preemption or time limit with the same cell: the run resumes its checkpoint."""
@@ -203,10 +204,7 @@ def submitit_job_class():
 
 def executor(kind: str, folder: Path, resources: Resources, name: str):
     """A submitit executor: ``slurm`` or ``local`` (submitit's own subprocess executor)."""
-    try:
-        import submitit
-    except ImportError:
-        raise ConfigError("--launcher slurm/submitit-local needs submitit: pip install -e '.[cluster]'") from None
+    submitit = require("submitit", "--launcher slurm/submitit-local")
     if kind == "slurm":
         import shutil
         missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]

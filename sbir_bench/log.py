@@ -14,8 +14,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from contextlib import contextmanager
-from typing import Iterable, Iterator, Optional, TypeVar
+from typing import Dict, Iterable, Iterator, Optional, TypeVar
 
 from tqdm.auto import tqdm
 
@@ -72,11 +73,84 @@ def is_quiet() -> bool:
     return not logging.getLogger(ROOT).isEnabledFor(logging.INFO) or int(os.environ.get("RANK", "0")) != 0
 
 
+PROGRESS_EVERY_ENV = "SBIR_BENCH_PROGRESS_EVERY"
+DEFAULT_PROGRESS_EVERY = 30.0  # seconds between two progress lines when stderr is a file or a pipe
+
+
+def progress_every() -> float:
+    """Seconds between progress lines in a log file: ``$SBIR_BENCH_PROGRESS_EVERY`` (default 30).
+
+    A value that is not a positive number is ignored with the default, since a typo in a job script's
+    environment must not stop a run that has already been queued for hours.
+    """
+    raw = os.environ.get(PROGRESS_EVERY_ENV, "")
+    try:
+        value = float(raw)
+    except ValueError:
+        return DEFAULT_PROGRESS_EVERY
+    return value if value > 0 and value == value and value != float("inf") else DEFAULT_PROGRESS_EVERY
+
+
+class LineProgress:
+    """Progress for a log file: a plain line (no carriage return, no bar) at most every ``every`` seconds.
+
+    Under SLURM, CI or ``nohup`` stderr is a file, where tqdm's redraws become dozens of ``\\r`` frames
+    on one line. This writes ``desc: n/total (p%) [elapsed, rate] postfix`` lines instead, plus one
+    line when the loop ends. It offers the part of tqdm's interface sbir-bench uses (iteration,
+    ``set_postfix``), so callers do not know which one they hold.
+
+    >>> import io
+    >>> out = io.StringIO()
+    >>> list(LineProgress(range(3), desc="demo", total=3, unit="batch", every=3600.0, stream=out))
+    [0, 1, 2]
+    >>> out.getvalue().startswith("demo: 3/3 (100%)") and "\\r" not in out.getvalue()
+    True
+    """
+
+    def __init__(self, iterable: Iterable[T], desc: str, total: Optional[int], unit: str, every: float,
+                 stream=None) -> None:
+        self.iterable, self.desc, self.unit, self.every = iterable, desc, unit, every
+        self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
+        self.stream = stream
+        self.postfix = ""
+        self.n = 0
+
+    def set_postfix(self, values: Dict[str, object], refresh: bool = True) -> None:
+        """Shown at the end of the next line (tqdm's signature; ``refresh`` is accepted and ignored)."""
+        self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())
+
+    def _line(self, elapsed: float) -> str:
+        done = f"{self.n}/{self.total} ({100.0 * self.n / self.total:.0f}%)" if self.total else str(self.n)
+        rate = f"{self.n / elapsed:.3g} {self.unit}/s" if elapsed > 0 else f"- {self.unit}/s"
+        tail = f" {self.postfix}" if self.postfix else ""
+        return f"{self.desc}: {done} [{elapsed:.0f}s, {rate}]{tail}\n"
+
+    def _write(self, elapsed: float) -> None:
+        stream = self.stream or sys.stderr  # whatever stderr is now (test runners swap it)
+        stream.write(self._line(elapsed))
+        stream.flush()
+
+    def __iter__(self) -> Iterator[T]:
+        start = last = time.monotonic()
+        written = -1
+        for item in self.iterable:
+            yield item
+            self.n += 1
+            now = time.monotonic()
+            if now - last >= self.every:
+                self._write(now - start)
+                last, written = now, self.n
+        if written != self.n:  # the closing line, unless the last item's line just said the same
+            self._write(time.monotonic() - start)
+
+
 def progress(iterable: Iterable[T], desc: str, total: Optional[int] = None, unit: str = "it") -> Iterable[T]:
-    """Wrap ``iterable`` in a tqdm bar on stderr unless quiet."""
-    interactive = sys.stderr.isatty()  # a log file gets a line every 30 s, not every update
+    """Progress over ``iterable`` on stderr unless quiet: a tqdm bar on a terminal, else plain lines
+    (:class:`LineProgress`) at most every :func:`progress_every` seconds."""
+    if not is_quiet() and not sys.stderr.isatty():
+        return LineProgress(iterable, desc=desc, total=total, unit=unit, every=progress_every())
     return tqdm(iterable, desc=desc, total=total, unit=unit, disable=is_quiet(), file=sys.stderr,
-                dynamic_ncols=True, leave=False, mininterval=0.1 if interactive else 30.0)
+                dynamic_ncols=True, leave=False, mininterval=0.1)
 
 
 class _DropLibraryRecords(logging.Filter):

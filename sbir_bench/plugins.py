@@ -19,6 +19,9 @@ from importlib import metadata
 from typing import Callable, Dict, Generic, List, Optional, Tuple, Type, TypeVar
 
 from .errors import ConfigError, SbirError
+from .log import get_logger
+
+log = get_logger(__name__)
 
 T = TypeVar("T")
 
@@ -30,6 +33,7 @@ class Registry(Generic[T]):
                  error: Type[SbirError] = ConfigError) -> None:
         self.kind, self.group, self.builtin, self.error = kind, group, builtin, error
         self._items: Dict[str, T] = {}
+        self._broken: Dict[str, str] = {}  # entry-point name -> why it failed to load
         self._loaded = False
 
     def add(self, name: str, obj: T) -> T:
@@ -45,19 +49,34 @@ class Registry(Generic[T]):
         return lambda obj: self.add(name, obj)
 
     def _load(self) -> None:
-        """Import the built-in modules, then the installed entry points (first definition wins)."""
+        """Import the built-in modules, then the installed entry points (first definition wins).
+
+        The registry counts as loaded only once every entry point has been tried, so a caller that
+        catches an error never continues with half a registry. A plug-in that fails to import is one
+        warning naming its package and error; every other plug-in works, and asking for the broken
+        one by name is a one-line error saying why it failed.
+        """
         if self._loaded:
             return
-        self._loaded = True
         for module in self.builtin:
             importlib.import_module(module)
         for ep in metadata.entry_points(group=self.group) if self.group else ():
-            if ep.name not in self._items:
+            if ep.name in self._items or ep.name in self._broken:
+                continue
+            try:
                 self.add(ep.name, ep.load())
+            except Exception as exc:  # a third party's import error must not take every command down
+                package = ep.dist.name if getattr(ep, "dist", None) is not None else ep.value.split(":")[0]
+                why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
+                self._broken[ep.name] = f"the plug-in package {package} ({ep.value}) failed to load: {why}"
+                log.warning(f"{self.kind} {ep.name!r}: {self._broken[ep.name]}; the other {self.kind}s work")
+        self._loaded = True
 
     def get(self, name: str) -> T:
         """The plug-in registered as ``name``, or a one-line error listing the choices."""
         self._load()
+        if name in self._broken:
+            raise self.error(f"{self.kind} {name!r} is unavailable: {self._broken[name]}")
         if name not in self._items:
             raise self.error(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}")
         return self._items[name]
@@ -77,5 +96,5 @@ class Registry(Generic[T]):
         return name in self._items
 
 
-METHODS: Registry = Registry("method", "sbir_bench.methods", builtin=("baselines", "splip"))
+METHODS: Registry = Registry("method", "sbir_bench.methods", builtin=("sbir_bench.baselines", "sbir_bench.splip"))
 DATASETS: Registry = Registry("dataset", "sbir_bench.datasets", builtin=("sbir_bench.data.catalog",))

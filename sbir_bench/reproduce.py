@@ -25,7 +25,7 @@ from .data.catalog import get_spec
 from .data.discovery import default_data_root, locate, resolve_root
 from .engine.checkpoint import LAST
 from .errors import ConfigError, DataError, SbirError
-from .fileio import project_folder
+from .locations import published_folder, recipes_folder
 from .log import get_logger
 from .models.factory import check_weights_source
 from .artifacts import find_reusable, load_artifact
@@ -72,11 +72,11 @@ def cells(setting: str, datasets: Sequence[str] = (), methods: Sequence[str] = (
         raise ConfigError(f"unknown method {unknown[0]!r}; choose from: {', '.join(METHODS.names())}")
     wanted = [m for m in METHOD_ORDER if not methods or m in methods] + [m for m in methods if m not in METHOD_ORDER]
     if list(datasets) == ["mini"]:
-        folder = project_folder("configs") / "mini"
+        folder = recipes_folder() / "mini"
         return [Cell(setting, "mini", m, folder / f"{m}.yaml") for m in wanted]
-    root = project_folder("configs") / "paper" / setting
+    root = recipes_folder() / "paper" / setting
     if not root.is_dir():
-        raise ConfigError(f"no paper configs in {root}; run from a clone of sbir-bench")
+        raise ConfigError(f"no paper configs in {root}; this sbir-bench install lacks its recipes (reinstall it)")
     found = [Cell(setting, d.name, m, d / f"{m}.yaml") for d in sorted(root.iterdir()) if d.is_dir()
              for m in wanted if (d / f"{m}.yaml").is_file()]
     found = [c for c in found if not datasets or c.name in datasets or c.name.split("-split")[0] in datasets]
@@ -175,7 +175,7 @@ def write_table(setting: str, output_dir: Path) -> Dict[str, Path]:
     frame = runs_frame([], output_dir, settings=[setting])
     if frame.empty:
         raise SbirError(f"no finished {setting} run in {output_dir}: nothing to tabulate")
-    cells_ = compare(frame, load_reference(project_folder("results") / "paper"), all_reference_blocks=True)
+    cells_ = compare(frame, load_reference(published_folder()), all_reference_blocks=True)
     written = {}
     for fmt, text in (("md", to_markdown(cells_)), ("tex", to_latex(cells_, caption=f"{setting.upper()}-SBIR")),
                       ("csv", to_csv(cells_))):

@@ -10,7 +10,7 @@ the resolved config as parameters. Everything is local unless the user says othe
 * ``wandb``: an offline run in ``<run-id>/wandb/`` unless ``WANDB_MODE`` says otherwise;
 * ``mlflow``: ``sqlite:///<output-dir>/mlflow.db`` unless ``--tracking-uri`` names another store.
 
-The three libraries are an optional extra (``pip install -e ".[track]"``), imported only when asked
+The three libraries are an optional extra (the ``track`` extra), imported only when asked
 for; asking for one that is not installed is a one-line error before any work. The tracker's run is
 named by the sbir-bench run id and the record lists where each tracker wrote, so each leads to the
 other. Only rank 0 reports under torchrun. A tracker that fails mid-run (disk full, server gone) is a
@@ -20,18 +20,18 @@ warning and is switched off: a run is never lost to its tracker.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from .errors import ConfigError
+from .extras import is_installed, missing
 from .log import get_logger, quiet_library
 
 log = get_logger(__name__)
 TRACKERS = ("csv", "tensorboard", "wandb", "mlflow")
-NEEDS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}  # tracker -> the module it imports
+NEEDS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}  # tracker -> the module it imports (extras.EXTRAS)
 
 
 def parse_report_to(text: str) -> List[str]:
@@ -47,9 +47,8 @@ def check_available(names: List[str]) -> None:
     """One line naming the extra when a requested tracker's library is not installed."""
     for name in names:
         module = NEEDS.get(name)
-        if module and importlib.util.find_spec(module) is None:
-            raise ConfigError(f"--report-to {name} needs the {module} package: pip install -e '.[track]' "
-                              f"(or pip install {module})")
+        if module and not is_installed(module):
+            raise missing(module, f"--report-to {name}")
 
 
 def flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:

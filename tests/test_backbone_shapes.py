@@ -15,8 +15,8 @@ from click.testing import CliRunner
 from sbir_bench.cli import main
 from sbir_bench.methods import METHODS, TripletBatch, get_method, load_builtin_methods
 from sbir_bench.models import load_backbone
-from baselines.clip_at import trainable_clip_parameters
-from splip.method import PHOTO, text_layer_for
+from sbir_bench.baselines.clip_at import trainable_clip_parameters
+from sbir_bench.splip.method import PHOTO, text_layer_for
 
 CONFIGS = Path(__file__).parent / "fixtures" / "model_configs"
 NAMES = ["t-shirt", "hot_air_balloon", "cup", "star", "kite"]

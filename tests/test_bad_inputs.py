@@ -273,7 +273,7 @@ def test_bad_input_is_one_line_error(name: str, build: Callable, code: int, frag
 
 # ---------------------------------------------------------------------------------------- diverged
 def test_nan_loss_stops_training_and_records_nothing(tmp_path, mini_root, monkeypatch):
-    from baselines.linear_probe import LinearProbe
+    from sbir_bench.baselines.linear_probe import LinearProbe
 
     def nan_loss(self, batch):
         out = original(self, batch)

@@ -135,7 +135,7 @@ def test_every_shipped_class_reads_as_words_and_keys_are_unique(dataset):
 
 
 def test_every_text_path_uses_the_one_class_text(tiny_backbone):
-    from baselines.coop import CoOp
+    from sbir_bench.baselines.coop import CoOp
     from sbir_bench.data.classnames import class_text
     names = ["car_(sedan)", "computer-mouse", "hot-air_balloon", "jack-o-lantern"]
     coop = CoOp(tiny_backbone, names, [0, 1, 2])
@@ -224,7 +224,7 @@ def test_plot_keeps_one_curve_per_variant(tmp_path, mini_root):
 
 # ------------------------------------------------------------------------------ CoOp / MaPLe edges
 def test_coop_follows_the_reference_context_rules(tiny_backbone):
-    from baselines.coop import CoOp, CoOpConfig
+    from sbir_bench.baselines.coop import CoOp, CoOpConfig
     default = CoOp(tiny_backbone, ["star", "moon"], [0], CoOpConfig())
     assert default.ctx.shape[0] == 4 and default.prompts.prefix == "a photo of a"
     phrase = CoOp(tiny_backbone, ["star", "moon"], [0], CoOpConfig(ctx_init="a clean origami photo of a"))
@@ -237,7 +237,7 @@ def test_coop_follows_the_reference_context_rules(tiny_backbone):
 
 
 def test_maple_follows_the_reference_context_rules(tiny_backbone):
-    from baselines.maple import MaPLe, MaPLeConfig
+    from sbir_bench.baselines.maple import MaPLe, MaPLeConfig
     default = MaPLe(tiny_backbone, ["star", "moon"], [0], MaPLeConfig())
     ids = tiny_backbone.tokenizer(["a photo of a star."])
     assert torch.equal(default.ctx.detach(), default.prompted.token_embeddings(ids)[0, 1:3].float())

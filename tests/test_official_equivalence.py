@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 import official_inputs as oi
-from baselines.clip_at import CLIPAT, CLIPATConfig
-from baselines.cocoop import CoCoOp, CoCoOpConfig
+from sbir_bench.baselines.clip_at import CLIPAT, CLIPATConfig
+from sbir_bench.baselines.cocoop import CoCoOp, CoCoOpConfig
 from sbir_bench.config import TrainConfig
 from sbir_bench.engine.trainer import build_optimizer
 from sbir_bench.methods import TripletBatch

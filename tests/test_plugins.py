@@ -77,3 +77,45 @@ def test_a_method_and_a_dataset_from_an_installed_package(tmp_path):
     record = json.loads(next(out.glob("*.json")).read_text())
     assert record["method"] == "mean-shift" and record["dataset"] == "plugdata"
     assert record["classes"]["unseen_names"] == ["cat", "dog"]
+
+
+def _broken_package(site: Path) -> None:
+    """An installed package whose method entry point fails to import (a library this machine lacks)."""
+    (site / "sbirbroken").mkdir(parents=True)
+    (site / "sbirbroken" / "__init__.py").write_text('raise ImportError("needs a library this machine lacks")\n')
+    info = site / "sbirbroken-0.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: sbirbroken\nVersion: 0.3\n")
+    (info / "entry_points.txt").write_text("[sbir_bench.methods]\nbroken-method = sbirbroken:Method\n")
+
+
+def test_a_plugin_that_fails_to_import_is_a_warning_and_every_other_method_works(tmp_path, monkeypatch):
+    import logging
+    from click.testing import CliRunner
+
+    from sbir_bench import plugins
+    from sbir_bench.cli import main
+    from sbir_bench.errors import ConfigError
+    _broken_package(tmp_path / "site")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    fresh = plugins.METHODS
+    fresh.names()  # the built-ins, registered when their modules were first imported
+    monkeypatch.setattr(fresh, "_loaded", False)  # as in a fresh process: the entry points are read again
+    monkeypatch.setattr(fresh, "_broken", {})
+    seen = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logging.getLogger("sbir_bench.plugins").addHandler(handler)  # the CLI's logger may not propagate
+    try:
+        names = fresh.names()
+        fresh.names()  # loaded once: no second warning
+    finally:
+        logging.getLogger("sbir_bench.plugins").removeHandler(handler)
+    assert "coop" in names and "splip" in names and "broken-method" not in names
+    warned = [m for m in seen if "broken-method" in m]
+    assert len(warned) == 1 and "sbirbroken" in warned[0] and "needs a library this machine lacks" in warned[0]
+    with pytest.raises(ConfigError, match="broken-method.*unavailable.*sbirbroken.*needs a library this machine lacks"):
+        fresh.get("broken-method")
+    assert fresh.get("coop").name == "coop"  # the registry is whole after the failure
+    listed = CliRunner().invoke(main, ["methods"])
+    assert listed.exit_code == 0 and "coop" in listed.output and "broken-method" not in listed.output

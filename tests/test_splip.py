@@ -13,9 +13,9 @@ from click.testing import CliRunner
 from sbir_bench.cli import main
 from sbir_bench.methods import TripletBatch
 from sbir_bench.methods.image_tiles import shuffle_tiles
-from splip import SpLIP, SpLIPConfig
-from splip.method import PHOTO, SKETCH
-from splip.objectives import JigsawHead, adaptive_margin_matrix, conditional_jigsaw, jigsaw_permutations, triplet_margins
+from sbir_bench.splip import SpLIP, SpLIPConfig
+from sbir_bench.splip.method import PHOTO, SKETCH
+from sbir_bench.splip.objectives import JigsawHead, adaptive_margin_matrix, conditional_jigsaw, jigsaw_permutations, triplet_margins
 
 SEEN = list(range(6))
 NAMES = ["star", "heart", "moon", "tree", "fish", "key", "bell"]

@@ -124,7 +124,7 @@ def test_a_failing_tracker_is_a_warning_never_a_lost_run(tmp_path, mini_root, mo
 
 
 @pytest.mark.parametrize("report_to,fragment", [("tensorboard,nosuch", "unknown tracker 'nosuch'"),
-                                                ("mlflow", "pip install -e '.[track]'")])
+                                                ("mlflow", "pip install 'sbir-bench[track]'")])
 def test_a_tracker_that_cannot_be_used_is_one_line_before_any_work(report_to, fragment, tmp_path, monkeypatch):
     import importlib.util
     real = importlib.util.find_spec

@@ -33,8 +33,8 @@ def _cells(patterns, results_dir, datasets, settings, methods, reference, agains
     from ..reporting.collect import runs_frame
     from ..reporting.compare import compare, load_reference
 
-    from ..fileio import project_folder
-    ref = load_reference(project_folder("results") / "paper" if reference == "paper" else Path(reference)) \
+    from ..locations import published_folder
+    ref = load_reference(published_folder() if reference == "paper" else Path(reference)) \
         if reference else None
     frame = runs_frame(patterns, results_dir, datasets, settings, methods)
     if frame.empty:

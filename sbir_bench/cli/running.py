@@ -63,8 +63,9 @@ def resolve_configs(method: str, config_file: Optional[str], sets: Sequence[str]
                     opts: Dict[str, Any]) -> List[RunConfig]:
     """One validated config per seed (all checked before the first run starts)."""
     from ..config import build_run_config, load_yaml, parse_override
+    from ..locations import find_config
     check_distinct_seeds(seeds, "--seed")
-    file_data = load_yaml(config_file) if config_file else {}
+    file_data = load_yaml(find_config(config_file)) if config_file else {}
     overrides = {**overrides_from_options(opts), "method": method}
     for text in sets:
         key, value = parse_override(text)
@@ -101,7 +102,8 @@ def parse_seed_list(text: str) -> List[int]:
               help="Random seed; repeat for several runs.  [default: 0]")
 @click.option("--resume", is_flag=True, help="Continue training from the last checkpoint of this run.")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the frozen-feature cache.")
-@click.option("--config", "config_file", type=click.Path(), help="YAML file with a (partial) run config.")
+@click.option("--config", "config_file", type=click.Path(), help="YAML file with a (partial) run config, or a shipped recipe by name "
+              "(e.g. paper/zs/tuberlin/splip; `sbir-bench recipes` lists them).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override any config key, e.g. --set method_config.n_ctx=8 --set train.warmup_epochs=1.")
 @click.option("--quiet", is_flag=True, help="No progress bars or info lines.")

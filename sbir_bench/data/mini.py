@@ -96,7 +96,7 @@ MINI_UNSEEN: Tuple[str, ...] = ("star", "house", "cup", "flower", "kite")
 
 def default_mini_root() -> Path:
     """Where the generated set lives: ``mini-v<VERSION>`` in the sbir-bench cache (:func:`cache_root`)."""
-    from ..fileio import cache_root
+    from ..locations import cache_root
     return cache_root() / f"mini-v{VERSION}"
 
 

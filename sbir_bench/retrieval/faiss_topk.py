@@ -7,7 +7,7 @@ heap selection. The metrics are computed by the engine's own :mod:`.ranking` cod
 those lists, so both backends share one definition; tied scores are ordered as faiss returns them,
 so results equal the exact engine's ``ties="stable"`` whenever scores are distinct (the test oracle).
 
-Needs ``faiss-cpu`` (``pip install -e ".[faiss]"``); ``faiss-gpu`` works unchanged.
+Needs ``faiss-cpu`` (the ``faiss`` extra); ``faiss-gpu`` works unchanged.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError, SbirError
+from ..extras import require
 from ..log import progress
 from .metrics import RetrievalResult, aggregate
 from .protocol import Protocol
@@ -27,11 +28,7 @@ from .scoring import check_finite_rows, unit_rows
 
 
 def _faiss():
-    try:
-        import faiss
-    except ImportError:
-        raise SbirError("the faiss backend needs faiss-cpu: pip install -e '.[faiss]'") from None
-    return faiss
+    return require("faiss", "the faiss backend")
 
 
 def _hit_ranks(flags: np.ndarray, scores: np.ndarray, n_rel: np.ndarray, n_gallery: int, max_k: int) -> RelevantRanks:
