@@ -31,11 +31,11 @@ def aligned(head: Sequence[str], body: Sequence[Sequence[str]], title: str = "",
     """The one plain-text table renderer: columns right-aligned (the first left-aligned), ruled.
 
     >>> print(aligned(["metric", "value"], [["mAP@all", "0.5000"]]))
-    ------------------
-    metric   value
-    ------------------
+    ---------------
+    metric    value
+    ---------------
     mAP@all  0.5000
-    ------------------
+    ---------------
     """
     widths = [max(len(str(row[i])) for row in [head, *body]) for i in range(len(head))]
 
@@ -172,8 +172,8 @@ LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", 
 def latex_escape(text: str) -> str:
     """Escape every LaTeX special character in one pass (so escapes are never escaped again).
 
-    >>> latex_escape("a_b{c}~^")
-    'a\\_b\\{c\\}\\textasciitilde{}\\textasciicircum{}'
+    >>> print(latex_escape("a_b{c}~^"))
+    a\\_b\\{c\\}\\textasciitilde{}\\textasciicircum{}
     """
     return "".join(LATEX_SPECIAL.get(ch, ch) for ch in str(text))
 

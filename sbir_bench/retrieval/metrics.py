@@ -82,8 +82,8 @@ def label_codes(query_labels, gallery_labels) -> Tuple[Optional[np.ndarray], Opt
     """Integer class codes of the query and gallery labels; labels of any other kind (class-name
     strings in an embeddings file) are coded through one joint vocabulary, so equal names match.
 
-    >>> [c.tolist() for c in label_codes(["cat", "dog"], ["dog", "cow", "cat"])]
-    [[1, 2], [2, 0, 1]]
+    >>> [c.tolist() for c in label_codes(["cat", "dog"], ["dog", "cow", "cat"])]  # cat 0, cow 1, dog 2
+    [[0, 2], [2, 1, 0]]
     """
     if query_labels is None or gallery_labels is None:
         as_int = lambda x: None if x is None else np.asarray(x, dtype=np.int64)  # noqa: E731
