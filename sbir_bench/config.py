@@ -9,6 +9,7 @@ traced back to the exact settings that produced it.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import re
@@ -295,7 +296,7 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 def build_run_config(file_data: Optional[Dict[str, Any]], overrides: Dict[str, Any]) -> RunConfig:
     """Merge YAML data and dotted overrides (CLI wins) into a validated :class:`RunConfig`."""
-    tree: Dict[str, Any] = dict(file_data or {})
+    tree: Dict[str, Any] = copy.deepcopy(file_data or {})  # the caller's dictionaries stay as they were
     for key, value in overrides.items():  # an explicit None (``--set key=null``) sets None
-        set_dotted(tree, key, value)
+        set_dotted(tree, key, copy.deepcopy(value))
     return from_dict(RunConfig, tree, "config")

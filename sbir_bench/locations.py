@@ -25,6 +25,21 @@ def cache_root() -> Path:
     return Path(base) if base else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sbir-bench"
 
 
+ENVIRONMENT = {  # one variable per meaning (docs/errors.md lists them for users)
+    "SBIR_BENCH_CACHE": "what sbir-bench generates: the unpacked mini set, sbir-tiny, the frozen-feature cache",
+    "SBIR_BENCH_WEIGHTS": "where open_clip weights are looked for and downloaded (default ~/.cache/clip, open_clip's)",
+    "SBIR_BENCH_DATA": "the data root holding the dataset copies (default ~/data/sbir)",
+    "SBIR_BENCH_OFFLINE": "1: never try to download weights",
+    "SBIR_BENCH_PROGRESS_EVERY": "seconds between progress lines when stderr is not a terminal (default 30)",
+}
+
+
+def weights_folder() -> Path:
+    """Where open_clip weights are looked for and downloaded: ``$SBIR_BENCH_WEIGHTS``, else open_clip's
+    own ``~/.cache/clip`` (so weights a researcher already has are found)."""
+    return Path(os.environ.get("SBIR_BENCH_WEIGHTS") or Path.home() / ".cache" / "clip")
+
+
 def _package_folder(package: str) -> Path:
     """The folder of a shipped data package on the file system (recipes are read as plain files, since
     a recipe's ``base:`` is a path relative to it)."""

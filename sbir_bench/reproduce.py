@@ -27,7 +27,7 @@ from .engine.checkpoint import LAST
 from .errors import ConfigError, DataError, SbirError
 from .locations import published_folder, recipes_folder
 from .log import get_logger
-from .models.factory import check_weights_source
+from .models.factory import WeightsNotCached, check_weights_source
 from .artifacts import find_reusable, load_artifact
 from .runner import checkpoint_dir, evaluate_model, finished_record, training_identity
 from .runner import run as run_one
@@ -56,6 +56,7 @@ class PlannedRun:
     cfg: Optional[RunConfig]
     status: str  # done | run | resume | reuse | missing: <why>
     model: Optional[Path] = None  # with "reuse": the artifact of an identical training
+    note: str = ""  # what a dry run could not check without the network (weights not cached yet)
 
     @property
     def runnable(self) -> bool:
@@ -94,19 +95,24 @@ def _config(cell: Cell, seed: int, output_dir: Path, overrides: Dict[str, Any]) 
                                    "train.resume": True})
 
 
-def _missing(cfg: RunConfig) -> str:
-    """Why this run cannot run here, in a few words ('' when it can): dataset and/or weights absent."""
+def _missing(cfg: RunConfig, network: bool) -> Tuple[str, str]:
+    """(why this run cannot run here in a few words, or ''; a note on what was not checked).
+
+    Without ``network`` (a dry run) weights that are not cached are a note, not a reason: a dry run
+    never waits on a connection."""
     spec = get_spec(cfg.data.dataset)
-    lacks = []
+    lacks, note = [], ""
     try:
         locate(spec, resolve_root(spec, cfg.data.data_root))
     except DataError:
         lacks.append(f"{spec.title} not found under {cfg.data.data_root or default_data_root()}")
     try:
-        check_weights_source(cfg.backbone.name, cfg.backbone.pretrained, cfg.backbone.cache_dir)
+        check_weights_source(cfg.backbone.name, cfg.backbone.pretrained, cfg.backbone.cache_dir, network=network)
+    except WeightsNotCached as exc:
+        note = str(exc)
     except SbirError as exc:
         lacks.append(str(exc).split(";")[0])
-    return "; ".join(lacks)
+    return "; ".join(lacks), note
 
 
 def model_folders(output_dir: Path) -> List[Path]:
@@ -116,13 +122,14 @@ def model_folders(output_dir: Path) -> List[Path]:
     return [output_dir, *[p for p in siblings if p.is_dir()]]
 
 
-def plan(table_cells: Sequence[Cell], seeds: Sequence[int], output_dir: Path, overrides: Dict[str, Any]) -> List[PlannedRun]:
-    """What each (cell, seed) needs and would do (nothing is run)."""
+def plan(table_cells: Sequence[Cell], seeds: Sequence[int], output_dir: Path, overrides: Dict[str, Any],
+         network: bool = True) -> List[PlannedRun]:
+    """What each (cell, seed) needs and would do (nothing is run; ``network=False`` for a dry run)."""
     out = []
     for cell in table_cells:
         for seed in seeds:
             cfg = _config(cell, seed, output_dir, overrides)
-            missing = _missing(cfg)
+            missing, note = _missing(cfg, network)
             if missing:
                 status = f"missing: {missing}"
             elif finished_record(cfg) is not None:
@@ -132,9 +139,9 @@ def plan(table_cells: Sequence[Cell], seeds: Sequence[int], output_dir: Path, ov
             else:
                 model = find_reusable(model_folders(output_dir), training_identity(cfg))
                 status = "reuse" if model else "run"
-                out.append(PlannedRun(cell, seed, cfg, status, model))
+                out.append(PlannedRun(cell, seed, cfg, status, model, note))
                 continue
-            out.append(PlannedRun(cell, seed, cfg, status))
+            out.append(PlannedRun(cell, seed, cfg, status, note=note))
     return out
 
 
@@ -143,8 +150,9 @@ def describe(run: PlannedRun) -> str:
     cfg = run.cfg
     needs = f"{cfg.data.dataset} split {cfg.data.split}, {cfg.backbone.name}/{cfg.backbone.pretrained or 'default'}"
     reuse = f" the model of {run.model.parent.name} (same training)" if run.model else ""
+    note = f"  ({run.note})" if run.note else ""
     return (f"{run.cell.setting}/{run.cell.name:<15} {run.cell.method:<14} seed {run.seed}  needs {needs}  "
-            f"-> {run.status}{reuse}")
+            f"-> {run.status}{reuse}{note}")
 
 
 def execute(runs: Sequence[PlannedRun]) -> List[Tuple[str, SbirError]]:

@@ -18,8 +18,10 @@ def _isolated_environment(tmp_path_factory: pytest.TempPathFactory):
     """
     cache = Path(os.environ["SBIR_BENCH_TEST_CACHE"]) if os.environ.get("SBIR_BENCH_TEST_CACHE") \
         else tmp_path_factory.mktemp("sbir-cache")
-    old = {k: os.environ.get(k) for k in ("SBIR_BENCH_CACHE", "SBIR_BENCH_OFFLINE", "SBIR_BENCH_DATA", "HF_HUB_OFFLINE")}
-    os.environ.update(SBIR_BENCH_CACHE=str(cache), SBIR_BENCH_OFFLINE="1", HF_HUB_OFFLINE="1",
+    old = {k: os.environ.get(k) for k in ("SBIR_BENCH_CACHE", "SBIR_BENCH_WEIGHTS", "SBIR_BENCH_OFFLINE",
+                                          "SBIR_BENCH_DATA", "HF_HUB_OFFLINE")}
+    os.environ.update(SBIR_BENCH_CACHE=str(cache), SBIR_BENCH_WEIGHTS=str(cache / "weights"), SBIR_BENCH_OFFLINE="1",
+                      HF_HUB_OFFLINE="1",
                       SBIR_BENCH_DATA=str(cache / "no-data-here"))
     from sbir_bench.log import set_quiet
     set_quiet(True)

@@ -99,3 +99,37 @@ def test_mini_table_runs_end_to_end_with_literature_rows_and_keeps_finished_cell
     assert dry.output.count("-> done") == 2
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 0 and sorted(p.name for p in tmp_path.glob("*.json")) == records
+
+
+def test_a_dry_run_never_touches_the_network_and_says_which_weights_are_not_cached(tmp_path, monkeypatch):
+    import socket
+    dialled = []
+
+    def no_network(address, *args, **kwargs):
+        dialled.append(address)
+        raise OSError("network is unreachable")
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    for flag in ("SBIR_BENCH_OFFLINE", "HF_HUB_OFFLINE"):  # as on a user's machine: downloads allowed
+        monkeypatch.delenv(flag, raising=False)
+    result = CliRunner().invoke(main, ["reproduce", "zs", "--dry-run", "--output-dir", str(tmp_path / "zs"),
+                                       "--data-root", str(tmp_path / "nodata")])
+    assert result.exit_code == 0, result.output
+    assert dialled == []
+    assert "weights ViT-B-32/openai not cached" in result.output and "downloaded on first use" in result.output
+
+
+def test_one_unreachable_weight_host_is_probed_once_per_process(monkeypatch):
+    import socket
+
+    from sbir_bench.models import factory
+    dialled = []
+    monkeypatch.setattr(socket, "create_connection", lambda address, *a, **k: dialled.append(address) or
+                        (_ for _ in ()).throw(OSError("unreachable")))
+    for flag in ("SBIR_BENCH_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(flag, raising=False)
+    factory._reachable.cache_clear()
+    try:
+        assert all(factory._offline({"url": "https://example.org/w.pt"}) for _ in range(5))
+    finally:
+        factory._reachable.cache_clear()
+    assert dialled == [("example.org", 443)]

@@ -204,7 +204,7 @@ def reproduce_command(table: str, datasets, methods, seeds: str, data_root: Opti
         overrides["data.data_root"] = data_root
     if quiet:
         overrides["quiet"] = True
-    runs = plan(cells(table, datasets, methods), seed_list, out, overrides)
+    runs = plan(cells(table, datasets, methods), seed_list, out, overrides, network=not dry_run)
     if cluster["status"]:
         for line in status_lines(runs, out):
             click.echo(line)

@@ -13,6 +13,7 @@ including the tag's interpolation, resize mode and statistics): see :mod:`.prepr
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import zipfile
@@ -24,6 +25,7 @@ import open_clip
 import torch
 
 from ..errors import WeightsError
+from ..locations import weights_folder
 from .configs import TINY, create_model, list_backbones
 
 RANDOM = "random"
@@ -55,8 +57,10 @@ class Backbone:
 
 
 def default_cache_dir(cache_dir: Optional[str]) -> str:
-    """open_clip's URL cache default (``~/.cache/clip``) unless overridden."""
-    return cache_dir or os.environ.get("SBIR_BENCH_CACHE") or os.path.expanduser("~/.cache/clip")
+    """Where open_clip's URL weights are looked for and downloaded: ``--cache-dir``, else
+    ``$SBIR_BENCH_WEIGHTS`` (:func:`~sbir_bench.locations.weights_folder`), else open_clip's own
+    ``~/.cache/clip``. ``$SBIR_BENCH_CACHE`` is the cache of what sbir-bench generates, never this."""
+    return cache_dir or str(weights_folder())
 
 
 def _cached_weight_file(name: str, tag: str, cache_dir: Optional[str]) -> Optional[str]:
@@ -84,19 +88,24 @@ def _cached_weight_file(name: str, tag: str, cache_dir: Optional[str]) -> Option
 def _offline(cfg: Dict[str, Any]) -> bool:
     """True when weights cannot be downloaded: offline flags set, or the weight host is unreachable.
 
-    Probing one TCP connection (3 s) first turns "no network" into an immediate one-line error
-    instead of a minute of Hugging Face retries and a stack trace.
+    Probing one TCP connection (3 s, once per host and process) first turns "no network" into an
+    immediate one-line error instead of a minute of Hugging Face retries and a stack trace.
     """
     if any(os.environ.get(v, "0") not in ("", "0") for v in ("SBIR_BENCH_OFFLINE", "HF_HUB_OFFLINE")):
         return True
     host = "huggingface.co" if cfg.get("hf_hub") else urlparse(cfg.get("url", "")).hostname
-    if not host:
-        return True
+    return not host or not _reachable(host)
+
+
+@functools.lru_cache(maxsize=None)
+def _reachable(host: str) -> bool:
+    """Whether one TCP connection to ``host`` opens within 3 s (asked once per process: a table's
+    cells share two weight hosts, and waiting 3 s per cell is what made dry runs slow)."""
     try:
         socket.create_connection((host, 443), timeout=3).close()
     except OSError:
-        return True
-    return False
+        return False
+    return True
 
 
 def resolve_pretrained(name: str, pretrained: Optional[str]) -> Optional[str]:
@@ -170,9 +179,12 @@ def _resolve_weights(name: str, pretrained: str, cache_dir: Optional[str]) -> st
         raise WeightsError(message) from None
 
 
-def check_weights_source(name: str, pretrained: Optional[str], cache_dir: Optional[str]) -> None:
+def check_weights_source(name: str, pretrained: Optional[str], cache_dir: Optional[str], network: bool = True) -> None:
     """One-line error now if ``name``/``pretrained`` cannot be loaded later (nothing is loaded or built):
-    unknown backbone or tag, missing or unreadable checkpoint file, uncached weights while offline."""
+    unknown backbone or tag, missing or unreadable checkpoint file, uncached weights while offline.
+
+    With ``network=False`` (a dry run) uncached weights are not checked against the network at all:
+    :class:`WeightsNotCached` says so without waiting on a connection."""
     if name not in list_backbones():
         raise WeightsError(f"unknown backbone {name!r}; run `sbir-bench backbones` to list the names open_clip knows")
     source = resolve_pretrained(name, pretrained)
@@ -183,8 +195,16 @@ def check_weights_source(name: str, pretrained: Optional[str], cache_dir: Option
         return
     if not open_clip.is_pretrained_cfg(name, source):
         _resolve_weights(name, source, cache_dir)  # raises the unknown-tag error
-    elif _cached_weight_file(name, source, cache_dir) is None and _offline(open_clip.get_pretrained_cfg(name, source)):
-        _resolve_weights(name, source, cache_dir)  # raises the offline error
+    elif _cached_weight_file(name, source, cache_dir) is None:
+        if not network:
+            raise WeightsNotCached(f"weights {name}/{source} not cached in {default_cache_dir(cache_dir)} "
+                                   f"(downloaded on first use, if this machine has network)")
+        if _offline(open_clip.get_pretrained_cfg(name, source)):
+            _resolve_weights(name, source, cache_dir)  # raises the offline error
+
+
+class WeightsNotCached(WeightsError):
+    """Weights that are not on this machine yet, said without asking the network (dry runs)."""
 
 
 def tag_overrides(name: str, pretrained: Optional[str]) -> Dict[str, Any]:
