@@ -236,34 +236,94 @@ class CellFailed(SbirError):
         self.exit_code = exit_code
 
 
-def local_jobs(runs: List[Any], jobs: int) -> List[tuple]:
-    """Run cells ``jobs`` at a time as ``sbir-bench run`` subprocesses; returns (cell, error) per failure."""
-    gpus = _cuda_count()
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+def visible_gpus() -> List[str]:
+    """The GPUs this process was given, as the ids its children must be given: the entries of
+    ``CUDA_VISIBLE_DEVICES`` (``3,5`` under SLURM or on a shared workstation: a cell goes to 3 or 5,
+    never to 0), else ``0 .. n-1``."""
+    count = _cuda_count()
+    given = [g.strip() for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+    return given[:count] if given else [str(i) for i in range(count)]
+
+
+class GpuSlots:
+    """Hands each starting cell a GPU no running cell holds (the one freed first is reused first).
+
+    With ``share`` (``--share-gpus``), more cells than GPUs share them, each new cell going to the
+    least-used GPU; without it, at most one cell runs per GPU.
+    """
+
+    def __init__(self, gpus: Sequence[str], share: bool = False) -> None:
+        self.users: Dict[str, int] = {g: 0 for g in gpus}
+        self.share = share
+
+    def capacity(self, jobs: int) -> int:
+        """How many cells may run at once: ``jobs``, capped at one per GPU unless shared."""
+        return jobs if self.share or not self.users else min(jobs, len(self.users))
+
+    def take(self) -> Optional[str]:
+        """A GPU for a starting cell (None on a machine without GPUs)."""
+        if not self.users:
+            return None
+        gpu = min(self.users, key=lambda g: self.users[g])  # dicts keep order: ties go to the first free
+        if self.users[gpu] and not self.share:
+            raise RuntimeError("no free GPU: capacity() bounds the cells started")  # a bug, not a user error
+        self.users[gpu] += 1
+        return gpu
+
+    def give_back(self, gpu: Optional[str]) -> None:
+        if gpu is not None:
+            self.users[gpu] -= 1
+
+
+def failure_reason(text: str) -> str:
+    """A failed cell's last error line, with out-of-memory named as such and the knob that helps."""
+    first = (text.strip().splitlines() or ["failed"])[-1][:300]
+    if "out of memory" in text.lower():
+        return (f"out of memory: {first} (lower --batch-size or raise train.grad_accum; the optimiser step "
+                f"stays the whole batch's)")
+    return first
+
+
+def local_jobs(runs: List[Any], jobs: int, share_gpus: bool = False) -> List[tuple]:
+    """Run cells ``jobs`` at a time as ``sbir-bench run`` subprocesses, each on a GPU no other running
+    cell holds; returns (cell, error) per failure. Every cell runs whatever the others do."""
+    slots = GpuSlots(visible_gpus(), share_gpus)
+    at_once = slots.capacity(jobs)
+    if at_once < jobs:
+        log.warning(f"--jobs {jobs} but {at_once} GPU(s) ({', '.join(slots.users)}): running {at_once} cell(s) at a "
+                    f"time, one per GPU (--share-gpus puts several cells on one GPU)")
+    threads = max(1, (os.cpu_count() or 1) // at_once)
     queue, active, failures = list(runs), [], []
     while queue or active:
-        while queue and len(active) < jobs:
+        while queue and len(active) < at_once:
             planned = queue.pop(0)
-            cid = cell_id(planned)
-            slot = len(active)
-            env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-            if gpus:
-                env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
-            cfg_file = state_dir(Path(planned.cfg.output_dir)) / f"{cid}.yaml"
-            from .config import to_dict
-            _write_yaml(cfg_file, to_dict(planned.cfg))
-            cmd = [sys.executable, "-m", "sbir_bench", "run", planned.cell.method, "--config", str(cfg_file), "--quiet"]
-            log_file = open(state_dir(Path(planned.cfg.output_dir)) / f"{cid}.log", "w")
-            active.append((planned, cid, subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT),
-                           log_file))
+            gpu = slots.take()
+            active.append((planned, gpu, *_start_cell(planned, gpu, threads)))
         time.sleep(0.2)
-        for item in [a for a in active if a[2].poll() is not None]:
-            planned, cid, proc, log_file = item
+        for item in [a for a in active if a[3].poll() is not None]:
+            planned, gpu, cid, proc, log_file = item
             log_file.close()
             active.remove(item)
+            slots.give_back(gpu)
             if proc.returncode != 0:
-                last = (Path(log_file.name).read_text().strip().splitlines() or [""])[-1]
-                failures.append((cid, CellFailed(f"{last} (exit {proc.returncode}, log {log_file.name})",
+                why = failure_reason(Path(log_file.name).read_text(errors="replace"))
+                out = Path(planned.cfg.output_dir)
+                write_state(out, cid, status="failed", error=why, log=log_file.name)
+                failures.append((cid, CellFailed(f"{why} (exit {proc.returncode}, log {log_file.name})",
                                                  proc.returncode if proc.returncode > 0 else 1)))
     return failures
 
+
+def _start_cell(planned, gpu: Optional[str], threads: int) -> tuple:
+    """(cell id, process, log file) of one cell started as ``sbir-bench run`` on ``gpu``."""
+    from .config import to_dict
+    cid = cell_id(planned)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    folder = state_dir(Path(planned.cfg.output_dir))
+    cfg_file = folder / f"{cid}.yaml"
+    _write_yaml(cfg_file, to_dict(planned.cfg))
+    cmd = [sys.executable, "-m", "sbir_bench", "run", planned.cell.method, "--config", str(cfg_file), "--quiet"]
+    log_file = open(folder / f"{cid}.log", "w")
+    return cid, subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT), log_file

@@ -15,7 +15,9 @@ written with the user's rows, the literature's rows of that table, and deltas to
 
 from __future__ import annotations
 
+import os
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -156,19 +158,37 @@ def describe(run: PlannedRun) -> str:
 
 
 def execute(runs: Sequence[PlannedRun]) -> List[Tuple[str, SbirError]]:
-    """Run every runnable entry (resuming checkpoints); returns (run, error) for each run that failed."""
-    failures = []
+    """Run every runnable entry (resuming checkpoints); returns (run, error) for each run that failed.
+
+    Any failure of one cell (a user error, out of memory, a crash) is recorded in the cell's state
+    for ``--status`` and the next cell runs; only Ctrl-C stops the table.
+    """
+    from .fileio import atomic_write_bytes
+    from .launchers import CellFailed, cell_id, failure_reason, release, state_dir, write_state
+    failures: List[Tuple[str, SbirError]] = []
     for planned in runs:
         if not planned.runnable:
             continue
         log.info(f"reproduce: {describe(planned)}")
+        out, cid = Path(planned.cfg.output_dir), cell_id(planned)
+        write_state(out, cid, status="running", pid=os.getpid(), host=os.uname().nodename)
         try:
             if planned.status == "reuse":
                 evaluate_model(planned.cfg, load_artifact(planned.model))
             else:
                 run_one(planned.cfg)
-        except SbirError as exc:
-            failures.append((f"{planned.cell.name}/{planned.cell.method} seed {planned.seed}", exc))
+        except KeyboardInterrupt:
+            release(out, cid)  # not failed, not running: the next reproduce resumes it
+            raise
+        except Exception as exc:  # noqa: BLE001 - one cell's crash must not cost the others; it is reported
+            text = str(exc) if isinstance(exc, SbirError) else f"{type(exc).__name__}: {exc}"
+            why = failure_reason(text)
+            trace = state_dir(out) / f"{cid}.log"  # the traceback, for a bug report
+            atomic_write_bytes(trace, "".join(traceback.format_exception(exc)).encode())
+            write_state(out, cid, status="failed", error=why, log=str(trace))
+            failures.append((cid, exc if isinstance(exc, SbirError) else CellFailed(f"{why} (log {trace})")))
+            continue
+        write_state(out, cid, status="done")
     return failures
 
 

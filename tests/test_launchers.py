@@ -130,3 +130,106 @@ def test_local_jobs_run_cells_at_once_and_collect_writes_the_table(tmp_path, min
     (out / "table_zs.csv").unlink()
     collected = reproduce("--method", "zeroshot-clip", "--collect", "--output-dir", str(out))
     assert collected.exit_code == 0 and (out / "table_zs.csv").is_file()
+
+
+# ------------------------------------------------------------------ GPU slots and failing cells
+class _FakeCell:
+    """A cell's process that finishes after ``polls`` looks, with ``code``."""
+
+    def __init__(self, polls: int, code: int = 0) -> None:
+        self.polls, self.code, self.returncode = polls, code, None
+
+    def poll(self):
+        self.polls -= 1
+        if self.polls <= 0:
+            self.returncode = self.code
+        return self.returncode
+
+
+def _fake_local_jobs(monkeypatch, tmp_path, durations, gpus="3,5", codes=None):
+    """Run ``launchers.local_jobs`` over fake cells; returns (the GPU each cell got, GPUs busy at each start)."""
+    from types import SimpleNamespace
+
+    from sbir_bench import launchers
+    monkeypatch.setattr(launchers, "_cuda_count", lambda: len(gpus.split(",")))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", gpus)
+    monkeypatch.setattr(launchers.time, "sleep", lambda s: None)
+    got, busy, running = {}, [], {}
+
+    def start(planned, gpu, threads):
+        cid = planned.cell.method
+        busy.append(sorted(g for c, g in running.items() if procs[c].returncode is None))
+        got[cid], running[cid] = gpu, gpu
+        log_file = open(tmp_path / f"{cid}.log", "w")
+        log_file.write("CUDA out of memory. Tried to allocate 2 GiB\n" if (codes or {}).get(cid) else "")
+        return cid, procs[cid], log_file
+    procs = {name: _FakeCell(polls, (codes or {}).get(name, 0)) for name, polls in durations.items()}
+    monkeypatch.setattr(launchers, "_start_cell", start)
+    runs = [SimpleNamespace(cell=SimpleNamespace(method=name), cfg=SimpleNamespace(output_dir=str(tmp_path)))
+            for name in durations]
+    return got, busy, runs
+
+
+def test_a_cell_gets_a_free_gpu_of_those_given_never_one_in_use(monkeypatch, tmp_path):
+    from sbir_bench import launchers
+    got, busy, runs = _fake_local_jobs(monkeypatch, tmp_path, {"a": 9, "b": 2, "c": 9, "d": 1})
+    assert launchers.local_jobs(runs, jobs=2) == []
+    assert got == {"a": "3", "b": "5", "c": "5", "d": "3"}  # b ended first: c takes its GPU, not a's
+    for start, taken in zip(["a", "b", "c", "d"], busy):
+        assert got[start] not in taken, (start, busy)
+
+
+def test_more_jobs_than_gpus_is_said_and_shared_only_when_asked(monkeypatch, tmp_path, caplog):
+    import logging
+
+    from sbir_bench import launchers
+    seen = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logging.getLogger("sbir_bench.launchers").addHandler(handler)
+    try:
+        got, busy, runs = _fake_local_jobs(monkeypatch, tmp_path, {"a": 5, "b": 5, "c": 5})
+        launchers.local_jobs(runs, jobs=3)
+        assert max(len(b) for b in busy) == 1 and len(seen) == 1 and "--share-gpus" in seen[0]
+        got, busy, runs = _fake_local_jobs(monkeypatch, tmp_path, {"a": 5, "b": 5, "c": 5})
+        launchers.local_jobs(runs, jobs=3, share_gpus=True)
+    finally:
+        logging.getLogger("sbir_bench.launchers").removeHandler(handler)
+    assert busy[-1] == ["3", "5"] and sorted(got.values()) == ["3", "3", "5"] and len(seen) == 1
+
+
+def test_a_failing_local_job_leaves_the_others_running_and_is_named_out_of_memory(monkeypatch, tmp_path):
+    from sbir_bench import launchers
+    got, busy, runs = _fake_local_jobs(monkeypatch, tmp_path, {"a": 1, "b": 3, "c": 2}, codes={"a": 1})
+    failures = launchers.local_jobs(runs, jobs=2)
+    assert set(got) == {"a", "b", "c"} and [cid for cid, _ in failures] == ["a"]
+    assert "out of memory" in str(failures[0][1]) and "--batch-size" in str(failures[0][1])
+    assert json.loads((tmp_path / ".cells" / "a.state").read_text())["status"] == "failed"
+
+
+def test_a_crashing_cell_does_not_stop_the_local_table(tmp_path, mini_root, monkeypatch):
+    """Out of memory (or any crash) in one cell: the others run, the table is written from what finished,
+    --status says why the cell failed, and the exit code is the failure's."""
+    from sbir_bench.methods import get_method
+    cls = get_method("linear-probe")
+
+    def out_of_memory(self, *args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+    monkeypatch.setattr(cls, "loss", out_of_memory)
+    out = tmp_path / "out"
+    methods = ["--method", "linear-probe", "--method", "zeroshot-clip"]
+    result = reproduce(*methods, "--output-dir", str(out))
+    assert result.exit_code == 1, result.output
+    assert (out / "table_zs.csv").is_file() and "zeroshot" in (out / "table_zs.csv").read_text().lower()
+    assert "1 run(s) failed" in result.output
+    status = reproduce(*methods, "--status", "--output-dir", str(out))
+    line = next(ln for ln in status.output.splitlines() if "linear-probe" in ln)
+    assert "failed: out of memory" in line and "OutOfMemoryError" in line, status.output
+
+
+@pytest.mark.parametrize("flags", [["--partition", "gpu"], ["--sbatch", "mail-type=END"], ["--time", "60"],
+                                   ["--wait"], ["--launcher", "slurm", "--share-gpus"]])
+def test_scheduler_options_the_launcher_would_ignore_are_one_line(flags, tmp_path):
+    result = reproduce("--method", "zeroshot-clip", *flags, "--output-dir", str(tmp_path / "o"))
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert not (tmp_path / "o" / ".cells").exists()

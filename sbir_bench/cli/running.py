@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import click
 
 from ..config import BackboneConfig, DataConfig, EvalConfig, RunConfig, TrainConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, SbirError
 from . import main
 from .common import config_option, friendly_errors
 
@@ -139,7 +139,10 @@ def cluster_options(fn):
                      show_default=True, help="local: this machine; slurm: one SLURM job per cell through submitit; "
                                              "submitit-local: the same job path as local subprocesses."),
         click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1),
-                     help="local: cells run at once (one GPU each, CPU threads shared out)."),
+                     help="local: cells run at once, each on a GPU no other cell holds (from CUDA_VISIBLE_DEVICES), "
+                          "CPU threads shared out; at most one per GPU unless --share-gpus."),
+        click.option("--share-gpus", is_flag=True, help="local: with more --jobs than GPUs, share them (the least-used "
+                                                        "GPU takes the next cell)."),
         click.option("--partition", help="slurm: partition."),
         click.option("--time", "time_min", type=click.IntRange(min=1), default=24 * 60, show_default=True,
                      help="slurm: time limit per cell, in minutes (a job at its limit is requeued and resumes)."),
@@ -219,10 +222,22 @@ def reproduce_command(table: str, datasets, methods, seeds: str, data_root: Opti
         _launch(table, runs, out, cluster, resources)
 
 
+# the scheduler options of cluster_options: destination -> (flag, default)
+SCHEDULER_OPTIONS = {"partition": ("--partition", None), "time_min": ("--time", 24 * 60),
+                     "gpus_per_cell": ("--gpus-per-cell", 1), "cpus_per_gpu": ("--cpus-per-gpu", 8),
+                     "mem": ("--mem", None), "account": ("--account", None), "qos": ("--qos", None),
+                     "constraint": ("--constraint", None), "sbatch": ("--sbatch", ()), "wait": ("--wait", False)}
+
+
 def _resources(cluster: Dict[str, Any]):
     from ..launchers import Resources, parse_sbatch
-    if cluster["launcher"] != "local" and cluster["jobs"] != 1:
-        raise ConfigError("--jobs is for --launcher local; a cluster runs every cell as its own job")
+    if cluster["launcher"] != "local" and (cluster["jobs"] != 1 or cluster["share_gpus"]):
+        raise ConfigError("--jobs and --share-gpus are for --launcher local; a cluster runs every cell as its own job")
+    if cluster["launcher"] == "local":  # scheduler options the local launcher would silently ignore
+        given = [flag for name, (flag, default) in SCHEDULER_OPTIONS.items() if cluster[name] != default]
+        if given:
+            raise ConfigError(f"{', '.join(given)} only apply to --launcher slurm or submitit-local; the local "
+                              f"launcher runs cells on this machine")
     return Resources(partition=cluster["partition"], time_min=cluster["time_min"], gpus_per_cell=cluster["gpus_per_cell"],
                      cpus_per_gpu=cluster["cpus_per_gpu"], mem=cluster["mem"], account=cluster["account"],
                      qos=cluster["qos"], constraint=cluster["constraint"], sbatch=parse_sbatch(cluster["sbatch"]))
@@ -240,7 +255,7 @@ def _launch(table: str, runs, out, cluster: Dict[str, Any], resources) -> None:
     if launcher == "local":
         parallel = [p for p in runs if p.status in ("run", "resume")] if cluster["jobs"] > 1 else []
         failures = execute([p for p in runs if p not in parallel])
-        failures += local_jobs(parallel, cluster["jobs"]) if parallel else []
+        failures += local_jobs(parallel, cluster["jobs"], cluster["share_gpus"]) if parallel else []
     else:
         execute([p for p in runs if p.status == "reuse"])  # an evaluation of an existing model: here, now
         lines, failures = submit(runs, launcher, resources, table, out, cluster["wait"])
@@ -251,8 +266,11 @@ def _launch(table: str, runs, out, cluster: Dict[str, Any], resources) -> None:
                        f"table is written when the last one ends")
             return
     if any(not p.status.startswith("missing") for p in runs):
-        written = write_table(table, out)
-        click.echo(f"wrote {', '.join(str(p) for p in written.values())}")
+        try:
+            written = write_table(table, out)
+            click.echo(f"wrote {', '.join(str(p) for p in written.values())}")
+        except SbirError as exc:  # every cell failed: the failures below say why
+            click.echo(f"no table: {exc}", err=True)
     for where, exc in failures:
         click.echo(f"failed: {where}: {exc}", err=True)
     if failures:  # the exit code says what kind of failure: the first one's (docs/errors.md)
