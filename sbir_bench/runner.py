@@ -238,7 +238,8 @@ def train(cfg: RunConfig, parts: RunParts, scorer: Scorer, name: str, on_epoch_e
     return {"epochs": cfg.train.epochs, "steps_per_epoch": trainer.steps, "history": result.history,
             "steps_done": trainer.global_step,
             "seconds": result.seconds, "resumed_from_epoch": result.resumed_from_epoch,
-            "skipped_images": result.skipped_images, "checkpoint_dir": str(ckpt_dir), "world_size": trainer.world}
+            "skipped_images": result.skipped_images, "skipped_steps": result.skipped_steps,
+            "checkpoint_dir": str(ckpt_dir), "world_size": trainer.world}
 
 
 RESUMABLE_KEYS = ("quiet", "output_dir", "device", "eval", "report_to", "tracking_uri",

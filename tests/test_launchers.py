@@ -207,6 +207,7 @@ def test_a_failing_local_job_leaves_the_others_running_and_is_named_out_of_memor
     assert json.loads((tmp_path / ".cells" / "a.state").read_text())["status"] == "failed"
 
 
+@pytest.mark.slow  # two cells, one training
 def test_a_crashing_cell_does_not_stop_the_local_table(tmp_path, mini_root, monkeypatch):
     """Out of memory (or any crash) in one cell: the others run, the table is written from what finished,
     --status says why the cell failed, and the exit code is the failure's."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -108,6 +109,8 @@ def _plan(tmp_path: Path, nproc: int) -> Path:
     if nproc > 1:  # Ctrl-C in the second step of epoch 2 on both ranks, then --resume, against a straight run
         plan += [{"out": str(tmp_path / f"splip-{kind}"), "method": "splip", "set": TRAINED, **extra}
                  for kind, extra in (("straight", {}), ("resumed", {"interrupt_at": 3 + 2}))]
+        # rank 1's first micro-batch all unreadable: both ranks skip that step (no hang, no lone step)
+        plan.append({"out": str(tmp_path / "unreadable"), "method": "coop", "set": TRAINED, "unreadable_on_rank": 1})
     path = tmp_path / f"plan{nproc}.json"
     path.write_text(json.dumps(plan))
     return path
@@ -165,6 +168,9 @@ def test_ddp_two_gloo_processes_match_one_process_and_resume_bit_identically(tmp
     assert resumed["metrics"] == straight["metrics"]
     a, b = _trainable(tmp_path / "splip-straight", straight), _trainable(tmp_path / "splip-resumed", resumed)
     assert all(torch.equal(a[k], b[k]) for k in a) and a.keys() == b.keys()
+    unreadable = _record(tmp_path / "unreadable")["train"]
+    assert (unreadable["skipped_steps"], unreadable["skipped_images"]) == (2, 2 * 8 // 2)  # one rank's share, once
+    assert len(unreadable["history"]) == 2 and all(math.isfinite(row["loss"]) for row in unreadable["history"])
 
 
 @pytest.mark.parametrize("method,extra", [

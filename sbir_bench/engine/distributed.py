@@ -87,6 +87,15 @@ def all_ranks_true(flag: bool) -> bool:
     return bool(t.item())
 
 
+def all_reduce_sum(value: int, device: torch.device) -> int:
+    """Sum of a count over ranks (identity when not distributed)."""
+    if not is_initialized():
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(t)
+    return int(t.item())
+
+
 def all_reduce_mean(value: float, device: torch.device) -> float:
     """Mean of a Python float over ranks (identity when not distributed)."""
     if not is_initialized():

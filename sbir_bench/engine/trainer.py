@@ -70,7 +70,8 @@ class EpochSampler(Sampler):
 class TrainResult:
     history: List[Dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
-    skipped_images: int = 0
+    skipped_images: int = 0  # summed over every rank
+    skipped_steps: int = 0  # optimiser steps no rank took (some rank had no readable triplet)
     resumed_from_epoch: int = 0
 
 
@@ -227,19 +228,24 @@ class Trainer:
         bar = progress(self.loader, desc=f"{self.method.name} epoch {epoch + 1}/{self.cfg.epochs}",
                        total=len(self.loader), unit="batch")
         t0 = time.perf_counter()
-        for batch, skipped in bar:
+        last = len(self.loader)
+        for i, (batch, skipped) in enumerate(bar):
             result.skipped_images += skipped
             if batch is not None:
                 micro.append(batch)
-            if len(micro) < self.cfg.grad_accum and batch is not None:
-                continue
-            if micro:
+            if (i + 1) % self.cfg.grad_accum and i + 1 < last:
+                continue  # step boundaries are fixed by loader position, the same on every rank
+            # Every rank steps or none does: a rank whose micro-batches were all unreadable would
+            # otherwise skip the gradient all-reduce the others wait in (a hang under NCCL).
+            if dist_utils.all_ranks_true(bool(micro)):
                 terms = self._step(micro, f"epoch {epoch + 1}, step {steps_done + 1}")
                 steps_done += 1
                 self._report_step(terms, time.perf_counter() - t0, bar)
                 t0 = time.perf_counter()
                 for key, val in terms.items():
                     sums[key] = sums.get(key, 0.0) + val
+            else:
+                result.skipped_steps += 1
             micro = []
         return {k: dist_utils.all_reduce_mean(v / max(1, steps_done), self.device) for k, v in sums.items()}
 
@@ -279,8 +285,11 @@ class Trainer:
             dist_utils.barrier()
             if self.on_epoch_end:
                 self.on_epoch_end(epoch + 1)
-        if result.skipped_images:
-            log.warning(f"{result.skipped_images} training triplet(s) skipped because of unreadable images")
+        result.skipped_images = dist_utils.all_reduce_sum(result.skipped_images, self.device)  # every rank's
+        if result.skipped_images and dist_utils.is_main():
+            steps = (f"; {result.skipped_steps} step(s) skipped on every process, where one process had no readable "
+                     f"triplet" if result.skipped_steps else "")
+            log.warning(f"{result.skipped_images} training triplet(s) skipped because of unreadable images{steps}")
         result.seconds = time.perf_counter() - t0
         self.method.eval()
         return result
