@@ -21,6 +21,7 @@ written when the last cell ends, and on demand with ``--collect``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -28,7 +29,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import IO, Any, Dict, Iterator, List, Optional, Sequence
 
 from .errors import ConfigError, SbirError
 from .extras import require
@@ -101,7 +102,8 @@ def state_dir(output_dir: Path) -> Path:
 
 
 def claim(output_dir: Path, cid: str, info: Dict[str, Any]) -> bool:
-    """Atomically claim a cell for submission (False: another command claimed it first)."""
+    """Atomically claim a cell for submission (False: another command claimed it first). The claim
+    names the claiming command's process and host, so a claim left by a killed command is known."""
     folder = state_dir(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     try:
@@ -109,8 +111,76 @@ def claim(output_dir: Path, cid: str, info: Dict[str, Any]) -> bool:
     except FileExistsError:
         return False
     with os.fdopen(fd, "w") as fh:
-        json.dump({**info, "claimed": time.time()}, fh)
+        json.dump({**info, "claimed": time.time(), "pid": os.getpid(), "host": os.uname().nodename}, fh)
     return True
+
+
+def hold_cell(output_dir: Path, cid: str) -> Optional[IO[str]]:
+    """Hold a cell while this process runs it (the local launcher): the open lock file, or None when
+    another process holds it. An ``flock``, so the kernel releases it however the holder ends
+    (Ctrl-C, SIGKILL); closing the file releases it too."""
+    import fcntl  # POSIX; the local launcher's one platform dependency
+    folder = state_dir(output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    fh = open(folder / f"{cid}.lock", "a+")
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        return None
+    return fh
+
+
+@contextlib.contextmanager
+def running_here(output_dir: Path, cid: str) -> Iterator[bool]:
+    """:func:`hold_cell` for the length of a ``with`` block: yields False when another process holds it."""
+    fh = hold_cell(output_dir, cid)
+    try:
+        yield fh is not None
+    finally:
+        if fh is not None:
+            fh.close()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+SLURM_ALIVE = ("PENDING", "RUNNING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "CONFIGURING", "COMPLETING",
+               "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD", "STOPPED")
+
+
+def slurm_job_state(job_id: str) -> Optional[str]:
+    """The job's state as ``squeue`` says it ('' when the scheduler no longer knows the job; None when
+    it cannot be asked: no squeue here, or the controller does not answer)."""
+    try:
+        done = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%T"], capture_output=True, text=True,
+                              timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if done.returncode != 0:
+        return "" if "invalid job id" in done.stderr.lower() else None
+    return done.stdout.strip().splitlines()[0].strip() if done.stdout.strip() else ""
+
+
+def job_alive(claimed: Dict[str, Any]) -> Optional[bool]:
+    """Whether the job a claim names still exists: True, False (vanished: cancelled, node lost, the
+    submitting command killed before it submitted), or None (cannot tell from here: keep waiting)."""
+    job, here = claimed.get("job_id"), claimed.get("host") == os.uname().nodename
+    if not job:  # claimed but never submitted: alive only while the claiming command is
+        return _pid_alive(int(claimed["pid"])) if here and claimed.get("pid") else None
+    if claimed.get("launcher") == "slurm":
+        state = slurm_job_state(job)
+        return None if state is None else state.split()[0] in SLURM_ALIVE if state else False
+    if here and str(job).isdigit():  # submitit's local executor: the job id is the process id
+        return _pid_alive(int(job))
+    return None
 
 
 def release(output_dir: Path, cid: str) -> None:
@@ -152,9 +222,9 @@ class CellRun:
         try:
             path = self._run(cfg)
         except BaseException as exc:  # a user error, a crash or a preemption: say so, then let the scheduler see it
-            first = str(exc).splitlines()[0][:300] if str(exc) else ""
-            write_state(out, self.cid, status="failed",
-                        error=first if isinstance(exc, SbirError) else f"{type(exc).__name__}: {first}")
+            if read_state(out, self.cid).get("status") != "requeued":  # a preemption's checkpoint said requeued
+                text = str(exc) if isinstance(exc, SbirError) else f"{type(exc).__name__}: {exc}"
+                write_state(out, self.cid, status="failed", error=failure_reason(text))
             raise
         write_state(out, self.cid, status="done", record=path)
         write_table_when_complete(out, self.table)
@@ -197,7 +267,17 @@ def submitit_job_class():
     submitit = require("submitit", "--launcher slurm/submitit-local")
 
     class CheckpointableCellRun(CellRun, submitit.helpers.Checkpointable):
-        """Requeued after a preemption or time limit with the same cell: the run resumes its checkpoint."""
+        """Requeued after a preemption or time limit with the same cell: the run resumes its checkpoint.
+
+        submitit calls ``checkpoint`` from its signal handler before it requeues the job and exits; the
+        cell is then "requeued", not failed, so no second ``reproduce`` submits it again.
+        """
+
+        def checkpoint(self, *args: Any, **kwargs: Any):
+            from .config import RunConfig, from_dict
+            out = Path(from_dict(RunConfig, self.cfg_tree).output_dir)
+            write_state(out, self.cid, status="requeued", host=os.uname().nodename)
+            return super().checkpoint(*args, **kwargs)
 
     return CheckpointableCellRun
 
@@ -297,12 +377,17 @@ def local_jobs(runs: List[Any], jobs: int, share_gpus: bool = False) -> List[tup
     while queue or active:
         while queue and len(active) < at_once:
             planned = queue.pop(0)
+            held = hold_cell(Path(planned.cfg.output_dir), cell_id(planned))
+            if held is None:
+                log.warning(f"{cell_id(planned)} is being run by another reproduce command on this folder: skipped here")
+                continue
             gpu = slots.take()
-            active.append((planned, gpu, *_start_cell(planned, gpu, threads)))
+            active.append((planned, gpu, held, *_start_cell(planned, gpu, threads)))
         time.sleep(0.2)
-        for item in [a for a in active if a[3].poll() is not None]:
-            planned, gpu, cid, proc, log_file = item
+        for item in [a for a in active if a[4].poll() is not None]:
+            planned, gpu, held, cid, proc, log_file = item
             log_file.close()
+            held.close()
             active.remove(item)
             slots.give_back(gpu)
             if proc.returncode != 0:

@@ -163,33 +163,47 @@ def execute(runs: Sequence[PlannedRun]) -> List[Tuple[str, SbirError]]:
     Any failure of one cell (a user error, out of memory, a crash) is recorded in the cell's state
     for ``--status`` and the next cell runs; only Ctrl-C stops the table.
     """
-    from .fileio import atomic_write_bytes
-    from .launchers import CellFailed, cell_id, failure_reason, release, state_dir, write_state
+    from .launchers import cell_id, running_here
     failures: List[Tuple[str, SbirError]] = []
     for planned in runs:
         if not planned.runnable:
             continue
-        log.info(f"reproduce: {describe(planned)}")
         out, cid = Path(planned.cfg.output_dir), cell_id(planned)
-        write_state(out, cid, status="running", pid=os.getpid(), host=os.uname().nodename)
-        try:
-            if planned.status == "reuse":
-                evaluate_model(planned.cfg, load_artifact(planned.model))
-            else:
-                run_one(planned.cfg)
-        except KeyboardInterrupt:
-            release(out, cid)  # not failed, not running: the next reproduce resumes it
-            raise
-        except Exception as exc:  # noqa: BLE001 - one cell's crash must not cost the others; it is reported
-            text = str(exc) if isinstance(exc, SbirError) else f"{type(exc).__name__}: {exc}"
-            why = failure_reason(text)
-            trace = state_dir(out) / f"{cid}.log"  # the traceback, for a bug report
-            atomic_write_bytes(trace, "".join(traceback.format_exception(exc)).encode())
-            write_state(out, cid, status="failed", error=why, log=str(trace))
-            failures.append((cid, exc if isinstance(exc, SbirError) else CellFailed(f"{why} (log {trace})")))
-            continue
-        write_state(out, cid, status="done")
+        with running_here(out, cid) as mine:
+            if not mine:
+                log.warning(f"{cid} is being run by another reproduce command on this folder: skipped here")
+                continue
+            failure = _execute_one(planned, out, cid)
+        if failure:
+            failures.append(failure)
     return failures
+
+
+def _execute_one(planned: PlannedRun, out: Path, cid: str) -> Optional[Tuple[str, SbirError]]:
+    """Run one cell in this process; (cell, error) when it failed (its state says why)."""
+    from .fileio import atomic_write_bytes
+    from .launchers import CellFailed, failure_reason, release, state_dir, write_state
+    if planned.status != "reuse" and finished_record(planned.cfg) is not None:
+        return None  # another command finished it since the plan was made
+    log.info(f"reproduce: {describe(planned)}")
+    write_state(out, cid, status="running", pid=os.getpid(), host=os.uname().nodename)
+    try:
+        if planned.status == "reuse":
+            evaluate_model(planned.cfg, load_artifact(planned.model))
+        else:
+            run_one(planned.cfg)
+    except KeyboardInterrupt:
+        release(out, cid)  # not failed, not running: the next reproduce resumes it
+        raise
+    except Exception as exc:  # noqa: BLE001 - one cell's crash must not cost the others; it is reported
+        text = str(exc) if isinstance(exc, SbirError) else f"{type(exc).__name__}: {exc}"
+        why = failure_reason(text)
+        trace = state_dir(out) / f"{cid}.log"  # the traceback, for a bug report
+        atomic_write_bytes(trace, "".join(traceback.format_exception(exc)).encode())
+        write_state(out, cid, status="failed", error=why, log=str(trace))
+        return cid, exc if isinstance(exc, SbirError) else CellFailed(f"{why} (log {trace})")
+    write_state(out, cid, status="done")
+    return None
 
 
 def write_table(setting: str, output_dir: Path) -> Dict[str, Path]:
@@ -214,7 +228,7 @@ def write_table(setting: str, output_dir: Path) -> Dict[str, Path]:
 # ------------------------------------------------------------------------------ launchers and status
 def status_lines(runs: Sequence[PlannedRun], output_dir: Path) -> List[str]:
     """One line per cell: done / running / pending / failed (with its last error and log) / missing data."""
-    from .launchers import cell_id, read_state, state_dir
+    from .launchers import cell_id, job_alive, read_state, state_dir
     lines = []
     for planned in runs:
         cid = cell_id(planned)
@@ -226,10 +240,15 @@ def status_lines(runs: Sequence[PlannedRun], output_dir: Path) -> List[str]:
         elif state.get("status") == "failed":
             logs = state.get("log") or str(state_dir(output_dir) / f"{cid}.log")
             what = f"failed: {state.get('error', '')} (log {logs})"
+        elif state.get("has.claim") and job_alive(state) is False:
+            what = (f"vanished (job {state.get('job_id') or 'never submitted'}: cancelled, node lost or its command "
+                    f"killed); the next reproduce submits it again")
+        elif state.get("status") == "requeued":
+            what = "requeued after a preemption or time limit" + (f" (job {state['job_id']})" if state.get("job_id") else "")
         elif state.get("status") == "running":
             what = f"running on {state.get('host', '?')}" + (f" (job {state['job_id']})" if state.get("job_id") else "")
         elif state.get("has.claim"):
-            what = f"pending (job {state.get('job_id', '?')})"
+            what = f"pending (job {state['job_id']})" if state.get("job_id") else "pending (being submitted)"
         else:
             what = f"not submitted ({planned.status})"
         lines.append(f"{planned.cell.setting}/{planned.cell.name:<15} {planned.cell.method:<14} seed {planned.seed}  {what}")
@@ -242,23 +261,30 @@ def submit(runs: Sequence[PlannedRun], launcher: str, resources, table: str, out
     ``submitit-local``); returns (one line per submitted job, failures when ``wait``)."""
     from .config import to_dict
     from .fileio import atomic_write_json
-    from .launchers import CellFailed, claim, executor, read_state, release, state_dir, submitit_job_class
+    from .launchers import CellFailed, claim, executor, job_alive, read_state, release, state_dir, submitit_job_class
     from .launchers import cell_id as cid_of
     folder = state_dir(output_dir)
+    executor(launcher, folder / "jobs", resources, "sbir-check")  # sbatch and submitit present: before any claim
     _save_plan(runs, output_dir)
     job_class, submitted, jobs = submitit_job_class(), [], []
     for planned in runs:
         if not planned.runnable:
             continue
         cid = cid_of(planned)
-        if read_state(output_dir, cid).get("status") == "failed":
+        state = read_state(output_dir, cid)
+        if state.get("status") == "failed":
             release(output_dir, cid)  # a failed cell is submitted again
+        elif state.get("has.claim") and state.get("status") != "done" and job_alive(state) is False:
+            log.warning(f"{cid}: job {state.get('job_id') or '(never submitted)'} vanished (cancelled, node lost or "
+                        f"its command killed): submitting it again")
+            release(output_dir, cid)
         if not claim(output_dir, cid, {"launcher": launcher}):
-            continue  # claimed by this or another reproduce command: pending, running or done
+            continue  # claimed by this or another reproduce command: pending, requeued, running or done
         ex = executor(launcher, folder / "jobs", resources, f"sbir-{cid}")
         job = ex.submit(job_class(to_dict(planned.cfg), cid, table, resources.gpus_per_cell))
         atomic_write_json(folder / f"{cid}.claim", {"launcher": launcher, "job_id": str(job.job_id),
-                                                     "log": str(job.paths.stderr), "claimed": time.time()})
+                                                     "log": str(job.paths.stderr), "claimed": time.time(),
+                                                     "host": os.uname().nodename})
         submitted.append(f"submitted {cid}: job {job.job_id} (logs {job.paths.folder})")
         jobs.append((cid, job))
     failures: List[Tuple[str, SbirError]] = []

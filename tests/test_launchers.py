@@ -165,8 +165,8 @@ def _fake_local_jobs(monkeypatch, tmp_path, durations, gpus="3,5", codes=None):
         return cid, procs[cid], log_file
     procs = {name: _FakeCell(polls, (codes or {}).get(name, 0)) for name, polls in durations.items()}
     monkeypatch.setattr(launchers, "_start_cell", start)
-    runs = [SimpleNamespace(cell=SimpleNamespace(method=name), cfg=SimpleNamespace(output_dir=str(tmp_path)))
-            for name in durations]
+    runs = [SimpleNamespace(cell=SimpleNamespace(setting="zs", name="mini", method=name), seed=0,
+                            cfg=SimpleNamespace(output_dir=str(tmp_path))) for name in durations]
     return got, busy, runs
 
 
@@ -234,3 +234,99 @@ def test_scheduler_options_the_launcher_would_ignore_are_one_line(flags, tmp_pat
     result = reproduce("--method", "zeroshot-clip", *flags, "--output-dir", str(tmp_path / "o"))
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
     assert not (tmp_path / "o" / ".cells").exists()
+
+
+# ------------------------------------------------------------------ preemption, vanished jobs, stale claims
+@pytest.fixture
+def fake_squeue(fake_sbatch, tmp_path):
+    """An ``squeue`` answering with the contents of a file: a job state, or nothing (the job is gone)."""
+    answer = tmp_path / "squeue-answer"
+    answer.write_text("")
+    script = tmp_path / "bin" / "squeue"
+    script.write_text(f"#!/bin/sh\ncat {answer}\n")
+    script.chmod(0o755)
+    return answer
+
+
+def test_a_requeued_cell_is_never_resubmitted_and_a_vanished_one_is(fake_squeue, fake_sbatch, tmp_path, mini_root):
+    from sbir_bench.launchers import write_state
+    out, cid = tmp_path / "out", "zs_mini_zeroshot-clip_seed0"
+    args = ["--method", "zeroshot-clip", "--launcher", "slurm", "--output-dir", str(out)]
+    fake_squeue.write_text("PENDING\n")
+    assert "submitted " + cid in reproduce(*args).output
+    write_state(out, cid, status="requeued", host="node3")  # what the preempted job's checkpoint hook writes
+    again = reproduce(*args)
+    assert "0 job(s) submitted" in again.output and len(list(fake_sbatch.glob("*.sh"))) == 1
+    status = reproduce(*args[:2], "--status", "--output-dir", str(out)).output
+    assert "requeued after a preemption or time limit (job 4242)" in status, status
+    fake_squeue.write_text("")  # cancelled, or its node lost: the scheduler no longer knows the job
+    status = reproduce(*args[:2], "--status", "--output-dir", str(out)).output
+    assert "vanished (job 4242" in status, status
+    third = reproduce(*args)
+    assert "submitted " + cid in third.output and len(list(fake_sbatch.glob("*.sh"))) == 2
+    fake_squeue.write_text("RUNNING\n")
+    assert "0 job(s) submitted" in reproduce(*args).output
+
+
+def test_a_preempted_job_is_requeued_not_failed(tmp_path, mini_root, monkeypatch):
+    """submitit's signal handler calls the job's ``checkpoint`` and then exits the process: the cell must
+    stay "requeued" through that exit, or a second reproduce would submit it beside the requeued job."""
+    from sbir_bench.config import build_run_config, load_yaml, to_dict
+    from sbir_bench.launchers import read_state, submitit_job_class
+    from sbir_bench.methods import get_method
+    tree = to_dict(build_run_config(load_yaml(Path("configs/mini/coop.yaml")), {
+        "method": "coop", "output_dir": str(tmp_path), "quiet": True, "train.epochs": 1, "train.steps_per_epoch": 2,
+        "train.val_every": 0, "train.resume": True, "eval.save_embeddings": False}))
+    job = submitit_job_class()(tree, "cell", "zs")
+
+    def preempted(self, batch):
+        job.checkpoint()  # submitit: checkpoint_and_try_requeue -> _checkpoint -> requeue -> exit
+        raise SystemExit(-1)
+    monkeypatch.setattr(get_method("coop"), "loss", preempted)
+    with pytest.raises(SystemExit):
+        job()
+    assert read_state(tmp_path, "cell")["status"] == "requeued"
+
+
+def test_slurm_without_sbatch_leaves_no_plan_or_claim(tmp_path, mini_root, monkeypatch):
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", f"{empty}{os.pathsep}{os.path.dirname(os.path.realpath(os.sys.executable))}")
+    out = tmp_path / "out"
+    result = reproduce("--method", "zeroshot-clip", "--launcher", "slurm", "--output-dir", str(out))
+    assert result.exit_code == 2 and "sbatch" in result.output
+    assert not (out / ".cells" / "plan.json").exists() and not list(out.glob(".cells/*.claim"))
+
+
+@pytest.mark.slow  # a submitit-local job
+def test_a_claim_whose_command_was_killed_is_submitted_again(tmp_path, mini_root):
+    """A reproduce killed (SIGKILL) between claiming a cell and submitting it left a claim with no job:
+    with its process gone the cell is "vanished", and the next command submits it."""
+    import subprocess
+    import sys
+
+    from sbir_bench.launchers import claim
+    out, cid = tmp_path / "out", "zs_mini_zeroshot-clip_seed0"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    claim(out, cid, {"launcher": "local"})
+    path = out / ".cells" / f"{cid}.claim"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "pid": dead.pid}))
+    status = reproduce("--method", "zeroshot-clip", "--status", "--output-dir", str(out)).output
+    assert "vanished (job never submitted" in status, status
+    result = reproduce("--method", "zeroshot-clip", "--launcher", "submitit-local", "--wait", "--output-dir", str(out))
+    assert result.exit_code == 0 and f"submitted {cid}" in result.output, result.output
+
+
+def test_two_local_reproduce_commands_never_run_one_cell_twice(tmp_path, mini_root):
+    """The first command holds the cell it runs (a lock the kernel drops when it ends): the second skips it."""
+    from sbir_bench.launchers import hold_cell
+    out, cid = tmp_path / "out", "zs_mini_zeroshot-clip_seed0"
+    first = hold_cell(out, cid)
+    try:
+        second = CliRunner().invoke(main, ["reproduce", "zs", "--dataset", "mini", "--method", "zeroshot-clip",
+                                           "--output-dir", str(out)])
+    finally:
+        first.close()
+    assert f"{cid} is being run by another reproduce command" in second.output, second.output
+    assert not list(out.glob("*.json"))
