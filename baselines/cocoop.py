@@ -68,7 +68,11 @@ class CoCoOp(Method):
         self.prompted = PromptedCLIP(self.clip, vision=False)  # text prompts only: any image tower
         init = coop_context(self.config, "cocoop")
         self.ctx = nn.Parameter(init.vectors(self.prompted, backbone.tokenizer))
-        vis_dim, hidden = backbone.embed_dim, max(1, backbone.embed_dim // self.config.meta_reduction)
+        vis_dim, hidden = backbone.embed_dim, backbone.embed_dim // self.config.meta_reduction
+        if hidden < 1:  # a meta-network of no hidden unit: the prompts would not depend on the image
+            raise ConfigError(f"cocoop: meta_reduction={self.config.meta_reduction} leaves the meta-network no hidden "
+                              f"unit on {backbone.name}'s {vis_dim}-wide embedding ({vis_dim} // "
+                              f"{self.config.meta_reduction} = 0); use at most {vis_dim}")
         self.meta_net = nn.Sequential(OrderedDict([("linear1", nn.Linear(vis_dim, hidden)), ("relu", nn.ReLU()),
                                                    ("linear2", nn.Linear(hidden, self.prompted.text_width))]))
         self.prompts = ClassPrompts(backbone.tokenizer, init.prefix)

@@ -44,6 +44,8 @@ class CoOpConfig:
 def coop_context(cfg, method: str = "coop") -> ContextInit:
     """The reference CoOp rule (also CoCoOp's): a phrase sets the context length to its word count,
     random vectors need ``n_ctx``; an ``n_ctx`` that contradicts the phrase is refused (one line)."""
+    if cfg.n_ctx is not None and cfg.n_ctx < 1:  # zero vectors would train nothing and still be called CoOp
+        raise ConfigError(f"{method}: n_ctx={cfg.n_ctx} must be >= 1 (the number of learned context vectors)")
     if cfg.ctx_init:
         phrase = cfg.ctx_init.replace("_", " ")
         words = len(phrase.split(" "))

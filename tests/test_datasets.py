@@ -175,3 +175,14 @@ def test_split_mismatch_is_an_error(make_tree):
         load_split(index.spec, index.class_names, "2")
     with pytest.raises(DataError, match="no split '3'"):
         load_split(index.spec, index.class_names, "3")
+
+
+@pytest.mark.parametrize("flags", [[], ["--deep"], ["--no-decode"]])
+def test_a_symlink_loop_in_a_copy_is_skipped_with_a_warning_not_a_crash(make_tree, flags):
+    root = make_tree("tuberlin")
+    loop = root / "TUBerlin" / "png_ready" / "bee" / "loop.png"
+    loop.symlink_to(loop.name)  # loop.png -> loop.png
+    result = CliRunner().invoke(main, ["datasets", "check", "--dataset", "tuberlin", "--data-root", str(root), *flags])
+    assert result.exit_code == 0, result.output
+    assert "1 entry skipped, not readable as a file: loop.png (Too many levels of symbolic links)" in result.output
+    assert "tuberlin: usable" in result.output

@@ -7,7 +7,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import click
 
 from ..config import BackboneConfig, DataConfig, EvalConfig, RunConfig, TrainConfig
-from ..errors import ConfigError, SbirError
+from ..errors import ConfigError, DataError, SbirError
+from ..launchers import CELLS
 from . import main
 from .common import config_option, friendly_errors
 
@@ -201,7 +202,12 @@ def reproduce_command(table: str, datasets, methods, seeds: str, data_root: Opti
     set_quiet(quiet)
     seed_list = parse_seed_list(seeds)
     resources = _resources(cluster)
-    out = Path(check_output_dir(output_dir or f"results/reproduce/{table}"))
+    folder = Path(output_dir or f"results/reproduce/{table}")
+    if (cluster["status"] or cluster["collect"]) and not (folder / CELLS).is_dir():
+        what = "--status" if cluster["status"] else "--collect"
+        raise DataError(f"{what}: {folder} holds no reproduce cells ({CELLS}/ is absent): nothing was run or submitted "
+                        f"there" + ("" if cluster["status"] else "; `sbir-bench export` tabulates plain run records"))
+    out = Path(check_output_dir(str(folder)))
     overrides = dict(parse_override(t) for t in sets)
     if data_root:
         overrides["data.data_root"] = data_root

@@ -80,9 +80,19 @@ def _present(name: str, data_root: Optional[str | Path]) -> bool:
 def list_images(folder: Path) -> List[Path]:
     """Image files directly inside ``folder`` (sorted, hidden files skipped). ``os.scandir`` reads the
     file type from the directory entry: no ``stat`` per file, which counts on 500k-file copies."""
+    names, broken = [], []
     with os.scandir(folder) as entries:
-        names = [e.name for e in entries if not e.name.startswith(".") and os.path.splitext(e.name)[1].lower()
-                 in IMAGE_EXTENSIONS and e.is_file()]
+        for e in entries:
+            if e.name.startswith(".") or os.path.splitext(e.name)[1].lower() not in IMAGE_EXTENSIONS:
+                continue
+            try:
+                if e.is_file():
+                    names.append(e.name)
+            except OSError as exc:  # a symlink loop (ELOOP) or an entry that vanished: not an image
+                broken.append(f"{e.name} ({exc.strerror or exc})")
+    if broken:
+        log.warning(f"{folder}: {len(broken)} entr{'y' if len(broken) == 1 else 'ies'} skipped, not readable as a file: "
+                    f"{', '.join(sorted(broken)[:3])}{' ...' if len(broken) > 3 else ''}")
     return [folder / n for n in sorted(names)]
 
 
