@@ -15,6 +15,7 @@ artifact instead of training again when a cell's training is identical (GZS afte
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +24,14 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 
 from .data.classnames import class_key
-from .errors import DataError, WeightsError
+from .errors import ConfigError, DataError, WeightsError
 from .fileio import atomic_write_bytes, atomic_write_json, file_sha256
 from .log import get_logger
+from .records import beside_record
 
 log = get_logger(__name__)
 FORMAT = "sbir-bench/model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: model.json carries meta_sha256, its own checksum (version 1 artifacts still load)
 MODEL_JSON, MODEL_TENSORS = "model.json", "model.safetensors"
 REQUIRED = ("format", "format_version", "method", "method_config", "config", "backbone", "preprocess",
             "class_names", "seen", "training", "run_id", "tensors_sha256")
@@ -71,7 +73,15 @@ def save_artifact(folder: Path, method, cfg_tree: Dict[str, Any], backbone, clas
             "training_identity": identity, "tensors_sha256": file_sha256(folder / MODEL_TENSORS)}
     from .records import package_versions
     meta["packages"] = package_versions()
+    meta["meta_sha256"] = meta_sha256(meta)
     return atomic_write_json(folder / MODEL_JSON, meta)
+
+
+def meta_sha256(meta: Dict[str, Any]) -> str:
+    """SHA-256 of model.json's content without this field: the class list, seen classes and config
+    are checked like the tensors, so an edited vocabulary cannot hide a seen class from the leakage check."""
+    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def artifact_path(where: str | Path) -> Path:
@@ -89,7 +99,7 @@ def artifact_path(where: str | Path) -> Path:
         if not isinstance(record, dict) or not record.get("model"):
             raise WeightsError(f"run record {p} has no model artifact (zero-shot runs train nothing; runs before "
                                f"sbir-bench saved artifacts have none)")
-        p = Path(record["model"])
+        p = Path(beside_record(p, record["model"]))
     if not p.is_file():
         raise WeightsError(f"model artifact not found: {p}")
     return p
@@ -107,9 +117,12 @@ def load_artifact(where: str | Path) -> Artifact:
     if not isinstance(meta.get("format_version"), int) or meta["format_version"] > FORMAT_VERSION:
         raise WeightsError(f"model artifact {path} has format version {meta.get('format_version')!r}; this "
                            f"sbir-bench reads up to {FORMAT_VERSION}: upgrade sbir-bench")
-    missing = [k for k in REQUIRED if k not in meta]
+    missing = [k for k in REQUIRED + (("meta_sha256",) if meta["format_version"] >= 2 else ()) if k not in meta]
     if missing:
         raise WeightsError(f"model artifact {path} lacks {', '.join(missing)}")
+    if meta["format_version"] >= 2 and meta_sha256(meta) != meta["meta_sha256"]:
+        raise WeightsError(f"model artifact {path} was edited after training (its SHA-256 differs): its class list, "
+                           f"method or config cannot be trusted; use the artifact as the run wrote it")
     tensors = path.with_name(MODEL_TENSORS)
     if not tensors.is_file() or file_sha256(tensors) != meta["tensors_sha256"]:
         raise WeightsError(f"model artifact {path}: {tensors.name} is missing or damaged (SHA-256 differs)")
@@ -121,7 +134,10 @@ def build_method(artifact: Artifact, backbone, device: torch.device | str = "cpu
     """The trained method on ``backbone``: built with its training vocabulary, then its tensors loaded."""
     from .config import from_dict
     from .methods import get_method
-    cls = get_method(artifact.meta["method"])
+    try:
+        cls = get_method(artifact.meta["method"])
+    except ConfigError as exc:  # a plug-in that is not installed here, or an artifact of another version
+        raise WeightsError(f"model artifact {artifact.path} needs method {artifact.meta['method']!r}: {exc}") from None
     cfg = from_dict(cls.config_class, artifact.meta["method_config"], f"method_config ({artifact.meta['method']})")
     torch.manual_seed(0)  # the initial values are overwritten; this only makes construction repeatable
     method = cls(backbone, artifact.meta["class_names"], artifact.meta["seen"], cfg)

@@ -127,3 +127,24 @@ def find_record_files(patterns: Iterable[str], default_dir: str | Path = "result
         else:
             out += [Path(x) for x in sorted(glob.glob(pat, recursive=True)) if x.endswith(".json")]
     return [p for p in out if p.is_file()]  # regular files only: reading a FIFO named x.json would hang
+
+
+def beside_record(record_path: str | Path, stored: Optional[str]) -> str:
+    """Where a file a record names (``model``, ``embeddings``, ``per_query``) is now: the file of that
+    name beside the record (``<folder>/<run-id>/<name>``), else the stored path, else ''.
+
+    A results folder that was copied or moved keeps its files beside its records; looking there first
+    means a copy uses its own embeddings and model, never the original's at the stored absolute path.
+
+    >>> beside_record("/nowhere/run.json", "")
+    ''
+    """
+    if not stored:
+        return ""
+    record_path, kept = Path(record_path), Path(stored)
+    here = record_path.parent / record_path.stem / kept.name
+    if here.is_file():
+        return str(here)
+    relative = record_path.parent / kept
+    return str(relative) if not kept.is_absolute() and relative.is_file() else str(kept)
+

@@ -93,7 +93,8 @@ def test_load_model_in_three_lines_embeds_like_the_run(trained, mini_root):
     assert m.embed_photos([path]).shape == got.shape
 
 
-@pytest.mark.parametrize("damage", ["truncated-tensors", "missing-key", "newer-version", "not-json", "other-backbone"])
+@pytest.mark.parametrize("damage", ["truncated-tensors", "missing-key", "newer-version", "not-json", "other-backbone",
+                                    "seen-class-renamed", "method-renamed", "v1-method-unknown"])
 def test_a_refused_artifact_is_one_line_exit_4_and_writes_nothing(damage, trained, tmp_path):
     import shutil
     out, record = trained
@@ -110,15 +111,23 @@ def test_a_refused_artifact_is_one_line_exit_4_and_writes_nothing(damage, traine
         meta["format_version"] = 99
     elif damage == "not-json":
         meta_path.write_text("{not json")
+    elif damage == "seen-class-renamed":  # would hide the class from the leakage check
+        meta["class_names"][meta["seen"][0]] = "renamed"  # seen: indices into class_names
+    elif damage == "method-renamed":
+        meta["method"] = "coop-v2"
+    elif damage == "v1-method-unknown":  # a version-1 artifact (no meta checksum) of a method not installed here
+        meta.update(format_version=1, method="coop-v2")
+        meta.pop("meta_sha256")
     else:
         from sbir_bench.models import load_backbone
         weights = tmp_path / "other.pt"
         torch.save(load_backbone("sbir-tiny", "random").model.state_dict(), weights)
         extra = ["--pretrained", str(weights)]
-    if damage in ("missing-key", "newer-version"):
+    if damage in ("missing-key", "newer-version", "seen-class-renamed", "method-renamed", "v1-method-unknown"):
         meta_path.write_text(json.dumps(meta))
     result = _invoke("eval", "--model", str(copy), *extra, "--output-dir", str(tmp_path / "records"), "--quiet")
     assert result.exit_code == WeightsError.exit_code, result.output
+    assert damage in ("other-backbone",) or str(copy) in result.output  # the line names the artifact
     assert len([ln for ln in result.output.splitlines() if ln.strip()]) == 1 and "Traceback" not in result.output
     assert not (tmp_path / "records").exists()
 
@@ -136,3 +145,22 @@ def test_reproduce_reuses_the_zs_model_for_the_gzs_cell(tmp_path, mini_root):
     heldout = _invoke("reproduce", "gzs", *base, "--set", "data.gzs_protocol=heldout", "--output-dir",
                       str(tmp_path / "gzs"), "--dry-run")
     assert "-> run" in heldout.output  # a held-out GZS partition trains on other data: no reuse
+
+
+def test_a_moved_results_folder_uses_its_own_files_not_the_originals(trained, tmp_path):
+    """Records store where their files were written; a copied or moved folder must use the files beside
+    its records (the original may be gone, or a different run)."""
+    import shutil
+
+    from sbir_bench.artifacts import artifact_path
+    from sbir_bench.reporting.collect import runs_frame
+    out, record = trained
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)
+    run_id = record["run_id"]
+    assert artifact_path(moved / f"{run_id}.json") == moved / run_id / "model.json"
+    row = runs_frame([str(moved / f"{run_id}.json")]).iloc[0]
+    assert row["embeddings"] == str(moved / run_id / "embeddings.npz")
+    assert row["per_query"] == str(moved / run_id / "per_query.npz")
+    scored = _invoke("eval", "--record", str(moved / f"{run_id}.json"), "--json", str(tmp_path / "m.json"))
+    assert scored.exit_code == 0, scored.output

@@ -10,6 +10,7 @@ import click
 
 from ..config import EvalConfig
 from ..errors import ConfigError, DataError
+from ..records import beside_record
 from . import main
 from .common import config_option, friendly_errors, knob_overrides, protocol_options, split_list
 
@@ -27,7 +28,7 @@ def _embeddings_path(emb_path: Optional[str], record: Optional[str]) -> str:
         raise DataError(f"run record {path} is unreadable ({type(exc).__name__})") from None
     if not isinstance(data, dict) or not data.get("embeddings"):
         raise DataError(f"run record {path} points to no saved embeddings (run with eval.save_embeddings=true)")
-    return data["embeddings"]
+    return beside_record(path, data["embeddings"])
 
 
 def _protocols(preset: str, presets: Optional[str], overrides: Dict[str, Any], preset_given: bool) -> List[Any]:

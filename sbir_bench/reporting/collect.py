@@ -20,7 +20,7 @@ import pandas as pd
 
 from ..errors import DataError
 from ..log import get_logger
-from ..records import find_record_files, load_records
+from ..records import beside_record, find_record_files, load_records
 from ..retrieval.protocol import DEFAULT_PRESET, metric_sort_key
 
 log = get_logger(__name__)
@@ -56,8 +56,8 @@ def _row(rec) -> Dict[str, Any]:
     row.update({f"metric:{m}": float(v) for m, v in d["metrics"].items()})
     row["by_protocol"] = d.get("metrics_by_protocol") or {}
     row["record"] = str(rec.path)
-    row["per_query"] = d.get("per_query") or ""
-    row["embeddings"] = d.get("embeddings") or ""
+    row["per_query"] = beside_record(rec.path, d.get("per_query"))
+    row["embeddings"] = beside_record(rec.path, d.get("embeddings"))
     return row
 
 
