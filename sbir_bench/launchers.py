@@ -107,7 +107,7 @@ def claim(output_dir: Path, cid: str, info: Dict[str, Any]) -> bool:
     folder = state_dir(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        fd = os.open(folder / f"{cid}.claim", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        fd = os.open(folder / f"{cid}.claim", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)  # the umask decides
     except FileExistsError:
         return False
     with os.fdopen(fd, "w") as fh:
