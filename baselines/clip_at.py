@@ -92,9 +92,12 @@ class CLIPAT(Method):
                              ("preprocess", PREPROCESS)):
             if getattr(config, key) not in allowed:
                 raise ConfigError(f"clip-at: {key}={getattr(config, key)!r}; choose one of {', '.join(allowed)}")
-        if config.n_prompts < 1 or config.patch_grid < 2:
-            raise ConfigError(f"clip-at: n_prompts={config.n_prompts} must be >= 1 and "
-                              f"patch_grid={config.patch_grid} >= 2")
+        if config.n_prompts < 1:
+            raise ConfigError(f"clip-at: n_prompts={config.n_prompts} must be >= 1 (the learned prompt vectors "
+                              f"per modality)")
+        if config.patch_grid < 2:
+            raise ConfigError(f"clip-at: patch_grid={config.patch_grid} must be >= 2 (the patch-shuffle grid is "
+                              f"patch_grid x patch_grid tiles)")
         for key in ("clip_lr", "margin", "lambda_cls", "lambda_patch"):
             value = getattr(config, key)
             if not (value >= 0 and value < float("inf")):

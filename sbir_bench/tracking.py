@@ -43,8 +43,17 @@ def parse_report_to(text: str) -> List[str]:
     return list(dict.fromkeys(names))
 
 
-def check_available(names: List[str]) -> None:
-    """One line naming the extra when a requested tracker's library is not installed."""
+MLFLOW_SCHEMES = ("", "file", "sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
+
+
+def check_available(names: List[str], tracking_uri: Optional[str] = None) -> None:
+    """Before any work: one line naming the extra when a requested tracker's library is not installed,
+    or when ``--tracking-uri`` is not a store MLflow can open (its scheme is checked, nothing is dialled)."""
+    if tracking_uri:
+        scheme = tracking_uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in tracking_uri else ""
+        if scheme not in MLFLOW_SCHEMES:
+            raise ConfigError(f"--tracking-uri {tracking_uri}: MLflow opens no {scheme!r} store; give sqlite:///FILE.db, "
+                              f"file:///FOLDER, http(s)://SERVER or a folder")
     for name in names:
         module = NEEDS.get(name)
         if module and not is_installed(module):

@@ -46,6 +46,15 @@ def _fg_only_tree(root: Path) -> str:
     return str(root)
 
 
+def _fg_raw_tree(root: Path) -> str:
+    """Sketchy's fine-grained copy as its archive unpacks: sketch/ and photo/ hold tx_ render folders."""
+    from conftest import _tiny_image
+    for folder in ("Sketchy/sketch/tx_000000000000", "Sketchy/photo/tx_000000000000"):
+        for cls in ("cat", "dog"):
+            _tiny_image(root / folder / cls / "n01_1.png", 1, sketch=True)
+    return str(root)
+
+
 def _nan_weights(path: Path) -> str:
     from sbir_bench.models import load_backbone
     state = load_backbone("sbir-tiny").model.state_dict()
@@ -176,6 +185,14 @@ ROWS: List[tuple] = [
      "holds no reproduce cells"),
     ("reproduce-collect-on-plain-runs", lambda t, o: ["reproduce", "zs", "--dataset", "mini", "--collect",
                                                       "--output-dir", str(o)], DATA, "`sbir-bench export` tabulates"),
+    ("check-fine-grained-copy-as-sketchy", lambda t, o: ["datasets", "check", "--dataset", "sketchy", "--data-root",
+                                                         _fg_raw_tree(t / "fg")], DATA, "use --dataset sketchy-fg"),
+    ("tracking-uri-unknown-scheme", lambda t, o: ["run", "zeroshot-clip", "--report-to", "csv", "--tracking-uri",
+                                                  "notaurl://x"], CONFIG, "MLflow opens no 'notaurl' store"),
+    ("clip-at-no-prompt", lambda t, o: ["run", "clip-at", "--set", "method_config.n_prompts=0"], CONFIG,
+     "n_prompts=0 must be >= 1 (the learned prompt vectors"),
+    ("clip-at-one-tile", lambda t, o: ["run", "clip-at", "--set", "method_config.patch_grid=1"], CONFIG,
+     "patch_grid=1 must be >= 2 (the patch-shuffle grid"),
     ("split-mini-2", lambda t, o: ["run", "coop", "--split", "2"], DATA, "has no split '2'"),
     ("split-file-missing", lambda t, o: ["run", "coop", "--split-file", "/no/split.txt"], DATA, "split file not found"),
     ("split-file-empty", lambda t, o: ["run", "coop", "--split-file", _write(t / "empty.txt", "# nothing\n\n")], DATA,

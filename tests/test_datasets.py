@@ -186,3 +186,33 @@ def test_a_symlink_loop_in_a_copy_is_skipped_with_a_warning_not_a_crash(make_tre
     assert result.exit_code == 0, result.output
     assert "1 entry skipped, not readable as a file: loop.png (Too many levels of symbolic links)" in result.output
     assert "tuberlin: usable" in result.output
+
+
+@pytest.mark.parametrize("flags", [[], ["--no-decode"]])
+def test_zero_byte_files_are_reported_even_without_decoding(make_tree, flags):
+    root = make_tree("tuberlin")
+    empty = sorted((root / "TUBerlin" / "ImageResized_ready" / "bus").iterdir())[0]
+    empty.write_bytes(b"")
+    result = CliRunner().invoke(main, ["datasets", "check", "--dataset", "tuberlin", "--data-root", str(root), *flags])
+    assert "1 empty (zero-byte) photos file(s)" in result.output and str(empty) in result.output, result.output
+    assert "unreadable or truncated photos" not in result.output  # said once, not again by the decoding pass
+
+
+def test_sketches_left_out_for_a_missing_photo_are_said(make_tree):
+    import logging
+    root = make_tree("sketchy-fg", sketches_per_photo=2)
+    index = index_dataset("sketchy-fg", root)
+    unseen = load_split(index.spec, index.class_names, "1")
+    lost = next(p for p in index.photos if p.label in set(unseen))
+    index.photos.remove(lost)  # as if the file were missing from the copy
+    seen = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logging.getLogger("sbir_bench.data.tasks").addHandler(handler)
+    try:
+        task = build_task("fg", partition(index, unseen, seed=0), fine_grained=True)
+    finally:
+        logging.getLogger("sbir_bench.data.tasks").removeHandler(handler)
+    assert len(task.queries) == 25 * 2 * 2 - 2
+    assert any("2 sketch(es) left out of the unseen-class test sketches (airplane): their paired photo is missing"
+               in m for m in seen), seen

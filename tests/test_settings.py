@@ -96,3 +96,17 @@ def test_unknown_setting_and_fg_without_pairs(part):
         build_task("transductive", part, fine_grained=True)
     with pytest.raises(DataError, match="instance pairs"):
         build_task("fg", part, fine_grained=False)
+
+
+def test_the_default_gzs_adds_a_fifth_of_the_unseen_test_set_from_seen_classes(tmp_path, mini_root):
+    """SEM-PCYC's composition (docs/datasets.md): seen-class queries and photos numbering 0.2 of the
+    unseen test sketches and photos, by default, from a config that names nothing but the setting."""
+    from sbir_bench.config import build_run_config
+    from sbir_bench.runner import prepare_data
+    data = prepare_data(build_run_config({}, {"method": "zeroshot-clip", "data.setting": "gzs",
+                                              "output_dir": str(tmp_path)}))
+    unseen_q, unseen_g = len(data.part.unseen_sketches), len(data.part.unseen_photos)
+    seen = set(data.task.seen_classes)
+    assert sum(q.label in seen for q in data.task.queries) == int(0.2 * unseen_q) > 0
+    assert sum(g.label in seen for g in data.task.gallery) == int(0.2 * unseen_g) > 0
+    assert len(data.task.queries) == unseen_q + int(0.2 * unseen_q)

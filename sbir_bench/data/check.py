@@ -20,7 +20,7 @@ import hashlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -28,7 +28,7 @@ from ..errors import DataError
 from ..log import progress
 from .catalog import DatasetSpec, get_spec
 from .classnames import class_key
-from .discovery import (class_folders, list_images, locate, photo_folders, photo_instance, resolve_root,
+from .discovery import (check_not_fine_grained, class_folders, list_images, locate, photo_folders, photo_instance, resolve_root,
                         sketch_instance)
 from .images import load_rgb
 from .splits import package_file, read_class_file, split_names
@@ -99,7 +99,13 @@ def _check_images(report: CheckReport, modality: str, images: Dict[str, List[Pat
         report.problems.append(f"{len(empty)} empty {modality} class folder(s): {_listing(empty)}")
     files = [p for group in images.values() for p in group]
     report.counts[modality] = len(files)
-    dups = _duplicates(files, modality, read=depth == "deep")
+    dups, zero_bytes = _duplicates(files, modality, read=depth == "deep")
+    if zero_bytes:  # found from the listing's sizes alone, so --no-decode reports them too
+        share = len(zero_bytes) / max(1, len(files))
+        message = f"{len(zero_bytes)} empty (zero-byte) {modality} file(s): {_listing([str(p) for p in zero_bytes])}"
+        (report.problems if share > UNREADABLE_LIMIT else report.warnings).append(message)
+        skip = set(zero_bytes)
+        files = [p for p in files if p not in skip]  # not decoded again below
     if dups:
         report.warnings.append(f"{sum(len(g) - 1 for g in dups)} duplicate {modality} file(s) (byte-identical): "
                                + _listing([" = ".join(str(p) for p in g[:2]) for g in dups]))
@@ -119,13 +125,18 @@ def _check_images(report: CheckReport, modality: str, images: Dict[str, List[Pat
         (report.problems if share > UNREADABLE_LIMIT else report.warnings).append(message)
 
 
-def _duplicates(files: List[Path], modality: str, read: bool) -> List[List[Path]]:
-    """Groups of byte-identical files: hard links of one file always (no read), and with ``read``
-    files of equal size and SHA-1 (the whole copy is read, with a progress bar)."""
+def _duplicates(files: List[Path], modality: str, read: bool) -> Tuple[List[List[Path]], List[Path]]:
+    """(groups of byte-identical files, zero-byte files): hard links of one file always (no read), and
+    with ``read`` files of equal size and SHA-1 (the whole copy is read, with a progress bar). Empty
+    files are neither: they are unreadable, whatever their number."""
     by_inode: Dict[tuple, List[Path]] = defaultdict(list)
     by_size: Dict[int, List[tuple]] = defaultdict(list)
+    zero: List[Path] = []
     for p in progress(files, desc=f"listing {modality}", unit="file"):
         st = p.stat()
+        if st.st_size == 0:
+            zero.append(p)
+            continue
         key = (st.st_dev, st.st_ino)
         if key not in by_inode:
             by_size[st.st_size].append(key)
@@ -139,7 +150,7 @@ def _duplicates(files: List[Path], modality: str, read: bool) -> List[List[Path]
         for keys in (k for k in by_hash.values() if len(k) > 1):
             merged = [p for key in keys for p in by_inode[key]]
             groups = [g for g in groups if g[0] not in merged] + [merged]
-    return groups
+    return groups, zero
 
 
 def _check_pairs(report: CheckReport, images: Dict[str, Dict[str, List[Path]]]) -> None:
@@ -157,6 +168,7 @@ def check_dataset(name: str, data_root: Optional[str], split: str = "1", split_f
     base, layout = locate(spec, resolve_root(spec, data_root))
     report = CheckReport(name, base)
     sketches = class_folders(base / layout.sketch_dir)
+    check_not_fine_grained(spec, base, layout, list(class_folders(base / layout.photo_dir)))
     folders = {"sketches": sketches,  # photo folders keyed by the class they hold (raw spellings mapped)
                "photos": photo_folders(spec, base / layout.photo_dir, {class_key(c) for c in sketches})}
     report.counts["classes"] = len({class_key(c) for c in folders["sketches"]} & {class_key(c) for c in folders["photos"]})

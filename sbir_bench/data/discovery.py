@@ -166,13 +166,18 @@ def photo_folders(spec: DatasetSpec, folder: Path, sketch_keys: set) -> Dict[str
     return out
 
 
-def _check_modalities(spec: DatasetSpec, base: Path, layout: Layout, sketch_keys: Dict[str, str],
-                      photo_keys: Dict[str, Path]) -> None:
-    """A class with sketches but no photo folder (or the reverse) is an error naming it, never a silent drop."""
-    photo_names = [p.name for p in photo_keys.values()]
+def check_not_fine_grained(spec: DatasetSpec, base: Path, layout: Layout, photo_names: List[str]) -> None:
+    """Photo "class" folders named ``tx_...`` are the fine-grained copy's render folders: one line naming
+    the sibling dataset (``run`` and ``datasets check`` alike)."""
     if photo_names and all(n.startswith("tx_") for n in photo_names) and spec.sibling:
         raise DataError(f"{spec.title} at {base}: '{layout.photo_dir}' holds {', '.join(sorted(photo_names))}, not "
                         f"class folders: that is the fine-grained photo layout; use --dataset {spec.sibling}")
+
+
+def _check_modalities(spec: DatasetSpec, base: Path, layout: Layout, sketch_keys: Dict[str, str],
+                      photo_keys: Dict[str, Path]) -> None:
+    """A class with sketches but no photo folder (or the reverse) is an error naming it, never a silent drop."""
+    check_not_fine_grained(spec, base, layout, [p.name for p in photo_keys.values()])
     no_photos = [name for key, name in sketch_keys.items() if key not in photo_keys]
     no_sketches = [p.name for key, p in photo_keys.items() if key not in sketch_keys]
     if no_photos or no_sketches:

@@ -19,13 +19,17 @@ held-out samples; the same seed always gives the same partition whatever the set
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..errors import DataError
+from ..log import get_logger
 from .discovery import DatasetIndex, Sample
+
+log = get_logger(__name__)
 
 SETTINGS = ("zs", "gzs", "fg")
 GZS_PROTOCOLS = ("sem-pcyc", "heldout")
@@ -127,14 +131,25 @@ def _cap(samples: List[Sample], cap: Optional[int]) -> List[Sample]:
     return samples if cap is None else samples[:cap]
 
 
-def _follow_photos(sketches: Sequence[Sample], *photo_groups: Sequence[Sample]) -> List[List[Sample]]:
-    """Fine-grained: each sketch goes to the group of its photo (sketches of absent photos are dropped)."""
+def _follow_photos(where_: str, sketches: Sequence[Sample], *photo_groups: Sequence[Sample]) -> List[List[Sample]]:
+    """Fine-grained: each sketch goes to the group of its photo; sketches of absent photos are dropped,
+    and one warning says so, naming ``where_`` they are missing from."""
     where = {p.instance: k for k, group in enumerate(photo_groups) for p in group}
     groups: List[List[Sample]] = [[] for _ in photo_groups]
     for s in sketches:
         if s.instance in where:
             groups[where[s.instance]].append(s)
+    warn_unpaired([s for s in sketches if s.instance not in where], where_)
     return groups
+
+
+def warn_unpaired(dropped: Sequence[Sample], where: str) -> None:
+    """One warning naming the sketches left out of ``where`` because their paired photo is missing from
+    the copy: a test set that shrinks must say so (``datasets check`` lists them all)."""
+    if dropped:
+        shown = ", ".join(os.path.basename(s.path) for s in dropped[:3]) + (" ..." if len(dropped) > 3 else "")
+        log.warning(f"{len(dropped)} sketch(es) left out of {where}: their paired photo is missing from the copy "
+                    f"({shown})")
 
 
 def _split_seen_class(out: SplitPartition, sketches: List[Sample], photos: List[Sample], fine: bool,
@@ -143,7 +158,8 @@ def _split_seen_class(out: SplitPartition, sketches: List[Sample], photos: List[
     held_ph, rest = _take(photos, heldout_fraction, rng)
     val_ph, train_ph = _take(rest, val_fraction, rng)
     if fine:
-        train_sk, val_sk, held_sk = _follow_photos(sketches, train_ph, val_ph, held_ph)
+        train_sk, val_sk, held_sk = _follow_photos("the seen-class training, validation and held-out sets", sketches,
+                                                   train_ph, val_ph, held_ph)
     else:
         held_sk, rest_sk = _take(sketches, heldout_fraction, rng)
         val_sk, train_sk = _take(rest_sk, val_fraction, rng)
@@ -174,7 +190,8 @@ def partition(index: DatasetIndex, unseen: Sequence[int], seed: int = 0, val_fra
     for c in out.unseen:
         photos = _cap(ph_by[c], max_per_class)
         out.unseen_photos += photos
-        out.unseen_sketches += _follow_photos(sk_by[c], photos)[0] if fine else _cap(sk_by[c], max_per_class)
+        out.unseen_sketches += _follow_photos(f"the unseen-class test sketches ({index.class_names[c]})", sk_by[c],
+                                              photos)[0] if fine else _cap(sk_by[c], max_per_class)
     out.counts = {k: len(getattr(out, k)) for k in COUNTED}
     return out
 
@@ -230,4 +247,5 @@ def build_val_task(setting: str, part: SplitPartition, fine_grained: bool) -> Re
 def _instance_task(name: str, sketches: Sequence[Sample], photos: Sequence[Sample]) -> RetrievalTask:
     keep = {p.instance for p in photos}
     queries = [s for s in sketches if s.instance in keep]
+    warn_unpaired([s for s in sketches if s.instance not in keep], f"the {name} queries")
     return RetrievalTask(name, "instance", queries, list(photos))

@@ -84,18 +84,23 @@ def fingerprint_differences(saved: Dict[str, Any], current: Dict[str, Any]) -> L
             if a.get(k, "<absent>") != b.get(k, "<absent>")]
 
 
+# `run` resumes only with --resume, `reproduce` always: the way out must fit both commands
+_FRESH_START = ("train from scratch in another --output-dir, or delete {where} (with `run`, dropping --resume "
+                "also starts afresh)")
+
+
 def check_resumable(ckpt: Dict[str, Any], method: str, fingerprint: Optional[Dict[str, Any]], where: Path) -> None:
     """Refuse a checkpoint of another method or trained with other settings (one line, keys named)."""
     if ckpt.get("method") != method:
         raise WeightsError(f"checkpoint in {where} is for method {ckpt.get('method')!r}, not {method!r}; "
-                           f"start a new run without --resume or use another --output-dir")
+                           f"{_FRESH_START.format(where=where)}")
     if fingerprint is None:
         return
     diffs = fingerprint_differences(ckpt.get("trained_on") or {}, fingerprint)
     if diffs:
         shown = "; ".join(diffs[:4]) + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else "")
         raise WeightsError(f"checkpoint in {where} was trained with other settings ({shown}); resume with the "
-                           f"original settings, or start a new run without --resume or in another --output-dir")
+                           f"original settings, or {_FRESH_START.format(where=where)}")
 
 
 @contextlib.contextmanager
