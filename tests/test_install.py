@@ -233,3 +233,12 @@ def test_a_wheel_installed_elsewhere_runs_reproduce_and_adds_only_the_sbir_bench
     assert dry.returncode == 0 and "coop" in dry.stdout and "splip" in dry.stdout, dry.stdout + dry.stderr
     listed = subprocess.run([exe, "methods"], cwd=empty, env=env, capture_output=True, text=True, timeout=300)
     assert listed.returncode == 0 and all(m in listed.stdout for m in ("splip", "coop", "clip-at")), listed.stderr
+
+
+def test_every_environment_variable_is_documented_once_with_its_one_meaning():
+    from sbir_bench.locations import ENVIRONMENT
+    readme = (ROOT / "README.md").read_text()
+    for name in ENVIRONMENT:
+        assert len(re.findall(rf"^\| `{name}` \|", readme, re.M)) == 1, name
+    used = set(re.findall(r"SBIR_BENCH_[A-Z_]+", "".join(p.read_text() for p in (ROOT / "sbir_bench").rglob("*.py"))))
+    assert used <= set(ENVIRONMENT) | {"SBIR_BENCH_TEST_CACHE"}, used - set(ENVIRONMENT)
