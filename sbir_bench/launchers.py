@@ -1,14 +1,18 @@
-"""Where ``reproduce`` runs its cells: in this process, N at a time on a multi-GPU box, or as SLURM jobs.
+"""Where ``reproduce`` runs its cells: one :class:`Launcher` per way, behind one interface.
 
-* ``local`` (default): one cell after another in this process; ``--jobs N`` runs N cells at once as
-  ``sbir-bench run`` subprocesses, one GPU each (``CUDA_VISIBLE_DEVICES``) and an equal share of the
-  CPU threads each, so that N torch processes do not oversubscribe the cores.
+* ``local`` (default): one cell after another in this process (:class:`InProcess`); ``--jobs N``
+  runs N cells at once as ``sbir-bench run`` subprocesses (:class:`LocalJobs`), each on a GPU no
+  other running cell holds (:class:`GpuSlots`) and an equal share of the CPU threads, so that N
+  torch processes do not oversubscribe the cores.
 * ``slurm``: one job per cell (method x dataset x seed) through submitit (imported only here, only
   when asked for); resources from the options; a cell with several GPUs runs under ``torchrun``
   inside its job. ``reproduce`` submits every cell that is not finished and returns, printing the
   job ids, unless ``--wait``.
 * ``submitit-local``: the same job path through submitit's local executor (real subprocesses), so
   tests and a laptop exercise what the cluster runs.
+
+:data:`LAUNCHERS` is the table the CLI's ``--launcher`` choices come from; ``reproduce`` plans, a
+launcher runs or submits, and :mod:`sbir_bench.reporting.tables` writes the table.
 
 Every cell keeps its state in ``<output>/.cells/``: a claim made atomically before it is submitted
 (two ``reproduce`` commands on one folder never submit the same cell twice), and the state the job
@@ -24,20 +28,25 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Dict, Iterator, List, Optional, Sequence
+from typing import IO, Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
+import yaml
+
+from .config import RunConfig, from_dict, to_dict
 from .errors import ConfigError, SbirError
 from .extras import require
-from .fileio import atomic_write_json
-from .log import get_logger
+from .fileio import atomic_write_bytes, atomic_write_json
+from .log import configure_cli_logging, get_logger
+from .reporting.tables import write_table
 
 log = get_logger(__name__)
-LAUNCHERS = ("local", "slurm", "submitit-local")
 CELLS = ".cells"
 
 
@@ -215,8 +224,8 @@ class CellRun:
         self.cfg_tree, self.cid, self.table, self.gpus = cfg_tree, cid, table, gpus
 
     def __call__(self) -> Optional[str]:
-        from .config import RunConfig, from_dict
         cfg = from_dict(RunConfig, self.cfg_tree)
+        configure_cli_logging(cfg.quiet)  # a job's entry point is an application: it says what it does
         out = Path(cfg.output_dir)
         write_state(out, self.cid, status="running", pid=os.getpid(), host=os.uname().nodename)
         try:
@@ -231,22 +240,18 @@ class CellRun:
         return path
 
     def _run(self, cfg) -> Optional[str]:
+        from .runner import finished_record, run  # lazy: the CLI imports this module's launcher table at start-up
         if self.gpus > 1:  # several GPUs: DDP under torchrun inside the job
             cfg_file = state_dir(Path(cfg.output_dir)) / f"{self.cid}.yaml"
             _write_yaml(cfg_file, self.cfg_tree)
             subprocess.run([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={self.gpus}",
                             "-m", "sbir_bench", "run", cfg.method, "--config", str(cfg_file), "--quiet"], check=True)
-            from .runner import finished_record
             done = finished_record(cfg)
             return str(done) if done else None
-        from .runner import run
         return run(cfg).get("record_path")
 
 
 def _write_yaml(path: Path, tree: Dict[str, Any]) -> None:
-    import yaml
-
-    from .fileio import atomic_write_bytes
     atomic_write_bytes(path, yaml.safe_dump(tree, sort_keys=False).encode())
 
 
@@ -258,7 +263,6 @@ def write_table_when_complete(output_dir: Path, table: str) -> None:
     except (OSError, ValueError):
         return
     if all(read_state(output_dir, cid).get("status") == "done" for cid in planned["runnable"]):
-        from .reproduce import write_table
         write_table(table, Path(output_dir))
 
 
@@ -274,7 +278,6 @@ def submitit_job_class():
         """
 
         def checkpoint(self, *args: Any, **kwargs: Any):
-            from .config import RunConfig, from_dict
             out = Path(from_dict(RunConfig, self.cfg_tree).output_dir)
             write_state(out, self.cid, status="requeued", host=os.uname().nodename)
             return super().checkpoint(*args, **kwargs)
@@ -286,7 +289,6 @@ def executor(kind: str, folder: Path, resources: Resources, name: str):
     """A submitit executor: ``slurm`` or ``local`` (submitit's own subprocess executor)."""
     submitit = require("submitit", "--launcher slurm/submitit-local")
     if kind == "slurm":
-        import shutil
         missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
         if missing:
             raise ConfigError(f"--launcher slurm: {' and '.join(missing)} not found; run reproduce on a SLURM login "
@@ -301,10 +303,11 @@ def executor(kind: str, folder: Path, resources: Resources, name: str):
 
 
 def _cuda_count() -> int:
+    """GPUs torch sees here (0 without a CUDA runtime; a broken driver reads as none)."""
+    import torch  # lazy: start-up time of the CLI, which imports the launcher table
     try:
-        import torch
         return torch.cuda.device_count()
-    except Exception:  # no torch CUDA runtime at all
+    except RuntimeError:
         return 0
 
 
@@ -401,7 +404,6 @@ def local_jobs(runs: List[Any], jobs: int, share_gpus: bool = False) -> List[tup
 
 def _start_cell(planned, gpu: Optional[str], threads: int) -> tuple:
     """(cell id, process, log file) of one cell started as ``sbir-bench run`` on ``gpu``."""
-    from .config import to_dict
     cid = cell_id(planned)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     if gpu is not None:
@@ -412,3 +414,181 @@ def _start_cell(planned, gpu: Optional[str], threads: int) -> tuple:
     cmd = [sys.executable, "-m", "sbir_bench", "run", planned.cell.method, "--config", str(cfg_file), "--quiet"]
     log_file = open(folder / f"{cid}.log", "w")
     return cid, subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT), log_file
+
+
+# ------------------------------------------------------------------------------------ the launchers
+@dataclass
+class LaunchRequest:
+    """What ``reproduce`` asks of a launcher: a table's planned runs and how to run them."""
+
+    table: str
+    output_dir: Path
+    resources: Resources = field(default_factory=Resources)
+    jobs: int = 1  # local: cells at once
+    share_gpus: bool = False  # local: more cells than GPUs share them
+    wait: bool = False  # cluster: wait for every job, then write the table
+
+
+@dataclass
+class Outcome:
+    """What a launch did: failures (cell, error), one line per submitted job, and whether jobs are still
+    out (the last one writes the table)."""
+
+    failures: List[Tuple[str, SbirError]] = field(default_factory=list)
+    submitted: List[str] = field(default_factory=list)
+    pending: bool = False
+
+
+class Launcher:
+    """A way to run a table's cells. ``launch`` runs or submits every runnable planned run (each has
+    ``cell``, ``seed``, ``cfg``, ``status``, ``model``, ``runnable`` and ``describe()``); it never stops
+    at a failing cell, and never runs a cell another command holds."""
+
+    name = ""
+
+    def launch(self, runs: Sequence[Any], request: LaunchRequest) -> Outcome:
+        raise NotImplementedError
+
+
+class InProcess(Launcher):
+    """One cell after another in this process (``--launcher local``)."""
+
+    name = "local"
+
+    def launch(self, runs: Sequence[Any], request: LaunchRequest) -> Outcome:
+        return Outcome(failures=execute(runs))
+
+
+class LocalJobs(Launcher):
+    """N cells at once as ``sbir-bench run`` subprocesses (``--launcher local --jobs N``); reuse cells,
+    an evaluation each, run here first."""
+
+    name = "local"
+
+    def launch(self, runs: Sequence[Any], request: LaunchRequest) -> Outcome:
+        parallel = [p for p in runs if p.status in ("run", "resume")]
+        failures = execute([p for p in runs if p not in parallel])
+        return Outcome(failures=failures + local_jobs(parallel, request.jobs, request.share_gpus))
+
+
+class Submitit(Launcher):
+    """One job per cell through submitit: SLURM (``slurm``) or its local executor (``submitit-local``)."""
+
+    def __init__(self, name: str, cluster: str) -> None:
+        self.name, self.cluster = name, cluster
+
+    def launch(self, runs: Sequence[Any], request: LaunchRequest) -> Outcome:
+        executor(self.cluster, state_dir(request.output_dir) / "jobs", request.resources, "sbir-check")  # before claims
+        reused = execute([p for p in runs if p.status == "reuse"])  # an evaluation of an existing model: here, now
+        submitted, failures = submit(runs, self, request)
+        return Outcome(failures=reused + failures, submitted=submitted, pending=not request.wait)
+
+
+LAUNCHERS: Dict[str, Launcher] = {"local": InProcess(), "slurm": Submitit("slurm", "slurm"),
+                                  "submitit-local": Submitit("submitit-local", "local")}
+
+
+def launcher_for(name: str, jobs: int = 1) -> Launcher:
+    """The launcher ``--launcher name`` means (``local`` with ``--jobs`` above 1: :class:`LocalJobs`)."""
+    if name not in LAUNCHERS:
+        raise ConfigError(f"unknown launcher {name!r}; choose one of: {', '.join(LAUNCHERS)}")
+    return LocalJobs() if name == "local" and jobs > 1 else LAUNCHERS[name]
+
+
+def save_plan(runs: Sequence[Any], output_dir: Path) -> None:
+    """The cells of this table the last job waits for before writing the table."""
+    for p in runs:
+        if p.status == "done":
+            write_state(output_dir, cell_id(p), status="done")
+    runnable = [cell_id(p) for p in runs if p.runnable or p.status == "done"]
+    atomic_write_json(state_dir(output_dir) / "plan.json", {"runnable": runnable})
+
+
+def execute(runs: Sequence[Any]) -> List[Tuple[str, SbirError]]:
+    """Run every runnable entry (resuming checkpoints); returns (run, error) for each run that failed.
+
+    Any failure of one cell (a user error, out of memory, a crash) is recorded in the cell's state
+    for ``--status`` and the next cell runs; only Ctrl-C stops the table.
+    """
+    failures: List[Tuple[str, SbirError]] = []
+    for planned in runs:
+        if not planned.runnable:
+            continue
+        out, cid = Path(planned.cfg.output_dir), cell_id(planned)
+        with running_here(out, cid) as mine:
+            if not mine:
+                log.warning(f"{cid} is being run by another reproduce command on this folder: skipped here")
+                continue
+            failure = _execute_one(planned, out, cid)
+        if failure:
+            failures.append(failure)
+    return failures
+
+
+def _execute_one(planned: Any, out: Path, cid: str) -> Optional[Tuple[str, SbirError]]:
+    """Run one cell in this process; (cell, error) when it failed (its state says why)."""
+    from .artifacts import load_artifact  # lazy, as in CellRun._run: the CLI's start-up
+    from .runner import evaluate_model, finished_record
+    from .runner import run as run_one
+    if planned.status != "reuse" and finished_record(planned.cfg) is not None:
+        return None  # another command finished it since the plan was made
+    log.info(f"reproduce: {planned.describe()}")
+    write_state(out, cid, status="running", pid=os.getpid(), host=os.uname().nodename)
+    try:
+        if planned.status == "reuse":
+            evaluate_model(planned.cfg, load_artifact(planned.model))
+        else:
+            run_one(planned.cfg)
+    except KeyboardInterrupt:
+        release(out, cid)  # not failed, not running: the next reproduce resumes it
+        raise
+    except Exception as exc:  # noqa: BLE001 - one cell's crash must not cost the others; it is reported
+        text = str(exc) if isinstance(exc, SbirError) else f"{type(exc).__name__}: {exc}"
+        why = failure_reason(text)
+        trace = state_dir(out) / f"{cid}.log"  # the traceback, for a bug report
+        atomic_write_bytes(trace, "".join(traceback.format_exception(exc)).encode())
+        write_state(out, cid, status="failed", error=why, log=str(trace))
+        return cid, exc if isinstance(exc, SbirError) else CellFailed(f"{why} (log {trace})")
+    write_state(out, cid, status="done")
+    return None
+
+
+def submit(runs: Sequence[Any], launcher: Submitit, request: LaunchRequest
+           ) -> Tuple[List[str], List[Tuple[str, SbirError]]]:
+    """Submit every runnable cell that is neither claimed nor running through submitit; returns (one
+    line per submitted job, failures when ``request.wait``). A failed or vanished cell is submitted
+    again; a pending, requeued or running one never is."""
+    output_dir, resources, table = request.output_dir, request.resources, request.table
+    folder = state_dir(output_dir)
+    save_plan(runs, output_dir)
+    job_class, submitted, jobs = submitit_job_class(), [], []
+    for planned in runs:
+        if not planned.runnable:
+            continue
+        cid = cell_id(planned)
+        state = read_state(output_dir, cid)
+        if state.get("status") == "failed":
+            release(output_dir, cid)  # a failed cell is submitted again
+        elif state.get("has.claim") and state.get("status") != "done" and job_alive(state) is False:
+            log.warning(f"{cid}: job {state.get('job_id') or '(never submitted)'} vanished (cancelled, node lost or "
+                        f"its command killed): submitting it again")
+            release(output_dir, cid)
+        if not claim(output_dir, cid, {"launcher": launcher.name}):
+            continue  # claimed by this or another reproduce command: pending, requeued, running or done
+        ex = executor(launcher.cluster, folder / "jobs", resources, f"sbir-{cid}")
+        job = ex.submit(job_class(to_dict(planned.cfg), cid, table, resources.gpus_per_cell))
+        atomic_write_json(folder / f"{cid}.claim", {"launcher": launcher.name, "job_id": str(job.job_id),
+                                                     "log": str(job.paths.stderr), "claimed": time.time(),
+                                                     "host": os.uname().nodename})
+        submitted.append(f"submitted {cid}: job {job.job_id} (logs {job.paths.folder})")
+        jobs.append((cid, job))
+    failures: List[Tuple[str, SbirError]] = []
+    if request.wait:
+        for cid, job in jobs:
+            try:
+                job.result()
+            except Exception as exc:  # submitit's FailedJobError / UncompletedJobError carry the job's traceback
+                state = read_state(output_dir, cid)
+                why = state.get("error") or (str(exc).strip().splitlines() or ["failed"])[-1][:300]
+                failures.append((cid, CellFailed(f"{why} (log {state.get('log', job.paths.stderr)})")))
+    return submitted, failures

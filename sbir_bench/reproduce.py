@@ -9,15 +9,13 @@ For every (cell, method, seed) the plan says whether the run is done (a record w
 config exists), can resume (a checkpoint exists), can reuse the model of an identical training
 (the GZS cell of a split whose ZS cell has trained: :func:`~sbir_bench.runner.training_identity`),
 must start, or cannot run here (dataset or weights missing, said in one line). Executing the plan
-runs what it can (here, or through a launcher: :mod:`sbir_bench.launchers`), and the table is
-written with the user's rows, the literature's rows of that table, and deltas to the paper.
+runs what it can (a :class:`~sbir_bench.launchers.Launcher`: here, N at a time, or as cluster jobs), and
+the table is written (:mod:`sbir_bench.reporting.tables`) with the user's rows, the literature's rows
+of that table, and deltas to the paper.
 """
 
 from __future__ import annotations
 
-import os
-import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -26,13 +24,14 @@ from .config import RunConfig, build_run_config, load_yaml
 from .data.catalog import get_spec
 from .data.discovery import default_data_root, locate, resolve_root
 from .engine.checkpoint import LAST
+from .artifacts import find_reusable
 from .errors import ConfigError, DataError, SbirError
-from .locations import published_folder, recipes_folder
+from .launchers import cell_id, job_alive, read_state, state_dir
+from .locations import recipes_folder
 from .log import get_logger
+from .methods import METHODS
 from .models.factory import WeightsNotCached, check_weights_source
-from .artifacts import find_reusable, load_artifact
-from .runner import checkpoint_dir, evaluate_model, finished_record, training_identity
-from .runner import run as run_one
+from .runner import checkpoint_dir, finished_record, training_identity
 
 log = get_logger(__name__)
 METHOD_ORDER = ("zeroshot-clip", "linear-probe", "coop", "cocoop", "maple", "clip-at", "splip")
@@ -60,6 +59,15 @@ class PlannedRun:
     model: Optional[Path] = None  # with "reuse": the artifact of an identical training
     note: str = ""  # what a dry run could not check without the network (weights not cached yet)
 
+    def describe(self) -> str:
+        """One line: cell, method, seed, what it needs and its status."""
+        cfg = self.cfg
+        needs = f"{cfg.data.dataset} split {cfg.data.split}, {cfg.backbone.name}/{cfg.backbone.pretrained or 'default'}"
+        reuse = f" the model of {self.model.parent.name} (same training)" if self.model else ""
+        note = f"  ({self.note})" if self.note else ""
+        return (f"{self.cell.setting}/{self.cell.name:<15} {self.cell.method:<14} seed {self.seed}  needs {needs}  "
+                f"-> {self.status}{reuse}{note}")
+
     @property
     def runnable(self) -> bool:
         return self.status in ("run", "resume", "reuse")
@@ -69,7 +77,6 @@ def cells(setting: str, datasets: Sequence[str] = (), methods: Sequence[str] = (
     """The cells of ``setting``'s table (paper configs), or of the mini set when ``datasets`` is ``["mini"]``."""
     if setting not in SETTINGS_OF_TABLES:
         raise ConfigError(f"unknown table {setting!r}; choose one of: {', '.join(SETTINGS_OF_TABLES)}")
-    from .methods import METHODS
     unknown = [m for m in methods if m not in METHODS.names()]
     if unknown:
         raise ConfigError(f"unknown method {unknown[0]!r}; choose from: {', '.join(METHODS.names())}")
@@ -147,88 +154,10 @@ def plan(table_cells: Sequence[Cell], seeds: Sequence[int], output_dir: Path, ov
     return out
 
 
-def describe(run: PlannedRun) -> str:
-    """One line: cell, method, seed, what it needs and its status."""
-    cfg = run.cfg
-    needs = f"{cfg.data.dataset} split {cfg.data.split}, {cfg.backbone.name}/{cfg.backbone.pretrained or 'default'}"
-    reuse = f" the model of {run.model.parent.name} (same training)" if run.model else ""
-    note = f"  ({run.note})" if run.note else ""
-    return (f"{run.cell.setting}/{run.cell.name:<15} {run.cell.method:<14} seed {run.seed}  needs {needs}  "
-            f"-> {run.status}{reuse}{note}")
-
-
-def execute(runs: Sequence[PlannedRun]) -> List[Tuple[str, SbirError]]:
-    """Run every runnable entry (resuming checkpoints); returns (run, error) for each run that failed.
-
-    Any failure of one cell (a user error, out of memory, a crash) is recorded in the cell's state
-    for ``--status`` and the next cell runs; only Ctrl-C stops the table.
-    """
-    from .launchers import cell_id, running_here
-    failures: List[Tuple[str, SbirError]] = []
-    for planned in runs:
-        if not planned.runnable:
-            continue
-        out, cid = Path(planned.cfg.output_dir), cell_id(planned)
-        with running_here(out, cid) as mine:
-            if not mine:
-                log.warning(f"{cid} is being run by another reproduce command on this folder: skipped here")
-                continue
-            failure = _execute_one(planned, out, cid)
-        if failure:
-            failures.append(failure)
-    return failures
-
-
-def _execute_one(planned: PlannedRun, out: Path, cid: str) -> Optional[Tuple[str, SbirError]]:
-    """Run one cell in this process; (cell, error) when it failed (its state says why)."""
-    from .fileio import atomic_write_bytes
-    from .launchers import CellFailed, failure_reason, release, state_dir, write_state
-    if planned.status != "reuse" and finished_record(planned.cfg) is not None:
-        return None  # another command finished it since the plan was made
-    log.info(f"reproduce: {describe(planned)}")
-    write_state(out, cid, status="running", pid=os.getpid(), host=os.uname().nodename)
-    try:
-        if planned.status == "reuse":
-            evaluate_model(planned.cfg, load_artifact(planned.model))
-        else:
-            run_one(planned.cfg)
-    except KeyboardInterrupt:
-        release(out, cid)  # not failed, not running: the next reproduce resumes it
-        raise
-    except Exception as exc:  # noqa: BLE001 - one cell's crash must not cost the others; it is reported
-        text = str(exc) if isinstance(exc, SbirError) else f"{type(exc).__name__}: {exc}"
-        why = failure_reason(text)
-        trace = state_dir(out) / f"{cid}.log"  # the traceback, for a bug report
-        atomic_write_bytes(trace, "".join(traceback.format_exception(exc)).encode())
-        write_state(out, cid, status="failed", error=why, log=str(trace))
-        return cid, exc if isinstance(exc, SbirError) else CellFailed(f"{why} (log {trace})")
-    write_state(out, cid, status="done")
-    return None
-
-
-def write_table(setting: str, output_dir: Path) -> Dict[str, Path]:
-    """The table of ``setting``: the runs in ``output_dir`` plus every literature row of the paper's
-    table, with deltas; written as Markdown, LaTeX and CSV next to the runs."""
-    from .fileio import atomic_write_bytes
-    from .reporting.collect import runs_frame
-    from .reporting.compare import compare, load_reference
-    from .reporting.render import to_csv, to_latex, to_markdown
-
-    frame = runs_frame([], output_dir, settings=[setting])
-    if frame.empty:
-        raise SbirError(f"no finished {setting} run in {output_dir}: nothing to tabulate")
-    cells_ = compare(frame, load_reference(published_folder()), all_reference_blocks=True)
-    written = {}
-    for fmt, text in (("md", to_markdown(cells_)), ("tex", to_latex(cells_, caption=f"{setting.upper()}-SBIR")),
-                      ("csv", to_csv(cells_))):
-        written[fmt] = atomic_write_bytes(output_dir / f"table_{setting}.{fmt}", text.encode())
-    return written
-
 
 # ------------------------------------------------------------------------------ launchers and status
 def status_lines(runs: Sequence[PlannedRun], output_dir: Path) -> List[str]:
     """One line per cell: done / running / pending / failed (with its last error and log) / missing data."""
-    from .launchers import cell_id, job_alive, read_state, state_dir
     lines = []
     for planned in runs:
         cid = cell_id(planned)
@@ -253,58 +182,3 @@ def status_lines(runs: Sequence[PlannedRun], output_dir: Path) -> List[str]:
             what = f"not submitted ({planned.status})"
         lines.append(f"{planned.cell.setting}/{planned.cell.name:<15} {planned.cell.method:<14} seed {planned.seed}  {what}")
     return lines
-
-
-def submit(runs: Sequence[PlannedRun], launcher: str, resources, table: str, output_dir: Path, wait: bool
-           ) -> Tuple[List[str], List[Tuple[str, SbirError]]]:
-    """Submit every runnable cell that is neither claimed nor running through submitit (``slurm`` or
-    ``submitit-local``); returns (one line per submitted job, failures when ``wait``)."""
-    from .config import to_dict
-    from .fileio import atomic_write_json
-    from .launchers import CellFailed, claim, executor, job_alive, read_state, release, state_dir, submitit_job_class
-    from .launchers import cell_id as cid_of
-    folder = state_dir(output_dir)
-    executor(launcher, folder / "jobs", resources, "sbir-check")  # sbatch and submitit present: before any claim
-    _save_plan(runs, output_dir)
-    job_class, submitted, jobs = submitit_job_class(), [], []
-    for planned in runs:
-        if not planned.runnable:
-            continue
-        cid = cid_of(planned)
-        state = read_state(output_dir, cid)
-        if state.get("status") == "failed":
-            release(output_dir, cid)  # a failed cell is submitted again
-        elif state.get("has.claim") and state.get("status") != "done" and job_alive(state) is False:
-            log.warning(f"{cid}: job {state.get('job_id') or '(never submitted)'} vanished (cancelled, node lost or "
-                        f"its command killed): submitting it again")
-            release(output_dir, cid)
-        if not claim(output_dir, cid, {"launcher": launcher}):
-            continue  # claimed by this or another reproduce command: pending, requeued, running or done
-        ex = executor(launcher, folder / "jobs", resources, f"sbir-{cid}")
-        job = ex.submit(job_class(to_dict(planned.cfg), cid, table, resources.gpus_per_cell))
-        atomic_write_json(folder / f"{cid}.claim", {"launcher": launcher, "job_id": str(job.job_id),
-                                                     "log": str(job.paths.stderr), "claimed": time.time(),
-                                                     "host": os.uname().nodename})
-        submitted.append(f"submitted {cid}: job {job.job_id} (logs {job.paths.folder})")
-        jobs.append((cid, job))
-    failures: List[Tuple[str, SbirError]] = []
-    if wait:
-        for cid, job in jobs:
-            try:
-                job.result()
-            except Exception as exc:  # submitit's FailedJobError / UncompletedJobError carry the job's traceback
-                state = read_state(output_dir, cid)
-                why = state.get("error") or (str(exc).strip().splitlines() or ["failed"])[-1][:300]
-                failures.append((cid, CellFailed(f"{why} (log {state.get('log', job.paths.stderr)})")))
-    return submitted, failures
-
-
-def _save_plan(runs: Sequence[PlannedRun], output_dir: Path) -> None:
-    """The cells of this table the last job waits for before writing the table."""
-    from .fileio import atomic_write_json
-    from .launchers import cell_id, state_dir, write_state
-    for p in runs:
-        if p.status == "done":
-            write_state(output_dir, cell_id(p), status="done")
-    runnable = [cell_id(p) for p in runs if p.runnable or p.status == "done"]
-    atomic_write_json(state_dir(output_dir) / "plan.json", {"runnable": runnable})

@@ -8,7 +8,9 @@ import click
 
 from ..config import BackboneConfig, DataConfig, EvalConfig, RunConfig, TrainConfig
 from ..errors import ConfigError, DataError, SbirError
-from ..launchers import CELLS
+from ..launchers import CELLS, LAUNCHERS, LaunchRequest, launcher_for
+from ..reporting.tables import write_table
+from .common import fail
 from . import main
 from .common import config_option, friendly_errors
 
@@ -136,7 +138,7 @@ def run_command(method: str, seeds: Sequence[int], config_file: Optional[str], s
 def cluster_options(fn):
     """``reproduce``'s launcher and scheduler options (sbir_bench.launchers)."""
     for option in reversed([
-        click.option("--launcher", type=click.Choice(["local", "slurm", "submitit-local"]), default="local",
+        click.option("--launcher", type=click.Choice(list(LAUNCHERS)), default="local",
                      show_default=True, help="local: this machine; slurm: one SLURM job per cell through submitit; "
                                              "submitit-local: the same job path as local subprocesses."),
         click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1),
@@ -197,7 +199,7 @@ def reproduce_command(table: str, datasets, methods, seeds: str, data_root: Opti
     from ..config import parse_override
     from ..fileio import check_output_dir
     from ..log import set_quiet
-    from ..reproduce import cells, describe, plan, status_lines, write_table
+    from ..reproduce import cells, plan, status_lines
 
     set_quiet(quiet)
     seed_list = parse_seed_list(seeds)
@@ -223,7 +225,7 @@ def reproduce_command(table: str, datasets, methods, seeds: str, data_root: Opti
         return
     for planned in runs:
         if dry_run or planned.status.startswith("missing"):
-            click.echo(f"{'skip ' if planned.status.startswith('missing') else ''}{describe(planned)}")
+            click.echo(f"{'skip ' if planned.status.startswith('missing') else ''}{planned.describe()}")
     if not dry_run:
         _launch(table, runs, out, cluster, resources)
 
@@ -250,34 +252,24 @@ def _resources(cluster: Dict[str, Any]):
 
 
 def _launch(table: str, runs, out, cluster: Dict[str, Any], resources) -> None:
-    """Run or submit the runnable cells, then write the table (unless jobs are still out) and report failures."""
-    from ..launchers import local_jobs
-    from ..reproduce import execute, submit, write_table
-    from .common import fail
-
+    """Run or submit the runnable cells through the chosen launcher, then write the table (unless jobs
+    are still out) and report failures."""
     if all(p.status.startswith("missing") for p in runs):
         fail(f"nothing to run: all {len(runs)} run(s) lack their dataset or weights (listed above)", 3)
-    launcher = cluster["launcher"]
-    if launcher == "local":
-        parallel = [p for p in runs if p.status in ("run", "resume")] if cluster["jobs"] > 1 else []
-        failures = execute([p for p in runs if p not in parallel])
-        failures += local_jobs(parallel, cluster["jobs"], cluster["share_gpus"]) if parallel else []
-    else:
-        execute([p for p in runs if p.status == "reuse"])  # an evaluation of an existing model: here, now
-        lines, failures = submit(runs, launcher, resources, table, out, cluster["wait"])
-        for line in lines:
-            click.echo(line)
-        if not cluster["wait"]:
-            click.echo(f"{len(lines)} job(s) submitted; `sbir-bench reproduce {table} --status` follows them, and the "
-                       f"table is written when the last one ends")
-            return
-    if any(not p.status.startswith("missing") for p in runs):
+    request = LaunchRequest(table, out, resources, cluster["jobs"], cluster["share_gpus"], cluster["wait"])
+    outcome = launcher_for(cluster["launcher"], cluster["jobs"]).launch(runs, request)
+    for line in outcome.submitted:
+        click.echo(line)
+    if outcome.pending:
+        click.echo(f"{len(outcome.submitted)} job(s) submitted; `sbir-bench reproduce {table} --status` follows them, "
+                   f"and the table is written when the last one ends")
+    elif any(not p.status.startswith("missing") for p in runs):
         try:
             written = write_table(table, out)
             click.echo(f"wrote {', '.join(str(p) for p in written.values())}")
         except SbirError as exc:  # every cell failed: the failures below say why
             click.echo(f"no table: {exc}", err=True)
-    for where, exc in failures:
+    for where, exc in outcome.failures:
         click.echo(f"failed: {where}: {exc}", err=True)
-    if failures:  # the exit code says what kind of failure: the first one's (docs/errors.md)
-        fail(f"{len(failures)} run(s) failed; the table holds the others", failures[0][1].exit_code)
+    if outcome.failures:  # the exit code says what kind of failure: the first one's (docs/errors.md)
+        fail(f"{len(outcome.failures)} run(s) failed; the table holds the others", outcome.failures[0][1].exit_code)
