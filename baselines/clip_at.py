@@ -30,6 +30,7 @@ another permutation the negative).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -63,6 +64,17 @@ class CLIPATConfig:
     lambda_cls: float = 0.0  # paper, not code: CE against frozen "a photo of a <class>." texts
     lambda_patch: float = 0.0  # paper, not code: patch-shuffling triplet
     patch_grid: int = 2  # tiles per side for lambda_patch
+
+
+def with_own_image_tower(model: nn.Module) -> nn.Module:
+    """``model`` with a copy of its image tower and everything else shared: CLIP-AT trains parts of the
+    tower, and a library must not change the backbone object its caller handed it (which may serve
+    other methods, or be evaluated again). Costs one image tower of memory."""
+    clone = copy.copy(model)
+    for slot in ("_modules", "_parameters", "_buffers"):  # copy.copy shares these dicts: give the clone its own
+        setattr(clone, slot, type(getattr(model, slot))(getattr(model, slot)))
+    clone.visual = copy.deepcopy(model.visual)
+    return clone
 
 
 def trainable_clip_parameters(visual: nn.Module, rule: str) -> List[Tuple[str, nn.Parameter]]:
@@ -113,7 +125,7 @@ class CLIPAT(Method):
 
     def __init__(self, backbone, class_names, seen, config=None) -> None:
         super().__init__(backbone, class_names, seen, config)
-        self.check_config(self.config, backbone.tokenizer)
+        self.clip = with_own_image_tower(backbone.model)  # trains its copy, never the caller's backbone
         self.prompted = PromptedCLIP(self.clip)
         width = self.prompted.vision_width
         self.sketch_prompt = nn.Parameter(torch.randn(self.config.n_prompts, width))

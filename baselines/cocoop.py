@@ -32,10 +32,8 @@ from torch import nn
 from sbir_bench.errors import ConfigError
 from sbir_bench.methods import METHODS, Method, TripletBatch
 from sbir_bench.methods.class_probabilities import check_retrieval, retrieval_embedding
-from sbir_bench.models import PromptedCLIP
-from sbir_bench.models.text_prompts import ClassPrompts
 
-from .coop import coop_context
+from .coop import coop_context, learned_text_context
 
 
 @dataclass
@@ -64,10 +62,7 @@ class CoCoOp(Method):
 
     def __init__(self, backbone, class_names, seen, config=None) -> None:
         super().__init__(backbone, class_names, seen, config)
-        self.check_config(self.config, backbone.tokenizer)
-        self.prompted = PromptedCLIP(self.clip, vision=False)  # text prompts only: any image tower
-        init = coop_context(self.config, "cocoop")
-        self.ctx = nn.Parameter(init.vectors(self.prompted, backbone.tokenizer))
+        init = learned_text_context(self, "cocoop")
         vis_dim, hidden = backbone.embed_dim, backbone.embed_dim // self.config.meta_reduction
         if hidden < 1:  # a meta-network of no hidden unit: the prompts would not depend on the image
             raise ConfigError(f"cocoop: meta_reduction={self.config.meta_reduction} leaves the meta-network no hidden "
@@ -75,7 +70,6 @@ class CoCoOp(Method):
                               f"{self.config.meta_reduction} = 0); use at most {vis_dim}")
         self.meta_net = nn.Sequential(OrderedDict([("linear1", nn.Linear(vis_dim, hidden)), ("relu", nn.ReLU()),
                                                    ("linear2", nn.Linear(hidden, self.prompted.text_width))]))
-        self.prompts = ClassPrompts(backbone.tokenizer, init.prefix)
         self.register_buffer("prefix_ids", self.prompts.prefix_ids(1 + init.n), persistent=False)
         self._vocab: List[str] = []
 
@@ -92,7 +86,7 @@ class CoCoOp(Method):
 
     def loss(self, batch: TripletBatch) -> Dict[str, torch.Tensor]:
         images = torch.cat([batch.sketch, batch.positive])
-        feats = images if batch.features else self.frozen_image_features(images)
+        feats = self.batch_features(images, batch)
         ce = F.cross_entropy(self.logits(feats, self.seen_names).float(), torch.cat([batch.label, batch.label]))
         return {"loss": ce, "cls": ce.detach()}
 

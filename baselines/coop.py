@@ -57,6 +57,16 @@ def coop_context(cfg, method: str = "coop") -> ContextInit:
     return ContextInit(cfg.n_ctx if cfg.n_ctx is not None else 16)
 
 
+def learned_text_context(method: Method, name: str) -> ContextInit:
+    """CoOp's text side on ``method`` (CoOp and CoCoOp share it): text-only prompting of its CLIP
+    (``prompted``), the learned context vectors (``ctx``) and the class prompts (``prompts``)."""
+    method.prompted = PromptedCLIP(method.clip, vision=False)  # text prompts only: any image tower
+    init = coop_context(method.config, name)
+    method.ctx = nn.Parameter(init.vectors(method.prompted, method.backbone.tokenizer))
+    method.prompts = ClassPrompts(method.backbone.tokenizer, init.prefix)
+    return init
+
+
 @METHODS.register("coop")
 class CoOp(Method):
     description = "CoOp (IJCV'22): learned text context, CE over seen classes; retrieval fuses image + class probabilities"
@@ -70,11 +80,7 @@ class CoOp(Method):
 
     def __init__(self, backbone, class_names, seen, config=None) -> None:
         super().__init__(backbone, class_names, seen, config)
-        self.check_config(self.config, backbone.tokenizer)
-        self.prompted = PromptedCLIP(self.clip, vision=False)  # text prompts only: any image tower
-        init = coop_context(self.config)
-        self.ctx = nn.Parameter(init.vectors(self.prompted, backbone.tokenizer))
-        self.prompts = ClassPrompts(backbone.tokenizer, init.prefix)
+        learned_text_context(self, "coop")
         self._vocab_text: Optional[torch.Tensor] = None
 
     def class_text(self, names: Sequence[str]) -> torch.Tensor:
@@ -84,7 +90,7 @@ class CoOp(Method):
     def loss(self, batch: TripletBatch) -> Dict[str, torch.Tensor]:
         text = self.class_text(self.seen_names)
         images = torch.cat([batch.sketch, batch.positive])
-        feats = images if batch.features else self.frozen_image_features(images)
+        feats = self.batch_features(images, batch)
         ce = clip_cross_entropy(feats, text, torch.cat([batch.label, batch.label]), self.logit_scale)
         return {"loss": ce, "cls": ce.detach()}
 

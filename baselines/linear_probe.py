@@ -66,8 +66,8 @@ class LinearProbe(Method):
         return F.normalize(self.projection(self.standardise(features)), dim=-1)
 
     def loss(self, batch: TripletBatch) -> Dict[str, torch.Tensor]:
-        frozen = (lambda x: x) if batch.features else self.frozen_image_features
-        sk, pos, neg = (self.embed_features(frozen(x)) for x in (batch.sketch, batch.positive, batch.negative))
+        sk, pos, neg = (self.embed_features(self.batch_features(x, batch))
+                        for x in (batch.sketch, batch.positive, batch.negative))
         weights = F.normalize(self.classifier.weight, dim=-1)
         logits = torch.cat([sk, pos, neg]) @ weights.t() / self.config.temperature
         labels = torch.cat([batch.label, batch.label, batch.negative_label])

@@ -91,7 +91,6 @@ class MaPLe(Method):
 
     def __init__(self, backbone, class_names, seen, config=None) -> None:
         super().__init__(backbone, class_names, seen, config)
-        self.check_config(self.config, backbone.tokenizer)
         self.prompted = PromptedCLIP(self.clip)
         p, cfg = self.prompted, self.config
         self.depth = min(cfg.depth, p.vision_layers, p.text_layers)  # layer i of both towers is coupled

@@ -21,6 +21,7 @@ from .data.images import image_loader
 from .data.tasks import RetrievalTask
 from .engine import distributed as dist_utils
 from .log import progress
+from .ranks import world
 
 Embedded = Tuple[np.ndarray, np.ndarray, int]  # features of readable samples, their positions, n skipped
 
@@ -79,10 +80,10 @@ def shard_bounds(n: int, rank: int, world: int) -> Tuple[int, int]:
 
 def sharded(embed_fn: Callable[[Sequence[Sample]], Embedded], samples: Sequence[Sample]) -> Optional[Embedded]:
     """Run ``embed_fn`` on this rank's shard and gather the shards on rank 0 (None on other ranks)."""
-    rank, world = dist_utils.world()
-    if world == 1 or not dist_utils.is_initialized():
+    rank, n_ranks = world()
+    if n_ranks == 1 or not dist_utils.is_initialized():
         return embed_fn(samples)
-    start, stop = shard_bounds(len(samples), rank, world)
+    start, stop = shard_bounds(len(samples), rank, n_ranks)
     feats, pos, skipped = embed_fn(samples[start:stop])
     parts = dist_utils.gather_to_main((feats, pos + start, skipped))
     if parts is None:

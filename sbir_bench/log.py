@@ -20,6 +20,8 @@ from typing import Dict, Iterable, Iterator, Optional, TypeVar
 
 from tqdm.auto import tqdm
 
+from .ranks import is_rank_zero
+
 ROOT = "sbir_bench"
 T = TypeVar("T")
 
@@ -70,7 +72,7 @@ def set_quiet(quiet: bool) -> None:
 
 def is_quiet() -> bool:
     """True when progress output is off: the logger drops INFO, or this is a non-zero DDP rank."""
-    return not logging.getLogger(ROOT).isEnabledFor(logging.INFO) or int(os.environ.get("RANK", "0")) != 0
+    return not logging.getLogger(ROOT).isEnabledFor(logging.INFO) or not is_rank_zero()
 
 
 PROGRESS_EVERY_ENV = "SBIR_BENCH_PROGRESS_EVERY"

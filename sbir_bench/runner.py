@@ -31,7 +31,8 @@ from .engine.trainer import Trainer
 from .feature_cache import FeatureCache
 from .feature_cache import open_for as open_feature_cache
 from .fileio import atomic_write_json, check_output_dir, file_sha256
-from .log import get_logger, set_quiet
+from .log import get_logger
+from .ranks import world
 from .methods import Method, get_method
 from .models import Backbone, load_backbone
 from .models.configs import vit_image_tower
@@ -89,9 +90,6 @@ class RunParts:
     @property
     def fine(self) -> bool:
         return self.data.fine
-
-    def __getitem__(self, key: str) -> Any:
-        return getattr(self, key)
 
 
 def prepare_data(cfg: RunConfig) -> RunData:
@@ -211,7 +209,7 @@ def finished_record(cfg: RunConfig) -> Optional[Path]:
     return None
 
 
-def train(cfg: RunConfig, parts: RunParts, scorer: Scorer, name: str, on_epoch_end=None,
+def train(cfg: RunConfig, parts: RunParts, scorer: Scorer, on_epoch_end=None,
           trackers: Optional[Trackers] = None) -> Dict[str, Any]:
     """Fit the method on seen-class triplets (if it trains); the ``train`` section of the record."""
     method, part = parts.method, parts.part
@@ -286,8 +284,8 @@ def final_validation(train_info: Dict[str, Any], val_task: RetrievalTask, scorer
 
 
 def run(cfg: RunConfig, on_epoch_end=None) -> Dict[str, Any]:
-    """Execute one run and return its record (also written under ``cfg.output_dir``)."""
-    set_quiet(cfg.quiet)
+    """Execute one run and return its record (also written under ``cfg.output_dir``). What it logs
+    is the caller's to show or hide (the CLI: ``--quiet``); the library sets no level."""
     done = finished_record(cfg) if cfg.train.resume else None
     if done is not None:  # resuming a finished run would write a second record of the same seed
         log.warning(f"{config_run_name(cfg)} already finished with this config: {done}; nothing to resume")
@@ -307,7 +305,7 @@ def run(cfg: RunConfig, on_epoch_end=None) -> Dict[str, Any]:
     trackers = Trackers(parse_report_to(cfg.report_to), Path(cfg.output_dir) / run_id, run_id, to_dict(cfg),
                         cfg.tracking_uri) if dist_utils.is_main() else NoTrackers()
     try:
-        train_info = train(cfg, parts, scorer, name, on_epoch_end, trackers)
+        train_info = train(cfg, parts, scorer, on_epoch_end, trackers)
         val_metrics = final_validation(train_info, parts.data.val_task, scorer)
         t_eval = time.perf_counter()
         emb, results = scorer.score(task, "test", all_presets=True)
@@ -316,7 +314,7 @@ def run(cfg: RunConfig, on_epoch_end=None) -> Dict[str, Any]:
     finally:
         tracking = trackers.finish()
     if results is None:  # a DDP rank other than 0: it embedded its shard, rank 0 scores and records
-        return {"run_name": name, "rank": dist_utils.world()[0]}
+        return {"run_name": name, "rank": world()[0]}
     timings = {"total_seconds": time.perf_counter() - t_start, "eval_seconds": time.perf_counter() - t_eval}
     record = make_record(cfg, parts, name, results, train_info, val_metrics, scorer.skipped, timings, device)
     record["tracking"] = tracking
@@ -334,7 +332,6 @@ def evaluate_model(cfg: RunConfig, artifact, allow_seen: bool = False, pretraine
     """Score a trained model artifact on the task ``cfg`` describes (any dataset, split or setting) and
     write a normal record that says which artifact it came from; nothing is trained."""
     from .artifacts import build_method, check_no_leakage, load_backbone_for
-    set_quiet(cfg.quiet)
     device = dist_utils.local_device(cfg.device)
     dist_utils.init_distributed(device)
     seed_everything(cfg.seed)
@@ -349,7 +346,7 @@ def evaluate_model(cfg: RunConfig, artifact, allow_seen: bool = False, pretraine
     scorer = Scorer(cfg, parts, device, Protocol.from_eval_config(cfg.eval))
     emb, results = scorer.score(data.task, "test", all_presets=True)
     if results is None:
-        return {"run_name": config_run_name(cfg), "rank": dist_utils.world()[0]}
+        return {"run_name": config_run_name(cfg), "rank": world()[0]}
     timings = {"total_seconds": time.perf_counter() - t_start, "eval_seconds": time.perf_counter() - t_start}
     meta = artifact.meta
     train_info = {"epochs": 0, "from_model": meta["run_id"]}

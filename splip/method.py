@@ -116,7 +116,6 @@ class SpLIP(Method):
     def __init__(self, backbone, class_names, seen, config=None) -> None:
         super().__init__(backbone, class_names, seen, config)
         cfg = self.config
-        self.check_config(cfg, backbone.tokenizer)
         self.prompted = p = PromptedCLIP(self.clip)
         self.depth = min(cfg.depth or p.vision_layers, p.vision_layers)  # prompted visual layers
         if cfg.depth and cfg.depth > p.vision_layers:

@@ -34,17 +34,17 @@ def last_checkpoint(directory: Path) -> dict:
 def test_backbone_is_bit_identical_after_training(tmp_path, method):
     cfg = config(tmp_path, method, **{"train.lr": 0.05})
     parts = build(cfg, torch.device("cpu"))
-    before = {k: v.clone() for k, v in parts["backbone"].model.state_dict().items()}
-    trainable_before = {k: v.clone() for k, v in parts["method"].trainable_state().items()}
+    before = {k: v.clone() for k, v in parts.backbone.model.state_dict().items()}
+    trainable_before = {k: v.clone() for k, v in parts.method.trainable_state().items()}
     from sbir_bench.data.triplets import TripletDataset
     from sbir_bench.engine.trainer import Trainer
-    part = parts["part"]
-    data = TripletDataset(part.train_sketches, part.train_photos, part.seen, parts["train_tf"], 0, False)
-    Trainer(parts["method"], data, cfg.train, torch.device("cpu"), 0).fit()
-    after = parts["backbone"].model.state_dict()
+    part = parts.part
+    data = TripletDataset(part.train_sketches, part.train_photos, part.seen, parts.train_tf, 0, False)
+    Trainer(parts.method, data, cfg.train, torch.device("cpu"), 0).fit()
+    after = parts.backbone.model.state_dict()
     for key, value in before.items():
         assert torch.equal(value, after[key]), f"backbone tensor {key} changed"
-    changed = [k for k, v in parts["method"].trainable_state().items() if not torch.equal(v, trainable_before[k])]
+    changed = [k for k, v in parts.method.trainable_state().items() if not torch.equal(v, trainable_before[k])]
     assert changed, "training changed no trainable parameter"
     assert all(not k.startswith("clip.") for k in trainable_before)
 

@@ -16,23 +16,18 @@ from typing import Any, Callable, Dict, List, Optional
 import click
 
 from ..config import field_meta
-from ..errors import SbirError
-
-
-def _is_rank_zero() -> bool:
-    """True unless this is a torchrun worker of rank > 0 (which stays silent: rank 0 says it once)."""
-    import os
-    return os.environ.get("RANK", "0") in ("", "0")
+from ..errors import INTERRUPTED, SbirError
+from ..ranks import is_rank_zero
 
 
 def fail(message: str, code: int = 2) -> None:
     """Print ``error: message`` on stderr (on rank 0 only under torchrun) and exit with ``code``."""
-    if _is_rank_zero():
+    if is_rank_zero():
         click.echo(f"error: {message}", err=True)
     sys.exit(code)
 
 
-INTERRUPTED = {"run": "interrupted; rerun the same command with --resume to continue from the last checkpoint",
+INTERRUPTED_ADVICE = {"run": "interrupted; rerun the same command with --resume to continue from the last checkpoint",
                "reproduce": "interrupted; rerun the same reproduce command: finished cells are kept and "
                             "interrupted ones resume from their last checkpoint"}
 
@@ -49,9 +44,9 @@ def friendly_errors(fn: Callable) -> Callable:
         except KeyboardInterrupt:
             command = click.get_current_context(silent=True)
             name = command.info_name if command is not None else ""
-            if _is_rank_zero():
-                click.echo(INTERRUPTED.get(name, "interrupted"), err=True)
-            sys.exit(130)
+            if is_rank_zero():
+                click.echo(INTERRUPTED_ADVICE.get(name, "interrupted"), err=True)
+            sys.exit(INTERRUPTED)
 
     return wrapper
 

@@ -125,10 +125,13 @@ def run_command(method: str, seeds: Sequence[int], config_file: Optional[str], s
       sbir-bench run splip --config configs/mini/splip.yaml --set method_config.jigsaw=false --variant no-jigsaw
       sbir-bench run zeroshot-clip --protocol sem-pcyc --set eval.protocol_overrides.ties=stable
     """
+    from ..log import set_quiet
     from ..reporting.render import record_table
     from ..runner import run
 
-    for cfg in resolve_configs(method, config_file, sets, seeds, opts):
+    configs = resolve_configs(method, config_file, sets, seeds, opts)
+    set_quiet(any(cfg.quiet for cfg in configs))  # --quiet, or `quiet: true` in the YAML
+    for cfg in configs:
         record = run(cfg)
         if record.get("record_path"):
             click.echo(record_table(record))

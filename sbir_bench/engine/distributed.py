@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import os
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional
 
 import torch
 import torch.distributed as dist
 
-
-def world() -> Tuple[int, int]:
-    """(rank, world size) from the environment torchrun sets; (0, 1) otherwise."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+from ..ranks import is_rank_zero, world
 
 
 def init_distributed(device: torch.device) -> bool:
@@ -46,7 +43,8 @@ def local_device(requested: str) -> torch.device:
 
 
 def is_main() -> bool:
-    return world()[0] == 0
+    """This process writes records and checkpoints (the one rank-0 rule: :mod:`sbir_bench.ranks`)."""
+    return is_rank_zero()
 
 
 def is_initialized() -> bool:

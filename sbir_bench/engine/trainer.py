@@ -29,6 +29,7 @@ from ..data.triplets import collate_triplets
 from ..errors import ConfigError, DataError, DivergedError
 from ..methods.base import Method
 from ..log import get_logger, progress
+from ..ranks import world
 from . import distributed as dist_utils
 from .checkpoint import (check_resumable, claim_folder, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
                          warn_if_foreign)
@@ -131,7 +132,7 @@ class Trainer:
         self.trackers, self.global_step = trackers, 0
         self.validate, self.on_epoch_end = validate, on_epoch_end
         self.distributed = dist_utils.init_distributed(device)
-        self.rank, self.world = dist_utils.world()
+        self.rank, self.world = world()
         self.params = [p for p in method.parameters() if p.requires_grad]
         if not self.params:
             raise ConfigError(f"method {method.name} has no trainable parameters")

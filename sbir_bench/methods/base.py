@@ -76,6 +76,7 @@ class Method(nn.Module):
         self.class_names = list(class_names)
         self.seen = list(seen)  # training labels index into this list of dataset labels
         self.config = config if config is not None else self.config_class()
+        self.check_config(self.config, backbone.tokenizer)  # a method built in Python is checked as the CLI's is
 
     # -- helpers shared by methods -------------------------------------------------------------
     @property
@@ -104,6 +105,11 @@ class Method(nn.Module):
     def frozen_image_features(self, images: torch.Tensor) -> torch.Tensor:
         """Frozen CLIP image embeddings (normalised, float32): what zero-shot CLIP retrieves with."""
         return nn.functional.normalize(self.clip.encode_image(images).float(), dim=-1)
+
+    def batch_features(self, images: torch.Tensor, batch: TripletBatch) -> torch.Tensor:
+        """Frozen features of one of ``batch``'s tensors: the tensor itself when the batch already holds
+        cached features (``trains_on_frozen_features``), else the frozen encoder's output."""
+        return images if batch.features else self.frozen_image_features(images)
 
     # -- the interface --------------------------------------------------------------------------
     def prepare_eval(self, class_names: Sequence[str]) -> None:

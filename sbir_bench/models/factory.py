@@ -256,7 +256,9 @@ def load_backbone(name: str = TINY, pretrained: Optional[str] = None, cache_dir:
     try:
         model, _, preprocess = create_model(name, pretrained=weights, cache_dir=cache_dir,
                                             **tag_overrides(name, pretrained))
-    except Exception as exc:
+    except (RuntimeError, KeyError, ValueError) as exc:  # what loading a state dict raises on a mismatch
+        if weights is None:  # nothing was loaded: not a weights problem, so not renamed into one
+            raise
         raise WeightsError(f"could not load weights {weights} into {name}: {load_error_summary(exc)}") from None
     model.eval().requires_grad_(False).to(device)
     size = model.visual.image_size

@@ -9,10 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; works without a display
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # figures without pyplot: no backend is chosen for the caller
 import numpy as np  # noqa: E402
 
 from ..data.images import load_rgb  # noqa: E402
@@ -27,12 +24,12 @@ RECALL_LEVELS = np.linspace(0.0, 1.0, 101)
 
 
 def save_figure(fig, out_stem: Path) -> List[Path]:
-    """Write ``out_stem``.png and .pdf (deterministic metadata) and close the figure."""
+    """Write ``out_stem``.png and .pdf (deterministic metadata); the figure is not pyplot's, so nothing
+    needs closing."""
     out_stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [out_stem.with_suffix(".png"), out_stem.with_suffix(".pdf")]
     fig.savefig(paths[0], dpi=150, bbox_inches="tight", metadata={"Software": None})
     fig.savefig(paths[1], bbox_inches="tight", metadata={"Creator": None, "Producer": None, "CreationDate": None})
-    plt.close(fig)
     return paths
 
 
@@ -61,7 +58,8 @@ def pr_curve(embeddings: str, max_queries: int = 2000, seed: int = 0) -> np.ndar
 
 def plot_pr_curves(runs: Sequence[Tuple[str, str]], out_stem: Path) -> List[Path]:
     """One PR curve per (label, embeddings file)."""
-    fig, ax = plt.subplots(figsize=(4.5, 3.6))
+    fig = Figure(figsize=(4.5, 3.6))
+    ax = fig.subplots()
     for label, emb in runs:
         ax.plot(RECALL_LEVELS, pr_curve(emb), label=label, linewidth=1.6)
     ax.set(xlabel="recall", ylabel="precision (interpolated)", xlim=(0, 1), ylim=(0, 1.02))
@@ -78,7 +76,8 @@ def plot_per_class_ap(record: dict, out_stem: Path, top: int = 40) -> List[Path]
     names = record.get("class_names") or []
     items = sorted(((names[int(k)] if int(k) < len(names) else k, v) for k, v in per_class.items()),
                    key=lambda kv: (-kv[1], kv[0]))[:top]
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.28 * len(items) + 1), 3.2))
+    fig = Figure(figsize=(max(4.0, 0.28 * len(items) + 1), 3.2))
+    ax = fig.subplots()
     ax.bar(range(len(items)), [v for _, v in items], color="#4C72B0")
     ax.set_xticks(range(len(items)), [n.replace("_", " ") for n, _ in items], rotation=70, ha="right", fontsize=7)
     ax.set(ylabel="AP", ylim=(0, 1), title=f"{record['method']} | {record['dataset']} {record['setting']}")
@@ -99,7 +98,8 @@ def plot_retrieval_grid(embeddings: str, out_stem: Path, n_queries: int = 4, k: 
     k = min(k, len(data["gallery"]))
     rows = np.sort(np.random.default_rng(seed).choice(len(data["query"]), min(n_queries, len(data["query"])), replace=False))
     top = np.argsort(-cosine_scores(data["query"][rows], data["gallery"]), axis=1, kind="stable")[:, :k]
-    fig, axes = plt.subplots(len(rows), k + 1, figsize=(1.1 * (k + 1), 1.15 * len(rows)), squeeze=False)
+    fig = Figure(figsize=(1.1 * (k + 1), 1.15 * len(rows)))
+    axes = fig.subplots(len(rows), k + 1, squeeze=False)
     for i, q in enumerate(rows):
         _show(axes[i, 0], data["query_paths"][q], "black")
         for j, g in enumerate(top[i]):
@@ -167,7 +167,8 @@ def plot_curves(series: Series, out_stem: Path) -> List[Path]:
         raise SbirError("no training history in these records (zero-shot runs train nothing)")
     cols = min(3, len(keys))
     rows = -(-len(keys) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.6 * rows), squeeze=False)
+    fig = Figure(figsize=(3.4 * cols, 2.6 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax, key in zip(axes.flat, keys):
         for row, by_key in series.items():
             if key in by_key:
