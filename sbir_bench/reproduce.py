@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from .config import RunConfig, build_run_config, load_yaml
 from .data.catalog import get_spec
 from .data.discovery import default_data_root, locate, resolve_root
+from .data.tasks import SETTINGS  # one paper table per setting
 from .engine.checkpoint import LAST
 from .artifacts import find_reusable
 from .errors import ConfigError, DataError, SbirError
@@ -35,7 +36,6 @@ from .runner import checkpoint_dir, finished_record, training_identity
 
 log = get_logger(__name__)
 METHOD_ORDER = ("zeroshot-clip", "linear-probe", "coop", "cocoop", "maple", "clip-at", "splip")
-SETTINGS_OF_TABLES = ("zs", "gzs", "fg")
 
 
 @dataclass
@@ -75,8 +75,8 @@ class PlannedRun:
 
 def cells(setting: str, datasets: Sequence[str] = (), methods: Sequence[str] = ()) -> List[Cell]:
     """The cells of ``setting``'s table (paper configs), or of the mini set when ``datasets`` is ``["mini"]``."""
-    if setting not in SETTINGS_OF_TABLES:
-        raise ConfigError(f"unknown table {setting!r}; choose one of: {', '.join(SETTINGS_OF_TABLES)}")
+    if setting not in SETTINGS:
+        raise ConfigError(f"unknown table {setting!r}; choose one of: {', '.join(SETTINGS)}")
     unknown = [m for m in methods if m not in METHODS.names()]
     if unknown:
         raise ConfigError(f"unknown method {unknown[0]!r}; choose from: {', '.join(METHODS.names())}")
@@ -127,7 +127,7 @@ def _missing(cfg: RunConfig, network: bool) -> Tuple[str, str]:
 def model_folders(output_dir: Path) -> List[Path]:
     """Where an identical training's artifact may be: this table's folder, then the other tables'
     default folders beside it (``results/reproduce/zs`` for the ``gzs`` table)."""
-    siblings = [output_dir.parent / s for s in SETTINGS_OF_TABLES if output_dir.parent / s != output_dir]
+    siblings = [output_dir.parent / s for s in SETTINGS if output_dir.parent / s != output_dir]
     return [output_dir, *[p for p in siblings if p.is_dir()]]
 
 

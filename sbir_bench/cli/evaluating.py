@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional
 import click
 
 from ..config import EvalConfig
+from ..data.tasks import SETTINGS
 from ..errors import ConfigError, DataError
 from ..records import beside_record
 from . import main
@@ -68,7 +69,7 @@ def model_config(artifact, opts: Dict[str, Any]):
 @click.option("--model", "model", help="A trained model: its run record (.json), run folder or model.json; scores "
                                        "the task given by --dataset/--setting/--split (default: its own).")
 @click.option("--dataset", help="With --model: the dataset to evaluate on.")
-@click.option("--setting", type=click.Choice(["zs", "gzs", "fg"]), help="With --model: the setting.")
+@click.option("--setting", type=click.Choice(SETTINGS), help="With --model: the setting.")
 @click.option("--split", help="With --model: the split id.")
 @click.option("--split-file", type=click.Path(), help="With --model: a custom split file.")
 @click.option("--data-root", type=click.Path(), help="With --model: where the dataset is.")

@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import click
 
 from ..config import BackboneConfig, DataConfig, EvalConfig, RunConfig, TrainConfig
+from ..data.tasks import SETTINGS
 from ..errors import ConfigError, DataError, SbirError
 from ..launchers import CELLS, LAUNCHERS, LaunchRequest, launcher_for
 from ..reporting.tables import write_table
@@ -169,7 +170,7 @@ def cluster_options(fn):
 
 
 @main.command("reproduce")
-@click.argument("table", type=click.Choice(["zs", "gzs", "fg"]))
+@click.argument("table", type=click.Choice(SETTINGS))
 @click.option("--dataset", "datasets", multiple=True,
               help="Only these cells (e.g. sketchy-split2, tuberlin), or 'mini' for the mini-set recipes.")
 @click.option("--method", "methods", multiple=True, help="Only these methods (repeatable).")
