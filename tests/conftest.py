@@ -92,3 +92,26 @@ def make_tree(tmp_path):
     def make(dataset: str, classes=None, **kw) -> Path:
         return build_tree(tmp_path / "data", dataset, classes or official_classes(dataset), **kw)
     return make
+
+
+# ------------------------------------------------------------------ runs and caches shared by tests
+def run_record(out: Path, *extra: str, method: str = "zeroshot-clip") -> dict:
+    """Run ``method`` from the command line into ``out`` (quietly) and return its newest record."""
+    import json
+
+    from click.testing import CliRunner
+
+    from sbir_bench.cli import main
+    result = CliRunner().invoke(main, ["run", method, "--output-dir", str(out), "--quiet", *extra])
+    assert result.exit_code == 0, result.output
+    return json.loads(max(out.glob("*.json"), key=lambda p: p.stat().st_mtime).read_text())
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    """A private frozen-feature cache (the mini set and tiny weights stay in the session cache)."""
+    from sbir_bench import feature_cache
+    root = tmp_path / "features"
+    monkeypatch.setattr(feature_cache, "features_root", lambda: root)
+    return root
+

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_record
 from click.testing import CliRunner
 from interrupts import loss_interrupted_at
 
@@ -18,18 +19,8 @@ from sbir_bench.cli import main
 from sbir_bench.errors import OutputError
 
 
-def _run(out: Path, *extra: str, method: str = "zeroshot-clip") -> dict:
-    result = CliRunner().invoke(main, ["run", method, "--output-dir", str(out), "--quiet", *extra])
-    assert result.exit_code == 0, result.output
-    return json.loads(max(out.glob("*.json"), key=lambda p: p.stat().st_mtime).read_text())
 
 
-@pytest.fixture
-def cache_dir(tmp_path, monkeypatch):
-    from sbir_bench import feature_cache
-    root = tmp_path / "features"
-    monkeypatch.setattr(feature_cache, "features_root", lambda: root)
-    return root
 
 
 def _truncate(path: Path) -> None:
@@ -43,7 +34,7 @@ def _random_values(path: Path) -> None:  # same shape, finite, wrong: only the c
 
 @pytest.mark.parametrize("damage", ["truncated-shard", "random-shard", "nan-shard", "truncated-keys", "truncated-key-json"])
 def test_a_damaged_cache_entry_is_dropped_recomputed_and_listed(damage, tmp_path, mini_root, cache_dir, caplog):
-    first = _run(tmp_path / "a")
+    first = run_record(tmp_path / "a")
     shard = next(cache_dir.glob("*/shard-*.npy"))
     if damage == "truncated-shard":
         _truncate(shard)
@@ -61,7 +52,7 @@ def test_a_damaged_cache_entry_is_dropped_recomputed_and_listed(damage, tmp_path
     assert listed.exit_code == 0, listed.output
     if damage != "truncated-key-json":
         assert "damaged shard" in listed.output
-    again = _run(tmp_path / "b")
+    again = run_record(tmp_path / "b")
     assert again["metrics"] == first["metrics"]
     assert "damaged" not in CliRunner().invoke(main, ["cache", "list"]).output
 
@@ -88,7 +79,7 @@ def test_non_finite_features_are_never_cached(tmp_path, mini_root, cache_dir, ti
 
 def test_a_repeated_record_of_one_seed_is_counted_once(tmp_path, mini_root):
     out = tmp_path / "runs"
-    _run(out)
+    run_record(out)
     shutil.copy(next(out.glob("*.json")), out / "copy-of-the-same-run.json")
     result = CliRunner().invoke(main, ["compare", "--results-dir", str(out)])
     assert result.exit_code == 0, result.output
@@ -105,13 +96,13 @@ def test_two_copies_of_the_same_data_are_one_dataset_and_other_files_are_another
     twin = tmp_path / "twin"
     shutil.copytree(first, twin)
     common = ["--dataset", "quickdraw", "--split-file", str(split)]
-    a = _run(out, *common, "--data-root", str(first))
-    b = _run(out, *common, "--data-root", str(twin))
+    a = run_record(out, *common, "--data-root", str(first))
+    b = run_record(out, *common, "--data-root", str(twin))
     assert a["data_fingerprint"] == b["data_fingerprint"]
     result = CliRunner().invoke(main, ["compare", "--results-dir", str(out)])
     assert "(1)" in result.output and "counted once" in result.output
     (twin / "QuickDraw" / "QuickDraw_images_final" / "cat" / "n00000001_1.jpg").unlink()
-    c = _run(out, *common, "--data-root", str(twin))
+    c = run_record(out, *common, "--data-root", str(twin))
     assert c["data_fingerprint"]["photos"] == a["data_fingerprint"]["photos"] - 1
     rows = CliRunner().invoke(main, ["compare", "--results-dir", str(out)]).output
     assert "data 1" in rows and "data 2" in rows
@@ -120,7 +111,7 @@ def test_two_copies_of_the_same_data_are_one_dataset_and_other_files_are_another
 def test_records_carry_the_sha256_of_their_weights_and_data(tmp_path, mini_root):
     from sbir_bench.data import mini
     from sbir_bench.models import tiny_pretrain
-    record = _run(tmp_path / "runs")
+    record = run_record(tmp_path / "runs")
     assert record["weights_sha256"] == tiny_pretrain.SHIPPED_SHA256
     assert record["data_fingerprint"]["content_sha256"] == mini.SHIPPED_SHA256
 

@@ -6,21 +6,17 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from unittest.mock import patch
 
 import numpy as np
 import pytest
+from conftest import run_record
 import torch
 from click.testing import CliRunner
 
 from sbir_bench.cli import main
 
 
-def _run(out: Path, *extra: str, method: str = "zeroshot-clip") -> dict:
-    result = CliRunner().invoke(main, ["run", method, "--output-dir", str(out), "--quiet", *extra])
-    assert result.exit_code == 0, result.output
-    return json.loads(max(out.glob("*.json"), key=lambda p: p.stat().st_mtime).read_text())
 
 
 def _embeddings(record: dict) -> dict:
@@ -28,20 +24,13 @@ def _embeddings(record: dict) -> dict:
         return {k: z[k] for k in ("query", "gallery")}
 
 
-@pytest.fixture
-def cache_dir(tmp_path, monkeypatch):
-    """A private feature cache (the mini set and tiny weights stay in the session cache)."""
-    from sbir_bench import feature_cache
-    root = tmp_path / "features"
-    monkeypatch.setattr(feature_cache, "features_root", lambda: root)
-    return root
 
 
 def test_results_with_and_without_the_cache_are_identical(tmp_path, mini_root, cache_dir):
-    plain = _run(tmp_path / "a", "--no-cache")
+    plain = run_record(tmp_path / "a", "--no-cache")
     assert not cache_dir.exists()  # --no-cache reads and writes nothing
-    first = _run(tmp_path / "b")
-    second = _run(tmp_path / "c")
+    first = run_record(tmp_path / "b")
+    second = run_record(tmp_path / "c")
     assert len(list(cache_dir.glob("*/shard-*.npy"))) >= 1
     for other in (first, second):
         assert other["metrics"] == plain["metrics"]
@@ -51,15 +40,15 @@ def test_results_with_and_without_the_cache_are_identical(tmp_path, mini_root, c
 
 def test_second_run_reads_the_cache_and_a_touched_image_is_recomputed(tmp_path, mini_root, cache_dir):
     from sbir_bench import feature_cache
-    _run(tmp_path / "a")
+    run_record(tmp_path / "a")
     shards = set(cache_dir.glob("*/shard-*.keys.npz"))
-    _run(tmp_path / "b", "--seed", "0")
+    run_record(tmp_path / "b", "--seed", "0")
     assert set(cache_dir.glob("*/shard-*.keys.npz")) == shards  # everything came from the cache
     photo = next((mini_root / "photo" / "star").glob("*.jpg"))
     stat = photo.stat()
     try:
         os.utime(photo, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
-        _run(tmp_path / "c")
+        run_record(tmp_path / "c")
         new = set(cache_dir.glob("*/shard-*.keys.npz")) - shards
         assert len(new) == 1
         with np.load(next(iter(new))) as z:
@@ -76,38 +65,38 @@ def test_other_preprocessing_or_weights_get_another_namespace(tmp_path, mini_roo
     b = open_for(tiny_backbone, {**base, "interpolation": "bilinear"}, "cpu", False)
     c = open_for(tiny_backbone, base, "cuda", True)
     assert len({a.folder, b.folder, c.folder}) == 3 and a.folder == open_for(tiny_backbone, base, "cpu", False).folder
-    _run(tmp_path / "a")
+    run_record(tmp_path / "a")
     weights = tmp_path / "w.pt"
     from sbir_bench.models import load_backbone
     torch.save(load_backbone("sbir-tiny", "random").model.state_dict(), weights)
-    _run(tmp_path / "b", "--pretrained", str(weights))  # other weights: another namespace
+    run_record(tmp_path / "b", "--pretrained", str(weights))  # other weights: another namespace
     keys = [json.loads(p.read_text()) for p in cache_dir.glob("*/key.json")]
     assert len(keys) == 4 and len({k["weights"] for k in keys}) == 2  # a (reused by the run), b, c; new weights
 
 
 def test_random_weights_are_never_cached(tmp_path, mini_root, cache_dir):
-    _run(tmp_path / "a", "--pretrained", "random")
+    run_record(tmp_path / "a", "--pretrained", "random")
     assert not list(cache_dir.glob("*/shard-*"))
 
 
 @pytest.mark.slow  # three training runs
 def test_linear_probe_trains_on_cached_features(tmp_path, mini_root, cache_dir):
     fast = ["--epochs", "2", "--set", "train.val_every=0"]
-    record = _run(tmp_path / "a", *fast, method="linear-probe")
+    record = run_record(tmp_path / "a", *fast, method="linear-probe")
     assert record["train"]["history"][-1]["loss"] > 0
     import open_clip
 
     def no_backbone(*args, **kwargs):
         raise AssertionError("the image encoder ran although every feature was cached")
     with patch.object(open_clip.model.CLIP, "encode_image", no_backbone):  # the cache is warm: training,
-        again = _run(tmp_path / "b", *fast, method="linear-probe")         # validation and test read it
+        again = run_record(tmp_path / "b", *fast, method="linear-probe")         # validation and test read it
     assert again["metrics"] == record["metrics"]  # deterministic on features
-    augmented = _run(tmp_path / "c", *fast, "--set", "method_config.augment=true", method="linear-probe")
+    augmented = run_record(tmp_path / "c", *fast, "--set", "method_config.augment=true", method="linear-probe")
     assert augmented["metrics"] != record["metrics"]  # the augmented path goes through the backbone
 
 
 def test_cache_command_lists_and_clears(tmp_path, mini_root, cache_dir):
-    _run(tmp_path / "a")
+    run_record(tmp_path / "a")
     listed = CliRunner().invoke(main, ["cache", "list"])
     assert listed.exit_code == 0 and "sbir-tiny" in listed.output and "images" in listed.output
     cleared = CliRunner().invoke(main, ["cache", "clear"])
