@@ -107,37 +107,49 @@ def _text(value: Any) -> str:
     return ",".join(str(v) for v in value) if isinstance(value, tuple) else str(value)
 
 
-PRESETS: Dict[str, Protocol] = {
+@dataclass(frozen=True)
+class Preset:
+    """One published convention, declared once: its name, the code it reproduces, and its knobs."""
+
+    name: str
+    source: str
+    knobs: Mapping[str, Any]
+
+    def protocol(self) -> Protocol:
+        return Protocol(**self.knobs, preset=self.name)
+
+
+PRESET_ENTRIES = (
     # sbir-bench's default: tie-exact scikit-learn mAP@all (= CLIP-AT's torchmetrics 0.9 AP without
     # ties) and SAKE's top-K conventions, with tied scores grouped so that gallery order never matters.
-    DEFAULT_PRESET: Protocol(),
+    Preset(DEFAULT_PRESET, "scikit-learn average_precision_score (mAP@all); SAKE's VOCap / eval_precision (top-K)",
+           {}),
     # github.com/qliu24/SAKE, src/test_cse_resnet_{sketchy,tuberlin}_zeroshot.py: eval_AP_inner
     # (np.argsort order) + VOCap for mAP@all and mAP@K, eval_precision for P@K; a query without a
     # relevant photo has AP nan (0 / 0), which np.nanmean drops, and precision 0, which it keeps.
-    "sake": Protocol(all_interpolation="voc", topk_interpolation="voc", topk_normalization="min_k_r",
-                     ties="stable", no_relevant="exclude_map", preset="sake"),
+    Preset("sake", "github.com/qliu24/SAKE src/test_cse_resnet_tuberlin_zeroshot.py (eval_AP_inner, VOCap, "
+                   "eval_precision)",
+           dict(all_interpolation="voc", topk_interpolation="voc", topk_normalization="min_k_r", ties="stable",
+                no_relevant="exclude_map")),
     # github.com/AnjanDutta/sem-pcyc, src/utils.py: apsak (sklearn average_precision_score over the
     # argsort top-K list, 0 when the list holds no hit) and precak (hits / K); src/test.py.
-    "sem-pcyc": Protocol(all_interpolation="none", topk_interpolation="none", topk_normalization="hits",
-                         ties="list", no_relevant="zero", preset="sem-pcyc"),
+    Preset("sem-pcyc", "github.com/AnjanDutta/sem-pcyc src/utils.py (apsak, precak), src/test.py",
+           dict(all_interpolation="none", topk_interpolation="none", topk_normalization="hits", ties="list",
+                no_relevant="zero")),
     # torchmetrics >= 1.8 functional retrieval_average_precision(top_k) / retrieval_precision(top_k):
     # topk order, relevant items with score <= 0 dropped, divisor = hits, 0 without a relevant item.
-    "torchmetrics": Protocol(all_interpolation="none", topk_interpolation="none", topk_normalization="hits",
-                             ties="stable", no_relevant="zero", positive_only=True, precision_divisor="k",
-                             preset="torchmetrics"),
+    Preset("torchmetrics", "torchmetrics >= 1.8 functional/retrieval (average_precision.py, precision.py)",
+           dict(all_interpolation="none", topk_interpolation="none", topk_normalization="hits", ties="stable",
+                no_relevant="zero", positive_only=True, precision_divisor="k")),
     # github.com/aneeshan95/Sketch_LVM, src/model_LN_prompt.py: torchmetrics 0.9.3
     # retrieval_average_precision per query (argsort order, divisor = #relevant); mAP@all only in
     # the released code, the top-K knobs follow torchmetrics 0.9's retrieval_precision.
-    "clip-at": Protocol(all_interpolation="none", topk_interpolation="none", topk_normalization="r",
-                        ties="stable", no_relevant="zero", precision_divisor="k", preset="clip-at"),
-}
-SOURCES: Dict[str, str] = {
-    DEFAULT_PRESET: "scikit-learn average_precision_score (mAP@all); SAKE's VOCap / eval_precision (top-K)",
-    "sake": "github.com/qliu24/SAKE src/test_cse_resnet_tuberlin_zeroshot.py (eval_AP_inner, VOCap, eval_precision)",
-    "sem-pcyc": "github.com/AnjanDutta/sem-pcyc src/utils.py (apsak, precak), src/test.py",
-    "torchmetrics": "torchmetrics >= 1.8 functional/retrieval (average_precision.py, precision.py)",
-    "clip-at": "github.com/aneeshan95/Sketch_LVM src/model_LN_prompt.py (torchmetrics 0.9.3)",
-}
+    Preset("clip-at", "github.com/aneeshan95/Sketch_LVM src/model_LN_prompt.py (torchmetrics 0.9.3)",
+           dict(all_interpolation="none", topk_interpolation="none", topk_normalization="r", ties="stable",
+                no_relevant="zero", precision_divisor="k")),
+)
+PRESETS: Dict[str, Protocol] = {entry.name: entry.protocol() for entry in PRESET_ENTRIES}
+SOURCES: Dict[str, str] = {entry.name: entry.source for entry in PRESET_ENTRIES}
 
 
 def get_preset(name: str) -> Protocol:
