@@ -16,7 +16,7 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import yaml
 
@@ -30,11 +30,24 @@ DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?|mps"
 LABEL_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}|"
 
 
+# What a field says about a run's identity (declared on the field, read by :func:`keys_with_role`):
+ROLES = {
+    "training": "changes what is trained: part of a checkpoint's fingerprint and of a table row's identity",
+    "evaluation": "changes the numbers, not the training: may change on resume; identifies a table row",
+    "incidental": "where files go or how fast: identifies nothing",
+    "seed": "the seed: part of the training; the seeds of one table row differ in it",
+    "label": "part of the training, shown in a table as its own label rather than in the row's config id",
+}
+
+
 def opt(default: Any = dataclasses.MISSING, help: str = "", min: Optional[float] = None,
         max: Optional[float] = None, choices: Tuple[str, ...] = (), pattern: str = "", positive: bool = False,
-        factory: Any = dataclasses.MISSING) -> Any:
-    """A config field with its help text and constraints (checked by :func:`validate`)."""
-    meta = {"help": help, "min": min, "max": max, "choices": choices, "pattern": pattern, "positive": positive}
+        factory: Any = dataclasses.MISSING, role: str = "training") -> Any:
+    """A config field with its help text, constraints (checked by :func:`validate`) and identity role
+    (:data:`ROLES`): a new field is classified once, here, for resume, reuse and table rows alike."""
+    assert role in ROLES, role
+    meta = {"help": help, "min": min, "max": max, "choices": choices, "pattern": pattern, "positive": positive,
+            "role": role}
     if factory is not dataclasses.MISSING:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -48,20 +61,22 @@ class DataConfig:
     setting: str = opt("zs", "zs, gzs or fg", choices=SETTINGS)
     split: str = opt("1", "official zero-shot split id (sketchy: 1 or 2)")
     split_file: Optional[str] = opt(None, "custom split: a file with one unseen class name per line")
-    data_root: Optional[str] = opt(None, "folder holding the dataset (default: $SBIR_BENCH_DATA or ~/data/sbir)")
+    data_root: Optional[str] = opt(None, "folder holding the dataset (default: $SBIR_BENCH_DATA or ~/data/sbir)",
+                                   role="incidental")
     image_size: Optional[int] = opt(None, "input size; default: the backbone's own", min=8)
     gzs_protocol: str = opt("sem-pcyc", "GZS composition: sem-pcyc (the literature's) or heldout (stricter)",
                             choices=GZS_PROTOCOLS)
     gzs_seen_photo_fraction: float = opt(0.2, "GZS: seen-class share (see docs/datasets.md)", min=0.0, max=1.0,
                                          positive=True)
     gallery: str = opt("unique", "ZS gallery: unique, or published (as SAKE's/ZSE-SBIR's lists: Sketchy's original "
-                                 "photos listed twice; docs/metrics.md)", choices=GALLERIES)
+                                 "photos listed twice; docs/metrics.md)", choices=GALLERIES, role="label")
     crop_scale_min: float = opt(0.8, "training augmentation: smallest random-resized-crop area (CoOp/MaPLe: 0.08)",
                                 min=0.0, max=1.0, positive=True)
     val_fraction: float = opt(0.1, "share of seen-class sketches/photos held out for validation", min=0.0, max=0.9)
     max_per_class: Optional[int] = opt(None, "cap images per class (quick experiments)", min=1)
-    workers: Optional[int] = opt(None, "DataLoader worker processes (default: automatic, from the cores)", min=0)
-    pin_memory: bool = opt(True, "pin host memory for CUDA transfers")
+    workers: Optional[int] = opt(None, "DataLoader worker processes (default: automatic, from the cores)", min=0,
+                                 role="incidental")
+    pin_memory: bool = opt(True, "pin host memory for CUDA transfers", role="incidental")
 
 
 @dataclass
@@ -70,7 +85,7 @@ class BackboneConfig:
 
     name: str = opt("sbir-tiny", "open_clip model name, e.g. ViT-B-32")
     pretrained: Optional[str] = opt(None, "open_clip tag (e.g. openai), a local checkpoint PATH, or random")
-    cache_dir: Optional[str] = opt(None, "where open_clip weights are cached")
+    cache_dir: Optional[str] = opt(None, "where open_clip weights are cached", role="incidental")
 
 
 @dataclass
@@ -92,23 +107,27 @@ class TrainConfig:
     grad_accum: int = opt(1, "micro-batches per optimiser step", min=1)
     amp: bool = opt(True, "mixed precision (bf16, or fp16 with a grad scaler); only takes effect on CUDA")
     steps_per_epoch: Optional[int] = opt(None, "default: one pass over the training sketches", min=1)
-    val_every: int = opt(1, "seen-class validation every N epochs (0 = never)", min=0)
-    checkpoint_dir: Optional[str] = opt(None, "default: <output_dir>/checkpoints/<run name>")
-    resume: bool = opt(False, "continue from the last checkpoint of this run")
+    val_every: int = opt(1, "seen-class validation every N epochs (0 = never)", min=0, role="evaluation")
+    checkpoint_dir: Optional[str] = opt(None, "default: <output_dir>/checkpoints/<run name>", role="incidental")
+    resume: bool = opt(False, "continue from the last checkpoint of this run", role="incidental")
 
 
 @dataclass
 class EvalConfig:
     """Retrieval evaluation: protocol preset and overrides (docs/metrics.md), and resources."""
 
-    protocol: str = opt(DEFAULT_PRESET, "protocol preset", choices=tuple(PRESETS))
+    protocol: str = opt(DEFAULT_PRESET, "protocol preset", choices=tuple(PRESETS), role="evaluation")
     protocol_overrides: Dict[str, Any] = opt(help="protocol knobs that differ from the preset, e.g. {ties: stable}",
-                                             factory=dict)
+                                             factory=dict, role="evaluation")
     memory: str = opt("1GiB", "memory budget of the evaluation engine, e.g. 2GiB (auto: half the free GPU memory)",
-                      pattern=r"(?i)\s*auto\s*|\s*[0-9.]+\s*[kmg]?i?b?\s*")
-    batch_size: int = opt(64, "images per forward pass when embedding", min=1)
-    save_embeddings: bool = opt(True, "save embeddings.npz and per_query.npz next to the record")
-    feature_cache: bool = opt(True, "reuse cached frozen-backbone features (see `sbir-bench cache`)")
+                      pattern=r"(?i)\s*auto\s*|\s*[0-9.]+\s*[kmg]?i?b?\s*", role="incidental")
+    batch_size: int = opt(64, "images per forward pass when embedding", min=1, role="incidental")
+    save_embeddings: bool = opt(True, "save embeddings.npz and per_query.npz next to the record", role="incidental")
+    feature_cache: bool = opt(True, "reuse cached frozen-backbone features (see `sbir-bench cache`)",
+                              role="incidental")
+
+
+SECTIONS = {"data": DataConfig, "backbone": BackboneConfig, "train": TrainConfig, "eval": EvalConfig}
 
 
 @dataclass
@@ -119,17 +138,47 @@ class RunConfig:
     variant: str = opt("", "label of an ablation/variant: its own row in `compare`, its own checkpoints; letters, "
                            "digits and . _ + - only, at most 64, starting with a letter or digit",
                        pattern=LABEL_PATTERN)
-    seed: int = opt(0, "random seed", min=0)
-    device: str = opt("auto", "auto, cpu, cuda or cuda:N", pattern=DEVICE_PATTERN)
-    output_dir: str = opt("results/runs", "where records go")
-    quiet: bool = opt(False, "no progress bars or info lines")
-    report_to: str = opt("none", "trackers for training curves, comma-separated: none, csv, tensorboard, wandb, mlflow")
-    tracking_uri: Optional[str] = opt(None, "MLflow tracking URI (default: sqlite:///<output_dir>/mlflow.db)")
+    seed: int = opt(0, "random seed", min=0, role="seed")
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N", pattern=DEVICE_PATTERN, role="incidental")
+    output_dir: str = opt("results/runs", "where records go", role="incidental")
+    quiet: bool = opt(False, "no progress bars or info lines", role="incidental")
+    report_to: str = opt("none", "trackers for training curves, comma-separated: none, csv, tensorboard, wandb, mlflow",
+                         role="incidental")
+    tracking_uri: Optional[str] = opt(None, "MLflow tracking URI (default: sqlite:///<output_dir>/mlflow.db)",
+                                      role="incidental")
     data: DataConfig = opt(factory=DataConfig)
     backbone: BackboneConfig = opt(factory=BackboneConfig)
     train: TrainConfig = opt(factory=TrainConfig)
     eval: EvalConfig = opt(factory=EvalConfig)
     method_config: Dict[str, Any] = opt(factory=dict)
+
+
+def keys_with_role(*roles: str, cls: Any = RunConfig, prefix: str = "") -> Tuple[str, ...]:
+    """Dotted names of the fields declared with one of ``roles`` (sections recursed into).
+
+    >>> "output_dir" in keys_with_role("incidental") and "train.lr" not in keys_with_role("incidental")
+    True
+    """
+    out: List[str] = []
+    for f in dataclasses.fields(cls):
+        if cls is RunConfig and f.name in SECTIONS:
+            out += keys_with_role(*roles, cls=SECTIONS[f.name], prefix=f"{prefix}{f.name}.")
+        elif (f.metadata or {}).get("role", "training") in roles:
+            out.append(prefix + f.name)
+    return tuple(out)
+
+
+def without_keys(tree: Dict[str, Any], keys: Iterable[str]) -> Dict[str, Any]:
+    """A copy of a config tree without ``keys`` (dotted); a section left empty is dropped with them."""
+    out = copy.deepcopy(tree)
+    for key in keys:
+        node, _, leaf = key.rpartition(".")
+        section = out.get(node, {}) if node else out
+        if isinstance(section, dict):
+            section.pop(leaf, None)
+            if node and section == {}:
+                out.pop(node, None)
+    return out
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:

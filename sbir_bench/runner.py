@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .artifacts import save_artifact
-from .config import RunConfig, from_dict, to_dict
+from .config import RunConfig, from_dict, keys_with_role, to_dict, without_keys
 from .data.discovery import DatasetIndex, index_dataset, photos_listed_twice
 from .data.splits import load_split
 from .data.tasks import RetrievalTask, SplitPartition, build_task, build_val_task, partition
@@ -240,21 +240,13 @@ def train(cfg: RunConfig, parts: RunParts, scorer: Scorer, on_epoch_end=None,
             "checkpoint_dir": str(ckpt_dir), "world_size": trainer.world}
 
 
-RESUMABLE_KEYS = ("quiet", "output_dir", "device", "eval", "report_to", "tracking_uri",
-                  "train.resume", "train.checkpoint_dir", "train.val_every",
-                  "data.workers", "data.pin_memory", "data.data_root", "backbone.cache_dir")
+# what may change when a training resumes: declared on the config fields (config.ROLES)
+RESUMABLE_KEYS = keys_with_role("incidental", "evaluation")
 
 
 def training_fingerprint(cfg: RunConfig) -> Dict[str, Any]:
     """What a checkpoint was trained on: the resolved config minus what may change on resume."""
-    tree = to_dict(cfg)
-    for key in RESUMABLE_KEYS:
-        node, *rest = key.split(".")
-        if rest:
-            tree[node].pop(rest[0], None)
-        else:
-            tree.pop(node, None)
-    return tree
+    return without_keys(to_dict(cfg), RESUMABLE_KEYS)
 
 
 def training_identity(cfg: RunConfig) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 
+import pytest
+
 from sbir_bench.config import build_run_config
 
 
@@ -20,3 +22,21 @@ def test_building_a_config_leaves_the_callers_dictionaries_as_they_were():
     assert (second.train.epochs, second.data.setting, second.method_config["n_ctx"]) == (3, "zs", 4)
     build_run_config(base, {"method": "coop", "method_config.extra": schedule})
     assert base == frozen and schedule == {"milestones": [1]}
+
+
+@pytest.mark.parametrize("key,value,trains,row", [
+    ("train.lr", 0.5, True, True), ("method_config.n_ctx", 8, True, True),  # training
+    ("eval.protocol", "sake", False, True), ("train.val_every", 3, False, True),  # evaluation
+    ("output_dir", "elsewhere", False, False), ("eval.batch_size", 7, False, False),  # incidental
+    ("seed", 5, True, False), ("data.gallery", "published", True, False),  # seed, label
+])
+def test_each_field_identifies_what_its_declared_role_says(key, value, trains, row):
+    """One declaration per field (config.ROLES) decides a checkpoint's fingerprint (what may change on
+    resume, and which trainings are the same model) and a table row's identity."""
+    from sbir_bench.config import to_dict
+    from sbir_bench.reporting.collect import config_id
+    from sbir_bench.runner import training_fingerprint
+    base = build_run_config({}, {"method": "coop"})
+    changed = build_run_config({}, {"method": "coop", key: value})
+    assert (training_fingerprint(changed) != training_fingerprint(base)) == trains
+    assert (config_id(to_dict(changed)) != config_id(to_dict(base))) == row

@@ -18,6 +18,7 @@ from typing import Any, Dict, Iterable, List, Sequence
 
 import pandas as pd
 
+from ..config import keys_with_role, without_keys
 from ..errors import DataError
 from ..log import get_logger
 from ..records import beside_record, find_record_files, load_records
@@ -26,19 +27,14 @@ from ..retrieval.protocol import DEFAULT_PRESET, metric_sort_key
 log = get_logger(__name__)
 
 KEYS = ("method", "variant", "dataset", "setting", "split", "backbone", "seed")
-NOT_IN_CONFIG_ID = ("seed", "output_dir", "quiet", "device", "report_to", "tracking_uri",
-                    "train.resume", "train.checkpoint_dir", "data.workers",
-                    "data.pin_memory", "data.data_root", "backbone.cache_dir", "eval.memory", "eval.batch_size",
-                    "eval.save_embeddings", "eval.feature_cache",
-                    "data.gallery")  # shown as its own label (row_labels), absent from older records
+# what does not identify a table row (where files go, how fast, the seed, labels shown on their own):
+# declared on the config fields (config.ROLES)
+NOT_IN_CONFIG_ID = keys_with_role("incidental", "seed", "label")
 
 
 def config_id(config: Dict[str, Any]) -> str:
     """Short hash of a run's config without the seed and what only says where files go or how fast."""
-    tree = json.loads(json.dumps(config or {}))
-    for key in NOT_IN_CONFIG_ID:
-        node, _, leaf = key.rpartition(".")
-        (tree.get(node, {}) if node else tree).pop(leaf, None)
+    tree = without_keys(json.loads(json.dumps(config or {})), NOT_IN_CONFIG_ID)
     return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:8]
 
 
