@@ -125,6 +125,8 @@ class EvalConfig:
     save_embeddings: bool = opt(True, "save embeddings.npz and per_query.npz next to the record", role="incidental")
     feature_cache: bool = opt(True, "reuse cached frozen-backbone features (see `sbir-bench cache`)",
                               role="incidental")
+    amp: bool = opt(True, "bf16 autocast while embedding images on a CUDA GPU with bf16, fp32 elsewhere (training "
+                          "has train.amp)", role="evaluation")
 
 
 SECTIONS = {"data": DataConfig, "backbone": BackboneConfig, "train": TrainConfig, "eval": EvalConfig}
@@ -166,6 +168,25 @@ def keys_with_role(*roles: str, cls: Any = RunConfig, prefix: str = "") -> Tuple
         elif (f.metadata or {}).get("role", "training") in roles:
             out.append(prefix + f.name)
     return tuple(out)
+
+
+def without_defaults(tree: Dict[str, Any], cls: Any = RunConfig) -> Dict[str, Any]:
+    """A copy of a config tree without the fields at their default value: a record written before a
+    field existed and one written with its default mean the same configuration.
+
+    >>> without_defaults({"seed": 0, "train": {"lr": 0.5, "amp": True}})
+    {'train': {'lr': 0.5}}
+    """
+    out: Dict[str, Any] = {}
+    for key, value in tree.items():
+        f = next((f for f in dataclasses.fields(cls) if f.name == key), None)
+        if cls is RunConfig and key in SECTIONS and isinstance(value, dict):
+            inner = without_defaults(value, SECTIONS[key])
+            if inner:
+                out[key] = inner
+        elif f is None or f.default is dataclasses.MISSING or value != f.default:
+            out[key] = value
+    return out
 
 
 def without_keys(tree: Dict[str, Any], keys: Iterable[str]) -> Dict[str, Any]:

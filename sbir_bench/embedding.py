@@ -21,6 +21,7 @@ from .data.images import image_loader
 from .data.tasks import RetrievalTask
 from .engine import distributed as dist_utils
 from .log import progress
+from .precision import FP32, Precision
 from .ranks import world
 
 Embedded = Tuple[np.ndarray, np.ndarray, int]  # features of readable samples, their positions, n skipped
@@ -48,7 +49,7 @@ class EmbeddedTask:
 @torch.no_grad()
 def embed_samples(samples: Sequence[Sample], embed: Callable[[torch.Tensor], torch.Tensor], transform: Callable,
                   device: torch.device, batch_size: int, workers: Optional[int] = 0, desc: str = "embedding",
-                  amp: bool = False) -> Embedded:
+                  precision: Precision = FP32) -> Embedded:
     """(embeddings of the readable samples, their positions, number skipped), on this process."""
     loader = image_loader(samples, transform, batch_size, workers, pin_memory=device.type == "cuda")
     chunks: List[np.ndarray] = []
@@ -58,7 +59,7 @@ def embed_samples(samples: Sequence[Sample], embed: Callable[[torch.Tensor], tor
         skipped += n_bad
         if images is None:
             continue
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+        with precision.autocast(device.type):
             out = embed(images.to(device, non_blocking=True))
         chunks.append(out.float().cpu().numpy())
         positions.append(pos.numpy())
@@ -94,30 +95,30 @@ def sharded(embed_fn: Callable[[Sequence[Sample]], Embedded], samples: Sequence[
 
 
 def _modality_embedder(method, modality: str, transform: Callable, device: torch.device, batch_size: int,
-                       workers: Optional[int], amp: bool, cache) -> Callable[[Sequence[Sample]], Embedded]:
+                       workers: Optional[int], precision: Precision, cache) -> Callable[[Sequence[Sample]], Embedded]:
     """How to embed one modality's samples: through the feature cache, or straight through the method."""
     desc = "sketches" if modality == "sketch" else "photos"
     if cache is None or not getattr(method, "uses_frozen_features", False):
         embed = method.embed_sketches if modality == "sketch" else method.embed_photos
-        return lambda s: embed_samples(s, embed, transform, device, batch_size, workers, desc, amp)
+        return lambda s: embed_samples(s, embed, transform, device, batch_size, workers, desc, precision)
 
     def through_cache(samples: Sequence[Sample]) -> Embedded:
         feats, pos, skipped = cache.features(samples, lambda todo: embed_samples(
-            todo, method.frozen_image_features, transform, device, batch_size, workers, desc, amp))
+            todo, method.frozen_image_features, transform, device, batch_size, workers, desc, precision))
         return method.embed_cached(feats, modality, batch_size), pos, skipped
     return through_cache
 
 
 def embed_task(task: RetrievalTask, method, transform: Callable, device: torch.device, batch_size: int,
-               workers: Optional[int] = 0, amp: bool = False, cache=None) -> Optional[EmbeddedTask]:
+               workers: Optional[int] = 0, precision: Precision = FP32, cache=None) -> Optional[EmbeddedTask]:
     """Embed queries (sketches) and gallery (photos); drop unreadable images from the ground truth.
 
     ``cache`` is an open :class:`~sbir_bench.feature_cache.FeatureCache` (or None). Returns None on
     DDP ranks other than 0 (they only embed their shard).
     """
     fc = cache
-    sketches = sharded(_modality_embedder(method, "sketch", transform, device, batch_size, workers, amp, fc), task.queries)
-    photos = sharded(_modality_embedder(method, "photo", transform, device, batch_size, workers, amp, fc), task.gallery)
+    sketches = sharded(_modality_embedder(method, "sketch", transform, device, batch_size, workers, precision, fc), task.queries)
+    photos = sharded(_modality_embedder(method, "photo", transform, device, batch_size, workers, precision, fc), task.gallery)
     if sketches is None or photos is None:
         return None
     return _with_ground_truth(task, sketches, photos)

@@ -31,6 +31,7 @@ import numpy as np
 from .data.discovery import Sample
 from .fileio import atomic_write_bytes, atomic_write_json, atomic_write_npz, file_sha256
 from .locations import cache_root
+from .precision import Precision
 from .log import get_logger
 
 log = get_logger(__name__)
@@ -190,14 +191,13 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def open_for(backbone, preprocess: Dict[str, Any], device_type: str, amp: bool) -> Optional[FeatureCache]:
+def open_for(backbone, preprocess: Dict[str, Any], device_type: str, precision: Precision) -> Optional[FeatureCache]:
     """The namespace of a backbone's frozen features, or None for random weights (never cached)."""
     if not backbone.weights_file:
         return None
     weights = f"tag:{backbone.weights_tag}" if backbone.weights_tag else f"sha256:{file_sha256(backbone.weights_file)}"
-    precision = "bf16-autocast" if amp and device_type == "cuda" else "fp32"
     return FeatureCache.open({"backbone": backbone.name, "weights": weights, "preprocess": preprocess,
-                              "precision": precision, "device_type": device_type})
+                              "precision": precision.cache_label, "device_type": device_type})
 
 
 def namespaces(root: Optional[Path] = None) -> List[Dict[str, Any]]:

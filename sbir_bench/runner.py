@@ -32,6 +32,7 @@ from .feature_cache import FeatureCache
 from .feature_cache import open_for as open_feature_cache
 from .fileio import atomic_write_json, check_output_dir, file_sha256
 from .log import get_logger
+from .precision import Precision, evaluation_precision
 from .ranks import world
 from .methods import Method, get_method
 from .models import Backbone, load_backbone
@@ -133,9 +134,17 @@ def build(cfg: RunConfig, device: torch.device, data: Optional[RunData] = None) 
             getattr(backbone.model.visual, "positional_embedding", None) is not None:
         raise ConfigError(f"data.image_size={cfg.data.image_size}, but {cfg.backbone.name} is a ViT with a fixed "
                           f"{backbone.image_size}-pixel input; drop data.image_size")
+    return assemble(cfg, data, backbone, method, device)
+
+
+def assemble(cfg: RunConfig, data: "RunData", backbone, method, device: torch.device) -> "RunParts":
+    """A run's parts around a built method (trained here or loaded from an artifact): the image
+    transforms its weights' preprocessing gives, and the frozen-feature cache of its eval precision."""
     pp = preprocess_config(backbone.preprocess_cfg, cfg.data.image_size)
-    cache = open_feature_cache(backbone, asdict(pp), device.type, cfg.train.amp) if cfg.eval.feature_cache else None
-    return RunParts(data, backbone, method, *method_cls.image_transforms(method_cfg, pp, cfg.data.crop_scale_min), cache)
+    cache = open_feature_cache(backbone, asdict(pp), device.type, evaluation_precision(cfg.eval.amp, device)) \
+        if cfg.eval.feature_cache else None
+    return RunParts(data, backbone, method, *type(method).image_transforms(method.config, pp, cfg.data.crop_scale_min),
+                    cache)
 
 
 @dataclass
@@ -148,11 +157,16 @@ class Scorer:
     protocol: Protocol
     skipped: Dict[str, int] = field(default_factory=dict)
 
+    @property
+    def precision(self) -> Precision:
+        """How images are embedded (``eval.amp``; precision.py)."""
+        return evaluation_precision(self.cfg.eval.amp, self.device)
+
     def embed(self, task: RetrievalTask) -> EmbeddedTask:
         names = self.parts.index.class_names
         self.parts.method.prepare_eval([names[c] for c in sorted({s.label for s in task.gallery})])
         emb = embed_task(task, self.parts.method, self.parts.eval_tf, self.device, self.cfg.eval.batch_size,
-                         self.cfg.data.workers, amp=self.cfg.train.amp, cache=self.parts.cache)
+                         self.cfg.data.workers, precision=self.precision, cache=self.parts.cache)
         if emb is not None:
             self.skipped[task.name] = emb.skipped
         return emb
@@ -177,7 +191,7 @@ class Scorer:
 
         def compute(todo):
             return embed_samples(todo, method.frozen_image_features, parts.eval_tf, self.device,
-                                 self.cfg.eval.batch_size, self.cfg.data.workers, "training features", self.cfg.train.amp)
+                                 self.cfg.eval.batch_size, self.cfg.data.workers, "training features", self.precision)
         feats, pos, _ = parts.cache.features(samples, compute) if parts.cache else compute(samples)
         return {samples[i].path: f for i, f in zip(pos, feats)}
 
@@ -331,10 +345,7 @@ def evaluate_model(cfg: RunConfig, artifact, allow_seen: bool = False, pretraine
     data = prepare_data(cfg)
     overlap = check_no_leakage(artifact, [data.part.class_names[c] for c in data.part.unseen], allow_seen)
     backbone = load_backbone_for(artifact, pretrained, device)
-    method = build_method(artifact, backbone, device)
-    pp = preprocess_config(backbone.preprocess_cfg, cfg.data.image_size)
-    cache = open_feature_cache(backbone, asdict(pp), device.type, cfg.train.amp) if cfg.eval.feature_cache else None
-    parts = RunParts(data, backbone, method, *method.image_transforms(method.config, pp, cfg.data.crop_scale_min), cache)
+    parts = assemble(cfg, data, backbone, build_method(artifact, backbone, device), device)
     scorer = Scorer(cfg, parts, device, Protocol.from_eval_config(cfg.eval))
     emb, results = scorer.score(data.task, "test", all_presets=True)
     if results is None:

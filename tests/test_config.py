@@ -40,3 +40,14 @@ def test_each_field_identifies_what_its_declared_role_says(key, value, trains, r
     changed = build_run_config({}, {"method": "coop", key: value})
     assert (training_fingerprint(changed) != training_fingerprint(base)) == trains
     assert (config_id(to_dict(changed)) != config_id(to_dict(base))) == row
+
+
+def test_a_record_from_before_a_field_existed_shares_the_row_of_one_at_its_default():
+    from sbir_bench.config import to_dict
+    from sbir_bench.reporting.collect import config_id
+    now = to_dict(build_run_config({}, {"method": "coop"}))
+    before = copy.deepcopy(now)
+    del before["eval"]["amp"]  # records written before eval.amp existed
+    assert config_id(before) == config_id(now)
+    fp32 = to_dict(build_run_config({}, {"method": "coop", "eval.amp": False}))
+    assert config_id(fp32) != config_id(now)  # a field set away from its default still tells rows apart

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from interrupts import loss_interrupted_at
 
 from sbir_bench.cli import main
+from sbir_bench.precision import FP32
 from sbir_bench.errors import OutputError
 
 
@@ -60,7 +61,7 @@ def test_a_damaged_cache_entry_is_dropped_recomputed_and_listed(damage, tmp_path
 def test_cache_cleared_during_a_run_stays_visible(tmp_path, mini_root, cache_dir, tiny_backbone):
     from sbir_bench import feature_cache
     from sbir_bench.data.discovery import Sample
-    cache = feature_cache.open_for(tiny_backbone, dict(tiny_backbone.preprocess_cfg), "cpu", False)
+    cache = feature_cache.open_for(tiny_backbone, dict(tiny_backbone.preprocess_cfg), "cpu", FP32)
     assert feature_cache.clear() == 1  # `cache clear` while the run holds the namespace open
     photo = next((mini_root / "photo" / "star").glob("*.jpg"))
     cache.store([Sample(str(photo), 0)], np.ones((1, 4), np.float32))
@@ -71,7 +72,7 @@ def test_cache_cleared_during_a_run_stays_visible(tmp_path, mini_root, cache_dir
 def test_non_finite_features_are_never_cached(tmp_path, mini_root, cache_dir, tiny_backbone):
     from sbir_bench import feature_cache
     from sbir_bench.data.discovery import Sample
-    cache = feature_cache.open_for(tiny_backbone, dict(tiny_backbone.preprocess_cfg), "cpu", False)
+    cache = feature_cache.open_for(tiny_backbone, dict(tiny_backbone.preprocess_cfg), "cpu", FP32)
     photo = next((mini_root / "photo" / "star").glob("*.jpg"))
     cache.store([Sample(str(photo), 0)], np.full((1, 4), np.nan, np.float32))
     assert not list(cache_dir.glob("*/shard-*"))

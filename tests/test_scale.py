@@ -15,6 +15,7 @@ import torch
 from click.testing import CliRunner
 
 from sbir_bench.cli import main
+from sbir_bench.precision import FP32, Precision
 
 
 
@@ -61,10 +62,10 @@ def test_second_run_reads_the_cache_and_a_touched_image_is_recomputed(tmp_path, 
 def test_other_preprocessing_or_weights_get_another_namespace(tmp_path, mini_root, cache_dir, tiny_backbone):
     from sbir_bench.feature_cache import open_for
     base = dict(tiny_backbone.preprocess_cfg)
-    a = open_for(tiny_backbone, base, "cpu", False)
-    b = open_for(tiny_backbone, {**base, "interpolation": "bilinear"}, "cpu", False)
-    c = open_for(tiny_backbone, base, "cuda", True)
-    assert len({a.folder, b.folder, c.folder}) == 3 and a.folder == open_for(tiny_backbone, base, "cpu", False).folder
+    a = open_for(tiny_backbone, base, "cpu", FP32)
+    b = open_for(tiny_backbone, {**base, "interpolation": "bilinear"}, "cpu", FP32)
+    c = open_for(tiny_backbone, base, "cuda", Precision("bf16"))
+    assert len({a.folder, b.folder, c.folder}) == 3 and a.folder == open_for(tiny_backbone, base, "cpu", FP32).folder
     run_record(tmp_path / "a")
     weights = tmp_path / "w.pt"
     from sbir_bench.models import load_backbone

@@ -29,6 +29,7 @@ from ..data.triplets import collate_triplets
 from ..errors import ConfigError, DataError, DivergedError
 from ..methods.base import Method
 from ..log import get_logger, progress
+from ..precision import training_precision
 from ..ranks import world
 from . import distributed as dist_utils
 from .checkpoint import (check_resumable, claim_folder, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
@@ -146,9 +147,8 @@ class Trainer:
         self.loader = self._loader(workers, pin_memory)
         self.optimizer = build_optimizer(method, cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, self.steps))
-        self.use_amp = cfg.amp and device.type == "cuda"
-        self.amp_dtype = torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported() else torch.float16
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
+        self.precision = training_precision(cfg.amp, device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision.needs_scaler)
         self.model = DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None) \
             if self.distributed else method
 
@@ -194,7 +194,7 @@ class Trainer:
             batch = batch.to(self.device, non_blocking=True)
             sync = not self.distributed or k == n - 1
             ctx = self.model.no_sync() if (self.distributed and not sync) else contextlib.nullcontext()
-            with ctx, torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
+            with ctx, self.precision.autocast(self.device.type):
                 terms = self.model(batch)
             check_finite(terms, where, self.distributed)
             self.scaler.scale(terms["loss"] / n).backward()

@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterable, List, Sequence
 
 import pandas as pd
 
-from ..config import keys_with_role, without_keys
+from ..config import keys_with_role, without_defaults, without_keys
 from ..errors import DataError
 from ..log import get_logger
 from ..records import beside_record, find_record_files, load_records
@@ -33,8 +33,9 @@ NOT_IN_CONFIG_ID = keys_with_role("incidental", "seed", "label")
 
 
 def config_id(config: Dict[str, Any]) -> str:
-    """Short hash of a run's config without the seed and what only says where files go or how fast."""
-    tree = without_keys(json.loads(json.dumps(config or {})), NOT_IN_CONFIG_ID)
+    """Short hash of a run's config without the seed and what only says where files go or how fast;
+    fields at their default are left out, so records from before a field existed still match."""
+    tree = without_defaults(without_keys(json.loads(json.dumps(config or {})), NOT_IN_CONFIG_ID))
     return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:8]
 
 
