@@ -4,7 +4,7 @@ CLIP's linear probe fits a classifier on frozen image features. For sketch-photo
 must produce an *embedding*, so here a linear projection W maps the frozen image feature of a sketch
 or a photo to the retrieval space. As in MAE's linear probing protocol (He et al., CVPR 2022), the
 frozen features are first standardised by a BatchNorm without affine parameters (its statistics those
-of the whole batch under DDP: :class:`~sbir_bench.engine.distributed.GlobalBatchNorm1d`): CLIP features share
+of the whole batch under DDP: :class:`~sbir_bench.training.distributed.GlobalBatchNorm1d`): CLIP features share
 a large common component, and without it a linear map needs huge weights (and many steps) to turn
 the small class-dependent part into distinct embeddings. W starts as the identity. Trained with
 
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sbir_bench.engine.distributed import GlobalBatchNorm1d
+from sbir_bench.training.distributed import GlobalBatchNorm1d
 from sbir_bench.methods import METHODS, Method, TripletBatch
 from sbir_bench.methods.losses import cosine_triplet
 

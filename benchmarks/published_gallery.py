@@ -38,7 +38,7 @@ def example(split: str, pull: float, dim: int = 64, seed: int = 0):
 
 
 def main() -> None:
-    from sbir_bench.retrieval.metrics import evaluate
+    from sbir_bench.retrieval.engine import evaluate
     from sbir_bench.retrieval.protocol import PRESETS
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--split", choices=sorted(SHAPES), default="1")

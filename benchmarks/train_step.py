@@ -59,7 +59,7 @@ def _batch(size: int, batch: int, n_classes: int, device: str):
 def measure(name: str, methods, batch: int, n_classes: int, repeats: int, device: str) -> dict:
     """{"frozen_ms": ..., label: (step ms, trainable parameters)} for each chosen variant."""
     from sbir_bench.config import TrainConfig
-    from sbir_bench.engine.trainer import build_optimizer
+    from sbir_bench.training.trainer import build_optimizer
     from sbir_bench.methods import get_method, load_builtin_methods
     from sbir_bench.models import load_backbone
 

@@ -19,7 +19,7 @@ import torch
 from .data.discovery import Sample
 from .data.images import image_loader
 from .data.tasks import RetrievalTask
-from .engine import distributed as dist_utils
+from .training import distributed as dist_utils
 from .log import progress
 from .precision import FP32, Precision
 from .ranks import world

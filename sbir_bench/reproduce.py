@@ -24,7 +24,7 @@ from .config import RunConfig, build_run_config, load_yaml
 from .data.catalog import get_spec
 from .data.discovery import default_data_root, locate, resolve_root
 from .data.tasks import SETTINGS  # one paper table per setting
-from .engine.checkpoint import LAST
+from .training.checkpoint import LAST
 from .artifacts import find_reusable
 from .errors import ConfigError, DataError, SbirError
 from .launchers import cell_id, job_alive, read_state, state_dir

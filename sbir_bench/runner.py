@@ -26,8 +26,8 @@ from .data.tasks import RetrievalTask, SplitPartition, build_task, build_val_tas
 from .data.triplets import FeatureTriplets, TripletDataset
 from .embedding import EmbeddedTask, embed_samples, embed_task
 from .errors import ConfigError
-from .engine import distributed as dist_utils
-from .engine.trainer import Trainer
+from .training import distributed as dist_utils
+from .training.trainer import Trainer
 from .feature_cache import FeatureCache
 from .feature_cache import open_for as open_feature_cache
 from .fileio import atomic_write_json, check_output_dir, file_sha256
@@ -36,12 +36,12 @@ from .precision import Precision, evaluation_precision
 from .ranks import world
 from .methods import Method, get_method
 from .models import Backbone, load_backbone
-from .models.configs import vit_image_tower
+from .models.backbone_configs import vit_image_tower
 from .models.factory import check_weights_source
 from .models.preprocess import preprocess_config
 from .records import SCHEMA, provenance, run_name, split_label
 from .retrieval import PRESETS, Protocol, RetrievalResult, evaluate_many
-from .retrieval.embedding_files import save_embeddings, save_per_query
+from .retrieval.npz_files import save_embeddings, save_per_query
 from .tracking import NoTrackers, Trackers, check_available, parse_report_to
 
 log = get_logger(__name__)

@@ -61,7 +61,7 @@ class FirstBatchUnreadable:
 
 def unreadable_first_batch(rank: int) -> None:
     """On ``rank`` alone, every epoch's first training micro-batch is unreadable."""
-    from sbir_bench.engine import trainer
+    from sbir_bench.training import trainer
     if int(os.environ.get("RANK", "0")) == rank:
         original = trainer.progress
         trainer.progress = lambda *args, **kwargs: FirstBatchUnreadable(original(*args, **kwargs))

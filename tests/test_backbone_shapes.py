@@ -25,7 +25,7 @@ SEEN = [0, 1, 2]
 
 @pytest.fixture(scope="module", autouse=True)
 def _test_configs():
-    from sbir_bench.models.configs import register_configs
+    from sbir_bench.models.backbone_configs import register_configs
     register_configs()
     open_clip.add_model_config(CONFIGS)
 

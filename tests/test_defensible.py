@@ -167,7 +167,7 @@ def test_map_all_equals_torchmetrics_only_with_positive_scores():
 
 # ------------------------------------------------------------------------------ safe checkpoints
 def test_checkpoints_load_with_weights_only(tmp_path):
-    from sbir_bench.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+    from sbir_bench.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
     np.random.seed(5)
     state = rng_state()
     save_checkpoint(tmp_path, {"epoch": 1, "rng": state, "trainable": {"w": torch.ones(2)}})
@@ -182,7 +182,7 @@ def test_checkpoints_load_with_weights_only(tmp_path):
 
 def test_pickled_code_in_a_checkpoint_is_refused(tmp_path):
     import pickle
-    from sbir_bench.engine.checkpoint import load_checkpoint
+    from sbir_bench.training.checkpoint import load_checkpoint
 
     class Evil:
         def __reduce__(self):
@@ -193,7 +193,7 @@ def test_pickled_code_in_a_checkpoint_is_refused(tmp_path):
 
 
 def test_checkpoint_of_another_method_is_refused(tmp_path):
-    from sbir_bench.engine.checkpoint import check_resumable
+    from sbir_bench.training.checkpoint import check_resumable
     with pytest.raises(WeightsError, match="for method 'maple', not 'coop'"):
         check_resumable({"method": "maple"}, "coop", {}, tmp_path)
 

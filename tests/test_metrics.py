@@ -8,7 +8,7 @@ import pytest
 from sklearn.metrics import average_precision_score
 
 from sbir_bench.retrieval import Protocol, evaluate
-from sbir_bench.retrieval.metrics import block_rows, parse_memory
+from sbir_bench.retrieval.engine import block_rows, parse_memory
 
 
 # ---------------------------------------------------------------- oracles (deliberately loop-based)

@@ -21,7 +21,7 @@ import official_inputs as oi
 from sbir_bench.baselines.clip_at import CLIPAT, CLIPATConfig
 from sbir_bench.baselines.cocoop import CoCoOp, CoCoOpConfig
 from sbir_bench.config import TrainConfig
-from sbir_bench.engine.trainer import build_optimizer
+from sbir_bench.training.trainer import build_optimizer
 from sbir_bench.methods import TripletBatch
 from sbir_bench.models import load_backbone
 from sbir_bench.models.preprocess import preprocess_config
@@ -41,7 +41,7 @@ def tensor(values) -> torch.Tensor:
 
 @pytest.fixture(scope="module", autouse=True)
 def _configs():
-    from sbir_bench.models.configs import register_configs
+    from sbir_bench.models.backbone_configs import register_configs
     register_configs()
     open_clip.add_model_config(HERE / "fixtures" / "model_configs")
 

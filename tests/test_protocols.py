@@ -271,7 +271,7 @@ def test_eval_protocols_all_side_by_side(tmp_path):
 def test_per_query_file_gives_each_metric_its_own_queries_under_sakes_rule(tmp_path):
     """per_query.npz (what compare's CIs and paired tests read): mAP's values belong to the queries with a
     relevant photo, P@K's to every query, each with the positions that say which."""
-    from sbir_bench.retrieval.embedding_files import per_query_values, save_per_query
+    from sbir_bench.retrieval.npz_files import per_query_values, save_per_query
     scores, ql, gl = problem(6, False)
     ql[[2, 7]] = 9
     res = evaluate(scores=scores, query_labels=ql, gallery_labels=gl, protocol=PRESETS["sake"])

@@ -10,7 +10,7 @@ import pytest
 from sbir_bench.errors import SbirError
 from sbir_bench.fileio import atomic_write_json
 from sbir_bench.records import REQUIRED_KEYS, SCHEMA, load_records
-from sbir_bench.retrieval.embedding_files import load_embeddings, save_embeddings
+from sbir_bench.retrieval.npz_files import load_embeddings, save_embeddings
 
 
 def test_atomic_write_leaves_old_file_when_serialisation_fails(tmp_path):

@@ -174,7 +174,7 @@ def test_plot_file_names_never_collide():
 
 
 def test_a_checkpoint_folder_is_held_by_one_run_at_a_time(tmp_path):
-    from sbir_bench.engine.checkpoint import claim_folder
+    from sbir_bench.training.checkpoint import claim_folder
     with claim_folder(tmp_path / "ckpt"):
         with pytest.raises(OutputError, match="in use by another run"):
             with claim_folder(tmp_path / "ckpt"):

@@ -145,7 +145,7 @@ def test_block_rows_follow_the_memory_budget():
 def test_cpu_and_device_ranking_paths_give_the_same_counts(decimals):
     """The CPU path (numpy sorts, counts derived where nothing ties) equals the torch path a GPU runs,
     on problems full of ties (scores rounded to few decimals) and without."""
-    from sbir_bench.retrieval.ranking import RelevantRanks, counts_numpy, counts_torch, tie_shift_numpy, tie_shift_torch
+    from sbir_bench.retrieval.measures import RelevantRanks, counts_numpy, counts_torch, tie_shift_numpy, tie_shift_torch
     rng = np.random.default_rng(decimals)
     for _ in range(30):
         b, n = int(rng.integers(1, 12)), int(rng.integers(2, 200))
@@ -164,14 +164,14 @@ def test_cpu_and_device_ranking_paths_give_the_same_counts(decimals):
 def test_every_metric_is_the_same_through_the_torch_ranking_path(decimals, monkeypatch):
     """The whole engine, every preset: the numpy ranking CPUs use against the torch ranking GPUs use
     (run here on CPU tensors by routing the CPU counts through ``counts_torch``)."""
-    from sbir_bench.retrieval import PRESETS, evaluate_many, ranking
+    from sbir_bench.retrieval import PRESETS, evaluate_many, measures
     rng = np.random.default_rng(decimals)
     q, g = np.round(rng.normal(size=(70, 6)), decimals), np.round(rng.normal(size=(90, 6)), decimals)
     ql, gl = rng.integers(0, 5, 70), rng.integers(0, 5, 90)
     protocols = list(PRESETS.values())
     numpy_path = evaluate_many(q, g, ql, gl, protocols=protocols, device="cpu")
-    monkeypatch.setattr(ranking, "counts_numpy", lambda s, r: tuple(
-        t.numpy() for t in ranking.counts_torch(torch.from_numpy(np.ascontiguousarray(s)), torch.from_numpy(r))))
+    monkeypatch.setattr(measures, "counts_numpy", lambda s, r: tuple(
+        t.numpy() for t in measures.counts_torch(torch.from_numpy(np.ascontiguousarray(s)), torch.from_numpy(r))))
     torch_path = evaluate_many(q, g, ql, gl, protocols=protocols, device="cpu")
     for a, b in zip(numpy_path, torch_path):
         assert a.metrics.keys() == b.metrics.keys()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sbir_bench.config import TrainConfig
-from sbir_bench.engine.trainer import build_optimizer, lr_lambda
+from sbir_bench.training.trainer import build_optimizer, lr_lambda
 
 
 def multipliers(steps_per_epoch: int, **train) -> list:

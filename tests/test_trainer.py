@@ -37,7 +37,7 @@ def test_backbone_is_bit_identical_after_training(tmp_path, method):
     before = {k: v.clone() for k, v in parts.backbone.model.state_dict().items()}
     trainable_before = {k: v.clone() for k, v in parts.method.trainable_state().items()}
     from sbir_bench.data.triplets import TripletDataset
-    from sbir_bench.engine.trainer import Trainer
+    from sbir_bench.training.trainer import Trainer
     part = parts.part
     data = TripletDataset(part.train_sketches, part.train_photos, part.seen, parts.train_tf, 0, False)
     Trainer(parts.method, data, cfg.train, torch.device("cpu"), 0).fit()
@@ -230,7 +230,7 @@ def test_global_batchnorm_equals_batchnorm_inside_a_process_group(tmp_path):
     input gradient and running statistics as BatchNorm1d's over the same batch."""
     import torch.distributed as dist
 
-    from sbir_bench.engine.distributed import GlobalBatchNorm1d
+    from sbir_bench.training.distributed import GlobalBatchNorm1d
     x = torch.randn(12, 5, generator=torch.Generator().manual_seed(0)) * 3 + 1
     plain, ours = torch.nn.BatchNorm1d(5, eps=1e-6), GlobalBatchNorm1d(5, eps=1e-6)
     ours.load_state_dict(plain.state_dict())

@@ -107,12 +107,12 @@ def eval_command(model: Optional[str], emb_path: Optional[str], record: Optional
       sbir-bench eval --embeddings emb.npz --normalization hits --interpolation none
       sbir-bench eval --embeddings huge.npz --backend faiss --map-k 200 --prec-k 200
     """
-    from ..engine.distributed import local_device
+    from ..training.distributed import local_device
     from ..fileio import atomic_write_json, check_output_file
     from ..log import set_quiet
     from ..reporting.render import metrics_table, protocols_table
     from ..retrieval import evaluate_many
-    from ..retrieval.embedding_files import load_embeddings
+    from ..retrieval.npz_files import load_embeddings
 
     set_quiet(quiet)
     given = click.get_current_context().get_parameter_source("protocol") == click.core.ParameterSource.COMMANDLINE

@@ -26,7 +26,7 @@ import torch
 
 from ..errors import WeightsError
 from ..locations import weights_folder
-from .configs import TINY, create_model, list_backbones
+from .backbone_configs import TINY, create_model, list_backbones
 
 RANDOM = "random"
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")

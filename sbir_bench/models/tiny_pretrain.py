@@ -37,7 +37,7 @@ from ..data.classnames import class_text
 from ..errors import WeightsError
 from ..fileio import atomic_write_bytes, file_sha256
 from ..log import configure_cli_logging, progress
-from .configs import TINY, create_model
+from .backbone_configs import TINY, create_model
 
 THREADS = 2
 

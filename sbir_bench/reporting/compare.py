@@ -22,7 +22,7 @@ import pandas as pd
 
 from ..errors import DataError
 from ..log import get_logger
-from ..retrieval.embedding_files import per_query_values
+from ..retrieval.npz_files import per_query_values
 from .collect import metric_names
 from .stats import bootstrap_ci, paired_permutation_test, query_means
 

@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 from ..data.images import load_rgb  # noqa: E402
 from ..errors import SbirError  # noqa: E402
 from ..log import get_logger  # noqa: E402
-from ..retrieval.embedding_files import load_embeddings  # noqa: E402
+from ..retrieval.npz_files import load_embeddings  # noqa: E402
 from ..retrieval.scoring import cosine_scores  # noqa: E402
 
 log = get_logger(__name__)

@@ -3,7 +3,7 @@
 The exact engine (:func:`sbir_bench.retrieval.evaluate`) sorts every score row. When only P@K,
 mAP@K and Acc@K are wanted, the K best gallery items per query are enough: faiss' exact
 inner-product index (``IndexFlatIP`` on unit rows, i.e. cosine) returns them with optimised BLAS and
-heap selection. The metrics are computed by the engine's own :mod:`.ranking` code from the hits in
+heap selection. The metrics are computed by the engine's own :mod:`.measures` code from the hits in
 those lists, so both backends share one definition; tied scores are ordered as faiss returns them,
 so results equal the exact engine's ``ties="stable"`` whenever scores are distinct (the test oracle).
 
@@ -21,9 +21,9 @@ import torch
 from ..errors import ConfigError, DataError, SbirError
 from ..extras import require
 from ..log import progress
-from .metrics import RetrievalResult, aggregate
+from .engine import RetrievalResult, aggregate
 from .protocol import Protocol
-from .ranking import RelevantRanks, cutoff_metrics
+from .measures import RelevantRanks, cutoff_metrics
 from .scoring import check_finite_rows, unit_rows
 
 

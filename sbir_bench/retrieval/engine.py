@@ -1,6 +1,6 @@
 """The exact retrieval engine: every metric, under one or several protocols, from one pass.
 
-Definitions are in docs/metrics.md and :mod:`.ranking`; in short:
+Definitions are in docs/metrics.md and :mod:`.measures`; in short:
 
 * Similarity is cosine (:mod:`.scoring`).
 * Category level (ZS, GZS): mAP@all, mAP@K and P@K from the ranks of each query's relevant items.
@@ -29,7 +29,7 @@ import torch
 from ..errors import DataError, SbirError
 from ..log import progress
 from .protocol import Protocol, metric_sort_key
-from .ranking import cutoff_metrics, instance_ranks, policy_ranks, relevant_ranks
+from .measures import cutoff_metrics, instance_ranks, policy_ranks, relevant_ranks
 from .scoring import ScoreSource, block_rows, parse_memory
 
 __all__ = ["RetrievalResult", "evaluate", "evaluate_many", "parse_memory", "block_rows"]

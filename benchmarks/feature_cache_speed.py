@@ -1,7 +1,7 @@
 """What the frozen-feature cache saves: embedding a task again, and a linear-probe epoch.
 
-    python benchmarks/feature_cache.py                   # ViT-B-32 (random weights saved to a file), 400 images
-    python benchmarks/feature_cache.py --classes 20 --per-class 20
+    python benchmarks/feature_cache_speed.py                   # ViT-B-32 (random weights saved to a file), 400 images
+    python benchmarks/feature_cache_speed.py --classes 20 --per-class 20
 
 On a generated Sketchy-layout tree (JPEG photos, PNG sketches, 256 pixels), with the weights of a
 randomly initialised ViT-B-32 saved to a file (random weights that are not a file are never cached):
@@ -67,7 +67,7 @@ def time_embedding(cfg) -> float:
 def time_linear_probe_epoch(cfg) -> float:
     """Seconds of one training epoch (features read before the clock starts, as a cached run would)."""
     from sbir_bench.data.triplets import FeatureTriplets, TripletDataset
-    from sbir_bench.engine.trainer import Trainer
+    from sbir_bench.training.trainer import Trainer
     from sbir_bench.runner import Scorer, build
     from sbir_bench.retrieval import Protocol
     parts = build(cfg, torch.device("cpu"))
