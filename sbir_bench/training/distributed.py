@@ -85,22 +85,24 @@ def all_ranks_true(flag: bool) -> bool:
     return bool(t.item())
 
 
-def all_reduce_sum(value: int, device: torch.device) -> int:
-    """Sum of a count over ranks (identity when not distributed)."""
+def _summed(value: float, dtype: torch.dtype, device: torch.device) -> float:
+    """``value`` summed over ranks (itself when not distributed)."""
     if not is_initialized():
         return value
-    t = torch.tensor([value], dtype=torch.int64, device=device)
+    t = torch.tensor([value], dtype=dtype, device=device)
     dist.all_reduce(t)
-    return int(t.item())
+    return t.item()
+
+
+def all_reduce_sum(value: int, device: torch.device) -> int:
+    """Sum of a count over ranks (identity when not distributed)."""
+    return int(_summed(value, torch.int64, device))
 
 
 def all_reduce_mean(value: float, device: torch.device) -> float:
     """Mean of a Python float over ranks (identity when not distributed)."""
-    if not is_initialized():
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return float(t.item() / dist.get_world_size())
+    world_size = dist.get_world_size() if is_initialized() else 1
+    return float(_summed(value, torch.float64, device) / world_size)
 
 
 class _AllReduceSum(torch.autograd.Function):
