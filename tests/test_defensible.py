@@ -249,3 +249,15 @@ def test_maple_follows_the_reference_context_rules(tiny_backbone):
     deep = default.coupling[1:]
     assert all(torch.equal(layer.weight, deep[0].weight) for layer in deep)  # clones of one layer
     assert not torch.equal(default.coupling[0].weight, deep[0].weight)
+
+
+def test_the_way_out_of_a_foreign_checkpoint_fits_run_and_reproduce(tmp_path):
+    """reproduce has no --resume (it always resumes): the advice must not send its user to a flag it lacks."""
+    from sbir_bench.errors import WeightsError
+    from sbir_bench.training.checkpoint import check_resumable
+    for ckpt, fingerprint in (({"method": "coop"}, None), ({"method": "splip", "trained_on": {"lr": 1}}, {"lr": 2})):
+        with pytest.raises(WeightsError) as err:
+            check_resumable(ckpt, "splip", fingerprint, tmp_path)
+        message = str(err.value)
+        assert f"delete {tmp_path}" in message and "another --output-dir" in message
+        assert not message.rstrip(")").endswith("without --resume or use another --output-dir")
