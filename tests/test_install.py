@@ -242,3 +242,14 @@ def test_every_environment_variable_is_documented_once_with_its_one_meaning():
         assert len(re.findall(rf"^\| `{name}` \|", readme, re.M)) == 1, name
     used = set(re.findall(r"SBIR_BENCH_[A-Z_]+", "".join(p.read_text() for p in (ROOT / "sbir_bench").rglob("*.py"))))
     assert used <= set(ENVIRONMENT) | {"SBIR_BENCH_TEST_CACHE"}, used - set(ENVIRONMENT)
+
+
+def test_the_shipped_recipes_are_listed_by_the_name_config_takes():
+    from click.testing import CliRunner
+
+    from sbir_bench.cli import main
+    listed = CliRunner().invoke(main, ["recipes"]).output.split()
+    assert "paper/zs/tuberlin/splip" in listed and "mini/coop" in listed and "paper/recipes/common" in listed
+    assert all(find_config(name).is_file() for name in listed)
+    assert CliRunner().invoke(main, ["recipes", "paper/gzs"]).output.split() == [n for n in listed
+                                                                                 if n.startswith("paper/gzs/")]

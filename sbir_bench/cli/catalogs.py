@@ -30,6 +30,26 @@ def methods_command() -> None:
         click.echo(f"{name:<{width}}  [{kind}]  {cls.description}")
 
 
+@main.command("recipes")
+@click.argument("prefix", required=False, default="")
+def recipes_command(prefix: str) -> None:
+    """List the shipped recipes, by the name `--config` takes (optionally those under PREFIX).
+
+    \b
+    Examples:
+      sbir-bench recipes
+      sbir-bench recipes paper/zs/tuberlin
+      sbir-bench run splip --config paper/zs/tuberlin/splip --data-root ~/data/sbir
+    """
+    from ..locations import recipes_folder
+
+    root = recipes_folder()
+    for path in sorted(root.rglob("*.yaml")):
+        name = path.relative_to(root).with_suffix("").as_posix()
+        if name.startswith(prefix.strip("/")):
+            click.echo(name)
+
+
 @main.command("backbones")
 @click.option("--pretrained", "with_tags", is_flag=True, help="Also list each model's open_clip pretrained tags.")
 def backbones_command(with_tags: bool) -> None:
