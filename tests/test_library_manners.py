@@ -11,6 +11,7 @@ import pytest
 import torch
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_importing_the_plots_chooses_no_backend_and_no_pyplot():
     code = ("import sys, matplotlib; before = matplotlib.rcParams._get('backend'); "
             "import sbir_bench.reporting.plots; "
