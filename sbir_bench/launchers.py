@@ -232,8 +232,7 @@ class CellRun:
             path = self._run(cfg)
         except BaseException as exc:  # a user error, a crash or a preemption: say so, then let the scheduler see it
             if read_state(out, self.cid).get("status") != "requeued":  # a preemption's checkpoint said requeued
-                text = str(exc) if isinstance(exc, SbirError) else f"{type(exc).__name__}: {exc}"
-                write_state(out, self.cid, status="failed", error=failure_reason(text))
+                write_state(out, self.cid, status="failed", error=exception_reason(exc))
             raise
         write_state(out, self.cid, status="done", record=path)
         write_table_when_complete(out, self.table)
@@ -365,6 +364,12 @@ def failure_reason(text: str) -> str:
         return (f"out of memory: {first} (lower --batch-size or raise train.grad_accum; the optimiser step "
                 f"stays the whole batch's)")
     return first
+
+
+def exception_reason(exc: BaseException) -> str:
+    """:func:`failure_reason` of an exception raised in this process: a user error's own line, else
+    the exception's type and message (a crash)."""
+    return failure_reason(str(exc) if isinstance(exc, SbirError) else f"{type(exc).__name__}: {exc}")
 
 
 def local_jobs(runs: List[Any], jobs: int, share_gpus: bool = False) -> List[tuple]:
@@ -543,8 +548,7 @@ def _execute_one(planned: Any, out: Path, cid: str) -> Optional[Tuple[str, SbirE
         release(out, cid)  # not failed, not running: the next reproduce resumes it
         raise
     except Exception as exc:  # noqa: BLE001 - one cell's crash must not cost the others; it is reported
-        text = str(exc) if isinstance(exc, SbirError) else f"{type(exc).__name__}: {exc}"
-        why = failure_reason(text)
+        why = exception_reason(exc)
         trace = state_dir(out) / f"{cid}.log"  # the traceback, for a bug report
         atomic_write_bytes(trace, "".join(traceback.format_exception(exc)).encode())
         write_state(out, cid, status="failed", error=why, log=str(trace))
