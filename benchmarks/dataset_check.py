@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from hollow_copies import LAYOUTS, PUBLISHED, build, quickdraw_ext_training_side  # noqa: E402
+from hollow_copies import PUBLISHED, build, layouts, quickdraw_ext_training_side  # noqa: E402
 
 TARGET_S = 60.0
 
@@ -34,8 +34,8 @@ def layout_sizes(where: Path) -> bool:
     from sbir_bench.data.splits import load_split
     from sbir_bench.data.tasks import build_task, partition
     ok = True
-    for dataset, layouts in LAYOUTS.items():
-        for layout in layouts:
+    for dataset in ("sketchy", "tuberlin", "quickdraw"):
+        for layout in layouts(dataset):
             for split in (("1", "2") if dataset == "sketchy" else ("1",)):
                 root = where / f"{dataset}-{layout}-{split}"
                 shutil.rmtree(root, ignore_errors=True)

@@ -46,12 +46,18 @@ def tiny_backbone():
 
 
 # ------------------------------------------------------------------ dataset trees in the real layouts
-LAYOUTS = {  # dataset -> (dataset folder, sketch dir, photo dir, sketch name, photo name)
-    "sketchy": ("Sketchy", "256x256/sketch/tx_000000000000", "EXTEND_image_sketchy", "{pid}-{n}.png", "{pid}.jpg"),
-    "sketchy-fg": ("Sketchy", "256x256/sketch/tx_000000000000", "256x256/photo/tx_000000000000", "{pid}-{n}.png", "{pid}.jpg"),
-    "tuberlin": ("TUBerlin", "png_ready", "ImageResized_ready", "{sid}.png", "{pid}.JPEG"),
-    "quickdraw": ("QuickDraw", "QuickDraw_sketches_final", "QuickDraw_images_final", "{sid}.png", "{pid}.jpg"),
+TREE_LAYOUTS = {  # dataset -> (the catalog's layout the tiny trees use, sketch file name, photo file name)
+    "sketchy": ("raw", "{pid}-{n}.png", "{pid}.jpg"),
+    "sketchy-fg": ("raw", "{pid}-{n}.png", "{pid}.jpg"),
+    "tuberlin": ("sake", "{sid}.png", "{pid}.JPEG"),
+    "quickdraw": ("doodle2search", "{sid}.png", "{pid}.jpg"),
 }
+
+
+def tree_layout(dataset: str):
+    """The catalog's entry (data/catalog.py) of the layout :func:`build_tree` writes for ``dataset``."""
+    from sbir_bench.data.catalog import get_spec
+    return get_spec(dataset).layout(TREE_LAYOUTS[dataset][0])
 
 
 def _tiny_image(path: Path, seed: int, sketch: bool) -> None:
@@ -69,8 +75,8 @@ def _tiny_image(path: Path, seed: int, sketch: bool) -> None:
 
 def build_tree(root: Path, dataset: str, classes, photos: int = 2, sketches_per_photo: int = 1) -> Path:
     """Write a tiny copy of ``dataset`` under ``root`` with real folder and file naming schemes."""
-    folder, sk_dir, ph_dir, sk_name, ph_name = LAYOUTS[dataset]
-    base = root / folder
+    layout, (_, sk_name, ph_name) = tree_layout(dataset), TREE_LAYOUTS[dataset]
+    base, sk_dir, ph_dir = root / layout.folder, layout.sketch_dir, layout.photo_dir
     for ci, cname in enumerate(classes):
         for k in range(photos):
             pid = f"n{ci:08d}_{k + 1}"

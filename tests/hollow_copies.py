@@ -66,50 +66,49 @@ def _name_hash(name: str) -> int:
     return sum((i + 1) * ord(ch) for i, ch in enumerate(name))
 
 
-# A layout maps a list path (SAKE/ZSE-SBIR's naming, relative to Sketchy/, TUBerlin/ or QuickDraw/) to
-# a path relative to the data root, or None when that copy does not hold the file.
-Layout = Callable[[str], Optional[str]]
+# The lists' own folder names (SAKE's / ZSE-SBIR's naming, relative to Sketchy/, TUBerlin/ or QuickDraw/).
+SK_READY, EXT_READY, PH_READY = "256x256/sketch/tx_000000000000_ready/", "EXTEND_image_sketchy_ready/", \
+    "256x256/photo/tx_000000000000_ready/"
+LIST_FOLDERS = {"sketchy": (SK_READY, EXT_READY), "tuberlin": ("png_ready/", "ImageResized_ready/"),
+                "quickdraw": ("sketches/", "images/")}
+# Copies whose download script renames files as well as folders (SEM-PCYC's download_datasets.sh).
+RENAMES = {("tuberlin", "sem-pcyc"): lambda cls, name: (cls.replace(" ", "_"),
+                                                         name if name.endswith(".png") else name.rsplit(".", 1)[0] + ".jpg")}
+# A placement maps a list path to a path relative to the data root, or None when that copy lacks the file.
+Placement = Callable[[str], Optional[str]]
 
 
-def _swap(prefixes: Dict[str, str]) -> Layout:
+def layouts(dataset: str) -> List[str]:
+    """The names of the catalog's layouts of ``dataset``: every public copy the tests lay out."""
+    from sbir_bench.data.catalog import get_spec
+    return [x.name for x in get_spec(dataset).layouts]
+
+
+def placement(dataset: str, layout: str) -> Placement:
+    """Where the copy the catalog calls ``layout`` keeps each listed file: its sketch and photo folders,
+    and, for Sketchy, the paired-photo folder of the fine-grained layout of the same name (if any)."""
+    from sbir_bench.data.catalog import get_spec
+    entry = get_spec(dataset).layout(layout)
+    folders = dict(zip(LIST_FOLDERS[dataset], (entry.sketch_dir, entry.photo_dir)))
+    if dataset == "sketchy":
+        twin = [x for x in get_spec("sketchy-fg").layouts if x.name == layout]
+        folders[PH_READY] = twin[0].photo_dir if twin else None
+    rename = RENAMES.get((dataset, layout), lambda cls, name: (cls, name))
+
     def place(path: str) -> Optional[str]:
-        for old, new in prefixes.items():
+        for old, new in folders.items():
             if path.startswith(old):
-                return None if new is None else new + path[len(old):]
+                if new is None:
+                    return None
+                cls, name = rename(*path[len(old):].split("/"))
+                return os.path.normpath(f"{entry.folder}/{new}/{cls}/{name}")
         raise ValueError(f"no rule for {path}")
     return place
 
 
-SK_READY, EXT_READY, PH_READY = "256x256/sketch/tx_000000000000_ready/", "EXTEND_image_sketchy_ready/", \
-    "256x256/photo/tx_000000000000_ready/"
-LAYOUTS: Dict[str, Dict[str, Layout]] = {
-    "sketchy": {
-        "sake": _swap({SK_READY: "Sketchy/" + SK_READY, EXT_READY: "Sketchy/" + EXT_READY, PH_READY: "Sketchy/" + PH_READY}),
-        "sem-pcyc": _swap({SK_READY: "Sketchy/sketch/tx_000000000000/", EXT_READY: "Sketchy/extended_photo/",
-                           PH_READY: "Sketchy/photo/tx_000000000000/"}),
-        "doodle2search-loader": _swap({SK_READY: "Sketchy/sketch/tx_000000000000/", EXT_READY: "EXTEND_image_sketchy/",
-                                       PH_READY: None}),
-        "clip-at": _swap({SK_READY: "Sketchy/sketch/", EXT_READY: "Sketchy/photo/", PH_READY: None}),
-    },
-    "tuberlin": {
-        "sake": _swap({"png_ready/": "TUBerlin/png_ready/", "ImageResized_ready/": "TUBerlin/ImageResized_ready/"}),
-        "sem-pcyc": lambda p: _sem_pcyc_tuberlin(p),
-    },
-    "quickdraw": {
-        "zse-sbir": _swap({"sketches/": "QuickDraw/sketches/", "images/": "QuickDraw/images/"}),
-        "doodle2search": _swap({"sketches/": "QuickDraw/QuickDraw_sketches_final/",
-                                "images/": "QuickDraw/QuickDraw_images_final/"}),
-    },
-}
-
-
-def _sem_pcyc_tuberlin(path: str) -> str:
-    """SEM-PCYC's download script: TU-Berlin/sketches and images, class names with underscores, .jpg photos."""
-    folder, cls, name = path.split("/")
-    cls = cls.replace(" ", "_")
-    if folder == "png_ready":
-        return f"TU-Berlin/sketches/{cls}/{name}"
-    return f"TU-Berlin/images/{cls}/{name.rsplit('.', 1)[0]}.jpg"
+def has_paired_photos(dataset: str, layout: str) -> bool:
+    """True when the copy also holds Sketchy's paired-photo folder (the lists' second listing)."""
+    return placement(dataset, layout)(PH_READY + "c/n0_1.jpg") is not None if dataset == "sketchy" else False
 
 
 @dataclass
@@ -185,7 +184,7 @@ def build(root: Path, dataset: str, layout: str, split: str = "1", every: int = 
     name = f"sketchy-split{split}" if dataset == "sketchy" else dataset
     sketches, photos = (subsample(p, every) for p in zero_lists(name))
     unseen = {class_key(p.split("/")[-2]) for p in sketches}
-    place = LAYOUTS[dataset][layout]
+    place = placement(dataset, layout)
     sources = root / ".sources"
     sources.mkdir(parents=True, exist_ok=True)
     linker = _Linker(sources)

@@ -3,6 +3,7 @@ of each layout): accepted as it is, or refused in one line where using it would 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -31,17 +32,15 @@ def build_copy(root: Path, sketch_dir: str, photo_dir: str, classes, photo_class
     return root
 
 
-@pytest.mark.parametrize("dataset,sketch_dir,photo_dir", [
-    ("sketchy", "Sketchy/256x256/sketch/tx_000000000000_ready", "Sketchy/EXTEND_image_sketchy_ready"),  # SAKE/ZSE/TCN
-    ("sketchy", "Sketchy/sketch/tx_000000000000", "EXTEND_image_sketchy"),  # Doodle2Search's loader: beside Sketchy/
-    ("sketchy", "Sketchy/sketch/tx_000000000000", "Sketchy/extended_photo"),  # SEM-PCYC's script
-    ("sketchy", "Sketchy/sketch", "Sketchy/photo"),  # CLIP-AT
-    ("sketchy-fg", "Sketchy/256x256/sketch/tx_000000000000_ready", "Sketchy/256x256/photo/tx_000000000000_ready"),
-    ("quickdraw", "QuickDraw/sketches", "QuickDraw/images"),  # ZSE-SBIR
-])
-def test_public_layouts_are_accepted(dataset, sketch_dir, photo_dir, tmp_path):
-    build_copy(tmp_path, sketch_dir, photo_dir, SKETCHY)
+LAYOUT_CASES = [(d, x.name) for d in ("sketchy", "sketchy-fg", "tuberlin", "quickdraw") for x in get_spec(d).layouts]
+
+
+@pytest.mark.parametrize("dataset,layout", LAYOUT_CASES)
+def test_every_catalog_layout_is_accepted(dataset, layout, tmp_path):
+    entry = get_spec(dataset).layout(layout)
+    build_copy(tmp_path, *(os.path.normpath(f"{entry.folder}/{d}") for d in (entry.sketch_dir, entry.photo_dir)), SKETCHY)
     index = index_dataset(dataset, tmp_path)
+    assert index.layout == entry
     assert sorted(map(class_key, index.class_names)) == sorted(map(class_key, SKETCHY))
     assert len(index.sketches) == len(index.photos) == 2 * len(SKETCHY)
 
@@ -70,7 +69,7 @@ def _raw_names() -> dict:
 
 
 def test_fine_grained_refuses_the_extended_photos(tmp_path):
-    build_copy(tmp_path, "Sketchy/sketch/tx_000000000000", "Sketchy/photo", SKETCHY, extra_photos=5)  # CLIP-AT's photo/
+    build_copy(tmp_path, "Sketchy/sketch", "Sketchy/photo", SKETCHY, extra_photos=5)  # CLIP-AT's layout
     with pytest.raises(DataError, match="depicted by no sketch"):
         index_dataset("sketchy-fg", tmp_path)
 
@@ -99,3 +98,8 @@ def test_datasets_check_prints_the_test_task_of_every_split_and_setting(tmp_path
     assert "split 2 zs: 21 queries x 21 photos" in result.output
     assert "split 1 gzs: 30 queries x 30 photos (seen part 5 x 5, unseen part 25 x 25)" in result.output
     assert "split 1 fg: 25 queries x 25 photos" in result.output
+
+
+def test_the_docs_show_every_catalog_layout():
+    from sbir_bench.data.catalog import layout_table
+    assert layout_table() in (Path(__file__).parents[1] / "docs" / "datasets.md").read_text()

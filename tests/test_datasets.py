@@ -9,7 +9,7 @@ import shutil
 import pytest
 from click.testing import CliRunner
 
-from conftest import LAYOUTS, official_classes
+from conftest import official_classes, tree_layout
 from sbir_bench.cli import main
 from sbir_bench.data import get_spec, index_dataset, load_split
 from sbir_bench.data.check import check_dataset
@@ -41,7 +41,7 @@ def test_split_files_count_and_names_exist(dataset, split, count):
 def test_discovery_in_real_layout(make_tree, dataset):
     root = make_tree(dataset)
     index = index_dataset(dataset, root)
-    assert index.root == root / LAYOUTS[dataset][0]
+    assert index.root == root / tree_layout(dataset).folder
     assert sorted(index.class_names) == sorted(official_classes(dataset))
     assert len(index.sketches) == len(index.photos) == 2 * len(index.class_names)
 

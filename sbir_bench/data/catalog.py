@@ -8,9 +8,10 @@ a package adds its own through the ``sbir_bench.datasets`` entry-point group (do
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Optional, Tuple, Union
 
 from ..plugins import DATASETS
 from .mini import MINI_UNSEEN
@@ -21,10 +22,14 @@ SplitSource = Union[str, Tuple[str, ...]]  # a bundled split file name, a path, 
 
 @dataclass(frozen=True)
 class Layout:
-    """Sketch and photo folders (class sub-folders inside) relative to the dataset directory."""
+    """One public copy's sketch and photo folders (class sub-folders inside), relative to the dataset
+    directory: a named entry, so that a new copy is one line in its spec and docs and tests read it."""
 
     sketch_dir: str
     photo_dir: str
+    name: str = ""  # what this copy is called in docs, tests and `datasets check`
+    source: str = ""  # whose code or archive lays the files out this way
+    folder: str = ""  # the dataset folder this copy names (discovery tries every name in the spec's subdirs)
 
 
 @dataclass
@@ -48,10 +53,16 @@ class DatasetSpec:
     # photo file names that SAKE's / ZSE-SBIR's zero-shot lists name twice (data.gallery: published)
     listed_twice: str = ""
 
+    def layout(self, name: str) -> Layout:
+        """The layout entry called ``name``.
 
-def layouts(sketch: Sequence[str], photo: Sequence[str]) -> Tuple[Layout, ...]:
-    """Every (sketch folder, photo folder) combination."""
-    return tuple(Layout(s, p) for s in sketch for p in photo)
+        >>> get_spec("quickdraw").layout("zse-sbir").sketch_dir
+        'sketches'
+        """
+        for layout in self.layouts:
+            if layout.name == name:
+                return layout
+        raise KeyError(f"{self.name} has no layout {name!r}; it has {', '.join(x.name for x in self.layouts)}")
 
 
 def register(spec: DatasetSpec) -> DatasetSpec:
@@ -64,22 +75,57 @@ def get_spec(name: str) -> DatasetSpec:
     return DATASETS.get(name)
 
 
+def layout_table(names: Tuple[str, ...] = ("sketchy", "sketchy-fg", "tuberlin", "quickdraw")) -> str:
+    """The Markdown table of every public copy's folders, in the order discovery tries them
+    (docs/datasets.md holds it verbatim; a test compares)."""
+    rows = ["| `--dataset` | layout | sketches | photos | whose copy |", "| --- | --- | --- | --- | --- |"]
+    for name in names:
+        for x in get_spec(name).layouts:
+            sketches, photos = (posixpath.normpath(f"{x.folder}/{d}") for d in (x.sketch_dir, x.photo_dir))
+            rows.append(f"| `{name}` | `{x.name}` | `{sketches}/<class>/` | `{photos}/<class>/` | {x.source} |")
+    return "\n".join(rows)
+
+
 def _mini_root() -> Path:
     from .mini import ensure_mini
     return ensure_mini()
 
 
-# Sketch and photo folders of every public copy (docs/datasets.md names the source of each): the
-# official archive, SAKE / ZSE-SBIR / TCN (`_ready`), SEM-PCYC (`extended_photo`), Doodle2Search's
-# loader (`EXTEND_image_sketchy` beside `Sketchy/`), CLIP-AT (`sketch/<c>`, `photo/<c>`).
-_SKETCHY_SK = ("256x256/sketch/tx_000000000000", "256x256/sketch/tx_000000000000_ready", "sketch/tx_000000000000",
-               "sketch/tx_000000000000_ready", "sketch")
-_SKETCHY_FG_PH = ("256x256/photo/tx_000000000000", "256x256/photo/tx_000000000000_ready", "photo/tx_000000000000",
-                  "photo/tx_000000000000_ready")
+# Every public copy's folders, one entry each (docs/datasets.md names the source of each; the first
+# entry that exists under a dataset folder is read). Sources: ../shared/field/dataset-copies.md.
+_SAKE, _SEM_PCYC = "SAKE (qliu24/SAKE), ZSE-SBIR (buptLinfy/ZSE-SBIR), TCN", "SEM-PCYC (AnjanDutta/sem-pcyc) download script"
+_RAW = "the official archives as downloaded"
+_FLAT = "plain sketch/ and photo/ class folders"
+SKETCHY_LAYOUTS = (
+    Layout("256x256/sketch/tx_000000000000", "EXTEND_image_sketchy", "raw",
+           "official Sketchy archive + Deep Sketch Hashing's extended photos", "Sketchy"),
+    Layout("256x256/sketch/tx_000000000000_ready", "EXTEND_image_sketchy_ready", "sake", _SAKE, "Sketchy"),
+    Layout("sketch/tx_000000000000", "extended_photo", "sem-pcyc", _SEM_PCYC + " and Doodle2Search's", "Sketchy"),
+    Layout("sketch/tx_000000000000", "../EXTEND_image_sketchy", "doodle2search-loader",
+           "Doodle2Search's loader (sounakdey/doodle2search): the extended photos beside Sketchy/", "Sketchy"),
+    Layout("sketch", "photo", "clip-at", "CLIP-AT (aneeshan95/Sketch_LVM): photo/ holds the extended photos", "Sketchy"),
+)
+SKETCHY_FG_LAYOUTS = (
+    Layout("256x256/sketch/tx_000000000000", "256x256/photo/tx_000000000000", "raw", "official Sketchy archive", "Sketchy"),
+    Layout("256x256/sketch/tx_000000000000_ready", "256x256/photo/tx_000000000000_ready", "sake", _SAKE, "Sketchy"),
+    Layout("sketch/tx_000000000000", "photo/tx_000000000000", "sem-pcyc", _SEM_PCYC, "Sketchy"),
+    Layout("sketch", "photo", "flat", _FLAT + " (refused when photo/ holds the extended photos)", "Sketchy"),
+)
+TUBERLIN_LAYOUTS = (
+    Layout("png_ready", "ImageResized_ready", "sake", _SAKE, "TUBerlin"),
+    Layout("sketches", "images", "sem-pcyc", _SEM_PCYC + " (classes with underscores, .jpg photos)", "TU-Berlin"),
+    Layout("png", "ImageResized", "raw", _RAW + " (52 photo folders spelled otherwise: the alias table)", "TUBerlin"),
+    Layout("sketch", "photo", "flat", _FLAT, "TUBerlin"),
+)
+QUICKDRAW_LAYOUTS = (
+    Layout("QuickDraw_sketches_final", "QuickDraw_images_final", "doodle2search",
+           "Doodle2Search's archives (sounakdey/doodle2search)", "QuickDraw"),
+    Layout("sketches", "images", "zse-sbir", "ZSE-SBIR (buptLinfy/ZSE-SBIR)", "QuickDraw"),
+    Layout("sketch", "photo", "flat", _FLAT, "QuickDraw"),
+)
 register(DatasetSpec(
     name="sketchy", title="Sketchy Extended", table_title="Sketchy-Ext", subdirs=("Sketchy", "sketchy", ""),
-    layouts=layouts(_SKETCHY_SK, ("EXTEND_image_sketchy", "EXTEND_image_sketchy_ready", "256x256/EXTEND_image_sketchy",
-                                  "extended_photo", "../EXTEND_image_sketchy", "photo")),
+    layouts=SKETCHY_LAYOUTS,
     splits={"1": "sketchy_split1.txt", "2": "sketchy_split2.txt"},
     expected={"classes": 125, "sketches": 75481, "photos": 73002}, class_list="sketchy.txt",
     source="Sangkloy et al. 2016 (sketchy.eye.gatech.edu) + extended photos of Liu et al. 2017",
@@ -87,26 +133,26 @@ register(DatasetSpec(
     listed_twice=r"n\d+_\d+\.\w+"))  # the original Sketchy photos (the extended ones are ext_N.jpg)
 register(DatasetSpec(
     name="sketchy-fg", title="Sketchy (fine-grained pairs)", table_title="Sketchy", subdirs=("Sketchy", "sketchy", ""),
-    layouts=layouts(_SKETCHY_SK, (*_SKETCHY_FG_PH, "photo")),
+    layouts=SKETCHY_FG_LAYOUTS,
     splits={"1": "sketchy_split1.txt", "2": "sketchy_split2.txt"},
     expected={"classes": 125, "sketches": 75481, "photos": 12500}, class_list="sketchy.txt", fine_grained=True,
     source="Sangkloy et al. 2016 (sketchy.eye.gatech.edu)", licence="CC BY 4.0 (sketches); photos from ImageNet"))
 register(DatasetSpec(
     name="tuberlin", title="TU-Berlin Extended", table_title="TU-Berlin-Ext", subdirs=("TUBerlin", "TU-Berlin", "tuberlin", ""),
-    layouts=layouts(("png_ready", "sketches", "png", "sketch"), ("ImageResized_ready", "images", "ImageResized", "photo")),
+    layouts=TUBERLIN_LAYOUTS,
     splits={"1": "tuberlin_split1.txt"}, photo_aliases="tuberlin_photo_aliases.txt",
     expected={"classes": 250, "sketches": 20000, "photos": 204489}, class_list="tuberlin.txt",
     source="Eitz et al. 2012 (cybertron.cg.tu-berlin.de/eitz/projects/classifysketch) + photos of Zhang et al. 2016",
     licence="CC BY 4.0 (sketches); photos research use"))
 register(DatasetSpec(
     name="quickdraw", title="QuickDraw Extended", table_title="QuickDraw-Ext", subdirs=("QuickDraw", "quickdraw", ""),
-    layouts=layouts(("QuickDraw_sketches_final", "sketches", "sketch"), ("QuickDraw_images_final", "images", "photo")),
+    layouts=QUICKDRAW_LAYOUTS,
     splits={"1": "quickdraw_split1.txt"},
     expected={"classes": 110, "sketches": 330000, "photos": 204000}, class_list="quickdraw.txt",
     source="Dey et al., Doodle to Search, CVPR 2019 (github.com/sounakdey/doodle2search)",
     licence="QuickDraw sketches CC BY 4.0; photos research use"))
 register(DatasetSpec(
-    name="mini", title="sbir-bench mini (generated)", table_title="mini", subdirs=("",), layouts=(Layout("sketch", "photo"),),
+    name="mini", title="sbir-bench mini (generated)", table_title="mini", subdirs=("",), layouts=(Layout("sketch", "photo", "mini", "sbir_bench.data.mini"),),
     splits={"1": MINI_UNSEEN}, expected={}, fine_grained=True,
     source="generated deterministically by sbir_bench.data.mini", licence="CC0 (synthetic)",
     default_root=_mini_root))

@@ -49,13 +49,15 @@ class CheckReport:
     problems: List[str] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)  # what was not checked, and how to check it
+    layout: str = ""  # the catalog's name for the copy found (data/catalog.py layouts)
 
     @property
     def usable(self) -> bool:
         return not self.problems
 
     def lines(self) -> List[str]:
-        out = [f"{self.dataset} at {self.root}: " + ", ".join(f"{v} {k}" for k, v in self.counts.items())]
+        found = f" ({self.layout} layout)" if self.layout else ""
+        out = [f"{self.dataset} at {self.root}{found}: " + ", ".join(f"{v} {k}" for k, v in self.counts.items())]
         out += [f"problem: {p}" for p in self.problems]
         out += [f"warning: {w}" for w in self.warnings]
         out += [f"note: {n}" for n in self.notes]
@@ -166,7 +168,7 @@ def check_dataset(name: str, data_root: Optional[str], split: str = "1", split_f
     see the module docstring)."""
     spec = get_spec(name)
     base, layout = locate(spec, resolve_root(spec, data_root))
-    report = CheckReport(name, base)
+    report = CheckReport(name, base, layout=layout.name)
     sketches = class_folders(base / layout.sketch_dir)
     check_not_fine_grained(spec, base, layout, list(class_folders(base / layout.photo_dir)))
     folders = {"sketches": sketches,  # photo folders keyed by the class they hold (raw spellings mapped)

@@ -58,13 +58,13 @@ def locate(spec: DatasetSpec, data_root: Optional[str | Path]) -> Tuple[Path, La
             if sk.is_dir() and ph.is_dir() and sk != ph:
                 return base, layout
         tried.append(str(base))
-    first = spec.layouts[0]
     hint = ""
     if spec.sibling and _present(spec.sibling, data_root):
         hint = f"; the folders there are {get_spec(spec.sibling).title}'s: use --dataset {spec.sibling}"
     raise DataError(
         f"{spec.title} not found: looked in {', '.join(dict.fromkeys(tried))} for <class>/ folders under "
-        f"'{first.sketch_dir}' and '{first.photo_dir}' (or the other layouts in docs/datasets.md); "
+        f"{' or '.join(repr(x.sketch_dir) + ' and ' + repr(x.photo_dir) for x in spec.layouts[:2])} "
+        f"(or the other layouts in docs/datasets.md: {', '.join(x.name or '?' for x in spec.layouts)}); "
         f"point --data-root at the folder that holds it{hint}")
 
 
