@@ -101,16 +101,43 @@ def make_tree(tmp_path):
 
 
 # ------------------------------------------------------------------ runs and caches shared by tests
+SHORT_TRAINING = {"train.epochs": 2, "train.steps_per_epoch": 2, "train.batch_size": 8, "train.val_every": 0,
+                  "eval.save_embeddings": False}
+
+
+def short_training(changes: dict | None = None) -> dict:
+    """The few-step training tests run (config keys), with ``changes``: the one definition of "fast"."""
+    return {**SHORT_TRAINING, **(changes or {})}
+
+
+FLAGS = {"train.epochs": "--epochs", "train.batch_size": "--batch-size"}  # keys with their own option
+
+
+def as_options(values: dict) -> list:
+    """Config values as command-line options (their own flag where there is one, so that a later
+    ``--epochs`` given by a test wins as it would for a user; else ``--set key=value``), quiet."""
+    text = {True: "true", False: "false"}
+    args = []
+    for key, value in values.items():
+        value = text[value] if isinstance(value, bool) else value
+        args += [FLAGS[key], str(value)] if key in FLAGS else ["--set", f"{key}={value}"]
+    return args + ["--quiet"]
+
+
+def newest_record(out: Path) -> dict:
+    """The record written last into ``out``."""
+    import json
+    return json.loads(max(out.glob("*.json"), key=lambda p: p.stat().st_mtime).read_text())
+
+
 def run_record(out: Path, *extra: str, method: str = "zeroshot-clip") -> dict:
     """Run ``method`` from the command line into ``out`` (quietly) and return its newest record."""
-    import json
-
     from click.testing import CliRunner
 
     from sbir_bench.cli import main
     result = CliRunner().invoke(main, ["run", method, "--output-dir", str(out), "--quiet", *extra])
     assert result.exit_code == 0, result.output
-    return json.loads(max(out.glob("*.json"), key=lambda p: p.stat().st_mtime).read_text())
+    return newest_record(out)
 
 
 @pytest.fixture

@@ -11,19 +11,15 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from conftest import as_options, newest_record, short_training
 from sbir_bench.cli import main
 from sbir_bench.errors import DataError, WeightsError
 
-FAST = ["--epochs", "1", "--batch-size", "8", "--set", "train.steps_per_epoch=2", "--set", "train.val_every=0",
-        "--quiet"]
+FAST = as_options(short_training({"train.epochs": 1, "eval.save_embeddings": True}))
 
 
 def _invoke(*args: str):
     return CliRunner().invoke(main, list(args))
-
-
-def _latest(folder: Path) -> dict:
-    return json.loads(max(folder.glob("*.json"), key=lambda p: p.stat().st_mtime).read_text())
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +28,7 @@ def trained(tmp_path_factory, mini_root):
     out = tmp_path_factory.mktemp("trained")
     result = _invoke("run", "splip", *FAST, "--output-dir", str(out))
     assert result.exit_code == 0, result.output
-    return out, _latest(out)
+    return out, newest_record(out)
 
 
 def test_a_trained_run_saves_a_small_self_describing_artifact(trained):
@@ -55,7 +51,7 @@ def test_eval_model_reproduces_the_runs_own_numbers_and_embeddings(trained, tmp_
     result = _invoke("eval", "--model", record["record_path"] if "record_path" in record else
                      str(out / f"{record['run_id']}.json"), "--output-dir", str(tmp_path), "--quiet")
     assert result.exit_code == 0, result.output
-    again = _latest(tmp_path)
+    again = newest_record(tmp_path)
     assert again["metrics"] == record["metrics"]
     assert again["model_source"]["run_id"] == record["run_id"] and again["train"]["epochs"] == 0
     with np.load(record["embeddings"]) as a, np.load(again["embeddings"]) as b:
@@ -68,7 +64,7 @@ def test_eval_model_scores_another_setting_and_refuses_seen_test_classes(trained
     run_folder = str(Path(record["model"]).parent)
     gzs = _invoke("eval", "--model", run_folder, "--setting", "gzs", "--output-dir", str(tmp_path / "gzs"), "--quiet")
     assert gzs.exit_code == 0, gzs.output
-    assert _latest(tmp_path / "gzs")["setting"] == "gzs"
+    assert newest_record(tmp_path / "gzs")["setting"] == "gzs"
     split = tmp_path / "split.txt"
     split.write_text("star\ncircle\nsquare\n")  # circle and square were training classes
     leak = _invoke("eval", "--model", run_folder, "--split-file", str(split), "--output-dir", str(tmp_path / "x"))
@@ -77,7 +73,7 @@ def test_eval_model_scores_another_setting_and_refuses_seen_test_classes(trained
     allowed = _invoke("eval", "--model", run_folder, "--split-file", str(split), "--allow-seen-classes",
                       "--output-dir", str(tmp_path / "y"), "--quiet")
     assert allowed.exit_code == 0, allowed.output
-    assert _latest(tmp_path / "y")["model_source"]["seen_classes_in_test"] == ["circle", "square"]
+    assert newest_record(tmp_path / "y")["model_source"]["seen_classes_in_test"] == ["circle", "square"]
 
 
 def test_load_model_in_three_lines_embeds_like_the_run(trained, mini_root):
@@ -140,7 +136,7 @@ def test_reproduce_reuses_the_zs_model_for_the_gzs_cell(tmp_path, mini_root):
     assert "-> reuse the model of linear-probe_mini_zs_split1_seed0" in dry.output, dry.output
     gzs = _invoke("reproduce", "gzs", *base, "--output-dir", str(tmp_path / "gzs"))
     assert gzs.exit_code == 0, gzs.output
-    record = _latest(tmp_path / "gzs")
+    record = newest_record(tmp_path / "gzs")
     assert record["setting"] == "gzs" and record["train"]["epochs"] == 0 and record["model_source"]
     heldout = _invoke("reproduce", "gzs", *base, "--set", "data.gzs_protocol=heldout", "--output-dir",
                       str(tmp_path / "gzs"), "--dry-run")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import torch
 import pytest
+import torch
 
 from sbir_bench.errors import WeightsError
 from sbir_bench.models import load_backbone
@@ -59,3 +59,16 @@ def test_bad_inputs_are_weights_errors(tmp_path):
 def test_openai_tag_builds_with_quickgelu():
     assert _tag_overrides("ViT-B-32", "openai")["force_quick_gelu"] is True
     assert _tag_overrides("sbir-tiny", None) == {}
+
+
+def test_an_error_building_a_randomly_initialised_model_is_not_called_a_weights_error(monkeypatch):
+    from sbir_bench.errors import WeightsError
+    from sbir_bench.models import factory
+
+    def broken(*args, **kwargs):
+        raise ValueError("a bug in the model config")
+    monkeypatch.setattr(factory, "create_model", broken)
+    with pytest.raises(ValueError, match="a bug in the model config"):
+        factory.load_backbone("sbir-tiny", "random")
+    with pytest.raises(WeightsError, match="could not load weights"):
+        factory.load_backbone("sbir-tiny")  # its shipped weights: loading them failed

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import average_precision_score
 
 from sbir_bench.retrieval import Protocol, evaluate
@@ -221,3 +222,75 @@ def test_parse_memory_and_errors():
         evaluate(np.zeros((2, 3)), np.zeros((2, 4)), [0, 1], [0, 1])
     with pytest.raises(SbirError):
         Protocol(ties="random")
+
+
+def test_map_all_equals_torchmetrics_only_with_positive_scores():
+    from torchmetrics.functional.retrieval import retrieval_average_precision
+
+    from sbir_bench.retrieval import PRESETS, Protocol, evaluate
+    rng = np.random.default_rng(3)
+    scores = rng.uniform(0.05, 1.0, (20, 50)).astype(np.float32)  # distinct and positive: they agree
+    ql, gl = rng.integers(0, 3, 20), rng.integers(0, 3, 50)
+    ours = evaluate(scores=scores, query_labels=ql, gallery_labels=gl, protocol=Protocol()).per_query["AP@all"]
+    tm = [float(retrieval_average_precision(torch.from_numpy(scores[i]), torch.from_numpy(gl == ql[i]))) for i in range(20)]
+    np.testing.assert_allclose(ours, tm, atol=1e-6)
+    scores[:, ::3] -= 1.0  # a third of the items, relevant ones included, now score <= 0
+    ours = evaluate(scores=scores, query_labels=ql, gallery_labels=gl, protocol=Protocol()).per_query["AP@all"]
+    tm = [float(retrieval_average_precision(torch.from_numpy(scores[i]), torch.from_numpy(gl == ql[i]))) for i in range(20)]
+    assert np.abs(ours - np.array(tm)).max() > 0.05  # torchmetrics >= 1.8 drops relevant items scored <= 0
+    preset = evaluate(scores=scores, query_labels=ql, gallery_labels=gl, protocol=PRESETS["torchmetrics"])
+    np.testing.assert_allclose(preset.per_query["AP@all"], tm, atol=1e-6)  # ... which its preset reproduces
+
+
+def test_block_rows_follow_the_memory_budget():
+    from sbir_bench.retrieval.scoring import block_rows
+    rows = [block_rows(100_000, budget) for budget in (10 ** 7, 2 * 10 ** 7, 4 * 10 ** 7)]
+    assert rows[0] >= 1 and all(abs(b - 2 * a) <= 1 for a, b in zip(rows, rows[1:]))  # rows grow with the budget
+    assert block_rows(2 * 100_000, 2 * 10 ** 7) == rows[0]  # and shrink with the gallery
+    assert block_rows(10 ** 9, 1) == 1  # a budget below one row still scores, one row at a time
+    assert block_rows(10, "1GiB") == 512  # capped on CPU
+    assert block_rows(10, "auto", "cpu") == 512
+
+
+@pytest.mark.parametrize("decimals", [0, 1, 2, 6])
+def test_cpu_and_device_ranking_paths_give_the_same_counts(decimals):
+    """The CPU path (numpy sorts, counts derived where nothing ties) equals the torch path a GPU runs,
+    on problems full of ties (scores rounded to few decimals) and without."""
+    from sbir_bench.retrieval.measures import (
+        RelevantRanks,
+        counts_numpy,
+        counts_torch,
+        tie_shift_numpy,
+        tie_shift_torch,
+    )
+    rng = np.random.default_rng(decimals)
+    for _ in range(30):
+        b, n = int(rng.integers(1, 12)), int(rng.integers(2, 200))
+        scores = np.round(rng.standard_normal((b, n)), decimals).astype(np.float32)
+        rel = np.sort(rng.choice(n, int(rng.integers(1, n + 1)), replace=False))
+        fast, device = counts_numpy(scores, rel), counts_torch(torch.from_numpy(scores), torch.from_numpy(rel))
+        for a, d in zip(fast, device):
+            assert np.array_equal(a, d.numpy())
+        rr = RelevantRanks(torch.from_numpy(scores), *device, n_gallery=n)
+        rows, cols = torch.nonzero(rr.n_ge - rr.n_gt > 1, as_tuple=True)
+        if len(rows):
+            assert torch.equal(tie_shift_numpy(rr, rows, cols), tie_shift_torch(rr, rows, cols))
+
+
+@pytest.mark.parametrize("decimals", [1, 6])
+def test_every_metric_is_the_same_through_the_torch_ranking_path(decimals, monkeypatch):
+    """The whole engine, every preset: the numpy ranking CPUs use against the torch ranking GPUs use
+    (run here on CPU tensors by routing the CPU counts through ``counts_torch``)."""
+    from sbir_bench.retrieval import PRESETS, evaluate_many, measures
+    rng = np.random.default_rng(decimals)
+    q, g = np.round(rng.normal(size=(70, 6)), decimals), np.round(rng.normal(size=(90, 6)), decimals)
+    ql, gl = rng.integers(0, 5, 70), rng.integers(0, 5, 90)
+    protocols = list(PRESETS.values())
+    numpy_path = evaluate_many(q, g, ql, gl, protocols=protocols, device="cpu")
+    monkeypatch.setattr(measures, "counts_numpy", lambda s, r: tuple(
+        t.numpy() for t in measures.counts_torch(torch.from_numpy(np.ascontiguousarray(s)), torch.from_numpy(r))))
+    torch_path = evaluate_many(q, g, ql, gl, protocols=protocols, device="cpu")
+    for a, b in zip(numpy_path, torch_path):
+        assert a.metrics.keys() == b.metrics.keys()
+        for key in a.metrics:
+            assert a.metrics[key] == pytest.approx(b.metrics[key], abs=1e-12), (a.protocol["preset"], key)

@@ -198,7 +198,10 @@ def test_torchmetrics_preset(ties):
                     (f"P@{K}", lambda s, t: torchmetrics_precision(s, t, K))):
         np.testing.assert_allclose(res.per_query[key], [fn(scores[i], gl == ql[i]) for i in range(len(ql))], atol=1e-6)
     if not ties:  # and the installed torchmetrics itself (its top-k order only matters with ties)
-        from torchmetrics.functional.retrieval import retrieval_average_precision, retrieval_precision
+        from torchmetrics.functional.retrieval import (
+            retrieval_average_precision,
+            retrieval_precision,
+        )
         t = [(torch.from_numpy(scores[i]), torch.from_numpy(gl == ql[i])) for i in range(len(ql))]
         np.testing.assert_allclose(res.per_query[f"mAP@{K}"], [float(retrieval_average_precision(p, g, top_k=K))
                                                                for p, g in t], atol=1e-6)
@@ -289,3 +292,15 @@ def test_per_query_file_gives_each_metric_its_own_queries_under_sakes_rule(tmp_p
     index, p100 = per_query_values(path, "P@100")
     assert index.tolist() == list(range(len(ql))) and p100[[2, 7]].tolist() == [0.0, 0.0]
     assert np.mean(p100) == pytest.approx(res.metrics["P@100"]) and np.mean(ap) == pytest.approx(res.metrics["mAP@all"])
+
+
+def test_protocols_all_with_a_name_is_every_preset_once(tmp_path):
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "e.npz", query=rng.normal(size=(5, 3)), gallery=rng.normal(size=(6, 3)),
+             query_labels=[0, 1, 0, 1, 0], gallery_labels=[0, 1, 0, 1, 1, 0])
+    out = tmp_path / "m.json"
+    result = CliRunner().invoke(main, ["eval", "--embeddings", str(tmp_path / "e.npz"), "--protocols", "all,sake",
+                                       "--json", str(out), "--quiet"])
+    from sbir_bench.retrieval.protocol import PRESETS
+    assert result.exit_code == 0, result.output
+    assert sorted(json.loads(out.read_text())["protocols"]) == sorted(PRESETS)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
+from conftest import run_record
 
+from sbir_bench.cli import main
 from sbir_bench.errors import SbirError
 from sbir_bench.fileio import atomic_write_json
 from sbir_bench.records import REQUIRED_KEYS, SCHEMA, load_records
@@ -86,3 +90,48 @@ def test_gzs_record_parts_and_every_preset_agree_with_an_independent_computation
     for preset, result_ in json.loads(out.read_text())["protocols"].items():
         for key, value in record["metrics_by_protocol"][preset].items():
             assert result_["metrics"][key] == pytest.approx(value, abs=1e-9), (preset, key)
+
+
+def test_two_copies_of_the_same_data_are_one_dataset_and_other_files_are_another(tmp_path, make_tree):
+    classes = ["airplane", "cat", "dog", "t-shirt"]
+    split = tmp_path / "split.txt"
+    split.write_text("dog\nt-shirt\n")
+    out = tmp_path / "runs"
+    first = make_tree("quickdraw", classes, photos=3)
+    twin = tmp_path / "twin"
+    shutil.copytree(first, twin)
+    common = ["--dataset", "quickdraw", "--split-file", str(split)]
+    a = run_record(out, *common, "--data-root", str(first))
+    b = run_record(out, *common, "--data-root", str(twin))
+    assert a["data_fingerprint"] == b["data_fingerprint"]
+    result = CliRunner().invoke(main, ["compare", "--results-dir", str(out)])
+    assert "(1)" in result.output and "counted once" in result.output
+    (twin / "QuickDraw" / "QuickDraw_images_final" / "cat" / "n00000001_1.jpg").unlink()
+    c = run_record(out, *common, "--data-root", str(twin))
+    assert c["data_fingerprint"]["photos"] == a["data_fingerprint"]["photos"] - 1
+    rows = CliRunner().invoke(main, ["compare", "--results-dir", str(out)]).output
+    assert "data 1" in rows and "data 2" in rows
+
+
+def test_records_carry_the_sha256_of_their_weights_and_data(tmp_path, mini_root):
+    from sbir_bench.data import mini
+    from sbir_bench.models import tiny_pretrain
+    record = run_record(tmp_path / "runs")
+    assert record["weights_sha256"] == tiny_pretrain.SHIPPED_SHA256
+    assert record["data_fingerprint"]["content_sha256"] == mini.SHIPPED_SHA256
+
+
+def test_eval_scores_string_labels_as_it_scores_their_codes(tmp_path):
+    rng = np.random.default_rng(0)
+    q, g = rng.normal(size=(6, 4)), rng.normal(size=(9, 4))
+    ql, gl = np.array([0, 1, 2, 0, 1, 2]), np.array([0, 1, 2] * 3)
+    names = np.array(["cat", "dog", "t-shirt"])
+    results = []
+    for tag, (a, b) in (("codes", (ql, gl)), ("names", (names[ql], names[gl]))):
+        np.savez(tmp_path / f"{tag}.npz", query=q, gallery=g, query_labels=a, gallery_labels=b)
+        out = tmp_path / f"{tag}.json"
+        result = CliRunner().invoke(main, ["eval", "--embeddings", str(tmp_path / f"{tag}.npz"), "--json", str(out),
+                                           "--quiet"])
+        assert result.exit_code == 0, result.output
+        results.append(json.loads(out.read_text())["metrics"])
+    assert results[0] == results[1]

@@ -4,12 +4,18 @@ bootstrap coverage, the paired test, tolerance of corrupt files, determinism."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import run_record
 
 from sbir_bench.cli import main
 from sbir_bench.fileio import atomic_write_json
@@ -192,3 +198,64 @@ def test_delta_uses_the_published_columns_preset_or_marks_the_protocol_unknown(t
     (ref / "known.csv").write_text(header + "splip,sketchy,1,zs,mAP@all,0.650,A 2024,T1,\n")
     text = CliRunner().invoke(main, ["compare", "--results-dir", str(folder), "--reference", str(ref)]).output
     assert "+0.050?" in text  # 0.70 (our default) - 0.65, protocol of the published number unknown
+
+
+def test_latex_escapes_every_special_character():
+    from sbir_bench.reporting.render import latex_escape
+    assert latex_escape("a_b{c}~^") == r"a\_b\{c\}\textasciitilde{}\textasciicircum{}"
+    assert latex_escape("50% & $x$ #1 \\") == r"50\% \& \$x\$ \#1 \textbackslash{}"
+
+
+@pytest.mark.slow  # four training runs
+def test_plot_keeps_one_curve_per_variant(tmp_path, mini_root):
+    from click.testing import CliRunner
+
+    from sbir_bench.cli import main
+    runs = tmp_path / "runs"
+    for variant in ("", "a_b+c"):
+        args = ["run", "zeroshot-clip", "--output-dir", str(runs), "--quiet"] + (["--variant", variant] if variant else [])
+        assert CliRunner().invoke(main, args).exit_code == 0
+    result = CliRunner().invoke(main, ["plot", "--results-dir", str(runs), "--output-dir", str(tmp_path / "p"),
+                                       "--kind", "grid"])
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "p").glob("grid_*.png"))) == 2  # the variant is not dropped
+    latex = CliRunner().invoke(main, ["export", "--results-dir", str(runs), "--format", "latex"]).output
+    assert r"zeroshot-clip [a\_b+c]" in latex
+
+
+def test_a_repeated_record_of_one_seed_is_counted_once(tmp_path, mini_root):
+    out = tmp_path / "runs"
+    run_record(out)
+    shutil.copy(next(out.glob("*.json")), out / "copy-of-the-same-run.json")
+    result = CliRunner().invoke(main, ["compare", "--results-dir", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "(1)" in result.output and "(2)" not in result.output
+    assert "seed 0 has 2 records; counted once" in result.output
+
+
+def test_a_fifo_among_the_records_does_not_hang_compare(tmp_path):
+    from test_reporting import make_record
+    folder = tmp_path / "runs"
+    make_record(folder, "coop", 0, {"mAP@all": 0.5})
+    os.mkfifo(folder / "x.json")
+    done = {}
+    worker = threading.Thread(target=lambda: done.update(r=CliRunner().invoke(main, ["compare", "--results-dir",
+                                                                                      str(folder)])), daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert "r" in done and done["r"].exit_code == 0, done
+
+
+def test_plot_file_names_never_collide():
+    from sbir_bench.reporting.plots import file_stems
+    stems = file_stems(["coop [a b]", "coop [a-b]", "splip", "coop [a b]"])
+    assert len(set(stems.values())) == 3 and stems["splip"] == "splip"
+
+
+@pytest.mark.slow  # a fresh interpreter
+def test_importing_the_plots_chooses_no_backend_and_no_pyplot():
+    code = ("import sys, matplotlib; before = matplotlib.rcParams._get('backend'); "
+            "import sbir_bench.reporting.plots; "
+            "print(matplotlib.rcParams._get('backend') == before, 'matplotlib.pyplot' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.stdout.split() == ["True", "False"], done.stdout + done.stderr

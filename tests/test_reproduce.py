@@ -4,11 +4,13 @@ user's rows beside the literature's, keeping finished cells on a second call."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from interrupts import loss_interrupted_at
 
 from sbir_bench.cli import main
 from sbir_bench.reproduce import METHOD_ORDER, cells, plan
@@ -47,9 +49,9 @@ def test_the_literature_csv_holds_the_printed_rows():
              for r in PAPER.itertuples()}
     for *key, value in PRINTED:
         assert table.get(tuple(key)) == pytest.approx(value, abs=1e-9), key
-    for setting, cells in CELLS.items():  # and every cell it has is one of the tables'
+    for setting, listed in CELLS.items():  # and every cell it has is one of the tables'
         rows = PAPER[PAPER["setting"] == setting]
-        assert {(d, s if isinstance(s, str) else "1") for d, s in zip(rows["dataset"], rows["split"])} == cells
+        assert {(d, s if isinstance(s, str) else "1") for d, s in zip(rows["dataset"], rows["split"])} == listed
 
 
 @pytest.mark.parametrize("setting", ["zs", "gzs", "fg"])
@@ -133,3 +135,40 @@ def test_one_unreachable_weight_host_is_probed_once_per_process(monkeypatch):
     finally:
         factory._reachable.cache_clear()
     assert dialled == [("example.org", 443)]
+
+
+def test_a_finished_resumed_cell_in_reproduce_is_kept(tmp_path, mini_root):
+    out = tmp_path / "table"
+    args = ["reproduce", "zs", "--dataset", "mini", "--method", "zeroshot-clip", "--output-dir", str(out), "--quiet"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    records = sorted(out.glob("*.json"))
+    dry = CliRunner().invoke(main, [*args, "--dry-run"])
+    assert "-> done" in dry.output
+    assert CliRunner().invoke(main, args).exit_code == 0
+    assert sorted(out.glob("*.json")) == records
+
+
+def test_an_interrupted_reproduce_resumes_its_cell_from_the_checkpoint(tmp_path, mini_root, monkeypatch):
+    """Ctrl-C inside a cell (exit 130); the same reproduce command again resumes that cell from its
+    last epoch and ends with the weights of a table that was never interrupted."""
+    import torch
+
+    from sbir_bench.methods import get_method
+    args = ["reproduce", "zs", "--dataset", "mini", "--method", "coop", "--set", "train.epochs=2", "--set",
+            "train.steps_per_epoch=2", "--set", "train.batch_size=8", "--set", "train.val_every=0", "--quiet"]
+    assert CliRunner().invoke(main, [*args, "--output-dir", str(tmp_path / "a")]).exit_code == 0
+    cls = get_method("coop")
+    original = cls.loss
+    monkeypatch.setattr(cls, "loss", loss_interrupted_at(cls, 3))  # epoch 2, step 1
+    first = CliRunner().invoke(main, [*args, "--output-dir", str(tmp_path / "b")])
+    assert first.exit_code == 130 and "rerun the same reproduce command" in first.output, first.output
+    assert not list((tmp_path / "b").glob("*.json"))
+    monkeypatch.setattr(cls, "loss", original)
+    again = CliRunner().invoke(main, [*args, "--output-dir", str(tmp_path / "b")])
+    assert again.exit_code == 0, again.output
+    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "b").glob("*.json")]
+    assert record["train"]["resumed_from_epoch"] == 1
+    last = lambda out: torch.load(next(out.glob("**/coop_mini_zs_split1_seed0/last.pt")),  # noqa: E731
+                                  weights_only=True)["trainable"]
+    straight, resumed = last(tmp_path / "a"), last(tmp_path / "b")
+    assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)

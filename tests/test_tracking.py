@@ -5,21 +5,16 @@ fails mid-run is a warning, never a lost run; `plot --kind curves` draws from th
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from conftest import as_options, newest_record, short_training
 from sbir_bench.cli import main
 
-FAST = ["--epochs", "2", "--batch-size", "8", "--set", "train.steps_per_epoch=3", "--set",
-        "eval.save_embeddings=false", "--quiet"]
+FAST = as_options(short_training({"train.steps_per_epoch": 3, "train.val_every": 1}))
 STEPS = 6
-
-
-def _record(folder: Path) -> dict:
-    return json.loads(next(folder.glob("*.json")).read_text())
 
 
 def wandb_records(path: Path):
@@ -51,7 +46,7 @@ def tracked(tmp_path_factory, mini_root):
                                        "--output-dir", str(out)])
     assert result.exit_code == 0, result.output
     assert result.output.count("\n") <= 8  # --quiet: the metrics table and the record line, no tracker chatter
-    return out, _record(out)
+    return out, newest_record(out)
 
 
 @pytest.mark.slow  # one training run reported to all four trackers (their imports: ~10 s)
@@ -80,7 +75,7 @@ def test_tensorboard_scalars_read_back(tracked):
 
 
 @pytest.mark.slow  # one training run reported to all four trackers (their imports: ~10 s)
-def test_mlflow_run_in_the_local_sqlite_store_names_the_record(tracked):
+def test_mlflow_run_in_the_local_sqlite_store_names_thenewest_record(tracked):
     from mlflow.tracking import MlflowClient
     out, record = tracked
     where = record["tracking"]["mlflow"]
@@ -120,7 +115,7 @@ def test_a_failing_tracker_is_a_warning_never_a_lost_run(tmp_path, mini_root, mo
                                        str(out)])
     assert result.exit_code == 0, result.output
     assert "tracker csv failed (OSError" in result.output and "goes on without it" in result.output
-    assert _record(out)["metrics"]["mAP@all"] > 0
+    assert newest_record(out)["metrics"]["mAP@all"] > 0
 
 
 @pytest.mark.parametrize("report_to,fragment", [("tensorboard,nosuch", "unknown tracker 'nosuch'"),

@@ -15,11 +15,11 @@ import pytest
 import torch
 from interrupts import loss_interrupted_at
 
+from conftest import short_training
 from sbir_bench.config import build_run_config
 from sbir_bench.runner import build, run
 
-FAST = {"train.epochs": 2, "train.steps_per_epoch": 3, "train.batch_size": 8, "train.val_every": 0,
-        "eval.save_embeddings": False, "quiet": True}
+FAST = {**short_training({"train.steps_per_epoch": 3}), "quiet": True}
 
 
 def config(tmp_path: Path, method: str, **extra):
@@ -126,7 +126,7 @@ def _launch(tmp_path: Path, nproc: int) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
-def _record(folder: Path) -> dict:
+def _only_record(folder: Path) -> dict:
     (path,) = folder.glob("*.json")  # rank 0 alone writes the record
     return json.loads(path.read_text())
 
@@ -141,7 +141,7 @@ def test_ddp_two_gloo_processes_match_one_process_and_resume_bit_identically(tmp
     _launch(tmp_path, 1)
     _launch(tmp_path, 2)
     for name in EQUAL:
-        single, double = _record(tmp_path / f"{name}-1"), _record(tmp_path / f"{name}-2")
+        single, double = _only_record(tmp_path / f"{name}-1"), _only_record(tmp_path / f"{name}-2")
         assert (single["train"]["world_size"], double["train"]["world_size"]) == (1, 2), name
         for one, two in zip(single["train"]["history"], double["train"]["history"], strict=True):
             assert set(one) == set(two) and "val_mAP@all" in one, name  # validation ran on every epoch
@@ -155,20 +155,20 @@ def test_ddp_two_gloo_processes_match_one_process_and_resume_bit_identically(tmp
             for part in ("query_paths", "gallery_paths"):  # every image once, in the one-process order
                 assert x[part].tolist() == y[part].tolist(), (name, part)
             np.testing.assert_allclose(y["gallery"], x["gallery"], atol=1e-4)
-    single, double = _record(tmp_path / "zs-gzs-1"), _record(tmp_path / "zs-gzs-2")
+    single, double = _only_record(tmp_path / "zs-gzs-1"), _only_record(tmp_path / "zs-gzs-2")
     assert (double["n_queries"], double["n_evaluated"]) == (single["n_queries"], single["n_evaluated"])
     assert double["metrics"] == pytest.approx(single["metrics"], abs=1e-6) and "mAP@all/H" in single["metrics"]
     with np.load(single["embeddings"]) as a, np.load(double["embeddings"]) as b:
         for part in ("query", "gallery"):  # each rank embeds a shard; rank 0 puts them back in order
             assert a[f"{part}_paths"].tolist() == b[f"{part}_paths"].tolist()
             np.testing.assert_allclose(a[part], b[part], atol=1e-6)
-    straight, resumed = _record(tmp_path / "splip-straight"), _record(tmp_path / "splip-resumed")
+    straight, resumed = _only_record(tmp_path / "splip-straight"), _only_record(tmp_path / "splip-resumed")
     assert resumed["train"]["resumed_from_epoch"] == 1 and straight["train"]["resumed_from_epoch"] == 0
     assert resumed["train"]["history"] == straight["train"]["history"]
     assert resumed["metrics"] == straight["metrics"]
     a, b = _trainable(tmp_path / "splip-straight", straight), _trainable(tmp_path / "splip-resumed", resumed)
     assert all(torch.equal(a[k], b[k]) for k in a) and a.keys() == b.keys()
-    unreadable = _record(tmp_path / "unreadable")["train"]
+    unreadable = _only_record(tmp_path / "unreadable")["train"]
     assert (unreadable["skipped_steps"], unreadable["skipped_images"]) == (2, 2 * 8 // 2)  # one rank's share, once
     assert len(unreadable["history"]) == 2 and all(math.isfinite(row["loss"]) for row in unreadable["history"])
 

@@ -1,30 +1,80 @@
-"""Real-scale machinery on small inputs: the frozen-feature cache (identity, reuse, invalidation),
-training on cached features, evaluation sharded over two gloo processes, automatic loader workers,
-and the engine's block size."""
+"""The frozen-feature cache (feature_cache.py): identical results with and without it, namespaces by
+preprocessing, weights and precision, damaged or non-finite entries never served, and the cache command."""
 
 from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from unittest.mock import patch
 
 import numpy as np
 import pytest
-from conftest import run_record
 import torch
 from click.testing import CliRunner
+from conftest import run_record
 
 from sbir_bench.cli import main
 from sbir_bench.precision import FP32, Precision
 
 
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+
+
+def _random_values(path: Path) -> None:  # same shape, finite, wrong: only the checksum can tell
+    array = np.load(path)
+    np.save(path, np.random.default_rng(0).normal(size=array.shape).astype(np.float32))
+
+
+@pytest.mark.parametrize("damage", ["truncated-shard", "random-shard", "nan-shard", "truncated-keys", "truncated-key-json"])
+def test_a_damaged_cache_entry_is_dropped_recomputed_and_listed(damage, tmp_path, mini_root, cache_dir, caplog):
+    first = run_record(tmp_path / "a")
+    shard = next(cache_dir.glob("*/shard-*.npy"))
+    if damage == "truncated-shard":
+        _truncate(shard)
+    elif damage == "random-shard":
+        _random_values(shard)
+    elif damage == "nan-shard":
+        array = np.load(shard)
+        array[0, 0] = np.nan
+        np.save(shard, array)
+    elif damage == "truncated-keys":
+        _truncate(shard.with_name(shard.name.replace(".npy", ".keys.npz")))
+    else:
+        _truncate(shard.parent / "key.json")
+    listed = CliRunner().invoke(main, ["cache", "list"])
+    assert listed.exit_code == 0, listed.output
+    if damage != "truncated-key-json":
+        assert "damaged shard" in listed.output
+    again = run_record(tmp_path / "b")
+    assert again["metrics"] == first["metrics"]
+    assert "damaged" not in CliRunner().invoke(main, ["cache", "list"]).output
+
+
+def test_cache_cleared_during_a_run_stays_visible(tmp_path, mini_root, cache_dir, tiny_backbone):
+    from sbir_bench import feature_cache
+    from sbir_bench.data.discovery import Sample
+    cache = feature_cache.open_for(tiny_backbone, dict(tiny_backbone.preprocess_cfg), "cpu", FP32)
+    assert feature_cache.clear() == 1  # `cache clear` while the run holds the namespace open
+    photo = next((mini_root / "photo" / "star").glob("*.jpg"))
+    cache.store([Sample(str(photo), 0)], np.ones((1, 4), np.float32))
+    listed = feature_cache.namespaces()
+    assert len(listed) == 1 and listed[0]["entries"] == 1 and listed[0]["key"] == cache.key
+
+
+def test_non_finite_features_are_never_cached(tmp_path, mini_root, cache_dir, tiny_backbone):
+    from sbir_bench import feature_cache
+    from sbir_bench.data.discovery import Sample
+    cache = feature_cache.open_for(tiny_backbone, dict(tiny_backbone.preprocess_cfg), "cpu", FP32)
+    photo = next((mini_root / "photo" / "star").glob("*.jpg"))
+    cache.store([Sample(str(photo), 0)], np.full((1, 4), np.nan, np.float32))
+    assert not list(cache_dir.glob("*/shard-*"))
 
 
 def _embeddings(record: dict) -> dict:
     with np.load(record["embeddings"]) as z:
         return {k: z[k] for k in ("query", "gallery")}
-
-
 
 
 def test_results_with_and_without_the_cache_are_identical(tmp_path, mini_root, cache_dir):
@@ -103,77 +153,3 @@ def test_cache_command_lists_and_clears(tmp_path, mini_root, cache_dir):
     cleared = CliRunner().invoke(main, ["cache", "clear"])
     assert cleared.exit_code == 0 and "removed 1 namespace" in cleared.output
     assert not list(cache_dir.glob("*/key.json"))
-
-
-def test_shard_bounds_cover_every_item_once():
-    from sbir_bench.embedding import shard_bounds
-    for n in (0, 1, 5, 17):
-        for world in (1, 2, 3, 4):
-            spans = [shard_bounds(n, r, world) for r in range(world)]
-            assert spans[0][0] == 0 and spans[-1][1] == n
-            assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
-
-
-# Sharded evaluation over two processes: tests/test_trainer.py (the DDP test's zeroshot-clip GZS entry).
-
-
-def test_automatic_workers():
-    from sbir_bench.data.images import resolve_workers
-    assert resolve_workers(3, 10_000, 64) == 3
-    assert resolve_workers(None, 100, 64) == 0  # two batches or fewer: no worker processes
-    with_cores = lambda n: patch("sbir_bench.data.images.available_cores", return_value=n)  # noqa: E731
-    with with_cores(2):
-        assert resolve_workers(None, 10_000, 64) == 0   # no spare core: decode in the main process
-    with with_cores(3):
-        assert resolve_workers(None, 10_000, 64) == 0   # below four cores: still the main process
-    with with_cores(4):
-        assert resolve_workers(None, 10_000, 64) == 3   # one core stays with the model
-    with with_cores(16):
-        assert resolve_workers(None, 10_000, 64) == 8   # capped
-    with with_cores(16), patch.dict(os.environ, {"LOCAL_WORLD_SIZE": "4"}):
-        assert resolve_workers(None, 10_000, 64) == 3   # four ranks share the cores
-
-
-def test_block_rows_follow_the_memory_budget():
-    from sbir_bench.retrieval.scoring import BYTES_PER_SCORE, block_rows
-    assert block_rows(1000, 1000 * BYTES_PER_SCORE * 7) == 7
-    assert block_rows(10, "1GiB") == 512  # capped on CPU
-    assert block_rows(10, "auto", "cpu") == 512
-
-
-@pytest.mark.parametrize("decimals", [0, 1, 2, 6])
-def test_cpu_and_device_ranking_paths_give_the_same_counts(decimals):
-    """The CPU path (numpy sorts, counts derived where nothing ties) equals the torch path a GPU runs,
-    on problems full of ties (scores rounded to few decimals) and without."""
-    from sbir_bench.retrieval.measures import RelevantRanks, counts_numpy, counts_torch, tie_shift_numpy, tie_shift_torch
-    rng = np.random.default_rng(decimals)
-    for _ in range(30):
-        b, n = int(rng.integers(1, 12)), int(rng.integers(2, 200))
-        scores = np.round(rng.standard_normal((b, n)), decimals).astype(np.float32)
-        rel = np.sort(rng.choice(n, int(rng.integers(1, n + 1)), replace=False))
-        fast, device = counts_numpy(scores, rel), counts_torch(torch.from_numpy(scores), torch.from_numpy(rel))
-        for a, d in zip(fast, device):
-            assert np.array_equal(a, d.numpy())
-        rr = RelevantRanks(torch.from_numpy(scores), *device, n_gallery=n)
-        rows, cols = torch.nonzero(rr.n_ge - rr.n_gt > 1, as_tuple=True)
-        if len(rows):
-            assert torch.equal(tie_shift_numpy(rr, rows, cols), tie_shift_torch(rr, rows, cols))
-
-
-@pytest.mark.parametrize("decimals", [1, 6])
-def test_every_metric_is_the_same_through_the_torch_ranking_path(decimals, monkeypatch):
-    """The whole engine, every preset: the numpy ranking CPUs use against the torch ranking GPUs use
-    (run here on CPU tensors by routing the CPU counts through ``counts_torch``)."""
-    from sbir_bench.retrieval import PRESETS, evaluate_many, measures
-    rng = np.random.default_rng(decimals)
-    q, g = np.round(rng.normal(size=(70, 6)), decimals), np.round(rng.normal(size=(90, 6)), decimals)
-    ql, gl = rng.integers(0, 5, 70), rng.integers(0, 5, 90)
-    protocols = list(PRESETS.values())
-    numpy_path = evaluate_many(q, g, ql, gl, protocols=protocols, device="cpu")
-    monkeypatch.setattr(measures, "counts_numpy", lambda s, r: tuple(
-        t.numpy() for t in measures.counts_torch(torch.from_numpy(np.ascontiguousarray(s)), torch.from_numpy(r))))
-    torch_path = evaluate_many(q, g, ql, gl, protocols=protocols, device="cpu")
-    for a, b in zip(numpy_path, torch_path):
-        assert a.metrics.keys() == b.metrics.keys()
-        for key in a.metrics:
-            assert a.metrics[key] == pytest.approx(b.metrics[key], abs=1e-12), (a.protocol["preset"], key)
