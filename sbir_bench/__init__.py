@@ -21,5 +21,6 @@ def load_model(where, pretrained=None, device="cpu", class_names=None):
         m = sbir_bench.load_model("results/runs/<run-id>.json")
         similarity = m.embed_sketches(sketches) @ m.embed_photos(photos).T
     """
+    # lazy: `import sbir_bench` stays light until a model is loaded
     from .artifacts import load_model as _load
     return _load(where, pretrained, device, class_names)

@@ -17,17 +17,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
+from safetensors.torch import load_file, save
 
+from .config import from_dict
 from .data.classnames import class_key
+from .data.images import load_rgb
 from .errors import ConfigError, DataError, WeightsError
 from .fileio import atomic_write_bytes, atomic_write_json, file_sha256
 from .log import get_logger
-from .records import beside_record
+from .methods import get_method
+from .models import load_backbone
+from .models.preprocess import preprocess_config
+from .records import beside_record, package_versions
 
 log = get_logger(__name__)
 FORMAT = "sbir-bench/model"
@@ -57,8 +63,6 @@ def save_artifact(folder: Path, method, cfg_tree: Dict[str, Any], backbone, clas
 
     ``weights_sha256``: the backbone file's hash, as the run record already computed it (a ViT's
     weights are hundreds of MB: hashed once per run)."""
-    from safetensors.torch import save
-    from dataclasses import asdict, is_dataclass
     tensors = {k: v.detach().cpu().contiguous() for k, v in method.trainable_state().items()}
     data = save(tensors, metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
     atomic_write_bytes(folder / MODEL_TENSORS, data)
@@ -71,7 +75,6 @@ def save_artifact(folder: Path, method, cfg_tree: Dict[str, Any], backbone, clas
             "preprocess": backbone.preprocess_cfg, "image_size": backbone.image_size,
             "class_names": list(class_names), "seen": list(seen), "training": training, "run_id": run_id,
             "training_identity": identity, "tensors_sha256": file_sha256(folder / MODEL_TENSORS)}
-    from .records import package_versions
     meta["packages"] = package_versions()
     meta["meta_sha256"] = meta_sha256(meta)
     return atomic_write_json(folder / MODEL_JSON, meta)
@@ -126,14 +129,11 @@ def load_artifact(where: str | Path) -> Artifact:
     tensors = path.with_name(MODEL_TENSORS)
     if not tensors.is_file() or file_sha256(tensors) != meta["tensors_sha256"]:
         raise WeightsError(f"model artifact {path}: {tensors.name} is missing or damaged (SHA-256 differs)")
-    from safetensors.torch import load_file
     return Artifact(meta, load_file(str(tensors)), path)
 
 
 def build_method(artifact: Artifact, backbone, device: torch.device | str = "cpu"):
     """The trained method on ``backbone``: built with its training vocabulary, then its tensors loaded."""
-    from .config import from_dict
-    from .methods import get_method
     try:
         cls = get_method(artifact.meta["method"])
     except ConfigError as exc:  # a plug-in that is not installed here, or an artifact of another version
@@ -152,7 +152,6 @@ def build_method(artifact: Artifact, backbone, device: torch.device | str = "cpu
 def load_backbone_for(artifact: Artifact, pretrained: Optional[str] = None, device: torch.device | str = "cpu"):
     """The artifact's backbone (``pretrained`` overrides where its weights are, e.g. another path on
     another machine); weights whose SHA-256 differs from the ones it trained on are refused."""
-    from .models import load_backbone
     want = artifact.meta["backbone"]
     backbone = load_backbone(want["name"], pretrained or want["pretrained"], device=device)
     have = file_sha256(backbone.weights_file) if backbone.weights_file else None
@@ -184,7 +183,6 @@ class TrainedModel:
     def _batch(self, images) -> torch.Tensor:
         if isinstance(images, torch.Tensor):
             return images.to(self.device)
-        from .data.images import load_rgb
         tensors = []
         for im in images:
             if isinstance(im, (str, Path)):
@@ -216,7 +214,6 @@ def load_model(where: str | Path, pretrained: Optional[str] = None, device: str 
     ``class_names``: the gallery's vocabulary, for methods whose embedding uses class texts (CoOp's
     fused retrieval); default the vocabulary it trained on.
     """
-    from .models.preprocess import preprocess_config
     artifact = load_artifact(where)
     dev = torch.device(device)
     backbone = load_backbone_for(artifact, pretrained, dev)

@@ -8,6 +8,7 @@ and skipped, never fatal.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import math
@@ -117,7 +118,6 @@ def load_records(paths: Iterable[Path]) -> Tuple[List[LoadedRecord], List[Tuple[
 
 def find_record_files(patterns: Iterable[str], default_dir: str | Path = "results/runs") -> List[Path]:
     """Expand globs / folders / files into JSON file paths (default: every record under ``default_dir``)."""
-    import glob
     pats = list(patterns) or [str(default_dir)]
     out: List[Path] = []
     for pat in pats:

@@ -7,6 +7,7 @@ evaluable) runs in :func:`prepare_data`, before any model weight is loaded.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import time
@@ -16,33 +17,41 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
 import numpy as np
+import open_clip
 import torch
 
-from .artifacts import save_artifact
+from .artifacts import build_method, check_no_leakage, load_backbone_for, save_artifact
 from .config import RunConfig, from_dict, keys_with_role, to_dict, without_keys
 from .data.discovery import DatasetIndex, index_dataset, photos_listed_twice
 from .data.splits import load_split
-from .data.tasks import RetrievalTask, SplitPartition, build_task, build_val_task, partition
+from .data.tasks import (
+    RetrievalTask,
+    SplitPartition,
+    build_task,
+    build_val_task,
+    partition,
+)
 from .data.triplets import FeatureTriplets, TripletDataset
 from .embedding import EmbeddedTask, embed_samples, embed_task
 from .errors import ConfigError
-from .training import distributed as dist_utils
-from .training.trainer import Trainer
 from .feature_cache import FeatureCache
 from .feature_cache import open_for as open_feature_cache
 from .fileio import atomic_write_json, check_output_dir, file_sha256
 from .log import get_logger
-from .precision import Precision, evaluation_precision
-from .ranks import world
 from .methods import Method, get_method
 from .models import Backbone, load_backbone
 from .models.backbone_configs import vit_image_tower
 from .models.factory import check_weights_source
 from .models.preprocess import preprocess_config
+from .precision import Precision, evaluation_precision
+from .ranks import world
 from .records import SCHEMA, provenance, run_name, split_label
+from .reporting.collect import config_id
 from .retrieval import PRESETS, Protocol, RetrievalResult, evaluate_many
 from .retrieval.npz_files import save_embeddings, save_per_query
 from .tracking import NoTrackers, Trackers, check_available, parse_report_to
+from .training import distributed as dist_utils
+from .training.trainer import Trainer
 
 log = get_logger(__name__)
 
@@ -112,7 +121,6 @@ def prepare_data(cfg: RunConfig) -> RunData:
 def method_and_config(cfg: RunConfig) -> tuple:
     """The method class and its validated config, and the backbone's weight source, all checked
     before any data or weights are touched."""
-    import open_clip
     method_cls = get_method(cfg.method)
     method_cfg = from_dict(method_cls.config_class, cfg.method_config, f"method_config ({cfg.method})")
     check_weights_source(cfg.backbone.name, cfg.backbone.pretrained, cfg.backbone.cache_dir)
@@ -211,7 +219,6 @@ def checkpoint_dir(cfg: RunConfig) -> Path:
 
 def finished_record(cfg: RunConfig) -> Optional[Path]:
     """A record of this run (same run name and config, up to where files go) in the output folder, or None."""
-    from .reporting.collect import config_id
     wanted = config_id(to_dict(cfg))
     for path in sorted(Path(cfg.output_dir).glob(f"{config_run_name(cfg)}_*.json")):
         try:
@@ -268,7 +275,6 @@ def training_identity(cfg: RunConfig) -> str:
     setting where the setting does not change training. ZS and GZS under the literature's
     composition train on the same partition (only a ``heldout`` GZS holds seen photos out, and only FG
     trains on instance triplets), so a GZS cell can evaluate the ZS cell's model instead of training it."""
-    import hashlib
     tree = training_fingerprint(cfg)
     data = tree["data"]
     setting = data.pop("setting")
@@ -337,7 +343,6 @@ def evaluate_model(cfg: RunConfig, artifact, allow_seen: bool = False, pretraine
                    ) -> Dict[str, Any]:
     """Score a trained model artifact on the task ``cfg`` describes (any dataset, split or setting) and
     write a normal record that says which artifact it came from; nothing is trained."""
-    from .artifacts import build_method, check_no_leakage, load_backbone_for
     device = dist_utils.local_device(cfg.device)
     dist_utils.init_distributed(device)
     seed_everything(cfg.seed)

@@ -96,6 +96,7 @@ class TensorBoardTracker:
     """TensorBoard event files in ``<run folder>/tensorboard``; the config as a JSON text entry."""
 
     def __init__(self, folder: Path, run_id: str, config: Dict[str, Any], uri: Optional[str]) -> None:
+        # optional (the track extra): imported only when this tracker is asked for
         from torch.utils.tensorboard import SummaryWriter
         self.dir = folder / "tensorboard"
         self.writer = SummaryWriter(log_dir=str(self.dir))
@@ -116,6 +117,7 @@ class WandbTracker:
     """A W&B run, offline (files in ``<run folder>/wandb``) unless ``WANDB_MODE`` is set."""
 
     def __init__(self, folder: Path, run_id: str, config: Dict[str, Any], uri: Optional[str]) -> None:
+        # optional (the track extra): imported only when this tracker is asked for
         import wandb
         folder.mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(mode=os.environ.get("WANDB_MODE", "offline"), dir=str(folder), name=run_id,
@@ -142,6 +144,7 @@ class MlflowTracker:
     """An MLflow run in a local SQLite store (``<output-dir>/mlflow.db``) unless a tracking URI is given."""
 
     def __init__(self, folder: Path, run_id: str, config: Dict[str, Any], uri: Optional[str]) -> None:
+        # optional (the track extra): imported only when this tracker is asked for
         import alembic
         import mlflow
         from mlflow.tracking import MlflowClient

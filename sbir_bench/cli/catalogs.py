@@ -20,6 +20,7 @@ def methods_command() -> None:
     Example:
       sbir-bench methods
     """
+    # imported when the command runs: `sbir-bench --help` starts without open_clip and the models
     from ..plugins import METHODS
 
     names = METHODS.names()
@@ -41,6 +42,7 @@ def recipes_command(prefix: str) -> None:
       sbir-bench recipes paper/zs/tuberlin
       sbir-bench run splip --config paper/zs/tuberlin/splip --data-root ~/data/sbir
     """
+    # imported when the command runs: `sbir-bench --help` starts without open_clip and the models
     from ..locations import recipes_folder
 
     root = recipes_folder()
@@ -59,8 +61,10 @@ def backbones_command(with_tags: bool) -> None:
     Example:
       sbir-bench backbones --pretrained | grep ViT-B
     """
+    # imported when the command runs: `sbir-bench --help` starts without open_clip and the models
     import open_clip
 
+    # imported when the command runs: `sbir-bench --help` starts without open_clip and the models
     from ..models import list_backbones
 
     for name in list_backbones():
@@ -83,11 +87,13 @@ def datasets_group(ctx: click.Context, data_root: Optional[str]) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
+    # imported when the command runs: `sbir-bench --help` starts without open_clip and the models
     from ..data.discovery import candidate_dirs, locate
     from ..plugins import DATASETS
 
     for name, spec in DATASETS.items():
         if spec.default_root is not None and data_root is None:
+            # imported when the command runs: `sbir-bench --help` starts without open_clip and the models
             from ..data.mini import default_mini_root
             root = default_mini_root()
             status = "present" if (root / "VERSION").is_file() else "shipped; unpacked on first use"
@@ -121,6 +127,7 @@ def datasets_check(dataset: str, data_root: Optional[str], split: str, split_fil
     Example:
       sbir-bench datasets check --dataset tuberlin --data-root /data/sbir
     """
+    # imported when the command runs: `sbir-bench --help` starts without open_clip and the models
     from ..data.check import check_dataset, task_sizes
     from ..log import set_quiet
 
@@ -157,6 +164,7 @@ def cache_list() -> None:
     Examples:
       sbir-bench cache list
     """
+    # imported when the command runs: `sbir-bench --help` starts without open_clip and the models
     from ..feature_cache import features_root, namespaces
 
     found = namespaces()
@@ -178,6 +186,7 @@ def cache_clear() -> None:
     Examples:
       sbir-bench cache clear
     """
+    # imported when the command runs: `sbir-bench --help` starts without open_clip and the models
     from ..feature_cache import clear, features_root
 
     click.echo(f"removed {clear()} namespace(s) from {features_root()}")

@@ -91,6 +91,7 @@ def config_option(flag: str, cls: Any, name: str, **extra: Any) -> Callable:
 
 def protocol_options(fn: Callable) -> Callable:
     """One option per protocol knob (``--ties``, ``--map-k`` ...); unset options keep the preset's value."""
+    # imported when the command runs: `sbir-bench --help` starts without open_clip and the models
     from ..retrieval.protocol import protocol_fields
     for f in reversed(protocol_fields()):
         flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")

@@ -34,6 +34,7 @@ def _embeddings_path(emb_path: Optional[str], record: Optional[str]) -> str:
 
 def _protocols(preset: str, presets: Optional[str], overrides: Dict[str, Any], preset_given: bool) -> List[Any]:
     """The protocols to score under: ``--protocol`` (one), or ``--protocols`` (``all`` and/or names)."""
+    # imported when the command runs: `sbir-bench --help` starts without open_clip and the models
     from ..retrieval.protocol import PRESETS, resolve_protocol
     if presets is None:
         return [resolve_protocol(preset, overrides)]
@@ -50,6 +51,7 @@ def _protocols(preset: str, presets: Optional[str], overrides: Dict[str, Any], p
 def model_config(artifact, opts: Dict[str, Any]):
     """The run config of ``eval --model``: the artifact's own (method, backbone, seed, protocol), with the
     task replaced by what the options name; a new dataset starts from its split 1 and default root."""
+    # imported when the command runs: `sbir-bench --help` starts without open_clip and the models
     from ..config import build_run_config
     tree = json.loads(json.dumps(artifact.meta["config"]))
     data = tree.setdefault("data", {})
@@ -107,6 +109,7 @@ def eval_command(model: Optional[str], emb_path: Optional[str], record: Optional
       sbir-bench eval --embeddings emb.npz --normalization hits --interpolation none
       sbir-bench eval --embeddings huge.npz --backend faiss --map-k 200 --prec-k 200
     """
+    # imported when the command runs: `sbir-bench --help` starts without open_clip and the models
     from ..training.distributed import local_device
     from ..fileio import atomic_write_json, check_output_file
     from ..log import set_quiet
@@ -133,6 +136,7 @@ def eval_command(model: Optional[str], emb_path: Optional[str], record: Optional
     arrays = (data["query"], data["gallery"], data.get("query_labels"), data.get("gallery_labels"),
               data.get("query_to_gallery"))
     if backend == "faiss":
+        # imported when the command runs: `sbir-bench --help` starts without open_clip and the models
         from ..retrieval.faiss_topk import evaluate_topk
         results = [evaluate_topk(*arrays, protocol=p) for p in protocols]
     else:
@@ -143,6 +147,7 @@ def eval_command(model: Optional[str], emb_path: Optional[str], record: Optional
 
 def _evaluate_model(model: str, opts: Dict[str, Any], protocol: Optional[str], device: str, quiet: bool) -> None:
     """``eval --model``: rebuild the trained method from its artifact, score the asked task, write a record."""
+    # imported when the command runs: `sbir-bench --help` starts without open_clip and the models
     from ..artifacts import load_artifact
     from ..reporting.render import record_table
     from ..runner import evaluate_model

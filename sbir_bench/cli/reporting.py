@@ -30,9 +30,11 @@ def table_options(fn: Callable) -> Callable:
 
 
 def _cells(patterns, results_dir, datasets, settings, methods, reference, against, ci):
+    # imported when the command runs: `sbir-bench --help` starts without open_clip and the models
     from ..reporting.collect import runs_frame
     from ..reporting.compare import compare, load_reference
 
+    # imported when the command runs: `sbir-bench --help` starts without open_clip and the models
     from ..locations import published_folder
     ref = load_reference(published_folder() if reference == "paper" else Path(reference)) \
         if reference else None
@@ -56,6 +58,7 @@ def compare_command(patterns, results_dir, datasets, settings, methods, referenc
       sbir-bench compare --dataset sketchy --reference paper
       sbir-bench compare --against zeroshot-clip
     """
+    # imported when the command runs: `sbir-bench --help` starts without open_clip and the models
     from ..reporting.render import to_text
 
     click.echo(to_text(_cells(patterns, results_dir, datasets, settings, methods, reference, against, ci), digits))
@@ -78,6 +81,7 @@ def export_command(patterns, results_dir, datasets, settings, methods, reference
       sbir-bench export --format markdown --setting zs --reference paper
       sbir-bench export --format csv -o results.csv
     """
+    # imported when the command runs: `sbir-bench --help` starts without open_clip and the models
     from ..fileio import atomic_write_bytes, check_output_file
     from ..reporting.render import to_csv, to_latex, to_markdown
 
@@ -114,6 +118,7 @@ def plot_command(patterns, results_dir, datasets, settings, methods, kind, outpu
       sbir-bench plot --kind curves --method splip
       sbir-bench plot 'results/runs/*gzs*.json' --kind pr --output-dir figures
     """
+    # imported when the command runs: `sbir-bench --help` starts without open_clip and the models
     from ..fileio import check_output_dir
     from ..reporting.collect import runs_frame
     from ..reporting.plots import plot_runs

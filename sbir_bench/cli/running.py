@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import click
@@ -11,9 +12,8 @@ from ..data.tasks import SETTINGS
 from ..errors import ConfigError, DataError, SbirError
 from ..launchers import CELLS, LAUNCHERS, LaunchRequest, launcher_for
 from ..reporting.tables import write_table
-from .common import fail
 from . import main
-from .common import config_option, friendly_errors
+from .common import config_option, fail, friendly_errors, split_list
 
 # (flag, config class, field, dotted key): the run options, their types and help all come from the configs
 RUN_OPTIONS: List[Tuple[str, Any, str, str]] = [
@@ -66,6 +66,7 @@ def overrides_from_options(opts: Dict[str, Any]) -> Dict[str, Any]:
 def resolve_configs(method: str, config_file: Optional[str], sets: Sequence[str], seeds: Sequence[int],
                     opts: Dict[str, Any]) -> List[RunConfig]:
     """One validated config per seed (all checked before the first run starts)."""
+    # imported when the command runs: `sbir-bench --help` starts without open_clip and the models
     from ..config import build_run_config, load_yaml, parse_override
     from ..locations import find_config
     check_distinct_seeds(seeds, "--seed")
@@ -88,7 +89,6 @@ def check_distinct_seeds(seeds: Sequence[int], option: str) -> None:
 
 def parse_seed_list(text: str) -> List[int]:
     """``"0,1,2"`` -> [0, 1, 2]; empty, non-integer, negative or repeated seeds are one-line errors."""
-    from .common import split_list
     try:
         seeds = [int(s) for s in split_list(text)]
     except ValueError:
@@ -126,6 +126,7 @@ def run_command(method: str, seeds: Sequence[int], config_file: Optional[str], s
       sbir-bench run splip --config configs/mini/splip.yaml --set method_config.jigsaw=false --variant no-jigsaw
       sbir-bench run zeroshot-clip --protocol sem-pcyc --set eval.protocol_overrides.ties=stable
     """
+    # imported when the command runs: `sbir-bench --help` starts without open_clip and the models
     from ..log import set_quiet
     from ..reporting.render import record_table
     from ..runner import run
@@ -198,8 +199,7 @@ def reproduce_command(table: str, datasets, methods, seeds: str, data_root: Opti
       sbir-bench reproduce zs --status
       sbir-bench reproduce fg --method splip --method zeroshot-clip --data-root ~/data/sbir
     """
-    from pathlib import Path
-
+    # imported when the command runs: `sbir-bench --help` starts without open_clip and the models
     from ..config import parse_override
     from ..fileio import check_output_dir
     from ..log import set_quiet
@@ -242,6 +242,7 @@ SCHEDULER_OPTIONS = {"partition": ("--partition", None), "time_min": ("--time", 
 
 
 def _resources(cluster: Dict[str, Any]):
+    # imported when the command runs: `sbir-bench --help` starts without open_clip and the models
     from ..launchers import Resources, parse_sbatch
     if cluster["launcher"] != "local" and (cluster["jobs"] != 1 or cluster["share_gpus"]):
         raise ConfigError("--jobs and --share-gpus are for --launcher local; a cluster runs every cell as its own job")

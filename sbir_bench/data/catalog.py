@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple, Union
 
 from ..plugins import DATASETS
-from .mini import MINI_UNSEEN
+from .mini import MINI_UNSEEN, ensure_mini
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 SplitSource = Union[str, Tuple[str, ...]]  # a bundled split file name, a path, or the unseen class names
@@ -87,7 +87,6 @@ def layout_table(names: Tuple[str, ...] = ("sketchy", "sketchy-fg", "tuberlin", 
 
 
 def _mini_root() -> Path:
-    from .mini import ensure_mini
     return ensure_mini()
 
 

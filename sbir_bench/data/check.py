@@ -28,10 +28,21 @@ from ..errors import DataError
 from ..log import progress
 from .catalog import DatasetSpec, get_spec
 from .classnames import class_key
-from .discovery import (check_not_fine_grained, class_folders, list_images, locate, photo_folders, photo_instance, resolve_root,
-                        sketch_instance)
+from .discovery import (
+    check_not_fine_grained,
+    class_folders,
+    index_dataset,
+    list_images,
+    locate,
+    photo_folders,
+    photo_instance,
+    photos_listed_twice,
+    resolve_root,
+    sketch_instance,
+)
 from .images import load_rgb
-from .splits import package_file, read_class_file, split_names
+from .splits import load_split, package_file, read_class_file, split_names
+from .tasks import SETTINGS, build_task, partition
 
 MAX_LISTED = 10
 UNREADABLE_LIMIT = 0.05
@@ -198,9 +209,6 @@ def task_sizes(name: str, data_root: Optional[str], split_file: Optional[str] = 
     """One line per split and setting: the test task a run builds (queries x gallery; GZS's seen and
     unseen parts), with the default seed and fractions, so a copy can be compared with a paper's test
     set before any GPU time is spent (docs/datasets.md lists the published ones)."""
-    from .discovery import index_dataset, photos_listed_twice
-    from .splits import load_split
-    from .tasks import SETTINGS, build_task, partition
     spec = get_spec(name)
     index = index_dataset(name, data_root)
     splits = [split_file] if split_file else list(spec.splits)

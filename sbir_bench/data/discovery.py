@@ -18,6 +18,8 @@ from ..errors import DataError
 from ..log import get_logger
 from .catalog import IMAGE_EXTENSIONS, DatasetSpec, Layout, get_spec
 from .classnames import class_key
+from .mini import tree_digest
+from .splits import package_file, read_class_file
 
 log = get_logger(__name__)
 
@@ -138,7 +140,6 @@ class DatasetIndex:
         out: Dict[str, object] = {"sketches": len(self.sketches), "photos": len(self.photos),
                                   "classes": len(self.class_names), "files_sha256": h.hexdigest()}
         if self.spec.name == "mini":
-            from .mini import tree_digest
             out["content_sha256"] = tree_digest(self.root)
         return out
 
@@ -151,7 +152,6 @@ def photo_aliases(spec: DatasetSpec) -> Dict[str, str]:
     """Class key of a photo folder's spelling -> the class it holds (raw downloads spell some differently)."""
     if not spec.photo_aliases:
         return {}
-    from .splits import package_file, read_class_file
     pairs = [line.split("\t") for line in read_class_file(package_file("classes", spec.photo_aliases))]
     return {class_key(raw): cls for raw, cls in pairs}
 

@@ -16,6 +16,7 @@ still writes the same files with the same pixels up to JPEG rounding.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import io
 import math
@@ -28,6 +29,10 @@ from typing import Callable, Dict, Iterator, List, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from ..errors import DataError
+from ..locations import cache_root
+from ..log import get_logger
 
 Point = Tuple[float, float]
 Shape = List[List[Point]]  # one or more closed polylines in [-1, 1]^2
@@ -96,7 +101,6 @@ MINI_UNSEEN: Tuple[str, ...] = ("star", "house", "cup", "flower", "kite")
 
 def default_mini_root() -> Path:
     """Where the generated set lives: ``mini-v<VERSION>`` in the sbir-bench cache (:func:`cache_root`)."""
-    from ..locations import cache_root
     return cache_root() / f"mini-v{VERSION}"
 
 
@@ -190,7 +194,6 @@ def ensure_mini(root: Path | None = None) -> Path:
     """Return the mini set's root, unpacking the shipped archive first if it is absent or incomplete."""
     root = Path(root) if root else default_mini_root()
     if not (root / "VERSION").is_file():
-        from ..log import get_logger
         get_logger(__name__).info(f"unpacking the mini dataset into {root} ...")
         unpack_shipped(root)
     return root
@@ -198,7 +201,6 @@ def ensure_mini(root: Path | None = None) -> Path:
 
 def unpack_shipped(root: Path) -> Path:
     """Unpack :data:`SHIPPED` into ``root`` atomically and check its content digest."""
-    from ..errors import DataError
     with _atomic_folder(root) as tmp:
         with tarfile.open(SHIPPED, "r:gz") as tar:
             safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python < 3.10.12 lacks filters
@@ -218,7 +220,6 @@ def pack(root: Path) -> bytes:
                 data = p.read_bytes()
                 info.size, info.mode = len(data), 0o644
                 tar.addfile(info, io.BytesIO(data))
-    import gzip
     return gzip.compress(buf.getvalue(), compresslevel=9, mtime=0)
 
 

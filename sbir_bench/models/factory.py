@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import socket
 import zipfile
 from dataclasses import dataclass, field
@@ -23,10 +24,12 @@ from urllib.parse import urlparse
 
 import open_clip
 import torch
+from safetensors import SafetensorError, safe_open
 
 from ..errors import WeightsError
 from ..locations import weights_folder
 from .backbone_configs import TINY, create_model, list_backbones
+from .tiny_pretrain import TAG, ensure_weights
 
 RANDOM = "random"
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
@@ -70,6 +73,7 @@ def _cached_weight_file(name: str, tag: str, cache_dir: Optional[str]) -> Option
         return cfg["file"] if os.path.isfile(cfg["file"]) else None
     hf_hub = cfg.get("hf_hub", "")
     if hf_hub:
+        # imported only when a tag is looked up in the Hugging Face cache (its import is slow)
         from huggingface_hub import try_to_load_from_cache
         repo_id, filename = (hf_hub.rstrip("/"), "open_clip_pytorch_model.bin") if hf_hub.endswith("/") \
             else os.path.split(hf_hub)
@@ -112,7 +116,6 @@ def resolve_pretrained(name: str, pretrained: Optional[str]) -> Optional[str]:
     """The weight source actually used: ``sbir-tiny`` defaults to its mini-pretrained weights,
     ``random`` (or None for other backbones) means random initialisation."""
     if pretrained is None and name == TINY:
-        from .tiny_pretrain import TAG
         return TAG
     return None if pretrained in (None, RANDOM) else pretrained
 
@@ -132,7 +135,6 @@ def check_checkpoint_file(path: str) -> None:
     if os.path.getsize(path) == 0:
         raise WeightsError(f"checkpoint file {path} is empty")
     if path.endswith(".safetensors"):
-        from safetensors import SafetensorError, safe_open
         try:
             with safe_open(path, framework="pt") as fh:
                 fh.keys()
@@ -154,7 +156,6 @@ def check_checkpoint_file(path: str) -> None:
 def _resolve_weights(name: str, pretrained: str, cache_dir: Optional[str]) -> str:
     """Turn ``pretrained`` (a path or an open_clip tag) into a local file path."""
     if name == TINY:
-        from .tiny_pretrain import TAG, ensure_weights
         if pretrained == TAG:
             return ensure_weights()
     if is_path(pretrained):
@@ -229,7 +230,6 @@ def tag_overrides(name: str, pretrained: Optional[str]) -> Dict[str, Any]:
 def load_error_summary(exc: Exception, keys: int = 3) -> str:
     """One line saying why weights did not load, naming up to ``keys`` missing / unexpected / mismatched
     keys from torch's multi-line ``load_state_dict`` message (its first line names none)."""
-    import re
     text = str(exc)
     parts = []
     for kind in ("Missing key(s)", "Unexpected key(s)"):

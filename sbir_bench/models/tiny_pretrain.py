@@ -32,8 +32,10 @@ import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save
 
 from ..data.classnames import class_text
+from ..data.mini import MINI_CLASSES, render_photo, render_sketch
 from ..errors import WeightsError
 from ..fileio import atomic_write_bytes, file_sha256
 from ..log import configure_cli_logging, progress
@@ -65,7 +67,6 @@ def _corpus(seed: int, per_class: int = PHOTOS_PER_CLASS,
 
     Per class, ``per_class`` photos come first, then ``sketches_per_class`` sketches (see :func:`is_sketch`).
     """
-    from ..data.mini import MINI_CLASSES, render_photo, render_sketch
     images, labels = [], []
     for ci, cname in enumerate(MINI_CLASSES):
         for k in range(per_class):
@@ -183,7 +184,6 @@ def ensure_weights() -> str:
 
 def to_safetensors(state: dict) -> bytes:
     """fp16 safetensors bytes of a state dict (the shipped format: half the size, loads into fp32)."""
-    from safetensors.torch import save
     return save({k: v.detach().to(torch.float16).contiguous() for k, v in state.items()},
                 metadata={"generator": f"sbir_bench.models.tiny_pretrain v{VERSION}", "steps": str(STEPS),
                           "seed": str(SEED)})

@@ -6,11 +6,15 @@ re-running a model, so a figure in a paper can be regenerated from the results f
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
-from matplotlib.figure import Figure  # figures without pyplot: no backend is chosen for the caller
 import numpy as np  # noqa: E402
+from matplotlib.figure import (
+    Figure,  # figures without pyplot: no backend is chosen for the caller
+)
 
 from ..data.images import load_rgb  # noqa: E402
 from ..errors import SbirError  # noqa: E402
@@ -130,7 +134,6 @@ def _slug(text: str) -> str:
 def file_stems(labels: Sequence[str]) -> Dict[str, str]:
     """One distinct file-name stem per distinct label: :func:`_slug`, plus a short hash of the label
     where two labels would share a slug (so no figure overwrites another's)."""
-    import hashlib
     slugs = {label: _slug(label) for label in dict.fromkeys(labels)}
     clash = {v for v in slugs.values() if list(slugs.values()).count(v) > 1}
     return {label: slug + (f"-{hashlib.sha256(label.encode()).hexdigest()[:6]}" if slug in clash else "")
@@ -143,7 +146,6 @@ Series = Dict[str, Dict[str, Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
 def curve_series(frame) -> Series:
     """Per table row and per history value (loss terms, lr, gradient norm, validation metrics): epochs,
     the mean over the row's seeds, and the lowest and highest seed (the band), from the records alone."""
-    import json
     values: Dict[str, Dict[str, Dict[int, List[float]]]] = {}
     for row, record in zip(frame["row"], frame["record"]):
         for h in json.loads(Path(record).read_text()).get("train", {}).get("history") or []:
@@ -187,7 +189,6 @@ def plot_curves(series: Series, out_stem: Path) -> List[Path]:
 def plot_runs(frame, kind: str, out: Path, queries: int, top_k: int) -> List[Path]:
     """Every figure of ``kind`` for the runs of ``frame``: per (dataset, split, setting), one PR curve per
     method and variant (its last seed), and per-class bars and a retrieval grid for each of those runs."""
-    import json
 
     written: List[Path] = []
     stems = file_stems(list(frame["row"]))

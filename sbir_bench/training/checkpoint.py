@@ -112,6 +112,7 @@ def claim_folder(directory: Path) -> Iterator[None]:
     ``flock`` on ``<folder>/.lock``, released by the kernel when the process ends, however it ends.
     """
     try:
+        # POSIX only: imported where a lock is taken
         import fcntl
     except ImportError:  # not POSIX: no lock, as before
         yield

@@ -8,6 +8,7 @@ from typing import Any, List, Optional
 import torch
 import torch.distributed as dist
 
+from ..errors import ConfigError
 from ..ranks import is_rank_zero, world
 
 
@@ -30,7 +31,6 @@ def local_device(requested: str) -> torch.device:
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         return torch.device("cpu")
-    from ..errors import ConfigError
     try:
         dev = torch.device(requested)
     except (RuntimeError, ValueError):
