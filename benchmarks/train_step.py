@@ -12,6 +12,12 @@ condition its class texts, one cached-prefix text pass per image and class) and 
 (one text pass per class, conditioned on the batch's mean T). CoCoOp pays the same per-image class
 texts as SpLIP's figure; CLIP-AT back-propagates through the image tower. Target for SpLIP (issue
 #10): <= 3.5x. Run it with nothing else busy.
+
+Per method it also prints the FLOPs of one step and the activation bytes autograd saves per triplet
+(per 100 classes), both counted on the meta device by sbir_bench/sizing.py (attention as a GPU's fused
+kernel computes it), and the measured step time over its FLOP floor: the step's FLOPs at this
+machine's measured fp32 matmul throughput (printed). The ``text_chunk=8`` rows are the same methods
+with their class texts in checkpointed chunks of 8 images (less memory, the texts' forward twice).
 """
 
 from __future__ import annotations
@@ -21,8 +27,10 @@ import time
 
 import torch
 
-VARIANTS = {  # label: (method, method_config)
+VARIANTS = {  # label: (method, method_config, text_chunk)
     "splip class_text=image": ("splip", {"class_text": "image"}),
+    "splip image, text_chunk=8": ("splip", {"class_text": "image"}, 8),
+    "cocoop, text_chunk=8": ("cocoop", {}, 8),
     "splip class_text=batch": ("splip", {"class_text": "batch"}),
     "cocoop": ("cocoop", {}),
     "clip-at": ("clip-at", {}),
@@ -30,6 +38,13 @@ VARIANTS = {  # label: (method, method_config)
     "maple": ("maple", {}),
 }
 SPLIP_TARGET = 3.5
+FLOOR_TARGET = 2.0  # issue #33: SpLIP class_text=image within 2x its FLOP floor
+
+
+def matmul_flops_per_second(device: str, n: int = 1024, repeats: int = 5) -> float:
+    """This machine's fp32 matmul throughput (the FLOP floor's rate), measured."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    return 2 * n ** 3 / best_time(lambda: a @ b, repeats)
 
 
 def best_time(fn, repeats: int, warmup: int = 2) -> float:
@@ -66,9 +81,16 @@ def measure(name: str, methods, batch: int, n_classes: int, repeats: int, device
     load_builtin_methods()
     classes = [f"class {i}" for i in range(n_classes)]
     out = {}
-    for label, (method_name, options) in VARIANTS.items():
+    from sbir_bench.sizing import Counts, method_cost
+    from sbir_bench.config import RunConfig
+
+    for label, (method_name, options, *chunk) in VARIANTS.items():
         if methods and method_name not in methods:
             continue
+        text_chunk = chunk[0] if chunk else 0
+        cfg = RunConfig(method=method_name, method_config=dict(options), train=TrainConfig(text_chunk=text_chunk))
+        cfg.backbone.name = name
+        cost = method_cost(cfg, Counts(0, classes, list(range(n_classes)), 0, "benchmark"))  # meta-device counts
         backbone = load_backbone(name, "random", device=device)  # fresh: CLIP-AT trains CLIP's own parameters
         b = _batch(backbone.image_size, batch, n_classes, device)
         if "frozen_ms" not in out:
@@ -78,13 +100,15 @@ def measure(name: str, methods, batch: int, n_classes: int, repeats: int, device
             out["frozen_ms"] = best_time(frozen_forward, 3 * repeats) * 1e3  # cheap: more tries
         cls = get_method(method_name)
         method = cls(backbone, classes, list(range(n_classes)), cls.config_class(**options)).to(device).train()
+        method.set_text_chunk(text_chunk)
         opt = build_optimizer(method, TrainConfig(lr=1e-3))
 
         def step() -> None:
             opt.zero_grad(set_to_none=True)
             method.loss(b)["loss"].backward()
             opt.step()
-        out[label] = (best_time(step, repeats) * 1e3, method.n_trainable())
+        out[label] = (best_time(step, repeats) * 1e3, method.n_trainable(), cost.flops(batch),
+                      cost.saved.per_sample)
     return out
 
 
@@ -97,16 +121,21 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
-    print(f"device={args.device} threads={torch.get_num_threads()} batch={args.batch} seen classes={args.classes}")
+    rate = matmul_flops_per_second(args.device)
+    print(f"device={args.device} threads={torch.get_num_threads()} batch={args.batch} seen classes={args.classes}  "
+          f"measured fp32 matmul throughput {rate / 1e9:.1f} GFLOP/s (the FLOP floor's rate)")
     for name in args.backbones:
         r = measure(name, args.methods, args.batch, args.classes, args.repeats, args.device)
         frozen = r.pop("frozen_ms")
         print(f"{name}: frozen forward of the batch's 3 x {args.batch} images {frozen:.0f} ms")
-        for label, (ms, params) in r.items():
-            ratio = ms / frozen
-            target = f"  (target <= {SPLIP_TARGET}x: {'PASS' if ratio <= SPLIP_TARGET else 'FAIL'})" \
-                if label.startswith("splip") else ""
-            print(f"  {label:<24} step {ms:8.0f} ms  ratio {ratio:6.2f}x  trainable {params:>12,}{target}")
+        for label, (ms, params, flops, per_triplet) in r.items():
+            ratio, floor = ms / frozen, ms / 1e3 / (flops / rate)
+            target = f"  (<= {SPLIP_TARGET}x frozen: {'PASS' if ratio <= SPLIP_TARGET else 'FAIL'}; <= {FLOOR_TARGET}x " \
+                     f"floor: {'PASS' if floor <= FLOOR_TARGET else 'FAIL'})" if label == "splip class_text=image" else ""
+            per_100 = per_triplet / 2**30 * 100 / args.classes
+            print(f"  {label:<26} step {ms:8.0f} ms  {ratio:6.2f}x frozen  {flops / 1e9:8.1f} GFLOP/step  "
+                  f"{floor:5.2f}x its FLOP floor  {per_100:6.3f} GiB/triplet/100 classes  trainable {params:>10,}"
+                  f"{target}")
 
 
 if __name__ == "__main__":

@@ -104,7 +104,14 @@ class TrainConfig:
     warmup_epochs: float = opt(0.0, "warm-up length in epochs", min=0.0)
     warmup: str = opt("linear", "linear ramp, or constant lr = warmup_lr (CoOp/MaPLe)", choices=("linear", "constant"))
     warmup_lr: float = opt(1e-5, "learning rate during a constant warm-up", positive=True)
-    grad_accum: int = opt(1, "micro-batches per optimiser step", min=1)
+    grad_accum: int = opt(1, "micro-batches per optimiser step (at least; train.memory_budget may split further)", min=1)
+    memory_budget: Optional[str] = opt(None, "memory a step may plan for per process, e.g. 24GiB: each batch is split "
+                                             "into the fewest micro-batches whose predicted peak fits (docs/cluster.md); "
+                                             "default on CUDA: the GPU's free memory, on CPU: no limit",
+                                       role="incidental")
+    text_chunk: int = opt(0, "images per checkpointed chunk of per-image class texts while training (SpLIP "
+                             "class_text=image, CoCoOp): same values and gradients, the memory of one chunk, their "
+                             "forward computed twice; 0 = all at once", min=0, role="incidental")
     amp: bool = opt(True, "mixed precision (bf16, or fp16 with a grad scaler); only takes effect on CUDA")
     steps_per_epoch: Optional[int] = opt(None, "default: one pass over the training sketches", min=1)
     val_every: int = opt(1, "seen-class validation every N epochs (0 = never)", min=0, role="evaluation")

@@ -19,10 +19,10 @@ import torch
 from .data.discovery import Sample
 from .data.images import image_loader
 from .data.tasks import RetrievalTask
-from .training import distributed as dist_utils
 from .log import progress
 from .precision import FP32, Precision
 from .ranks import world
+from .training import distributed as dist_utils
 
 Embedded = Tuple[np.ndarray, np.ndarray, int]  # features of readable samples, their positions, n skipped
 

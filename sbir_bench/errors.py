@@ -43,5 +43,13 @@ class OutputError(SbirError):
     exit_code = 6
 
 
+class OutOfMemoryError(SbirError):
+    """A step does not fit the memory it may use: predicted before training (no micro-batch fits the
+    budget) or met on the GPU; the line names the need, the budget and the knob."""
+
+    exit_code = 7
+
+
 INTERRUPTED = 130  # Ctrl-C: rerun with --resume
-EXIT_CODES = {cls.__name__: cls.exit_code for cls in (ConfigError, DataError, WeightsError, DivergedError, OutputError)}
+EXIT_CODES = {cls.__name__: cls.exit_code for cls in (ConfigError, DataError, WeightsError, DivergedError, OutputError,
+                                                        OutOfMemoryError)}

@@ -31,8 +31,8 @@ import numpy as np
 from .data.discovery import Sample
 from .fileio import atomic_write_bytes, atomic_write_json, atomic_write_npz, file_sha256
 from .locations import cache_root
-from .precision import Precision
 from .log import get_logger
+from .precision import Precision
 
 log = get_logger(__name__)
 FORMAT = 2  # 2: every shard's SHA-256 in its keys file

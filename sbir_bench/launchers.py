@@ -239,7 +239,10 @@ class CellRun:
         return path
 
     def _run(self, cfg) -> Optional[str]:
-        from .runner import finished_record, run  # lazy: the CLI imports this module's launcher table at start-up
+        from .runner import (  # lazy: the CLI imports this module's launcher table at start-up
+            finished_record,
+            run,
+        )
         if self.gpus > 1:  # several GPUs: DDP under torchrun inside the job
             cfg_file = state_dir(Path(cfg.output_dir)) / f"{self.cid}.yaml"
             _write_yaml(cfg_file, self.cfg_tree)
@@ -359,10 +362,11 @@ class GpuSlots:
 
 def failure_reason(text: str) -> str:
     """A failed cell's last error line, with out-of-memory named as such and the knob that helps."""
-    first = (text.strip().splitlines() or ["failed"])[-1][:300]
-    if "out of memory" in text.lower():
-        return (f"out of memory: {first} (lower --batch-size or raise train.grad_accum; the optimiser step "
-                f"stays the whole batch's)")
+    first = (text.strip().splitlines() or ["failed"])[-1][:400]
+    if "out of memory" in text.lower() or "out of gpu memory" in text.lower():
+        knob = "" if "memory_budget" in first else (" (lower --memory-budget or --batch-size: micro-batches keep the "
+                                                    "optimiser step the whole batch's)")
+        return f"out of memory: {first}{knob}"
     return first
 
 

@@ -20,12 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from .artifacts import find_reusable
 from .config import RunConfig, build_run_config, load_yaml
 from .data.catalog import get_spec
 from .data.discovery import default_data_root, locate, resolve_root
 from .data.tasks import SETTINGS  # one paper table per setting
-from .training.checkpoint import LAST
-from .artifacts import find_reusable
 from .errors import ConfigError, DataError, SbirError
 from .launchers import cell_id, job_alive, read_state, state_dir
 from .locations import recipes_folder
@@ -33,6 +32,7 @@ from .log import get_logger
 from .methods import METHODS
 from .models.factory import WeightsNotCached, check_weights_source
 from .runner import checkpoint_dir, finished_record, training_identity
+from .training.checkpoint import LAST
 
 log = get_logger(__name__)
 METHOD_ORDER = ("zeroshot-clip", "linear-probe", "coop", "cocoop", "maple", "clip-at", "splip")

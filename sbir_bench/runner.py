@@ -12,7 +12,7 @@ import json
 import random
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
@@ -22,7 +22,14 @@ import torch
 
 from .artifacts import build_method, check_no_leakage, load_backbone_for, save_artifact
 from .config import RunConfig, from_dict, keys_with_role, to_dict, without_keys
-from .data.discovery import DatasetIndex, index_dataset, photos_listed_twice
+from .data.catalog import get_spec
+from .data.discovery import (
+    DatasetIndex,
+    index_dataset,
+    locate,
+    photos_listed_twice,
+    resolve_root,
+)
 from .data.splits import load_split
 from .data.tasks import (
     RetrievalTask,
@@ -33,10 +40,11 @@ from .data.tasks import (
 )
 from .data.triplets import FeatureTriplets, TripletDataset
 from .embedding import EmbeddedTask, embed_samples, embed_task
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .feature_cache import FeatureCache
 from .feature_cache import open_for as open_feature_cache
 from .fileio import atomic_write_json, check_output_dir, file_sha256
+from .gpus import USABLE_SHARE, gib, parse_bytes
 from .log import get_logger
 from .methods import Method, get_method
 from .models import Backbone, load_backbone
@@ -49,6 +57,17 @@ from .records import SCHEMA, provenance, run_name, split_label
 from .reporting.collect import config_id
 from .retrieval import PRESETS, Protocol, RetrievalResult, evaluate_many
 from .retrieval.npz_files import save_embeddings, save_per_query
+from .sizing import (
+    Counts,
+    Estimate,
+    MemoryPlan,
+    catalog_counts,
+    counts_from_data,
+    estimate,
+    memory_record,
+    plan_micro_batches,
+    predicted_peak,
+)
 from .tracking import NoTrackers, Trackers, check_available, parse_report_to
 from .training import distributed as dist_utils
 from .training.trainer import Trainer
@@ -103,9 +122,14 @@ class RunParts:
 
 
 def prepare_data(cfg: RunConfig) -> RunData:
+    """:func:`load_data`, after checking the output folder can be written (before any work starts)."""
+    check_output_dir(cfg.output_dir)
+    return load_data(cfg)
+
+
+def load_data(cfg: RunConfig) -> RunData:
     """Index the dataset, apply the split, partition the seen classes and build the tasks; refuse
     degenerate inputs (no query, nothing to retrieve) with one line, before any model is loaded."""
-    check_output_dir(cfg.output_dir)
     index = index_dataset(cfg.data.dataset, cfg.data.data_root)
     unseen = load_split(index.spec, index.class_names, cfg.data.split, cfg.data.split_file)
     heldout = cfg.data.gzs_seen_photo_fraction if cfg.data.gzs_protocol == "heldout" else 0.0
@@ -128,6 +152,8 @@ def method_and_config(cfg: RunConfig) -> tuple:
         raise ConfigError(f"{cfg.method} puts prompts into the image encoder, which needs a ViT backbone; "
                           f"{cfg.backbone.name}'s image tower is not one (zeroshot-clip, linear-probe and coop work on it)")
     method_cls.check_config(method_cfg, open_clip.get_tokenizer(cfg.backbone.name))
+    if cfg.train.memory_budget:
+        parse_bytes(cfg.train.memory_budget)  # a malformed size is one line now, not after loading
     check_available(parse_report_to(cfg.report_to), cfg.tracking_uri)
     return method_cls, method_cfg
 
@@ -138,6 +164,7 @@ def build(cfg: RunConfig, device: torch.device, data: Optional[RunData] = None) 
     data = data or prepare_data(cfg)
     backbone = load_backbone(cfg.backbone.name, cfg.backbone.pretrained, cfg.backbone.cache_dir, device)
     method = method_cls(backbone, data.index.class_names, data.part.seen, method_cfg).to(device)
+    method.set_text_chunk(cfg.train.text_chunk)
     if cfg.data.image_size and cfg.data.image_size != backbone.image_size and \
             getattr(backbone.model.visual, "positional_embedding", None) is not None:
         raise ConfigError(f"data.image_size={cfg.data.image_size}, but {cfg.backbone.name} is a ViT with a fixed "
@@ -231,7 +258,7 @@ def finished_record(cfg: RunConfig) -> Optional[Path]:
 
 
 def train(cfg: RunConfig, parts: RunParts, scorer: Scorer, on_epoch_end=None,
-          trackers: Optional[Trackers] = None) -> Dict[str, Any]:
+          trackers: Optional[Trackers] = None, plan: Optional[MemoryPlan] = None) -> Dict[str, Any]:
     """Fit the method on seen-class triplets (if it trains); the ``train`` section of the record."""
     method, part = parts.method, parts.part
     if not method.trainable:
@@ -250,15 +277,61 @@ def train(cfg: RunConfig, parts: RunParts, scorer: Scorer, on_epoch_end=None,
         validate = lambda m: scorer.validation_metrics(parts.data.val_task)  # noqa: E731
     elif cfg.train.val_every:
         log.info("no seen-class validation: the split leaves no validation photos (raise data.val_fraction)")
-    trainer = Trainer(method, dataset, cfg.train, scorer.device, cfg.seed, ckpt_dir, cfg.data.workers,
+    train_cfg = replace(cfg.train, grad_accum=plan.micro_batches) if plan else cfg.train
+    trainer = Trainer(method, dataset, train_cfg, scorer.device, cfg.seed, ckpt_dir, cfg.data.workers,
                       cfg.data.pin_memory, validate, on_epoch_end, fingerprint=training_fingerprint(cfg),
-                      trackers=trackers)
+                      trackers=trackers, memory=plan)
     result = trainer.fit()
     return {"epochs": cfg.train.epochs, "steps_per_epoch": trainer.steps, "history": result.history,
             "steps_done": trainer.global_step,
             "seconds": result.seconds, "resumed_from_epoch": result.resumed_from_epoch,
             "skipped_images": result.skipped_images, "skipped_steps": result.skipped_steps,
-            "checkpoint_dir": str(ckpt_dir), "world_size": trainer.world}
+            "checkpoint_dir": str(ckpt_dir), "world_size": trainer.world,
+            "micro_batch": train_cfg.batch_size // (trainer.world * train_cfg.grad_accum),
+            "memory": memory_record(plan, scorer.device)}
+
+
+def run_counts(cfg: RunConfig) -> Counts:
+    """The sizes an estimate of ``cfg`` follows: the copy on disk when there is one, else the catalog's."""
+    spec = get_spec(cfg.data.dataset)
+    try:
+        locate(spec, resolve_root(spec, cfg.data.data_root))
+    except DataError:
+        return catalog_counts(cfg.data.dataset, cfg.data.split, cfg.data.split_file, cfg.data.val_fraction)
+    return counts_from_data(load_data(cfg))
+
+
+def estimate_run(cfg: RunConfig, gpu: str) -> Estimate:
+    """Memory and time of ``cfg`` on ``gpu`` (sizing.py), without weights or any data computation."""
+    budget = parse_bytes(cfg.train.memory_budget) if cfg.train.memory_budget else None
+    return estimate(cfg, run_counts(cfg), gpu, budget)
+
+
+def memory_budget(cfg: RunConfig, device: torch.device) -> Optional[int]:
+    """Bytes a training step may plan for in this process: ``train.memory_budget``; on CUDA by default
+    the memory this process could hold (free + already its own) less the CUDA context's share; on
+    CPU none."""
+    if cfg.train.memory_budget:
+        return parse_bytes(cfg.train.memory_budget)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int((free + torch.cuda.memory_allocated(device)) * USABLE_SHARE)
+    return None
+
+
+def memory_plan(cfg: RunConfig, data: RunData, device: torch.device) -> Optional[MemoryPlan]:
+    """The micro-batches a training step needs to fit the budget (None without a budget, or for a
+    method that does not train: the batch as configured)."""
+    budget = memory_budget(cfg, device)
+    if budget is None or not get_method(cfg.method).trainable:
+        return None
+    counts = counts_from_data(data)
+    micro_batches, micro = plan_micro_batches(cfg, counts, budget, world()[1])
+    predicted = predicted_peak(cfg, counts, micro)
+    if micro_batches > cfg.train.grad_accum:
+        log.info(f"memory budget {gib(budget)}: each batch of {cfg.train.batch_size} runs as {micro_batches} "
+                 f"micro-batches of {micro} (predicted peak {gib(predicted)})")
+    return MemoryPlan(budget, micro_batches, micro, predicted)
 
 
 # what may change when a training resumes: declared on the config fields (config.ROLES)
@@ -307,7 +380,9 @@ def run(cfg: RunConfig, on_epoch_end=None) -> Dict[str, Any]:
     dist_utils.init_distributed(device)
     seed_everything(cfg.seed)
     t_start = time.perf_counter()
-    parts = build(cfg, device)
+    data = prepare_data(cfg)
+    plan = memory_plan(cfg, data, device)  # before any weight is loaded: a budget nothing fits stops here
+    parts = build(cfg, device, data)
     name = config_run_name(cfg)
     run_id = new_run_id(name)
     scorer = Scorer(cfg, parts, device, Protocol.from_eval_config(cfg.eval))
@@ -317,7 +392,7 @@ def run(cfg: RunConfig, on_epoch_end=None) -> Dict[str, Any]:
     trackers = Trackers(parse_report_to(cfg.report_to), Path(cfg.output_dir) / run_id, run_id, to_dict(cfg),
                         cfg.tracking_uri) if dist_utils.is_main() else NoTrackers()
     try:
-        train_info = train(cfg, parts, scorer, on_epoch_end, trackers)
+        train_info = train(cfg, parts, scorer, on_epoch_end, trackers, plan)
         val_metrics = final_validation(train_info, parts.data.val_task, scorer)
         t_eval = time.perf_counter()
         emb, results = scorer.score(task, "test", all_presets=True)

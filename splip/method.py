@@ -219,8 +219,8 @@ class SpLIP(Method):
         total = cfg.lambda_cls * l_cls + cfg.lambda_triplet * l_tri
         terms = {"cls": l_cls.detach(), "triplet": l_tri.detach(), "margin": margin.mean().detach()}
         if shuffled is not None:
-            m = len(target)
-            js = conditional_jigsaw(self.jigsaw_head, sk.features[b:], f_pos[:m], f_neg[:m], target,
+            rows = self._jigsaw_rows(b)
+            js = conditional_jigsaw(self.jigsaw_head, sk.features[b:], f_pos[rows], f_neg[rows], target,
                                     cfg.lambda_jigsaw_negative if cfg.jigsaw_negative else 0.0)
             total = total + cfg.lambda_jigsaw * js.pop("jigsaw")
             terms.update(jigsaw=(js["jigsaw_pos"] + js.get("jigsaw_neg", 0.0)), **js)
@@ -237,11 +237,18 @@ class SpLIP(Method):
         labels = torch.cat([batch.label, batch.label, batch.negative_label])
         return F.cross_entropy(torch.cat(logits).float(), labels)
 
+    def _jigsaw_rows(self, b: int) -> List[int]:
+        """The rows whose sketch is also tile-shuffled: ceil(jigsaw_fraction * b) of them, spread evenly
+        (row i when ceil((i + 1) f) > ceil(i f): every other row at 0.5), so that a batch split into
+        micro-batches of a multiple of 1/f triplets shuffles the same sketches with the same draws."""
+        f = self.config.jigsaw_fraction
+        return [i for i in range(b) if math.ceil((i + 1) * f - 1e-9) > math.ceil(i * f - 1e-9)]
+
     def _shuffled_sketches(self, sketches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(permutation index, tile-shuffled sketch) for the first ``jigsaw_fraction`` of the batch."""
-        m = max(1, math.ceil(self.config.jigsaw_fraction * sketches.shape[0]))
-        target = torch.randint(len(self.permutations), (m,), device=sketches.device)
-        return target, shuffle_tiles(sketches[:m], self.permutations[target], self.config.jigsaw_grid)
+        """(permutation index, tile-shuffled sketch) for the ``jigsaw_fraction`` of the batch's rows."""
+        rows = self._jigsaw_rows(sketches.shape[0])
+        target = torch.randint(len(self.permutations), (len(rows),), device=sketches.device)
+        return target, shuffle_tiles(sketches[rows], self.permutations[target], self.config.jigsaw_grid)
 
 
 def text_layer_for(visual_layer: int, visual_layers: int, text_layers: int) -> int:

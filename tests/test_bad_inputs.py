@@ -22,9 +22,10 @@ from click.testing import CliRunner
 
 from conftest import as_options, short_training
 from sbir_bench.cli import main
-from sbir_bench.errors import ConfigError, DataError, DivergedError, OutputError, WeightsError
+from sbir_bench.errors import ConfigError, DataError, DivergedError, OutOfMemoryError, OutputError, WeightsError
 
 CONFIG, DATA, WEIGHTS, OUTPUT = ConfigError.exit_code, DataError.exit_code, WeightsError.exit_code, OutputError.exit_code
+MEMORY = OutOfMemoryError.exit_code
 FG_LAYOUT = ("Sketchy/256x256/sketch/tx_000000000000", "Sketchy/256x256/photo/tx_000000000000")
 
 
@@ -246,6 +247,14 @@ ROWS: List[tuple] = [
      WEIGHTS, "unknown pretrained tag"),
     ("pretrained-offline", lambda t, o: ["run", "coop", "--backbone", "ViT-B-32", "--pretrained", "openai",
                                          "--cache-dir", str(t)], WEIGHTS, "not cached"),
+    # ---- memory (exit 7) and the estimate's options
+    ("memory-budget-nothing-fits", lambda t, o: ["run", "coop", "--memory-budget", "1KiB"], MEMORY,
+     "one triplet needs about"),
+    ("memory-budget-not-a-size", lambda t, o: ["run", "coop", "--memory-budget", "lots"], CONFIG,
+     "memory size 'lots'"),
+    ("json-without-dry-run", lambda t, o: ["run", "coop", "--json", str(t / "e.json")], CONFIG, "add --dry-run"),
+    ("reproduce-json-without-dry-run", lambda t, o: ["reproduce", "zs", "--dataset", "mini", "--json",
+                                                     str(t / "e.json"), "--output-dir", str(o)], CONFIG, "add --dry-run"),
     # ---- 5. outputs checked before any work (exit 6)
     ("output-dir-is-file", lambda t, o: ["run", "coop", "--output-dir", _write(t / "file.txt", "x")], OUTPUT, "is a file"),
     ("eval-json-is-dir", lambda t, o: ["eval", "--embeddings", _embeddings_file(t),

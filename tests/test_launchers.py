@@ -211,6 +211,7 @@ def test_a_failing_local_job_leaves_the_others_running_and_is_named_out_of_memor
 def test_a_crashing_cell_does_not_stop_the_local_table(tmp_path, mini_root, monkeypatch):
     """Out of memory (or any crash) in one cell: the others run, the table is written from what finished,
     --status says why the cell failed, and the exit code is the failure's."""
+    from sbir_bench.errors import OutOfMemoryError
     from sbir_bench.methods import get_method
     cls = get_method("linear-probe")
 
@@ -220,12 +221,13 @@ def test_a_crashing_cell_does_not_stop_the_local_table(tmp_path, mini_root, monk
     out = tmp_path / "out"
     methods = ["--method", "linear-probe", "--method", "zeroshot-clip"]
     result = reproduce(*methods, "--output-dir", str(out))
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == OutOfMemoryError.exit_code, result.output  # the documented out-of-memory code
     assert (out / "table_zs.csv").is_file() and "zeroshot" in (out / "table_zs.csv").read_text().lower()
     assert "1 run(s) failed" in result.output
     status = reproduce(*methods, "--status", "--output-dir", str(out))
     line = next(ln for ln in status.output.splitlines() if "linear-probe" in ln)
-    assert "failed: out of memory" in line and "OutOfMemoryError" in line, status.output
+    assert "failed: out of memory" in line and "out of GPU memory at epoch 1, step 1" in line, status.output
+    assert "train.memory_budget" in line and "text_chunk" in line, status.output
 
 
 @pytest.mark.parametrize("flags", [["--partition", "gpu"], ["--sbatch", "mail-type=END"], ["--time", "60"],

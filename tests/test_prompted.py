@@ -60,3 +60,35 @@ def test_suffix_attention_equals_attention_over_the_concatenated_prompt():
     mask = torch.cat([torch.zeros(slen, plen), causal], dim=1)
     expected = attn(suffix, keys, keys, need_weights=False, attn_mask=mask)[0]
     assert torch.allclose(_suffix_attention(attn, suffix, prefix, causal), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["splip", "cocoop"])
+def test_checkpointed_class_text_chunks_give_the_same_loss_and_gradients(method, tiny_backbone):
+    """Per-image class texts in checkpointed chunks of 2 images: loss and every trainable gradient as
+    all at once (to 1e-5), and the text encoder's saved activations no longer grow with the batch."""
+    from sbir_bench.data.triplets import TripletBatch
+    from sbir_bench.methods import get_method
+    names = ["cat", "dog", "house", "tree", "car", "boat"]
+    g = torch.Generator().manual_seed(0)
+    images = lambda: torch.randn(6, 3, 64, 64, generator=g)  # noqa: E731
+    batch = TripletBatch(images(), images(), images(), torch.tensor([0, 1, 2, 3, 4, 5]), torch.tensor([1, 2, 3, 4, 5, 0]))
+    torch.manual_seed(0)
+    model = get_method(method)(tiny_backbone, names, list(range(6)))
+    results = {}
+    for chunk in (0, 2):
+        model.set_text_chunk(chunk)
+        model.zero_grad()
+        torch.manual_seed(1)  # the same jigsaw draws
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.untyped_storage().nbytes()) or t,
+                                                      lambda t: t):
+            loss = model.loss(batch)["loss"]
+        loss.backward()
+        results[chunk] = (float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None},
+                          sum(saved))
+    (loss0, grads0, saved0), (loss2, grads2, saved2) = results[0], results[2]
+    assert loss2 == pytest.approx(loss0, abs=1e-5)
+    assert grads0.keys() == grads2.keys() and grads0
+    for name in grads0:
+        torch.testing.assert_close(grads2[name], grads0[name], rtol=1e-5, atol=1e-5, msg=name)
+    assert saved2 < saved0

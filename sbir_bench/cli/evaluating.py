@@ -13,7 +13,13 @@ from ..data.tasks import SETTINGS
 from ..errors import ConfigError, DataError
 from ..records import beside_record
 from . import main
-from .common import config_option, friendly_errors, knob_overrides, protocol_options, split_list
+from .common import (
+    config_option,
+    friendly_errors,
+    knob_overrides,
+    protocol_options,
+    split_list,
+)
 
 
 def _embeddings_path(emb_path: Optional[str], record: Optional[str]) -> str:
@@ -110,12 +116,12 @@ def eval_command(model: Optional[str], emb_path: Optional[str], record: Optional
       sbir-bench eval --embeddings huge.npz --backend faiss --map-k 200 --prec-k 200
     """
     # imported when the command runs: `sbir-bench --help` starts without open_clip and the models
-    from ..training.distributed import local_device
     from ..fileio import atomic_write_json, check_output_file
     from ..log import set_quiet
     from ..reporting.render import metrics_table, protocols_table
     from ..retrieval import evaluate_many
     from ..retrieval.npz_files import load_embeddings
+    from ..training.distributed import local_device
 
     set_quiet(quiet)
     given = click.get_current_context().get_parameter_source("protocol") == click.core.ParameterSource.COMMANDLINE

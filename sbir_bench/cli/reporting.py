@@ -31,11 +31,10 @@ def table_options(fn: Callable) -> Callable:
 
 def _cells(patterns, results_dir, datasets, settings, methods, reference, against, ci):
     # imported when the command runs: `sbir-bench --help` starts without open_clip and the models
-    from ..reporting.collect import runs_frame
-    from ..reporting.compare import compare, load_reference
-
     # imported when the command runs: `sbir-bench --help` starts without open_clip and the models
     from ..locations import published_folder
+    from ..reporting.collect import runs_frame
+    from ..reporting.compare import compare, load_reference
     ref = load_reference(published_folder() if reference == "paper" else Path(reference)) \
         if reference else None
     frame = runs_frame(patterns, results_dir, datasets, settings, methods)

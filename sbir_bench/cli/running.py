@@ -10,6 +10,7 @@ import click
 from ..config import BackboneConfig, DataConfig, EvalConfig, RunConfig, TrainConfig
 from ..data.tasks import SETTINGS
 from ..errors import ConfigError, DataError, SbirError
+from ..gpus import DEFAULT_GPU, GPUS, usable_memory
 from ..launchers import CELLS, LAUNCHERS, LaunchRequest, launcher_for
 from ..reporting.tables import write_table
 from . import main
@@ -37,6 +38,7 @@ RUN_OPTIONS: List[Tuple[str, Any, str, str]] = [
     ("--eval-memory", EvalConfig, "memory", "eval.memory"),
     ("--output-dir", RunConfig, "output_dir", "output_dir"),
     ("--checkpoint-dir", TrainConfig, "checkpoint_dir", "train.checkpoint_dir"),
+    ("--memory-budget", TrainConfig, "memory_budget", "train.memory_budget"),
     ("--report-to", RunConfig, "report_to", "report_to"),
     ("--tracking-uri", RunConfig, "tracking_uri", "tracking_uri"),
 ]
@@ -99,6 +101,46 @@ def parse_seed_list(text: str) -> List[int]:
     return seeds
 
 
+def estimate_options(fn):
+    """``--dry-run``'s estimate options (sbir_bench.sizing)."""
+    for option in reversed([
+        click.option("--dry-run", is_flag=True, help="Print what each run needs and costs (memory, micro-batch, FLOPs, "
+                                                    "GPU-hours), counted on the meta device; run nothing."),
+        click.option("--gpu", type=click.Choice(list(GPUS)), help="The GPU the estimate is for (docs/cluster.md lists "
+                                                                  "the assumptions); also sets the memory budget.  "
+                                                                  "[default with --dry-run: a100-80gb]"),
+        click.option("--json", "json_file", type=click.Path(), help="With --dry-run: write the estimates here."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def check_estimate_options(dry_run: bool, gpu: Optional[str], json_file: Optional[str]) -> None:
+    """--json goes with --dry-run; an unwritable --json file is refused before any work."""
+    # imported when the command runs: `sbir-bench --help` starts without open_clip and the models
+    from ..fileio import check_output_file
+    if json_file and not dry_run:
+        raise ConfigError("--json writes the estimates of --dry-run; add --dry-run")
+    if json_file:
+        check_output_file(json_file)
+
+
+def print_estimates(labelled: Sequence[Tuple[str, str, Any]], gpu: Optional[str], json_file: Optional[str]) -> None:
+    """One line per (printed label, run id, config): the label, then its estimate; with ``json_file``
+    written there too, by run id (identical trainings and datasets are traced once)."""
+    # imported when the command runs: `sbir-bench --help` starts without open_clip and the models
+    from ..fileio import atomic_write_json
+    from ..runner import estimate_run
+    out = []
+    for label, run_id, cfg in labelled:
+        est = estimate_run(cfg, gpu or DEFAULT_GPU)
+        click.echo(f"{label}  |  {est.line()}")
+        out.append({"run": run_id, **est.to_dict()})
+    if json_file:
+        atomic_write_json(json_file, out)
+        click.echo(f"estimates: {json_file}")
+
+
 @main.command("run")
 @click.argument("method")
 @run_options
@@ -111,6 +153,7 @@ def parse_seed_list(text: str) -> List[int]:
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override any config key, e.g. --set method_config.n_ctx=8 --set train.warmup_epochs=1.")
 @click.option("--quiet", is_flag=True, help="No progress bars or info lines.")
+@estimate_options
 @friendly_errors
 def run_command(method: str, seeds: Sequence[int], config_file: Optional[str], sets: Sequence[str],
                 **opts: Any) -> None:
@@ -125,14 +168,22 @@ def run_command(method: str, seeds: Sequence[int], config_file: Optional[str], s
       sbir-bench run splip --dataset quickdraw --setting gzs --data-root ~/data/sbir --resume
       sbir-bench run splip --config configs/mini/splip.yaml --set method_config.jigsaw=false --variant no-jigsaw
       sbir-bench run zeroshot-clip --protocol sem-pcyc --set eval.protocol_overrides.ties=stable
+      sbir-bench run splip --dataset tuberlin --dry-run --gpu rtx4090-24gb
     """
     # imported when the command runs: `sbir-bench --help` starts without open_clip and the models
     from ..log import set_quiet
     from ..reporting.render import record_table
     from ..runner import run
 
+    dry_run, gpu, json_file = opts.pop("dry_run"), opts.pop("gpu"), opts.pop("json_file")
+    check_estimate_options(dry_run, gpu, json_file)
+    if gpu and not dry_run and opts.get("memory_budget") is None:  # --gpu sets the budget micro-batches plan for
+        opts["memory_budget"] = str(usable_memory(gpu))
     configs = resolve_configs(method, config_file, sets, seeds, opts)
     set_quiet(any(cfg.quiet for cfg in configs))  # --quiet, or `quiet: true` in the YAML
+    if dry_run:
+        print_estimates([(f"{method} seed {cfg.seed}",) * 2 + (cfg,) for cfg in configs], gpu, json_file)
+        return
     for cfg in configs:
         record = run(cfg)
         if record.get("record_path"):
@@ -179,12 +230,14 @@ def cluster_options(fn):
 @click.option("--data-root", type=click.Path(), help="Folder holding the datasets.")
 @click.option("--output-dir", type=click.Path(), help="Where runs and tables go.  [default: results/reproduce/TABLE]")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any config key of every run.")
-@click.option("--dry-run", is_flag=True, help="List every run, what it needs and whether it can run; run nothing.")
+@click.option("--memory-budget", help="Memory a step may plan for per process, e.g. 24GiB (train.memory_budget).")
+@estimate_options
 @cluster_options
 @click.option("--quiet", is_flag=True, help="No progress bars or info lines.")
 @friendly_errors
 def reproduce_command(table: str, datasets, methods, seeds: str, data_root: Optional[str], output_dir: Optional[str],
-                      sets, dry_run: bool, quiet: bool, **cluster: Any) -> None:
+                      sets, memory_budget: Optional[str], dry_run: bool, gpu: Optional[str], json_file: Optional[str],
+                      quiet: bool, **cluster: Any) -> None:
     """Run every cell of one of SpLIP's tables (methods x datasets x seeds) and write the table with the
     literature's rows and deltas to the paper. Finished cells are kept, interrupted ones resume, and a
     cell whose dataset or weights are absent is skipped with one line saying what is missing. Cells run
@@ -206,6 +259,7 @@ def reproduce_command(table: str, datasets, methods, seeds: str, data_root: Opti
     from ..reproduce import cells, plan, status_lines
 
     set_quiet(quiet)
+    check_estimate_options(dry_run, gpu, json_file)
     seed_list = parse_seed_list(seeds)
     resources = _resources(cluster)
     folder = Path(output_dir or f"results/reproduce/{table}")
@@ -219,6 +273,8 @@ def reproduce_command(table: str, datasets, methods, seeds: str, data_root: Opti
         overrides["data.data_root"] = data_root
     if quiet:
         overrides["quiet"] = True
+    if memory_budget or (gpu and not dry_run):
+        overrides["train.memory_budget"] = memory_budget or str(usable_memory(gpu))
     runs = plan(cells(table, datasets, methods), seed_list, out, overrides, network=not dry_run)
     if cluster["status"]:
         for line in status_lines(runs, out):
@@ -227,10 +283,14 @@ def reproduce_command(table: str, datasets, methods, seeds: str, data_root: Opti
     if cluster["collect"]:
         click.echo(f"wrote {', '.join(str(p) for p in write_table(table, out).values())}")
         return
-    for planned in runs:
-        if dry_run or planned.status.startswith("missing"):
-            click.echo(f"{'skip ' if planned.status.startswith('missing') else ''}{planned.describe()}")
-    if not dry_run:
+    if dry_run:  # one line per cell: what it needs and would do, then what it costs
+        print_estimates([(f"{'skip ' if p.status.startswith('missing') else ''}{p.describe()}",
+                          f"{p.cell.setting}/{p.cell.name} {p.cell.method} seed {p.seed}", p.cfg) for p in runs],
+                        gpu, json_file)
+    else:
+        for planned in runs:
+            if planned.status.startswith("missing"):
+                click.echo(f"skip {planned.describe()}")
         _launch(table, runs, out, cluster, resources)
 
 

@@ -29,6 +29,7 @@ from ..data.classnames import class_text
 from ..data.triplets import TripletBatch
 from ..models.factory import Backbone
 from ..models.preprocess import eval_transform, train_transform
+from ..models.prompted import PromptedCLIP
 
 
 @dataclass
@@ -87,6 +88,14 @@ class Method(nn.Module):
     def logit_scale(self) -> torch.Tensor:
         """CLIP's learned temperature (frozen), as a multiplier."""
         return self.clip.logit_scale.exp()
+
+    def set_text_chunk(self, images: int) -> None:
+        """Compute per-image class texts (SpLIP's ``class_text=image``, CoCoOp) in checkpointed chunks of
+        ``images`` images while training (0: all at once). The values and gradients are the same; their
+        activation memory is one chunk's, paid for with a second forward pass of those texts."""
+        for module in self.modules():
+            if isinstance(module, PromptedCLIP):
+                module.text_chunk = images
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         return self.backbone.tokenizer(list(texts)).to(self.device)

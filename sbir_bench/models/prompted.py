@@ -18,6 +18,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 VISION_ATTRS = ("conv1", "class_embedding", "positional_embedding", "ln_pre", "transformer", "ln_post", "proj")
 TEXT_ATTRS = ("token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection", "attn_mask")
@@ -61,6 +62,9 @@ class PromptedCLIP(nn.Module):
         super().__init__()
         self.check_internals(clip, vision)
         self.clip = clip
+        # Images per checkpointed chunk of encode_text_after while training (0: all at once, nothing
+        # recomputed): per-image class texts then hold one chunk's activations, not batch x classes'.
+        self.text_chunk = 0
 
     # ------------------------------------------------------------------ introspection
     @staticmethod
@@ -177,9 +181,9 @@ class PromptedCLIP(nn.Module):
         usually shrinks to ~10 tokens (several times faster, bit-for-bit the same output).
         """
         c = self.clip
-        token_ids = token_ids.to(c.token_embedding.weight.device)
-        eot = token_ids.argmax(dim=-1)
-        token_ids = token_ids[:, : int(eot.max()) + 1]
+        eot = token_ids.argmax(dim=-1)  # read where the ids are (the CPU for a meta-device estimate)
+        token_ids = token_ids[:, : int(eot.max()) + 1].to(c.token_embedding.weight.device)
+        eot = eot.to(token_ids.device)
         x, n, mask = self._embed_text_input(token_ids, ctx)
         x = self._run_blocks(c.transformer, x, mask, deep, n, "head")
         x = c.ln_final(x)
@@ -231,14 +235,26 @@ class PromptedCLIP(nn.Module):
         the result equals :meth:`encode_text` of the full prompts (tested) at a fraction of the
         cost: each prefix is run once, not once per class. ``eot`` is each suffix's end-token index.
         """
+        b = prefix.inputs[0].shape[0]
+        chunk = self.text_chunk
+        if chunk and b > chunk and torch.is_grad_enabled():
+            # Same arithmetic per image, recomputed in backward: activations bounded by one chunk.
+            parts = [checkpoint(self._texts_after, [x[i: i + chunk] for x in prefix.inputs], suffix_ids, eot, normalize,
+                                use_reentrant=False) for i in range(0, b, chunk)]
+            return torch.cat(parts)
+        return self._texts_after(prefix.inputs, suffix_ids, eot, normalize)
+
+    def _texts_after(self, prefix_inputs: List[torch.Tensor], suffix_ids: torch.Tensor, eot: torch.Tensor,
+                     normalize: bool) -> torch.Tensor:
+        """:meth:`encode_text_after` of the prefixes whose per-block inputs are ``prefix_inputs``."""
         c = self.clip
-        b, plen = prefix.inputs[0].shape[:2]
+        b, plen = prefix_inputs[0].shape[:2]
         n_cls, slen = suffix_ids.shape
         pos = c.positional_embedding[plen: plen + slen].to(self.dtype)
         x = (self.token_embeddings(suffix_ids).to(self.dtype) + pos).unsqueeze(0).expand(b, -1, -1, -1)
         x = x.reshape(b * n_cls, slen, -1)
         causal = torch.triu(torch.full((slen, slen), float("-inf"), dtype=x.dtype, device=x.device), diagonal=1)
-        for block, kv_in in zip(c.transformer.resblocks, prefix.inputs):
+        for block, kv_in in zip(c.transformer.resblocks, prefix_inputs):
             x = x + block.ls_1(_suffix_attention(block.attn, block.ln_1(x), block.ln_1(kv_in), causal))
             x = x + block.ls_2(block.mlp(block.ln_2(x)))
         x = c.ln_final(x)

@@ -45,6 +45,13 @@ def phrase_tokens(tokenizer: Callable, phrase: str) -> int:
     return int((tokenizer([phrase])[0] > 0).sum()) - 2
 
 
+def ids_device(device: torch.device | str) -> torch.device:
+    """Where token ids live for a model on ``device``: there, except for a model on the meta device (a
+    resource estimate, sizing.py), whose ids stay real on the CPU: prompt lengths are read from them."""
+    device = torch.device(device)
+    return torch.device("cpu") if device.type == "meta" else device
+
+
 class ClassPrompts(nn.Module):
     """Token ids of ``"<prefix> <class text>."`` for a class vocabulary (positions 1..n take the context)."""
 
@@ -52,6 +59,7 @@ class ClassPrompts(nn.Module):
         super().__init__()
         self.tokenizer, self.prefix = tokenizer, prefix
         self._cache: Dict[Tuple[Tuple[str, ...], str], torch.Tensor] = {}
+        self._suffix_cache: Dict[tuple, Tuple[torch.Tensor, torch.Tensor]] = {}
 
     def texts(self, class_names: Sequence[str]) -> list:
         """The prompt of each class, as text (the learned context overwrites the first tokens)."""
@@ -61,7 +69,7 @@ class ClassPrompts(nn.Module):
         """Token ids per class, tokenised once per vocabulary (training asks for the same one every step)."""
         key = (tuple(class_names), str(device))
         if key not in self._cache:
-            self._cache[key] = self.tokenizer(self.texts(class_names)).to(device)
+            self._cache[key] = self.tokenizer(self.texts(class_names)).to(ids_device(device))
         return self._cache[key]
 
     def prefix_ids(self, length: Optional[int] = None) -> torch.Tensor:
@@ -76,6 +84,10 @@ class ClassPrompts(nn.Module):
         """(token ids from position ``start`` to the last end token (C, S), each class's end-token index
         within them (C,)): the part of every prompt after a shared prefix of ``start`` tokens, as
         :meth:`PromptedCLIP.encode_text_after` takes it."""
-        ids = self.token_ids(class_names, device)
-        eot = ids.argmax(-1) - start
-        return ids[:, start: start + int(eot.max()) + 1], eot
+        key = (tuple(class_names), str(device), start)
+        if key not in self._suffix_cache:  # sliced on the CPU, once: no device sync per step (and meta-safe)
+            ids = self.tokenizer(self.texts(class_names))
+            eot = ids.argmax(-1) - start
+            self._suffix_cache[key] = (ids[:, start: start + int(eot.max()) + 1].to(ids_device(device)),
+                                       eot.to(ids_device(device)))
+        return self._suffix_cache[key]

@@ -28,8 +28,8 @@ import torch
 
 from ..errors import DataError, SbirError
 from ..log import progress
-from .protocol import Protocol, metric_sort_key
 from .measures import cutoff_metrics, instance_ranks, policy_ranks, relevant_ranks
+from .protocol import Protocol, metric_sort_key
 from .scoring import ScoreSource, block_rows, parse_memory
 
 __all__ = ["RetrievalResult", "evaluate", "evaluate_many", "parse_memory", "block_rows"]

@@ -22,8 +22,8 @@ from ..errors import ConfigError, DataError, SbirError
 from ..extras import require
 from ..log import progress
 from .engine import RetrievalResult, aggregate
-from .protocol import Protocol
 from .measures import RelevantRanks, cutoff_metrics
+from .protocol import Protocol
 from .scoring import check_finite_rows, unit_rows
 
 

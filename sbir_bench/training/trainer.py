@@ -26,14 +26,21 @@ from torch.utils.data import DataLoader, Sampler
 from ..config import TrainConfig
 from ..data.images import resolve_workers
 from ..data.triplets import collate_triplets
-from ..errors import ConfigError, DataError, DivergedError
-from ..methods.base import Method
+from ..errors import ConfigError, DataError, DivergedError, OutOfMemoryError
 from ..log import get_logger, progress
+from ..methods.base import Method
 from ..precision import training_precision
 from ..ranks import world
 from . import distributed as dist_utils
-from .checkpoint import (check_resumable, claim_folder, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
-                         warn_if_foreign)
+from .checkpoint import (
+    check_resumable,
+    claim_folder,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    warn_if_foreign,
+)
 
 log = get_logger(__name__)
 
@@ -127,10 +134,11 @@ class Trainer:
                  seed: int, checkpoint_dir: Optional[Path] = None, workers: Optional[int] = 0, pin_memory: bool = False,
                  validate: Optional[Callable[[Method], Dict[str, float]]] = None,
                  on_epoch_end: Optional[Callable[[int], None]] = None,
-                 fingerprint: Optional[Dict[str, Any]] = None, trackers=None) -> None:
+                 fingerprint: Optional[Dict[str, Any]] = None, trackers=None, memory=None) -> None:
         self.method, self.dataset, self.cfg, self.device, self.seed = method, dataset, cfg, device, seed
         self.checkpoint_dir, self.fingerprint = checkpoint_dir, fingerprint
         self.trackers, self.global_step = trackers, 0
+        self.memory = memory  # the sizing.MemoryPlan the micro-batches come from (None: as configured)
         self.validate, self.on_epoch_end = validate, on_epoch_end
         self.distributed = dist_utils.init_distributed(device)
         self.rank, self.world = world()
@@ -194,10 +202,11 @@ class Trainer:
             batch = batch.to(self.device, non_blocking=True)
             sync = not self.distributed or k == n - 1
             ctx = self.model.no_sync() if (self.distributed and not sync) else contextlib.nullcontext()
-            with ctx, self.precision.autocast(self.device.type):
-                terms = self.model(batch)
-            check_finite(terms, where, self.distributed)
-            self.scaler.scale(terms["loss"] / n).backward()
+            with self._out_of_memory(where, len(batch.label)):
+                with ctx, self.precision.autocast(self.device.type):
+                    terms = self.model(batch)
+                check_finite(terms, where, self.distributed)
+                self.scaler.scale(terms["loss"] / n).backward()
             for key, val in terms.items():
                 totals[key] = totals.get(key, 0.0) + float(val.detach()) / n
         self.scaler.unscale_(self.optimizer)
@@ -207,6 +216,19 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         return totals
+
+    @contextlib.contextmanager
+    def _out_of_memory(self, where: str, micro: int):
+        """Turn the GPU's out-of-memory error into one line: the predicted need, the budget, the knobs."""
+        try:
+            yield
+        except torch.cuda.OutOfMemoryError:
+            plan = self.memory
+            need = (f"predicted peak {plan.predicted_peak_bytes / 2**30:.2f} GiB within a budget of "
+                    f"{plan.budget_bytes / 2**30:.2f} GiB" if plan else "no memory budget was planned")
+            raise OutOfMemoryError(f"out of GPU memory at {where} (micro-batch of {micro} triplets; {need}): lower "
+                                   f"train.memory_budget (--memory-budget) so that each batch is split further, or "
+                                   f"set train.text_chunk") from None
 
     def _report_step(self, terms: Dict[str, float], seconds: float, bar) -> None:
         """Step values to the trackers (rank 0) and the progress bar."""
@@ -219,6 +241,8 @@ class Trainer:
         values["train/images_per_s"] = self.cfg.batch_size / max(seconds, 1e-9)
         if self.device.type == "cuda":
             values["train/peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        if self.memory:
+            values["train/predicted_peak_memory_gib"] = self.memory.predicted_peak_bytes / 2**30
         self.trackers.log(values, self.global_step)
 
     def _epoch(self, epoch: int, result: TrainResult) -> Dict[str, float]:

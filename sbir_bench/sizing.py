@@ -1,0 +1,458 @@
+"""The resource estimate: a run's memory and time, counted before any GPU hour is spent.
+
+The real method is built on PyTorch's meta device (shapes, no weights, no data) and one training
+step is traced there: :class:`~torch.utils.flop_counter.FlopCounterMode` counts its FLOPs (forward
+and backward) and a saved-tensor hook counts the bytes autograd holds between them (the
+activations). Parameters, gradients and optimiser state follow from the trainable parameters. The
+step is traced at two micro-batch sizes; everything in between is linear in the micro-batch (every
+method's per-triplet work is), which gives the figures at any batch without a trace per size.
+
+``tests/test_sizing.py`` holds the estimate to what a real step on the CPU saves and holds, for every
+method at three sizes (within 10 %), and the FLOP count to a hand count. The GPU table's throughputs
+and utilisation are assumptions, labelled as such (docs/cluster.md).
+
+>>> fewest_micro_batches(64, peak=lambda size: 10 + size, budget=30)
+(4, 16)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import json
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from .config import RunConfig, from_dict
+from .data.triplets import TripletBatch
+from .errors import OutOfMemoryError
+from .fileio import atomic_write_json
+from .gpus import DEFAULT_GPU, USABLE_SHARE, get_gpu, gib
+from .locations import cache_root
+from .log import get_logger
+from .methods import get_method
+from .models.backbone_configs import create_model
+from .models.factory import Backbone
+from .models.prompted import PromptedCLIP
+
+log = get_logger(__name__)
+TRACE_SIZES = (2, 4)  # micro-batches (triplets) traced; even, so SpLIP's jigsaw half is exact at both
+
+
+# ------------------------------------------------------------------------------------ tracing one step
+@dataclass
+class StepTrace:
+    """What one training step of a micro-batch costs: bytes autograd saves, FLOPs, largest op output."""
+
+    saved_bytes: int
+    flops: int
+    largest_op_bytes: int
+
+
+class _LargestOutput(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the largest tensor any op produces (the transient workspace beside what is saved)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel() * t.element_size())
+        return out
+
+
+def _fused_on_meta(original: Callable) -> Callable:
+    """``scaled_dot_product_attention`` that sends meta tensors to the fused (memory-efficient) kernel
+    and everything else to ``original``, unchanged."""
+    def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kwargs):
+        if query.device.type != "meta":
+            return original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                            scale=scale, **kwargs)
+        if attn_mask is not None:
+            if attn_mask.dtype == torch.bool:
+                attn_mask = torch.zeros(attn_mask.shape, dtype=query.dtype, device=query.device)
+            attn_mask = attn_mask.expand(*query.shape[:-1], key.shape[-2])
+        return torch.ops.aten._scaled_dot_product_efficient_attention(
+            query, key, value, attn_mask, True, dropout_p, is_causal, scale=scale)[0]
+    return attention
+
+
+@contextlib.contextmanager
+def fused_attention():
+    """Attention as a GPU runs it, for meta-device traces. PyTorch's meta kernels take the math path,
+    which saves the whole attention matrix; a CUDA GPU runs a fused kernel that saves the output and
+    its log-sum-exp. For the trace, ``F.scaled_dot_product_attention`` (which ``nn.MultiheadAttention``
+    calls) sends meta tensors to the fused kernel; any other tensor takes PyTorch's own path."""
+    original = F.scaled_dot_product_attention
+    F.scaled_dot_product_attention = _fused_on_meta(original)
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = original
+
+
+def trace_step(method: torch.nn.Module, batch: TripletBatch) -> StepTrace:
+    """Run ``method.loss(batch)`` and its backward once, counting saved bytes (each storage once;
+    parameters and buffers, which exist anyway, left out), FLOPs and the largest op output. Works on
+    any device: the meta device for an estimate, the CPU for its calibration."""
+    held = {t.untyped_storage()._cdata for t in (*method.parameters(), *method.buffers())}
+    saved: Dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage._cdata not in held:
+            saved[storage._cdata] = storage.nbytes()
+        return t
+
+    largest = _LargestOutput()
+    with FlopCounterMode(display=False) as flops, largest:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = method.loss(batch)["loss"]
+        loss.backward()
+    return StepTrace(sum(saved.values()), int(flops.get_total_flops()), largest.largest)
+
+
+def trace_embedding(method: torch.nn.Module, images: torch.Tensor) -> int:
+    """FLOPs of embedding ``images`` as sketches (evaluation's cost per image x their number)."""
+    with FlopCounterMode(display=False) as flops, torch.no_grad():
+        method.embed_sketches(images)
+    return int(flops.get_total_flops())
+
+
+def _cpu_tokenizer(tokenizer: Callable) -> Callable:
+    """``tokenizer`` whose ids stay real on the CPU inside a meta-device context (lengths are read)."""
+    def tokenize(texts, *args, **kwargs):
+        with torch.device("cpu"):
+            return tokenizer(texts, *args, **kwargs)
+    return tokenize
+
+
+def meta_backbone(name: str) -> Backbone:
+    """``name``'s open_clip model on the meta device: every shape, no weights."""
+    with torch.device("meta"):
+        model, _, preprocess = create_model(name, device="meta")
+    model.eval().requires_grad_(False)
+    size = model.visual.image_size
+    return Backbone(name=name, pretrained=None, model=model, preprocess=preprocess,
+                    tokenizer=_cpu_tokenizer(open_clip.get_tokenizer(name)),
+                    image_size=int(size[0] if isinstance(size, (tuple, list)) else size))
+
+
+def meta_method(method: str, method_config: Dict[str, Any], backbone: str, class_names: Sequence[str],
+                seen: Sequence[int], text_chunk: int = 0):
+    """The real method built on a meta backbone (its own tensors on the meta device too)."""
+    cls = get_method(method)
+    bb = meta_backbone(backbone)
+    with torch.device("meta"):
+        built = cls(bb, list(class_names), list(seen), from_dict(cls.config_class, method_config, "method_config"))
+    built.set_text_chunk(text_chunk)
+    return built
+
+
+def meta_batch(method, n: int, features: bool) -> TripletBatch:
+    """A micro-batch of ``n`` triplets on the meta device: images, or cached frozen features."""
+    if features:
+        shape: Tuple[int, ...] = (n, method.backbone.embed_dim)
+    else:
+        side = method.backbone.image_size
+        shape = (n, 3, side, side)
+    x = lambda: torch.empty(shape, device="meta")  # noqa: E731
+    labels = lambda: torch.zeros(n, dtype=torch.long, device="meta")  # noqa: E731
+    return TripletBatch(x(), x(), x(), labels(), labels(), features=features)
+
+
+# ------------------------------------------------------------------------------------ the estimate
+@dataclass
+class Counts:
+    """The sizes a run's cost follows from, and where they came from."""
+
+    train_sketches: int
+    class_names: List[str]
+    seen: List[int]
+    test_images: int  # queries + gallery
+    source: str  # "the copy on disk" or "the catalog's published counts"
+
+
+@dataclass
+class Estimate:
+    """Memory and time of one run (per process), as ``--dry-run`` prints and ``--json`` writes."""
+
+    method: str
+    dataset: str
+    backbone: str
+    batch_size: int
+    micro_batch: int
+    precision: str
+    steps_per_epoch: int
+    epochs: int
+    trainable_parameters: int
+    weights_bytes: int
+    gradient_bytes: int
+    optimizer_bytes: int
+    activation_bytes: int  # saved by autograd for the micro-batch (counted in fp32: an upper bound under bf16)
+    workspace_bytes: int  # the largest single op output (transient)
+    peak_memory_bytes: int
+    flops_per_step: int  # forward + backward of one optimiser step (the whole batch)
+    eval_flops: int
+    gpu: str
+    gpu_hours: float
+    budget_bytes: Optional[int] = None
+    counts_from: str = ""
+    text_chunk: int = 0
+    notes: List[str] = field(default_factory=list)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    def line(self) -> str:
+        """One line: memory (its parts), micro-batch, FLOPs and time."""
+        train = "" if not self.trainable_parameters else (
+            f"{self.steps_per_epoch} steps/epoch x {self.epochs}, {self.trainable_parameters:,} trainable, "
+            f"{self.flops_per_step / 1e12:.2f} TFLOP/step, micro-batch {self.micro_batch} of {self.batch_size}, ")
+        return (f"{train}peak {gib(self.peak_memory_bytes)} ({self.precision}: weights {gib(self.weights_bytes)}, "
+                f"gradients {gib(self.gradient_bytes)}, optimiser {gib(self.optimizer_bytes)}, activations "
+                f"{gib(self.activation_bytes)}, workspace {gib(self.workspace_bytes)}), "
+                f"{self.gpu_hours:.2f} GPU-h on {self.gpu}")
+
+
+@dataclass(frozen=True)
+class _Linear:
+    """A quantity measured at two micro-batch sizes, as a + b * m."""
+
+    at: Tuple[int, int]
+    values: Tuple[int, int]
+
+    def __call__(self, m: int) -> int:
+        (m1, m2), (v1, v2) = self.at, self.values
+        return max(0, round(v1 + (v2 - v1) * (m - m1) / (m2 - m1)))
+
+    @property
+    def per_sample(self) -> float:
+        (m1, m2), (v1, v2) = self.at, self.values
+        return (v2 - v1) / (m2 - m1)
+
+
+@dataclass(frozen=True)
+class MethodCost:
+    """A method's traced costs, independent of the batch size and the GPU."""
+
+    trainable: int
+    weights_bytes: int
+    saved: _Linear
+    flops: _Linear
+    largest: _Linear
+    embed_flops_per_image: int
+    features: bool  # trains on cached frozen features
+    chunk_bytes: int = 0  # what one checkpointed chunk of class texts saves while it is recomputed
+
+    @classmethod
+    def from_dict(cls, tree: Dict[str, Any]) -> "MethodCost":
+        linear = {k: _Linear(tuple(tree[k]["at"]), tuple(tree[k]["values"])) for k in ("saved", "flops", "largest")}
+        return cls(**{**tree, **linear})
+
+    def workspace(self, micro: int) -> int:
+        """Transient bytes beside what is saved: the largest op output, or one class-text chunk."""
+        return max(self.largest(micro), self.chunk_bytes)
+
+
+def _capture_text_chunks(method) -> List[tuple]:
+    """Record the arguments of every checkpointed class-text chunk ``method`` computes (meta copies we own)."""
+    calls: List[tuple] = []
+    for module in method.modules():
+        if isinstance(module, PromptedCLIP):
+            inner = module._texts_after
+
+            def record(*args, _inner=inner):
+                calls.append((_inner, args))
+                return _inner(*args)
+            module._texts_after = record
+    return calls
+
+
+def _chunk_bytes(calls: List[tuple], images: int) -> int:
+    """Bytes one chunk of ``images`` images saves (the first recorded chunk, widened to ``images``)."""
+    if not calls:
+        return 0
+    inner, (prefix_inputs, suffix, eot, normalize) = calls[0]
+    wide = [x[:1].detach().expand(images, *x.shape[1:]).requires_grad_() for x in prefix_inputs]
+    saved: Dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved[t.untyped_storage()._cdata] = t.untyped_storage().nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), fused_attention():
+        inner(wide, suffix, eot, normalize)
+    return sum(saved.values())
+
+
+@lru_cache(maxsize=64)
+def _method_cost(method: str, method_config_json: str, backbone: str, class_names: Tuple[str, ...],
+                 seen: Tuple[int, ...], text_chunk: int) -> MethodCost:
+    # Chunked class texts are traced two images per chunk: what a step holds does not depend on the
+    # chunk size; the recomputed chunk's own activations are counted once, at the real size.
+    built = meta_method(method, json.loads(method_config_json), backbone, class_names, seen, min(text_chunk, 2))
+    trainable = sum(p.numel() for p in built.parameters() if p.requires_grad)
+    weights = sum(t.numel() * t.element_size() for t in (*built.parameters(), *built.buffers()))
+    unseen = [class_names[i] for i in range(len(class_names)) if i not in set(seen)] or list(class_names)
+    built.prepare_eval(unseen)
+    side = built.backbone.image_size
+    with fused_attention():
+        embed = trace_embedding(built, torch.empty(2, 3, side, side, device="meta")) // 2
+    features = built.trains_on_frozen_features()
+    if not built.trainable or not trainable:
+        zero = _Linear(TRACE_SIZES, (0, 0))
+        return MethodCost(0, weights, zero, zero, zero, embed, features)
+    built.train()
+    calls = _capture_text_chunks(built) if text_chunk else []
+    with fused_attention():
+        traces = [trace_step(built, meta_batch(built, m, features)) for m in TRACE_SIZES]
+    return MethodCost(trainable, weights, _Linear(TRACE_SIZES, tuple(t.saved_bytes for t in traces)),
+                      _Linear(TRACE_SIZES, tuple(t.flops for t in traces)),
+                      _Linear(TRACE_SIZES, tuple(t.largest_op_bytes for t in traces)), embed, features,
+                      _chunk_bytes(calls, text_chunk))
+
+
+def method_cost(cfg: RunConfig, counts: Counts) -> MethodCost:
+    """The traced costs of ``cfg``'s method on ``counts``' classes: traced once per identical method
+    and class list, kept in memory and on disk (``<cache>/estimates``, keyed by everything the trace
+    reads, the code that computes it included)."""
+    args = (cfg.method, json.dumps(cfg.method_config, sort_keys=True, default=str), cfg.backbone.name,
+            tuple(counts.class_names), tuple(counts.seen), cfg.train.text_chunk)
+    path = cache_root() / "estimates" / f"{_trace_key(*args)}.json"
+    try:
+        return MethodCost.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # not traced yet (or unreadable: traced again)
+    cost = _method_cost(*args)
+    try:
+        atomic_write_json(path, asdict(cost))
+    except OSError as exc:  # a read-only cache costs time, never the estimate
+        log.debug(f"estimate not cached: {exc}")
+    return cost
+
+
+def _trace_key(*args: Any) -> str:
+    """A digest of a trace's inputs and of the code that traces (the method's module, the prompted
+    encoders, this module) and the library versions: a changed method never reads an old trace."""
+    files = {Path(inspect.getsourcefile(get_method(args[0]))), Path(__file__), Path(inspect.getsourcefile(PromptedCLIP))}
+    code = b"".join(f.read_bytes() for f in sorted(files))
+    blob = json.dumps([list(a) if isinstance(a, tuple) else a for a in args] + [torch.__version__, open_clip.__version__])
+    return hashlib.sha256(blob.encode() + code).hexdigest()[:32]
+
+
+def optimizer_states(train) -> int:
+    """fp32 tensors the optimiser keeps per trainable parameter: AdamW two moments, SGD its momentum."""
+    return 2 if train.optimizer == "adamw" else int(train.momentum > 0)
+
+
+def static_bytes(cost: MethodCost, train) -> Tuple[int, int, int]:
+    """(weights, gradients, optimiser state) bytes: fp32 master weights and gradients of the trainable part."""
+    grads = 4 * cost.trainable
+    return cost.weights_bytes, grads, optimizer_states(train) * grads
+
+
+def peak_bytes(cost: MethodCost, train, micro: int) -> int:
+    """Predicted peak memory of a step over micro-batches of ``micro`` triplets."""
+    return sum(static_bytes(cost, train)) + cost.saved(micro) + cost.workspace(micro)
+
+
+def fewest_micro_batches(per_process: int, peak: Callable[[int], int], budget: int,
+                         at_least: int = 1) -> Tuple[int, int]:
+    """(micro-batches, micro-batch size): the fewest micro-batches (dividing ``per_process``, at least
+    ``at_least``) whose predicted ``peak(size)`` fits ``budget``; raises :class:`OutOfMemoryError`
+    naming the need when not even one triplet fits."""
+    for k in range(max(1, at_least), per_process + 1):
+        if per_process % k == 0 and peak(per_process // k) <= budget:
+            return k, per_process // k
+    raise OutOfMemoryError(f"one triplet needs about {gib(peak(1))} of memory, more than the budget of "
+                           f"{gib(budget)}; raise --memory-budget (train.memory_budget), use a GPU with more memory "
+                           f"or a smaller backbone, or lower train.text_chunk")
+
+
+def plan_micro_batches(cfg: RunConfig, counts: Counts, budget: int, world: int = 1) -> Tuple[int, int]:
+    """(micro-batches per step, micro-batch size) for ``cfg`` within ``budget`` bytes per process."""
+    cost = method_cost(cfg, counts)
+    return fewest_micro_batches(cfg.train.batch_size // world, lambda m: peak_bytes(cost, cfg.train, m), budget,
+                                cfg.train.grad_accum)
+
+
+def predicted_peak(cfg: RunConfig, counts: Counts, micro: int) -> int:
+    """Predicted peak bytes of ``cfg``'s training step over micro-batches of ``micro`` triplets."""
+    return peak_bytes(method_cost(cfg, counts), cfg.train, micro)
+
+
+@dataclass
+class MemoryPlan:
+    """How a run's steps fit its memory budget: the micro-batches and the predicted peak."""
+
+    budget_bytes: int
+    micro_batches: int
+    micro_batch: int
+    predicted_peak_bytes: int
+
+
+def memory_record(plan: Optional[MemoryPlan], device: torch.device) -> Dict[str, Any]:
+    """The record's memory section: the plan (if any) and, on CUDA, the measured peak beside it."""
+    out: Dict[str, Any] = asdict(plan) if plan else {}
+    if device.type == "cuda":
+        out["measured_peak_bytes"] = int(torch.cuda.max_memory_allocated(device))
+    return out
+
+
+def estimate(cfg: RunConfig, counts: Counts, gpu: str = DEFAULT_GPU, budget: Optional[int] = None) -> Estimate:
+    """The estimate of ``cfg`` on ``gpu`` (whose usable memory is the budget unless ``budget`` is given)."""
+    card = get_gpu(gpu)
+    budget = budget if budget is not None else int(USABLE_SHARE * card.memory_bytes)
+    cost = method_cost(cfg, counts)
+    weights, grads, opt = static_bytes(cost, cfg.train)
+    batch = cfg.train.batch_size
+    bf16 = bool(cfg.train.amp)
+    steps = cfg.train.steps_per_epoch or max(1, counts.train_sketches // batch)
+    trains = cost.trainable > 0
+    micro = plan_micro_batches(cfg, counts, budget)[1] if trains else 0
+    step_flops = cost.flops(batch) if trains else 0
+    eval_flops = cost.embed_flops_per_image * counts.test_images
+    seconds = card.seconds(step_flops * steps * cfg.train.epochs if trains else 0, bf16) + \
+        card.seconds(eval_flops, bool(cfg.eval.amp))
+    notes = ["activations counted in fp32 (an upper bound under bf16 autocast)"] if bf16 and trains else []
+    return Estimate(
+        method=cfg.method, dataset=cfg.data.dataset, backbone=cfg.backbone.name, batch_size=batch, micro_batch=micro,
+        precision="bf16 autocast" if bf16 else "fp32", steps_per_epoch=steps if trains else 0,
+        epochs=cfg.train.epochs if trains else 0, trainable_parameters=cost.trainable, weights_bytes=weights,
+        gradient_bytes=grads if trains else 0, optimizer_bytes=opt if trains else 0,
+        activation_bytes=cost.saved(micro) if trains else 0, workspace_bytes=cost.workspace(micro) if trains else 0,
+        peak_memory_bytes=peak_bytes(cost, cfg.train, micro) if trains else weights,
+        flops_per_step=step_flops, eval_flops=eval_flops, gpu=gpu, gpu_hours=seconds / 3600, budget_bytes=budget,
+        counts_from=counts.source, text_chunk=cfg.train.text_chunk, notes=notes)
+
+
+def catalog_counts(dataset: str, split: str, split_file: Optional[str], val_fraction: float) -> Counts:
+    """Counts from the catalog (official class list and published totals) when no copy is on disk."""
+    from .data.catalog import get_spec
+    from .data.splits import load_split, package_file, read_class_file
+    spec = get_spec(dataset)
+    names = read_class_file(package_file("classes", spec.class_list))
+    unseen = set(load_split(spec, names, split, split_file))
+    seen = [i for i in range(len(names)) if i not in unseen]
+    share = len(seen) / len(names)
+    sketches, photos = spec.expected.get("sketches", 0), spec.expected.get("photos", 0)
+    return Counts(int(sketches * share * (1 - val_fraction)), names, seen,
+                  int((sketches + photos) * (1 - share)), "the catalog's published counts")
+
+
+def counts_from_data(data) -> Counts:
+    """Counts of a run's prepared data (:class:`~sbir_bench.runner.RunData`)."""
+    part = data.part
+    return Counts(len(part.train_sketches), list(data.index.class_names), list(part.seen),
+                  len(data.task.queries) + len(data.task.gallery), "the copy on disk")

@@ -1,0 +1,190 @@
+"""The resource estimate (sizing.py): held to what a real step on the CPU saves and holds, for every
+method at three sizes; its FLOP count to a hand count; the memory budget's micro-batches to the
+unsplit step; and the estimate, budget and out-of-memory lines end to end from the command line."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from conftest import newest_record
+from sbir_bench.cli import main
+from sbir_bench.config import RunConfig, TrainConfig
+from sbir_bench.data.triplets import TripletBatch
+from sbir_bench.errors import OutOfMemoryError
+from sbir_bench.methods import get_method
+from sbir_bench.models import load_backbone
+from sbir_bench.sizing import Counts, method_cost, optimizer_states, static_bytes, trace_step
+from sbir_bench.training.trainer import Trainer
+
+TRAINED = ["linear-probe", "coop", "cocoop", "maple", "clip-at", "splip"]
+NAMES = ["cat", "dog", "house", "tree", "car", "boat", "apple", "chair"]
+# (backbone, triplets per step, seen classes): the sizes the estimate is held to
+SIZES = [("sbir-tiny", 2, 4), ("sbir-tiny", 3, 6), pytest.param("ViT-B-32", 2, 5, marks=pytest.mark.slow)]
+
+
+def real_batch(method, n: int, features: bool, seed: int = 0) -> TripletBatch:
+    g = torch.Generator().manual_seed(seed)
+    side = method.backbone.image_size
+    shape = (n, method.backbone.embed_dim) if features else (n, 3, side, side)
+    x = lambda: torch.randn(shape, generator=g)  # noqa: E731
+    labels = lambda: torch.randint(len(method.seen), (n,), generator=g)  # noqa: E731
+    return TripletBatch(x(), x(), x(), labels(), labels(), features=features)
+
+
+def nbytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+@pytest.mark.parametrize("backbone,triplets,classes", SIZES)
+@pytest.mark.parametrize("method", TRAINED)
+def test_the_estimate_is_what_a_real_step_saves_and_holds(method, backbone, triplets, classes):
+    """Meta-device prediction vs one real CPU step (fp32) of the same method: saved-tensor bytes,
+    parameters, gradients and AdamW state within 10 %."""
+    cfg = RunConfig(method=method, train=TrainConfig(optimizer="adamw"))
+    cfg.backbone.name = backbone
+    counts = Counts(100, NAMES[:classes], list(range(classes)), 10, "test")
+    cost = method_cost(cfg, counts)
+    torch.manual_seed(0)
+    real = get_method(method)(load_backbone(backbone, None if backbone != "sbir-tiny" else "random"),
+                              NAMES[:classes], list(range(classes)))
+    real.train()
+    trainable = [p for p in real.parameters() if p.requires_grad]
+    measured = trace_step(real, real_batch(real, triplets, cost.features))
+    optimizer = torch.optim.AdamW(trainable, lr=1e-3)
+    optimizer.step()
+    held = {"saved": measured.saved_bytes, "weights": nbytes([*real.parameters(), *real.buffers()]),
+            "gradients": nbytes(p.grad for p in trainable if p.grad is not None),
+            "optimiser": nbytes(t for s in optimizer.state.values() for t in s.values() if t.dim())}
+    weights, grads, opt = static_bytes(cost, cfg.train)
+    predicted = {"saved": cost.saved(triplets), "weights": weights, "gradients": grads, "optimiser": opt}
+    for key, value in held.items():
+        assert predicted[key] == pytest.approx(value, rel=0.10), (key, predicted, held)
+    assert cost.flops(triplets) >= measured.flops > 0  # the CPU's fused attention kernel is not counted by torch
+
+
+def test_the_flop_and_byte_counts_of_one_linear_layer_are_the_hand_counts():
+    """y = x W^T (B x n -> B x m), loss = sum(y): forward 2Bnm, backward 2Bnm for W's gradient (x has
+    none): 4Bnm FLOPs; autograd saves x alone (B n float32), W being a parameter."""
+    b, n, m = 5, 7, 3
+
+    class Layer(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = torch.nn.Linear(n, m, bias=False)
+
+        def loss(self, batch):
+            return {"loss": self.linear(batch.sketch).sum()}
+    x = torch.randn(b, n)
+    trace = trace_step(Layer(), TripletBatch(x, x, x, torch.zeros(b), torch.zeros(b)))
+    assert trace.flops == 4 * b * n * m
+    assert trace.saved_bytes == b * n * 4
+
+
+def test_optimiser_state_is_two_moments_for_adamw_and_the_momentum_for_sgd():
+    assert optimizer_states(TrainConfig(optimizer="adamw")) == 2
+    assert optimizer_states(TrainConfig(optimizer="sgd", momentum=0.9)) == 1
+    assert optimizer_states(TrainConfig(optimizer="sgd", momentum=0.0)) == 0
+
+
+def _step(method, micro_batches, seed: int = 1) -> dict:
+    """The trainable tensors after one SGD step over ``micro_batches`` (one batch, as the trainer splits it)."""
+    cfg = TrainConfig(optimizer="sgd", lr=0.5, momentum=0.0, weight_decay=0.0, batch_size=8,
+                      grad_accum=len(micro_batches), amp=False)
+    trainer = Trainer(method, list(range(8)), cfg, torch.device("cpu"), seed=0)
+    torch.manual_seed(seed)  # the same random draws (jigsaw permutations, patch shuffles) either way
+    trainer._step(micro_batches, "test")
+    return {k: v.detach().clone() for k, v in method.trainable_state().items()}
+
+
+def _halves(batch: TripletBatch, parts: int):
+    size = len(batch.label) // parts
+    cut = lambda t, i: t[i * size:(i + 1) * size]  # noqa: E731
+    return [TripletBatch(*(cut(t, i) for t in (batch.sketch, batch.positive, batch.negative, batch.label,
+                                               batch.negative_label)), features=batch.features) for i in range(parts)]
+
+
+@pytest.mark.parametrize("method", [m for m in TRAINED if m != "linear-probe"])  # BatchNorm: batch statistics
+def test_micro_batches_take_the_step_of_the_whole_batch(method, tiny_backbone):
+    """Parameters after one step over the batch of 8, whole or as 2 or 4 micro-batches: equal to 1e-5.
+    (The linear probe standardises with batch statistics, so its micro-batches differ: docs/cluster.md.)"""
+    torch.manual_seed(0)
+    model = get_method(method)(tiny_backbone, NAMES, list(range(8)))
+    model.train()
+    batch = real_batch(model, 8, model.trains_on_frozen_features())
+    whole = _step(copy.deepcopy(model), [batch])
+    for parts in (2, 4):
+        split = _step(copy.deepcopy(model), _halves(batch, parts))
+        for key in whole:
+            torch.testing.assert_close(split[key], whole[key], rtol=1e-5, atol=1e-5, msg=f"{key}, {parts} parts")
+
+
+def test_a_memory_budget_splits_the_batch_and_the_record_says_so(tmp_path, mini_root):
+    from sbir_bench.config import build_run_config
+    from sbir_bench.runner import run_counts
+    from sbir_bench.sizing import predicted_peak
+    cfg = build_run_config({}, {"method": "coop", "train.batch_size": 8})
+    budget = predicted_peak(cfg, run_counts(cfg), 2)  # room for micro-batches of 2 triplets, not of 4
+    out = tmp_path / "runs"
+    result = CliRunner().invoke(main, ["run", "coop", "--epochs", "1", "--batch-size", "8", "--set",
+                                       "train.steps_per_epoch=2", "--set", "train.val_every=0", "--memory-budget",
+                                       str(budget), "--output-dir", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    train = newest_record(out)["train"]
+    assert train["micro_batch"] == 2
+    assert train["memory"]["micro_batches"] == 4 and train["memory"]["budget_bytes"] == budget
+    assert train["memory"]["predicted_peak_bytes"] <= budget
+
+
+def test_a_budget_no_micro_batch_fits_is_one_line_naming_the_need(tmp_path, mini_root):
+    out = tmp_path / "runs"
+    result = CliRunner().invoke(main, ["run", "coop", "--memory-budget", "1KiB", "--output-dir", str(out), "--quiet"])
+    assert result.exit_code == OutOfMemoryError.exit_code, result.output
+    assert "one triplet needs about" in result.output and "budget of 0.00 GiB" in result.output
+    assert not list(out.glob("*.json"))
+
+
+def test_dry_run_prints_and_writes_the_estimate_and_runs_nothing(tmp_path, mini_root):
+    out, estimates = tmp_path / "runs", tmp_path / "estimate.json"
+    result = CliRunner().invoke(main, ["run", "splip", "--dry-run", "--gpu", "rtx4090-24gb", "--json", str(estimates),
+                                       "--seed", "0", "--seed", "1", "--output-dir", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "TFLOP/step" in result.output and "GPU-h on rtx4090-24gb" in result.output
+    rows = json.loads(estimates.read_text())
+    assert [r["run"] for r in rows] == ["splip seed 0", "splip seed 1"]
+    for key in ("activation_bytes", "peak_memory_bytes", "flops_per_step", "steps_per_epoch", "micro_batch",
+                "gpu_hours"):
+        assert rows[0][key] > 0, key
+    assert rows[0]["counts_from"] == "the copy on disk" and not out.exists()
+
+
+def test_reproduce_dry_run_estimates_every_cell_without_the_data(tmp_path):
+    result = CliRunner().invoke(main, ["reproduce", "fg", "--method", "coop", "--data-root", str(tmp_path / "none"),
+                                       "--dry-run", "--output-dir", str(tmp_path / "table")])
+    assert result.exit_code == 0, result.output
+    lines = [ln for ln in result.output.splitlines() if "GPU-h on a100-80gb" in ln]
+    assert len(lines) == 1 and "fg/sketchy-fg" in lines[0] and "-> missing" in lines[0]  # the catalog's counts
+    assert "TFLOP/step" in lines[0]
+
+
+@pytest.mark.slow  # every paper cell traced on the meta device (about three minutes cold)
+def test_every_paper_cell_fits_a_24_gb_card_and_the_docs_show_the_estimates():
+    from sbir_bench.reproduce import cells, plan
+    from sbir_bench.runner import estimate_run
+    from sbir_bench.gpus import usable_memory
+    import tempfile
+    from pathlib import Path
+    with tempfile.TemporaryDirectory() as tmp:
+        for table in ("zs", "gzs", "fg"):
+            for planned in plan(cells(table), [0], Path(tmp), {}, network=False):
+                est = estimate_run(planned.cfg, "rtx4090-24gb")
+                assert est.peak_memory_bytes <= usable_memory("rtx4090-24gb"), (table, planned.cell, est.line())
+    import sys
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from cell_costs import table_markdown
+    docs = (Path(__file__).parents[1] / "docs" / "cluster.md").read_text()
+    assert table_markdown() in docs
