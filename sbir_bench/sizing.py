@@ -32,6 +32,8 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from .config import RunConfig, from_dict
+from .data.catalog import get_spec
+from .data.splits import load_split, package_file, read_class_file
 from .data.triplets import TripletBatch
 from .errors import OutOfMemoryError
 from .fileio import atomic_write_json
@@ -108,11 +110,13 @@ def trace_step(method: torch.nn.Module, batch: TripletBatch) -> StepTrace:
     any device: the meta device for an estimate, the CPU for its calibration."""
     held = {t.untyped_storage()._cdata for t in (*method.parameters(), *method.buffers())}
     saved: Dict[int, int] = {}
+    alive: List[torch.Tensor] = []  # kept until the count is done: a freed storage's address is never reused
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         storage = t.untyped_storage()
         if storage._cdata not in held:
             saved[storage._cdata] = storage.nbytes()
+            alive.append(t)
         return t
 
     largest = _LargestOutput()
@@ -439,8 +443,6 @@ def estimate(cfg: RunConfig, counts: Counts, gpu: str = DEFAULT_GPU, budget: Opt
 
 def catalog_counts(dataset: str, split: str, split_file: Optional[str], val_fraction: float) -> Counts:
     """Counts from the catalog (official class list and published totals) when no copy is on disk."""
-    from .data.catalog import get_spec
-    from .data.splits import load_split, package_file, read_class_file
     spec = get_spec(dataset)
     names = read_class_file(package_file("classes", spec.class_list))
     unseen = set(load_split(spec, names, split, split_file))

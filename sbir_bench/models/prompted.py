@@ -237,7 +237,7 @@ class PromptedCLIP(nn.Module):
         """
         b = prefix.inputs[0].shape[0]
         chunk = self.text_chunk
-        if chunk and b > chunk and torch.is_grad_enabled():
+        if chunk and torch.is_grad_enabled():  # checkpointed even as one chunk: what is held never depends on b
             # Same arithmetic per image, recomputed in backward: activations bounded by one chunk.
             parts = [checkpoint(self._texts_after, [x[i: i + chunk] for x in prefix.inputs], suffix_ids, eot, normalize,
                                 use_reentrant=False) for i in range(0, b, chunk)]
