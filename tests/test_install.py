@@ -103,7 +103,9 @@ def test_progress_is_plain_lines_in_a_file_and_a_bar_on_a_terminal(monkeypatch):
     monkeypatch.setattr(log, "is_quiet", lambda: False)
     stream = io.StringIO()
     monkeypatch.setattr(sys, "stderr", stream)
-    monkeypatch.setenv(log.PROGRESS_EVERY_ENV, "0.000001")
+    monkeypatch.setenv(log.PROGRESS_EVERY_ENV, "0.5")
+    ticks = iter(range(100))  # a clock that moves a second per reading: one line per item, on any machine
+    monkeypatch.setattr(log.time, "monotonic", lambda: float(next(ticks)))
     bar = log.progress(range(3), desc="embedding photos", unit="batch")
     assert isinstance(bar, log.LineProgress)
     bar.set_postfix({"loss": "0.5"})
