@@ -40,7 +40,7 @@ from .data.tasks import (
 )
 from .data.triplets import FeatureTriplets, TripletDataset
 from .embedding import EmbeddedTask, embed_samples, embed_task
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, OutOfMemoryError
 from .feature_cache import FeatureCache
 from .feature_cache import open_for as open_feature_cache
 from .fileio import atomic_write_json, check_output_dir, file_sha256
@@ -321,17 +321,43 @@ def memory_budget(cfg: RunConfig, device: torch.device) -> Optional[int]:
 
 def memory_plan(cfg: RunConfig, data: RunData, device: torch.device) -> Optional[MemoryPlan]:
     """The micro-batches a training step needs to fit the budget (None without a budget, or for a
-    method that does not train: the batch as configured)."""
+    method that does not train: the batch as configured). Every DDP rank takes the same plan, the one
+    with the most micro-batches (the tightest GPU decides): ranks that split differently would wait on
+    each other's gradient all-reduce forever."""
+    try:
+        mine: Any = _plan_here(cfg, data, device)
+    except OutOfMemoryError as exc:  # decided together, so that no rank waits for one that stopped
+        mine = exc
+    chosen = dist_utils.broadcast_from_main(_tightest(dist_utils.gather_to_main(mine)))
+    if isinstance(chosen, OutOfMemoryError):
+        raise chosen
+    if chosen and chosen.micro_batches > cfg.train.grad_accum:
+        log.info(f"memory budget {gib(chosen.budget_bytes)}: each batch of {cfg.train.batch_size} runs as "
+                 f"{chosen.micro_batches} micro-batches of {chosen.micro_batch} (predicted peak "
+                 f"{gib(chosen.predicted_peak_bytes)})")
+    return chosen
+
+
+def _plan_here(cfg: RunConfig, data: RunData, device: torch.device) -> Optional[MemoryPlan]:
+    """This process's plan for its own budget."""
     budget = memory_budget(cfg, device)
     if budget is None or not get_method(cfg.method).trainable:
         return None
     counts = counts_from_data(data)
     micro_batches, micro = plan_micro_batches(cfg, counts, budget, world()[1])
-    predicted = predicted_peak(cfg, counts, micro)
-    if micro_batches > cfg.train.grad_accum:
-        log.info(f"memory budget {gib(budget)}: each batch of {cfg.train.batch_size} runs as {micro_batches} "
-                 f"micro-batches of {micro} (predicted peak {gib(predicted)})")
-    return MemoryPlan(budget, micro_batches, micro, predicted)
+    return MemoryPlan(budget, micro_batches, micro, predicted_peak(cfg, counts, micro))
+
+
+def _tightest(plans: Optional[list]) -> Any:
+    """Of every rank's plan (rank 0 only; None elsewhere): an error if any rank has one, else the plan
+    with the most micro-batches."""
+    if plans is None:
+        return None
+    errors = [p for p in plans if isinstance(p, OutOfMemoryError)]
+    if errors:
+        return errors[0]
+    real = [p for p in plans if p is not None]
+    return max(real, key=lambda p: p.micro_batches) if real else None
 
 
 # what may change when a training resumes: declared on the config fields (config.ROLES)
