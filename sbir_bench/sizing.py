@@ -29,6 +29,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import open_clip
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from .config import RunConfig, from_dict
@@ -59,7 +60,7 @@ class StepTrace:
     largest_op_bytes: int
 
 
-class _LargestOutput(torch.utils._python_dispatch.TorchDispatchMode):
+class _LargestOutput(TorchDispatchMode):
     """Records the largest tensor any op produces (the transient workspace beside what is saved)."""
 
     def __init__(self) -> None:
@@ -300,7 +301,6 @@ def _chunk_bytes(calls: List[tuple], images: int) -> int:
     return sum(saved.values())
 
 
-@lru_cache(maxsize=64)
 def _method_cost(method: str, method_config_json: str, backbone: str, class_names: Tuple[str, ...],
                  seen: Tuple[int, ...], text_chunk: int) -> MethodCost:
     # Chunked class texts are traced two images per chunk: what a step holds does not depend on the
@@ -331,8 +331,13 @@ def method_cost(cfg: RunConfig, counts: Counts) -> MethodCost:
     """The traced costs of ``cfg``'s method on ``counts``' classes: traced once per identical method
     and class list, kept in memory and on disk (``<cache>/estimates``, keyed by everything the trace
     reads, the code that computes it included)."""
-    args = (cfg.method, json.dumps(cfg.method_config, sort_keys=True, default=str), cfg.backbone.name,
-            tuple(counts.class_names), tuple(counts.seen), cfg.train.text_chunk)
+    return _cached_cost(cfg.method, json.dumps(cfg.method_config, sort_keys=True, default=str), cfg.backbone.name,
+                        tuple(counts.class_names), tuple(counts.seen), cfg.train.text_chunk)
+
+
+@lru_cache(maxsize=64)
+def _cached_cost(*args: Any) -> MethodCost:
+    """:func:`_method_cost` of ``args``, read from (or written to) the disk cache once per process."""
     path = cache_root() / "estimates" / f"{_trace_key(*args)}.json"
     try:
         return MethodCost.from_dict(json.loads(path.read_text()))

@@ -85,9 +85,8 @@ class ClassPrompts(nn.Module):
         within them (C,)): the part of every prompt after a shared prefix of ``start`` tokens, as
         :meth:`PromptedCLIP.encode_text_after` takes it."""
         key = (tuple(class_names), str(device), start)
-        if key not in self._suffix_cache:  # sliced on the CPU, once: no device sync per step (and meta-safe)
-            ids = self.tokenizer(self.texts(class_names))
+        if key not in self._suffix_cache:  # sliced once per vocabulary: no device sync per step
+            ids = self.token_ids(class_names, device)  # real ids even for a meta-device model
             eot = ids.argmax(-1) - start
-            self._suffix_cache[key] = (ids[:, start: start + int(eot.max()) + 1].to(ids_device(device)),
-                                       eot.to(ids_device(device)))
+            self._suffix_cache[key] = (ids[:, start: start + int(eot.max()) + 1], eot)
         return self._suffix_cache[key]
