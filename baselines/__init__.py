@@ -1,3 +1,3 @@
-"""Baseline methods: zero-shot CLIP, linear probe, CoOp, CoCoOp, MaPLe and CLIP-AT (registered on import)."""
+"""Baseline methods: zero-shot CLIP, linear probe, CoOp, CoCoOp, MaPLe, CLIP-AT and ProS (registered on import)."""
 
-from . import clip_at, cocoop, coop, linear_probe, maple, zeroshot_clip  # noqa: F401
+from . import clip_at, cocoop, coop, linear_probe, maple, pros, zeroshot_clip  # noqa: F401

@@ -38,17 +38,15 @@ import torch
 from torch import nn
 
 from sbir_bench.errors import ConfigError
-from sbir_bench.methods import METHODS, Method, TripletBatch
+from sbir_bench.methods import METHODS, Method, TripletBatch, check_choice
 from sbir_bench.methods.image_tiles import shuffle_tiles
 from sbir_bench.methods.losses import clip_cross_entropy, cosine_triplet
 from sbir_bench.models import PromptedCLIP
-from sbir_bench.models.preprocess import padded_square_transform
+from sbir_bench.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, padded_square_transform
 
 PROMPT_POSITIONS = ("append", "prepend")
 TRAINABLE = ("official", "layernorm")
 PREPROCESS = ("official", "backbone")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -102,8 +100,7 @@ class CLIPAT(Method):
     def check_config(cls, config: CLIPATConfig, tokenizer) -> None:
         for key, allowed in (("prompt_position", PROMPT_POSITIONS), ("trainable", TRAINABLE),
                              ("preprocess", PREPROCESS)):
-            if getattr(config, key) not in allowed:
-                raise ConfigError(f"clip-at: {key}={getattr(config, key)!r}; choose one of {', '.join(allowed)}")
+            check_choice("clip-at", key, getattr(config, key), allowed)
         if config.n_prompts < 1:
             raise ConfigError(f"clip-at: n_prompts={config.n_prompts} must be >= 1 (the learned prompt vectors "
                               f"per modality)")

@@ -27,15 +27,19 @@ def _gib(n: int) -> str:
 
 def rows() -> List[List[str]]:
     """One row per ZS and FG cell: setting, column, method, batch, then per card peak GiB (micro-batch)
-    and GPU-hours of one seed."""
+    and GPU-hours of one seed. A method trained in stages (ProS) lists each stage's batch and micro-batch
+    ("200 / 25"), its largest stage's peak and the sum of its stages' hours."""
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         for table in ("zs", "fg"):
             for planned in plan(cells(table), [0], Path(tmp), {}, network=False):
-                row = [table.upper(), planned.cell.name, planned.cell.method, str(planned.cfg.train.batch_size)]
-                for card in CARDS:
-                    est = estimate_run(planned.cfg, card)
-                    micro = f" ({est.micro_batch})" if est.trainable_parameters else ""
+                ests = {card: estimate_run(planned.cfg, card) for card in CARDS}
+                first = ests[CARDS[0]]
+                batch = " / ".join(str(s["batch_size"]) for s in first.stages) or str(planned.cfg.train.batch_size)
+                row = [table.upper(), planned.cell.name, planned.cell.method, batch]
+                for card, est in ests.items():  # a method trained in stages: each stage's micro-batch
+                    micro = " / ".join(str(s["micro_batch"]) for s in est.stages) or str(est.micro_batch)
+                    micro = f" ({micro})" if est.trainable_parameters else ""
                     row += [f"{_gib(est.peak_memory_bytes)}{micro}", f"{est.gpu_hours:.2f}"]
                 out.append(row)
     return out

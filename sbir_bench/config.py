@@ -98,9 +98,10 @@ class TrainConfig:
     weight_decay: float = opt(1e-4, "weight decay", min=0.0)
     optimizer: str = opt("adamw", "adamw or sgd", choices=("adamw", "sgd"))
     momentum: float = opt(0.9, "SGD momentum", min=0.0, max=1.0)
-    schedule: str = opt("cosine-step", "cosine-step (per step), cosine-epoch (per epoch, as CoOp/MaPLe) or "
-                                       "constant (after any warm-up, as CLIP-AT)",
-                        choices=("cosine-step", "cosine-epoch", "constant"))
+    schedule: str = opt("cosine-step", "cosine-step (per step), cosine-epoch (per epoch, as CoOp/MaPLe), "
+                                       "constant (after any warm-up, as CLIP-AT) or exponential-epoch (epoch e at "
+                                       "lr x 0.001^(e/20), never below 1e-6, as ProS)",
+                        choices=("cosine-step", "cosine-epoch", "constant", "exponential-epoch"))
     warmup_epochs: float = opt(0.0, "warm-up length in epochs", min=0.0)
     warmup: str = opt("linear", "linear ramp, or constant lr = warmup_lr (CoOp/MaPLe)", choices=("linear", "constant"))
     warmup_lr: float = opt(1e-5, "learning rate during a constant warm-up", positive=True)
@@ -115,6 +116,9 @@ class TrainConfig:
     amp: bool = opt(True, "mixed precision (bf16, or fp16 with a grad scaler); only takes effect on CUDA")
     steps_per_epoch: Optional[int] = opt(None, "default: one pass over the training sketches", min=1)
     val_every: int = opt(1, "seen-class validation every N epochs (0 = never)", min=0, role="evaluation")
+    early_stop: int = opt(0, "stop after N validations in a row without a higher seen-class validation mAP@all, "
+                             "and keep the best validated epoch's model (ProS: 2); 0 = every epoch, the last model",
+                          min=0)
     checkpoint_dir: Optional[str] = opt(None, "default: <output_dir>/checkpoints/<run name>", role="incidental")
     resume: bool = opt(False, "continue from the last checkpoint of this run", role="incidental")
 

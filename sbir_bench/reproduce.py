@@ -31,11 +31,10 @@ from .locations import recipes_folder
 from .log import get_logger
 from .methods import METHODS
 from .models.factory import WeightsNotCached, check_weights_source
-from .runner import checkpoint_dir, finished_record, training_identity
-from .training.checkpoint import LAST
+from .runner import finished_record, has_checkpoint, training_identity
 
 log = get_logger(__name__)
-METHOD_ORDER = ("zeroshot-clip", "linear-probe", "coop", "cocoop", "maple", "clip-at", "splip")
+METHOD_ORDER = ("zeroshot-clip", "linear-probe", "coop", "cocoop", "maple", "clip-at", "pros", "splip")
 
 
 @dataclass
@@ -143,7 +142,7 @@ def plan(table_cells: Sequence[Cell], seeds: Sequence[int], output_dir: Path, ov
                 status = f"missing: {missing}"
             elif finished_record(cfg) is not None:
                 status = "done"
-            elif (checkpoint_dir(cfg) / LAST).is_file():
+            elif has_checkpoint(cfg):
                 status = "resume"
             else:
                 model = find_reusable(model_folders(output_dir), training_identity(cfg))

@@ -46,7 +46,8 @@ from .feature_cache import open_for as open_feature_cache
 from .fileio import atomic_write_json, check_output_dir, file_sha256
 from .gpus import USABLE_SHARE, gib, parse_bytes
 from .log import get_logger
-from .methods import Method, get_method
+from .methods import Method, Stage, get_method
+from .methods.base import stages_of
 from .models import Backbone, load_backbone
 from .models.backbone_configs import vit_image_tower
 from .models.factory import check_weights_source
@@ -70,6 +71,7 @@ from .sizing import (
 )
 from .tracking import NoTrackers, Trackers, check_available, parse_report_to
 from .training import distributed as dist_utils
+from .training.checkpoint import LAST
 from .training.trainer import Trainer
 
 log = get_logger(__name__)
@@ -244,6 +246,19 @@ def checkpoint_dir(cfg: RunConfig) -> Path:
         Path(cfg.output_dir) / "checkpoints" / config_run_name(cfg)
 
 
+def stage_checkpoint_dir(cfg: RunConfig, stage: str) -> Path:
+    """Where training stage ``stage`` checkpoints: the run's folder, or its ``<stage>`` subfolder for a
+    named stage of a method trained in stages."""
+    root = checkpoint_dir(cfg)
+    return root / stage if stage else root
+
+
+def has_checkpoint(cfg: RunConfig) -> bool:
+    """Whether any training stage of ``cfg`` left a checkpoint (the run can resume)."""
+    return any((stage_checkpoint_dir(cfg, s.name) / LAST).is_file()
+               for s in stages_of(get_method(cfg.method), cfg.method_config, cfg.train))
+
+
 def finished_record(cfg: RunConfig) -> Optional[Path]:
     """A record of this run (same run name and config, up to where files go) in the output folder, or None."""
     wanted = config_id(to_dict(cfg))
@@ -258,37 +273,80 @@ def finished_record(cfg: RunConfig) -> Optional[Path]:
 
 
 def train(cfg: RunConfig, parts: RunParts, scorer: Scorer, on_epoch_end=None,
-          trackers: Optional[Trackers] = None, plan: Optional[MemoryPlan] = None) -> Dict[str, Any]:
-    """Fit the method on seen-class triplets (if it trains); the ``train`` section of the record."""
-    method, part = parts.method, parts.part
+          trackers: Optional[Trackers] = None, plans: Optional[Dict[str, MemoryPlan]] = None) -> Dict[str, Any]:
+    """Fit the method on seen-class triplets (if it trains), stage after stage; the ``train`` section
+    of the record (a method trained in stages also lists each under ``stages``)."""
+    method = parts.method
     if not method.trainable:
         return {"epochs": 0}
-    instance_triplets = parts.fine and cfg.data.setting == "fg"  # category settings train on category triplets
-    if method.trains_on_frozen_features():
-        features = scorer.frozen_features(list(part.train_sketches) + list(part.train_photos))
-        dataset = FeatureTriplets(part.train_sketches, part.train_photos, part.seen, features, cfg.seed,
-                                  instance_triplets)
-    else:
-        dataset = TripletDataset(part.train_sketches, part.train_photos, part.seen, parts.train_tf, cfg.seed,
-                                 instance_triplets)
+    dataset = training_triplets(cfg, parts, scorer)
     ckpt_dir = checkpoint_dir(cfg)
     validate = None
     if parts.data.val_task.evaluable:
         validate = lambda m: scorer.validation_metrics(parts.data.val_task)  # noqa: E731
     elif cfg.train.val_every:
         log.info("no seen-class validation: the split leaves no validation photos (raise data.val_fraction)")
-    train_cfg = replace(cfg.train, grad_accum=plan.micro_batches) if plan else cfg.train
-    trainer = Trainer(method, dataset, train_cfg, scorer.device, cfg.seed, ckpt_dir, cfg.data.workers,
-                      cfg.data.pin_memory, validate, on_epoch_end, fingerprint=training_fingerprint(cfg),
-                      trackers=trackers, memory=plan)
+    stages = type(method).training_stages(method.config, cfg.train)
+    infos, history = [], []
+    for index, stage in enumerate(stages):
+        info = train_stage(cfg, parts, scorer, stage, index, dataset, validate, on_epoch_end, trackers,
+                           (plans or {}).get(stage.name))
+        history += info.pop("history")
+        infos.append(info)
+    last = infos[-1]
+    out = {**{k: v for k, v in last.items() if k != "stage"}, "epochs": cfg.train.epochs, "history": history,
+           "checkpoint_dir": str(ckpt_dir),
+           "steps_done": sum(i["steps_done"] for i in infos), "seconds": sum(i["seconds"] for i in infos),
+           "skipped_images": sum(i["skipped_images"] for i in infos),
+           "skipped_steps": sum(i["skipped_steps"] for i in infos)}
+    if len(stages) > 1:
+        out["stages"] = infos
+    return out
+
+
+def training_triplets(cfg: RunConfig, parts: RunParts, scorer: Scorer):
+    """The seen-class training triplets: images, or cached frozen features for methods that train on them."""
+    part = parts.part
+    instance_triplets = parts.fine and cfg.data.setting == "fg"  # category settings train on category triplets
+    if parts.method.trains_on_frozen_features():
+        features = scorer.frozen_features(list(part.train_sketches) + list(part.train_photos))
+        return FeatureTriplets(part.train_sketches, part.train_photos, part.seen, features, cfg.seed,
+                               instance_triplets)
+    return TripletDataset(part.train_sketches, part.train_photos, part.seen, parts.train_tf, cfg.seed,
+                          instance_triplets)
+
+
+def train_stage(cfg: RunConfig, parts: RunParts, scorer: Scorer, stage: Stage, index: int, dataset, validate,
+                on_epoch_end, trackers, plan: Optional[MemoryPlan]) -> Dict[str, Any]:
+    """One stage of training with its own optimiser, schedule and checkpoints (``<checkpoints>/<stage>``
+    for a named stage): a resumed run finds each finished stage complete and continues the open one."""
+    parts.method.begin_stage(stage.name)
+    train_cfg = replace(stage.train, grad_accum=plan.micro_batches) if plan else stage.train
+    trainer = Trainer(parts.method, dataset, train_cfg, scorer.device, cfg.seed,
+                      stage_checkpoint_dir(cfg, stage.name), cfg.data.workers, cfg.data.pin_memory,
+                      validate, on_epoch_end, fingerprint=training_fingerprint(cfg), trackers=trackers, memory=plan,
+                      stage=stage.name, stage_index=index)
     result = trainer.fit()
-    return {"epochs": cfg.train.epochs, "steps_per_epoch": trainer.steps, "history": result.history,
-            "steps_done": trainer.global_step,
+    info = {**({"stage": stage.name} if stage.name else {}), "epochs": train_cfg.epochs,
+            "batch_size": train_cfg.batch_size, "steps_per_epoch": trainer.steps, "history": result.history, "steps_done": trainer.global_step,
             "seconds": result.seconds, "resumed_from_epoch": result.resumed_from_epoch,
             "skipped_images": result.skipped_images, "skipped_steps": result.skipped_steps,
-            "checkpoint_dir": str(ckpt_dir), "world_size": trainer.world,
+            "world_size": trainer.world,
             "micro_batch": train_cfg.batch_size // (trainer.world * train_cfg.grad_accum),
             "memory": memory_record(plan, scorer.device)}
+    if train_cfg.early_stop:
+        info.update(best_epoch=result.best_epoch, stopped_early=result.stopped_early)
+    del trainer  # its DDP wrapper lets go of the parameters before the next stage wraps them again
+    return info
+
+
+def check_early_stopping(cfg: RunConfig, data: RunData) -> None:
+    """Early stopping compares seen-class validations: refuse it, in one line before anything loads,
+    when the run has none (it would silently train every epoch)."""
+    stages = stages_of(get_method(cfg.method), cfg.method_config, cfg.train)
+    if any(s.train.early_stop for s in stages) and not (cfg.train.val_every and data.val_task.evaluable):
+        raise ConfigError("train.early_stop needs a seen-class validation: set train.val_every >= 1 and a "
+                          "data.val_fraction that leaves validation photos, or train.early_stop: 0")
 
 
 def run_counts(cfg: RunConfig) -> Counts:
@@ -319,33 +377,39 @@ def memory_budget(cfg: RunConfig, device: torch.device) -> Optional[int]:
     return None
 
 
-def memory_plan(cfg: RunConfig, data: RunData, device: torch.device) -> Optional[MemoryPlan]:
-    """The micro-batches a training step needs to fit the budget (None without a budget, or for a
-    method that does not train: the batch as configured). Every DDP rank takes the same plan, the one
-    with the most micro-batches (the tightest GPU decides): ranks that split differently would wait on
-    each other's gradient all-reduce forever."""
-    try:
-        mine: Any = _plan_here(cfg, data, device)
-    except OutOfMemoryError as exc:  # decided together, so that no rank waits for one that stopped
-        mine = exc
-    chosen = dist_utils.broadcast_from_main(_tightest(dist_utils.gather_to_main(mine)))
-    if isinstance(chosen, OutOfMemoryError):
-        raise chosen
-    if chosen and chosen.micro_batches > cfg.train.grad_accum:
-        log.info(f"memory budget {gib(chosen.budget_bytes)}: each batch of {cfg.train.batch_size} runs as "
-                 f"{chosen.micro_batches} micro-batches of {chosen.micro_batch} (predicted peak "
-                 f"{gib(chosen.predicted_peak_bytes)})")
-    return chosen
+def memory_plan(cfg: RunConfig, data: RunData, device: torch.device) -> Dict[str, MemoryPlan]:
+    """The micro-batches each training stage's step needs to fit the budget, by stage name (empty
+    without a budget, or for a method that does not train: batches as configured). Every DDP rank
+    takes the same plan, the one with the most micro-batches (the tightest GPU decides): ranks that
+    split differently would wait on each other's gradient all-reduce forever."""
+    plans: Dict[str, MemoryPlan] = {}
+    for stage in stages_of(get_method(cfg.method), cfg.method_config, cfg.train):
+        staged = replace(cfg, train=stage.train)
+        try:
+            mine: Any = _plan_here(staged, data, device, stage.name)
+        except OutOfMemoryError as exc:  # decided together, so that no rank waits for one that stopped
+            mine = exc
+        chosen = dist_utils.broadcast_from_main(_tightest(dist_utils.gather_to_main(mine)))
+        if isinstance(chosen, OutOfMemoryError):
+            raise chosen
+        if chosen is None:
+            continue
+        plans[stage.name] = chosen
+        if chosen.micro_batches > stage.train.grad_accum:
+            log.info(f"memory budget {gib(chosen.budget_bytes)}: each batch of {stage.train.batch_size}"
+                     f"{f' ({stage.name})' if stage.name else ''} runs as {chosen.micro_batches} micro-batches of "
+                     f"{chosen.micro_batch} (predicted peak {gib(chosen.predicted_peak_bytes)})")
+    return plans
 
 
-def _plan_here(cfg: RunConfig, data: RunData, device: torch.device) -> Optional[MemoryPlan]:
-    """This process's plan for its own budget."""
+def _plan_here(cfg: RunConfig, data: RunData, device: torch.device, stage: str = "") -> Optional[MemoryPlan]:
+    """This process's plan for its own budget (``cfg.train``: the stage's settings)."""
     budget = memory_budget(cfg, device)
     if budget is None or not get_method(cfg.method).trainable:
         return None
     counts = counts_from_data(data)
-    micro_batches, micro = plan_micro_batches(cfg, counts, budget, world()[1])
-    return MemoryPlan(budget, micro_batches, micro, predicted_peak(cfg, counts, micro))
+    micro_batches, micro = plan_micro_batches(cfg, counts, budget, world()[1], stage)
+    return MemoryPlan(budget, micro_batches, micro, predicted_peak(cfg, counts, micro, stage))
 
 
 def _tightest(plans: Optional[list]) -> Any:
@@ -386,9 +450,13 @@ def training_identity(cfg: RunConfig) -> str:
 
 
 def final_validation(train_info: Dict[str, Any], val_task: RetrievalTask, scorer: Scorer) -> Dict[str, float]:
-    """Seen-class validation metrics of the final model: from the last epoch's validation if the
-    trainer ran one, else computed now (so zero-shot runs report them too)."""
+    """Seen-class validation metrics of the final model: from the validation of the epoch whose model
+    was kept (the last, or the best with early stopping) if the trainer ran one, else computed now (so
+    zero-shot runs report them too)."""
     history = train_info.get("history") or []
+    if train_info.get("best_epoch"):  # early stopping kept that epoch's model (of the last stage)
+        stage = (train_info.get("stages") or [{}])[-1].get("stage")
+        history = [h for h in history if h.get("stage") == stage and h["epoch"] == train_info["best_epoch"]]
     if history and any(k.startswith("val_") for k in history[-1]):
         return {k[4:]: v for k, v in history[-1].items() if k.startswith("val_")}
     return scorer.validation_metrics(val_task) if val_task.evaluable else {}
@@ -407,7 +475,8 @@ def run(cfg: RunConfig, on_epoch_end=None) -> Dict[str, Any]:
     seed_everything(cfg.seed)
     t_start = time.perf_counter()
     data = prepare_data(cfg)
-    plan = memory_plan(cfg, data, device)  # before any weight is loaded: a budget nothing fits stops here
+    check_early_stopping(cfg, data)
+    plans = memory_plan(cfg, data, device)  # before any weight is loaded: a budget nothing fits stops here
     parts = build(cfg, device, data)
     name = config_run_name(cfg)
     run_id = new_run_id(name)
@@ -418,7 +487,7 @@ def run(cfg: RunConfig, on_epoch_end=None) -> Dict[str, Any]:
     trackers = Trackers(parse_report_to(cfg.report_to), Path(cfg.output_dir) / run_id, run_id, to_dict(cfg),
                         cfg.tracking_uri) if dist_utils.is_main() else NoTrackers()
     try:
-        train_info = train(cfg, parts, scorer, on_epoch_end, trackers, plan)
+        train_info = train(cfg, parts, scorer, on_epoch_end, trackers, plans)
         val_metrics = final_validation(train_info, parts.data.val_task, scorer)
         t_eval = time.perf_counter()
         emb, results = scorer.score(task, "test", all_presets=True)

@@ -21,7 +21,7 @@ import contextlib
 import hashlib
 import inspect
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -42,6 +42,7 @@ from .gpus import DEFAULT_GPU, USABLE_SHARE, get_gpu, gib
 from .locations import cache_root
 from .log import get_logger
 from .methods import get_method
+from .methods.base import stages_of
 from .models.backbone_configs import create_model
 from .models.factory import Backbone
 from .models.prompted import PromptedCLIP
@@ -216,6 +217,7 @@ class Estimate:
     counts_from: str = ""
     text_chunk: int = 0
     notes: List[str] = field(default_factory=list)
+    stages: List[Dict[str, Any]] = field(default_factory=list)  # a method trained in stages: each one's figures
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -225,6 +227,10 @@ class Estimate:
         train = "" if not self.trainable_parameters else (
             f"{self.steps_per_epoch} steps/epoch x {self.epochs}, {self.trainable_parameters:,} trainable, "
             f"{self.flops_per_step / 1e12:.2f} TFLOP/step, micro-batch {self.micro_batch} of {self.batch_size}, ")
+        if self.stages:  # the figures of each stage before the combined peak and time
+            train = "; ".join(f"{s['stage']}: {s['steps_per_epoch']} steps/epoch x {s['epochs']} at batch "
+                              f"{s['batch_size']} (micro-batch {s['micro_batch']}), {s['trainable_parameters']:,} "
+                              f"trainable, peak {gib(s['peak_memory_bytes'])}" for s in self.stages) + "; "
         return (f"{train}peak {gib(self.peak_memory_bytes)} ({self.precision}: weights {gib(self.weights_bytes)}, "
                 f"gradients {gib(self.gradient_bytes)}, optimiser {gib(self.optimizer_bytes)}, activations "
                 f"{gib(self.activation_bytes)}, workspace {gib(self.workspace_bytes)}), "
@@ -302,10 +308,11 @@ def _chunk_bytes(calls: List[tuple], images: int) -> int:
 
 
 def _method_cost(method: str, method_config_json: str, backbone: str, class_names: Tuple[str, ...],
-                 seen: Tuple[int, ...], text_chunk: int) -> MethodCost:
+                 seen: Tuple[int, ...], text_chunk: int, stage: str = "") -> MethodCost:
     # Chunked class texts are traced two images per chunk: what a step holds does not depend on the
     # chunk size; the recomputed chunk's own activations are counted once, at the real size.
     built = meta_method(method, json.loads(method_config_json), backbone, class_names, seen, min(text_chunk, 2))
+    built.begin_stage(stage)  # a method trained in stages: what this stage trains and computes
     trainable = sum(p.numel() for p in built.parameters() if p.requires_grad)
     weights = sum(t.numel() * t.element_size() for t in (*built.parameters(), *built.buffers()))
     unseen = [class_names[i] for i in range(len(class_names)) if i not in set(seen)] or list(class_names)
@@ -327,12 +334,12 @@ def _method_cost(method: str, method_config_json: str, backbone: str, class_name
                       _chunk_bytes(calls, text_chunk))
 
 
-def method_cost(cfg: RunConfig, counts: Counts) -> MethodCost:
-    """The traced costs of ``cfg``'s method on ``counts``' classes: traced once per identical method
-    and class list, kept in memory and on disk (``<cache>/estimates``, keyed by everything the trace
-    reads, the code that computes it included)."""
+def method_cost(cfg: RunConfig, counts: Counts, stage: str = "") -> MethodCost:
+    """The traced costs of ``cfg``'s method (in training stage ``stage``) on ``counts``' classes: traced
+    once per identical method and class list, kept in memory and on disk (``<cache>/estimates``, keyed
+    by everything the trace reads, the code that computes it included)."""
     return _cached_cost(cfg.method, json.dumps(cfg.method_config, sort_keys=True, default=str), cfg.backbone.name,
-                        tuple(counts.class_names), tuple(counts.seen), cfg.train.text_chunk)
+                        tuple(counts.class_names), tuple(counts.seen), cfg.train.text_chunk, stage)
 
 
 @lru_cache(maxsize=64)
@@ -389,16 +396,17 @@ def fewest_micro_batches(per_process: int, peak: Callable[[int], int], budget: i
                            f"or a smaller backbone, or lower train.text_chunk")
 
 
-def plan_micro_batches(cfg: RunConfig, counts: Counts, budget: int, world: int = 1) -> Tuple[int, int]:
-    """(micro-batches per step, micro-batch size) for ``cfg`` within ``budget`` bytes per process."""
-    cost = method_cost(cfg, counts)
+def plan_micro_batches(cfg: RunConfig, counts: Counts, budget: int, world: int = 1, stage: str = "") -> Tuple[int, int]:
+    """(micro-batches per step, micro-batch size) for ``cfg`` (``cfg.train``: the stage's settings) within
+    ``budget`` bytes per process."""
+    cost = method_cost(cfg, counts, stage)
     return fewest_micro_batches(cfg.train.batch_size // world, lambda m: peak_bytes(cost, cfg.train, m), budget,
                                 cfg.train.grad_accum)
 
 
-def predicted_peak(cfg: RunConfig, counts: Counts, micro: int) -> int:
-    """Predicted peak bytes of ``cfg``'s training step over micro-batches of ``micro`` triplets."""
-    return peak_bytes(method_cost(cfg, counts), cfg.train, micro)
+def predicted_peak(cfg: RunConfig, counts: Counts, micro: int, stage: str = "") -> int:
+    """Predicted peak bytes of ``cfg``'s training step (in ``stage``) over micro-batches of ``micro`` triplets."""
+    return peak_bytes(method_cost(cfg, counts, stage), cfg.train, micro)
 
 
 @dataclass
@@ -420,20 +428,46 @@ def memory_record(plan: Optional[MemoryPlan], device: torch.device) -> Dict[str,
 
 
 def estimate(cfg: RunConfig, counts: Counts, gpu: str = DEFAULT_GPU, budget: Optional[int] = None) -> Estimate:
-    """The estimate of ``cfg`` on ``gpu`` (whose usable memory is the budget unless ``budget`` is given)."""
+    """The estimate of ``cfg`` on ``gpu`` (whose usable memory is the budget unless ``budget`` is given).
+
+    A method trained in stages (ProS) is estimated stage by stage: the peak is the largest stage's,
+    the time the sum of the stages' (every epoch of each: early stopping can only shorten it), and
+    ``stages`` lists each; the top-level batch and step figures are the last stage's.
+    """
     card = get_gpu(gpu)
     budget = budget if budget is not None else int(USABLE_SHARE * card.memory_bytes)
-    cost = method_cost(cfg, counts)
+    stages = stages_of(get_method(cfg.method), cfg.method_config, cfg.train)
+    parts = [_stage_estimate(replace(cfg, train=s.train), counts, gpu, budget, s.name) for s in stages]
+    last, peak = parts[-1], max(parts, key=lambda e: e.peak_memory_bytes)
+    eval_flops = method_cost(cfg, counts, stages[-1].name).embed_flops_per_image * counts.test_images
+    hours = sum(e.gpu_hours for e in parts) + card.seconds(eval_flops, bool(cfg.eval.amp)) / 3600
+    notes = list(last.notes)
+    if any(s.train.early_stop for s in stages):
+        notes.append("every epoch counted: early stopping can only shorten the run")
+    combined = replace(last, eval_flops=eval_flops, gpu_hours=hours, notes=notes,
+                       **{k: getattr(peak, k) for k in ("weights_bytes", "gradient_bytes", "optimizer_bytes",
+                                                        "activation_bytes", "workspace_bytes", "peak_memory_bytes")})
+    if len(parts) > 1:
+        combined.stages = [{"stage": s.name, **{k: getattr(e, k) for k in STAGE_FIELDS}} for s, e in zip(stages, parts)]
+    return combined
+
+
+STAGE_FIELDS = ("batch_size", "micro_batch", "epochs", "steps_per_epoch", "trainable_parameters", "flops_per_step",
+                "peak_memory_bytes", "gpu_hours")
+
+
+def _stage_estimate(cfg: RunConfig, counts: Counts, gpu: str, budget: int, stage: str) -> Estimate:
+    """One training stage's estimate (``cfg.train``: its settings), without the evaluation."""
+    card = get_gpu(gpu)
+    cost = method_cost(cfg, counts, stage)
     weights, grads, opt = static_bytes(cost, cfg.train)
     batch = cfg.train.batch_size
     bf16 = bool(cfg.train.amp)
     steps = cfg.train.steps_per_epoch or max(1, counts.train_sketches // batch)
     trains = cost.trainable > 0
-    micro = plan_micro_batches(cfg, counts, budget)[1] if trains else 0
+    micro = plan_micro_batches(cfg, counts, budget, 1, stage)[1] if trains else 0
     step_flops = cost.flops(batch) if trains else 0
-    eval_flops = cost.embed_flops_per_image * counts.test_images
-    seconds = card.seconds(step_flops * steps * cfg.train.epochs if trains else 0, bf16) + \
-        card.seconds(eval_flops, bool(cfg.eval.amp))
+    seconds = card.seconds(step_flops * steps * cfg.train.epochs if trains else 0, bf16)
     notes = ["activations counted in fp32 (an upper bound under bf16 autocast)"] if bf16 and trains else []
     return Estimate(
         method=cfg.method, dataset=cfg.data.dataset, backbone=cfg.backbone.name, batch_size=batch, micro_batch=micro,
@@ -442,7 +476,7 @@ def estimate(cfg: RunConfig, counts: Counts, gpu: str = DEFAULT_GPU, budget: Opt
         gradient_bytes=grads if trains else 0, optimizer_bytes=opt if trains else 0,
         activation_bytes=cost.saved(micro) if trains else 0, workspace_bytes=cost.workspace(micro) if trains else 0,
         peak_memory_bytes=peak_bytes(cost, cfg.train, micro) if trains else weights,
-        flops_per_step=step_flops, eval_flops=eval_flops, gpu=gpu, gpu_hours=seconds / 3600, budget_bytes=budget,
+        flops_per_step=step_flops, eval_flops=0, gpu=gpu, gpu_hours=seconds / 3600, budget_bytes=budget,
         counts_from=counts.source, text_chunk=cfg.train.text_chunk, notes=notes)
 
 

@@ -31,7 +31,7 @@ from torch import nn
 
 from sbir_bench.errors import ConfigError
 from sbir_bench.log import get_logger
-from sbir_bench.methods import METHODS, Method, TripletBatch
+from sbir_bench.methods import METHODS, Method, TripletBatch, check_choice
 from sbir_bench.methods.image_tiles import shuffle_tiles
 from sbir_bench.methods.losses import cosine_triplet
 from sbir_bench.models import PromptedCLIP
@@ -94,8 +94,7 @@ class SpLIP(Method):
 
     @classmethod
     def check_config(cls, config: SpLIPConfig, tokenizer) -> None:
-        if config.class_text not in CLASS_TEXT_MODES:
-            raise ConfigError(f"splip class_text={config.class_text!r}; choose one of: {', '.join(CLASS_TEXT_MODES)}")
+        check_choice("splip", "class_text", config.class_text, CLASS_TEXT_MODES)
         counts = {k: getattr(config, k) for k in ("n_text", "n_vtg", "n_vms", "jigsaw_grid", "jigsaw_permutations")}
         bad = [f"{k}={v}" for k, v in counts.items() if v < (2 if k in ("jigsaw_grid", "jigsaw_permutations") else 1)]
         if bad or not 0.0 < config.jigsaw_fraction <= 1.0:

@@ -148,3 +148,8 @@ def cache_dir(tmp_path, monkeypatch):
     monkeypatch.setattr(feature_cache, "features_root", lambda: root)
     return root
 
+
+def last_checkpoint(directory: Path) -> dict:
+    """The newest checkpoint a trainer left in ``directory`` (every tensor on the CPU)."""
+    import torch
+    return torch.load(directory / "last.pt", map_location="cpu", weights_only=False)

@@ -68,3 +68,46 @@ def pil_image(seed: int, size=(40, 24)):
     from PIL import Image
     pixels = np.random.default_rng([seed, 4]).integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
     return Image.fromarray(pixels)
+
+
+# ----------------------------------------------------------------------------------------- ProS
+# ProS's generator is hard-coded to width 768, input 224 and patch 32 and reads CLIP's width, so its
+# tiny CLIP keeps those and shrinks the rest (open_clip: test-pros-tiny.json)
+PROS_TINY = dict(embed_dim=32, image_resolution=224, vision_layers=1, vision_width=768, vision_patch_size=32,
+                 context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=2, transformer_layers=1)
+VIT_B32_OPENAI = dict(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768, vision_patch_size=32,
+                      context_length=77, vocab_size=49408, transformer_width=512, transformer_heads=8,
+                      transformer_layers=12)
+PROS_IMAGES = 4
+PROS_DROPOUT_SEED = 70
+FULL_VALUES = 256  # tensors with more values are stored as row summaries
+PROS_OWN = ("generator", "specific_", "ge_", "text_prompt_learner.ctx")
+
+
+def pros_own_names(names) -> list:
+    """The official ProS state names of the method's own tensors (not CLIP's): filled from seed 50."""
+    return sorted(n for n in names if n.startswith(PROS_OWN))
+
+
+def row_summary(values: np.ndarray, groups: int = 32) -> dict:
+    """A large tensor as its shape and, for each of at most ``groups`` runs of consecutive rows of its
+    last axis, the L2 norm and the dot product with a fixed random direction (summed over the run's
+    rows): any changed, moved or missing value changes some run's pair."""
+    rows = values.reshape(-1, values.shape[-1]).astype(np.float64)
+    direction = np.random.default_rng([rows.shape[1], 5]).standard_normal(rows.shape[1])
+    runs = np.array_split(np.arange(len(rows)), min(groups, len(rows)))
+    norm = [np.sqrt((rows[r] ** 2).sum()) for r in runs]
+    dot = [(rows[r] @ direction).sum() for r in runs]
+    return {"shape": list(values.shape), "norm": [float(f"{v:.8g}") for v in norm],
+            "dot": [float(f"{v:.8g}") for v in dot]}
+
+
+def pros_retrieval_set(n_query: int = 30, n_gallery: int = 240, n_classes: int = 4, dim: int = 8):
+    """Unnormalised query and gallery embeddings around class centres, without tied distances, and their
+    labels: at least 200 gallery items (the official metric code needs them)."""
+    rng = np.random.default_rng(80)
+    centres = rng.standard_normal((n_classes, dim)) * 1.5
+    ql, gl = rng.integers(n_classes, size=n_query), rng.integers(n_classes, size=n_gallery)
+    q = centres[ql] + rng.standard_normal((n_query, dim)) * rng.uniform(0.5, 2.0, (n_query, 1))
+    g = centres[gl] + rng.standard_normal((n_gallery, dim)) * rng.uniform(0.5, 2.0, (n_gallery, 1))
+    return q.astype(np.float32), g.astype(np.float32), ql.astype(np.int64), gl.astype(np.int64)

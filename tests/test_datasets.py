@@ -37,6 +37,20 @@ def test_split_files_count_and_names_exist(dataset, split, count):
     assert len(labels) == count
 
 
+@pytest.mark.parametrize("dataset,split,pros_list", [
+    ("sketchy", "2", "sketchy_test_classes_eccv_2018.txt"),  # ProS's default (-eccv 1)
+    ("sketchy", "1", "sketchy_test_classes_random_split.txt"),  # -eccv 0
+    ("tuberlin", "1", "tuberlin_test_classes_random_split.txt")])
+def test_pros_test_classes_are_our_split_files(dataset, split, pros_list):
+    """ProS's test-class lists (fangkaipeng/ProS src/data/{Sketchy,TUBerlin}/, in tests/fixtures/file_lists/pros)
+    name the unseen classes of our split files, so `reproduce` runs ProS on its own test classes."""
+    from pathlib import Path
+    from sbir_bench.data.classnames import class_key
+    theirs = (Path(__file__).parent / "fixtures" / "file_lists" / "pros" / pros_list).read_text().split()
+    ours = read_class_file(package_file("splits", get_spec(dataset).splits[split]))
+    assert sorted(map(class_key, theirs)) == sorted(map(class_key, ours))
+
+
 @pytest.mark.parametrize("dataset", ["sketchy", "tuberlin", "quickdraw"])
 def test_discovery_in_real_layout(make_tree, dataset):
     root = make_tree(dataset)

@@ -29,6 +29,22 @@ def test_category_topk_matches_exact_engine(normalization, interpolation):
         np.testing.assert_allclose(fast.per_query[key], exact.per_query[key], atol=1e-5, err_msg=key)
 
 
+@pytest.mark.parametrize("similarity", ["euclidean", "cosine"])
+def test_pros_preset_topk_matches_exact_engine(similarity):
+    """ProS's convention ranks by squared Euclidean distance of unnormalised embeddings: faiss' L2 index."""
+    from sbir_bench.retrieval import resolve_protocol
+    rng = np.random.default_rng(2)
+    centres = rng.normal(size=(4, 10)) * 2
+    ql, gl = rng.integers(0, 4, 120), rng.integers(0, 4, 260)
+    q = (centres[ql] + rng.normal(size=(120, 10)) * rng.uniform(0.3, 3, (120, 1))).astype(np.float32)
+    g = (centres[gl] + rng.normal(size=(260, 10)) * rng.uniform(0.3, 3, (260, 1))).astype(np.float32)
+    proto = resolve_protocol("pros", {"similarity": similarity})
+    exact = evaluate(q, g, ql, gl, protocol=proto, device="cpu")
+    fast = evaluate_topk(q, g, ql, gl, protocol=proto, block=50)
+    for key in ("mAP@200", "P@100", "P@200"):
+        np.testing.assert_allclose(fast.per_query[key], exact.per_query[key], atol=1e-5, err_msg=key)
+
+
 def test_instance_topk_matches_exact_engine():
     rng = np.random.default_rng(1)
     g = rng.normal(size=(200, 8)).astype(np.float32)

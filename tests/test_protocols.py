@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from sklearn.metrics import average_precision_score
 
 from sbir_bench.cli import main
+from sbir_bench.errors import SbirError
 from sbir_bench.retrieval import PRESETS, Protocol, evaluate, evaluate_many
 from sbir_bench.retrieval.protocol import PRESET_ENTRIES, resolve_protocol
 
@@ -209,11 +210,70 @@ def test_torchmetrics_preset(ties):
                                    atol=1e-6)
 
 
+# ------------------------------------------------------------------ ProS (fangkaipeng/ProS, src/utils/mAP.py)
+def embedding_problem(seed: int, ties: bool, nq: int = 25, ng: int = 210, classes: int = 4, dim: int = 6):
+    """Unnormalised embeddings around class centres (at least 200 gallery items, as ProS's code needs);
+    with ``ties``, small integers, so that many gallery items lie at equal distances."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(classes, dim)) * 2
+    ql, gl = rng.integers(0, classes, nq), rng.integers(0, classes, ng)
+    q = centres[ql] + rng.normal(size=(nq, dim)) * rng.uniform(0.5, 3, (nq, 1))
+    g = centres[gl] + rng.normal(size=(ng, dim)) * rng.uniform(0.5, 3, (ng, 1))
+    if ties:
+        q, g = np.round(q), np.round(g)
+    return q.astype(np.float32), g.astype(np.float32), ql, gl
+
+
+def pros_parted_map(q, g, q_label, g_labels):
+    """One query of _partedMAP_all: -||q-g||^2, topk order (gallery order among ties here), AP over the
+    hits of the top K (0 without one), precision = hits in the top K / K."""
+    sim = -((q[None, :] - g) ** 2).sum(-1)
+    matched = (g_labels[stable_order(sim)] == q_label).astype(np.float64)
+    out = {}
+    for name, top in (("AP@200", 200), ("AP@all", len(g))):
+        m = matched[:top]
+        precision = np.cumsum(m) / np.arange(1, top + 1)
+        out[name] = (precision * m).sum() / m.sum() if m.sum() >= 1 else 0.0
+    for k in (100, 200):
+        out[f"P@{k}"] = matched[:k].sum() / k
+    return out
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_pros_preset(ties):
+    q, g, ql, gl = embedding_problem(7, ties)
+    ql[0] = 9  # a query whose class has no photo: scored 0 and averaged in, as the code does
+    result = evaluate(q, g, ql, gl, protocol=PRESETS["pros"])
+    per_query = [pros_parted_map(q[i], g, ql[i], gl) for i in range(len(ql))]
+    expected = {"mAP@200": np.mean([v["AP@200"] for v in per_query]), "mAP@all": np.mean([v["AP@all"] for v in per_query]),
+                "P@100": np.mean([v["P@100"] for v in per_query]), "P@200": np.mean([v["P@200"] for v in per_query])}
+    assert result.metrics == pytest.approx(expected, abs=1e-6)
+    assert result.n_queries == len(ql) and result.n_excluded == 0
+    cosine = evaluate(q, g, ql, gl, protocol=resolve_protocol("pros", {"similarity": "cosine"}))
+    assert cosine.metrics["mAP@all"] != pytest.approx(result.metrics["mAP@all"], abs=1e-4)  # the distance matters
+
+
+def test_pros_preset_equals_the_numbers_its_code_printed():
+    """tests/fixtures/official/pros.json: ProS's compute_retrieval_metrics on official_inputs.pros_retrieval_set."""
+    import official_inputs as oi
+    from pathlib import Path
+    official = json.loads((Path(__file__).parent / "fixtures" / "official" / "pros.json").read_text())["metrics"]
+    result = evaluate(*oi.pros_retrieval_set(), protocol=PRESETS["pros"])
+    assert result.metrics == pytest.approx({"mAP@200": official["mAP@200"], "mAP@all": official["mAP@all"],
+                                            "P@100": official["prec@100"], "P@200": official["prec@200"]}, abs=1e-6)
+
+
+def test_a_score_matrix_cannot_claim_euclidean_distances():
+    scores, ql, gl = problem(4, ties=False)
+    with pytest.raises(SbirError, match="euclidean needs the embeddings"):
+        evaluate(scores=scores, query_labels=ql, gallery_labels=gl, protocol=PRESETS["pros"])
+
+
 def test_one_pass_gives_each_preset_its_own_result():
-    scores, ql, gl = problem(4, ties=True)
-    together = evaluate_many(scores=scores, query_labels=ql, gallery_labels=gl, protocols=list(PRESETS.values()))
+    q, g, ql, gl = embedding_problem(4, ties=True)
+    together = evaluate_many(q, g, ql, gl, protocols=list(PRESETS.values()))
     for preset, result in zip(PRESETS.values(), together):
-        alone = evaluate(scores=scores, query_labels=ql, gallery_labels=gl, protocol=preset)
+        alone = evaluate(q, g, ql, gl, protocol=preset)
         assert result.metrics == pytest.approx(alone.metrics, abs=1e-12)
         assert result.protocol["preset"] == preset.preset
     spread = {r.metrics["mAP@200"] for r in together}

@@ -9,7 +9,11 @@ and CoCoOp): MARGIN = 0.05 leaves a last-bit drift of training more than half th
 recipe gains less, +0.021 on seeds 0 and 1 alike, and no variant we tried did better (lr 0.003 and
 0.01, lambda_cls 1, lambda_triplet 3, 8 + 4 visual tokens, no jigsaw: 0.288-0.316 against the
 recipe's 0.318); its margin is SPLIP_MARGIN = 0.01, half its gain, which a change of seed (a far
-larger perturbation than a CPU's last bits) did not move.
+larger perturbation than a CPU's last bits) did not move. ProS's mini recipe gained +0.068, +0.072
+and +0.083 on seeds 0, 1 and 2 (0.365 / 0.344 / 0.397 against 0.297 / 0.271 / 0.313); with the
+official rate scaled as the others (lr 1e-2, batch 32) it gained +0.003 to +0.07 and one seed fell
+below zero-shot at 3e-2, which is why its batches are small. Its margin is PROS_MARGIN = 0.03, less
+than half its smallest gain.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from sbir_bench.runner import run
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "mini"
 MARGIN = 0.05
 SPLIP_MARGIN = 0.01
+PROS_MARGIN = 0.03
+MARGINS = {"splip": SPLIP_MARGIN, "pros": PROS_MARGIN}
 
 
 def val_map(method: str, tmp_path: Path) -> tuple[float, float]:
@@ -36,7 +42,7 @@ def val_map(method: str, tmp_path: Path) -> tuple[float, float]:
     return record["val_metrics"]["mAP@all"], record["timings"]["total_seconds"]
 
 
-TRAINED = ["linear-probe", "coop", "cocoop", "maple", "clip-at", "splip"]
+TRAINED = ["linear-probe", "coop", "cocoop", "maple", "clip-at", "splip", "pros"]
 
 
 def one_thread_run(method: str, out: str) -> tuple[float, float]:
@@ -53,7 +59,7 @@ def recipe_runs(tmp_path_factory, mini_root) -> dict:
     shortens, so two runs at once take about half the time of two in a row; one thread instead of two
     only moves the results in their last bits, which the margins allow for."""
     out = str(tmp_path_factory.mktemp("recipes"))
-    order = ["splip", "maple", "clip-at", "coop", "cocoop", "zeroshot-clip", "linear-probe"]
+    order = ["splip", "maple", "pros", "clip-at", "coop", "cocoop", "zeroshot-clip", "linear-probe"]
     with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {m: pool.submit(one_thread_run, m, out) for m in order}
         return {m: f.result() for m, f in futures.items()}
@@ -64,6 +70,6 @@ def recipe_runs(tmp_path_factory, mini_root) -> dict:
 def test_trained_method_beats_zero_shot_on_seen_validation(method, recipe_runs):
     zero_shot = recipe_runs["zeroshot-clip"][0]
     trained, seconds = recipe_runs[method]
-    margin = SPLIP_MARGIN if method == "splip" else MARGIN
+    margin = MARGINS.get(method, MARGIN)
     assert trained > zero_shot + margin, f"{method}: {trained:.4f} vs zero-shot {zero_shot:.4f}"
     assert seconds < 300

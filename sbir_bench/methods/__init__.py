@@ -6,7 +6,7 @@ on import; third-party methods register through the ``sbir_bench.methods`` entry
 
 from ..data.triplets import TripletBatch
 from ..plugins import METHODS
-from .base import Method, NoConfig
+from .base import Method, NoConfig, Stage, check_choice
 
 
 def get_method(name: str):
@@ -19,4 +19,4 @@ def load_builtin_methods() -> None:
     METHODS.names()
 
 
-__all__ = ["METHODS", "Method", "NoConfig", "TripletBatch", "get_method", "load_builtin_methods"]
+__all__ = ["METHODS", "Method", "NoConfig", "Stage", "TripletBatch", "check_choice", "get_method", "load_builtin_methods"]

@@ -19,14 +19,16 @@ the trainable state, so they are small and never duplicate CLIP's weights.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..config import from_dict
 from ..data.classnames import class_text
 from ..data.triplets import TripletBatch
+from ..errors import ConfigError
 from ..models.factory import Backbone
 from ..models.preprocess import eval_transform, train_transform
 from ..models.prompted import PromptedCLIP
@@ -35,6 +37,31 @@ from ..models.prompted import PromptedCLIP
 @dataclass
 class NoConfig:
     """Config of a method without options."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One phase of a method's training: its name ("" for a method trained in one phase) and its own
+    optimisation settings (epochs, batch, rate schedule). Each stage starts a fresh optimiser over
+    the parameters :meth:`Method.begin_stage` leaves trainable, and checkpoints on its own."""
+
+    name: str
+    train: Any  # a sbir_bench.config.TrainConfig
+
+
+def check_choice(method: str, key: str, value: Any, allowed: Sequence[str]) -> None:
+    """One line when option ``key`` of ``method`` is not one of ``allowed``.
+
+    >>> check_choice("pros", "preprocess", "official", ("official", "backbone"))
+    """
+    if value not in allowed:
+        raise ConfigError(f"{method}: {key}={value!r}; choose one of: {', '.join(allowed)}")
+
+
+def stages_of(method_cls: type, method_config: Dict[str, Any], train) -> Tuple[Stage, ...]:
+    """The training stages of ``method_cls`` with the config mapping ``method_config`` (a run's
+    ``method_config``) and ``train`` settings, without building anything."""
+    return method_cls.training_stages(from_dict(method_cls.config_class, method_config, "method_config"), train)
 
 
 class Method(nn.Module):
@@ -58,6 +85,19 @@ class Method(nn.Module):
 
         ``tokenizer`` is the backbone's (some rules count a phrase's tokens); the default accepts all.
         """
+
+    @classmethod
+    def training_stages(cls, config, train) -> Tuple[Stage, ...]:
+        """The phases training runs in order, from the method's config and the run's ``train`` section.
+
+        Default: one unnamed stage with the run's settings. A method trained in phases (ProS: prompt
+        units, then the prompt generator) returns one named :class:`Stage` per phase; the runner, the
+        memory plan and the resource estimate follow them.
+        """
+        return (Stage("", train),)
+
+    def begin_stage(self, name: str) -> None:
+        """Make the parameters stage ``name`` trains the trainable ones (default: nothing changes)."""
 
     @classmethod
     def image_transforms(cls, config, pp, crop_scale_min: float) -> Tuple[Callable, Callable]:

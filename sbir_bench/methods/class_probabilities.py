@@ -26,14 +26,14 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from .base import check_choice
 
 RETRIEVAL_MODES = ("fused", "probs", "image")
 
 
 def check_retrieval(method: str, mode: str, fusion_weight: float) -> None:
     """One line for an unknown mode or a weight outside [0, 1]."""
-    if mode not in RETRIEVAL_MODES:
-        raise ConfigError(f"{method} retrieval={mode!r}; choose one of: {', '.join(RETRIEVAL_MODES)}")
+    check_choice(method, "retrieval", mode, RETRIEVAL_MODES)
     if not 0.0 <= fusion_weight <= 1.0:
         raise ConfigError(f"{method} fusion_weight={fusion_weight}: must be in [0, 1]")
 

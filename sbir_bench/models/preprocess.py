@@ -15,6 +15,8 @@ from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image, ImageOps
 from torchvision import transforms as T
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # what reference code written for ImageNet models normalises with
+IMAGENET_STD = (0.229, 0.224, 0.225)
 INTERPOLATION = {"bicubic": T.InterpolationMode.BICUBIC, "bilinear": T.InterpolationMode.BILINEAR,
                  "random": T.InterpolationMode.BICUBIC}  # open_clip maps "random" to bicubic at inference
 
@@ -60,3 +62,12 @@ def padded_square_transform(size: int, mean, std) -> Callable:
     """:class:`PadToSquare`, then normalise with ``mean``/``std``: CLIP-AT's official preprocessing
     (no crop, so no stroke is lost)."""
     return T.Compose([PadToSquare(size), T.ToTensor(), T.Normalize(mean, std)])
+
+
+def jittered_train_transform(size: int, crop_scale_min: float, jitter: float, mean, std) -> Callable:
+    """ProS's training augmentation: a random resized crop (bilinear) of at least ``crop_scale_min`` of
+    the area, a flip, colour jitter of ``jitter`` in brightness, contrast, saturation and hue, then
+    ``mean``/``std`` (ImageNet's in its code, whatever the weights were trained with)."""
+    return T.Compose([T.RandomResizedCrop((size, size), scale=(crop_scale_min, 1.0), antialias=True),
+                      T.RandomHorizontalFlip(0.5), T.ColorJitter(jitter, jitter, jitter, jitter), T.ToTensor(),
+                      T.Normalize(mean, std)])

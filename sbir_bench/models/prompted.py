@@ -191,6 +191,28 @@ class PromptedCLIP(nn.Module):
         pooled = c.text_projection(pooled) if isinstance(c.text_projection, nn.Linear) else pooled @ c.text_projection
         return nn.functional.normalize(pooled, dim=-1) if normalize else pooled
 
+    def encode_text_embeddings(self, x: torch.Tensor, eot: torch.Tensor, projection: Optional[torch.Tensor] = None,
+                               normalize: bool = True) -> torch.Tensor:
+        """Text embedding of token embeddings ``x`` (N, L, Dt) in which a method has placed its own
+        vectors wherever its prompt puts them (ProS: in the middle of the sentence), pooled at the
+        end-of-text positions ``eot`` (N,), through ``projection`` (default: CLIP's). Positions after
+        the last end-of-text token are cut, as in :meth:`encode_text` (the same values)."""
+        c = self.clip
+        length = int(eot.max()) + 1 if eot.device.type != "meta" else x.shape[1]
+        x = x[:, :length] + c.positional_embedding[:length].to(x.dtype)
+        mask = c.attn_mask[:length, :length] if c.attn_mask is not None else None
+        x = c.ln_final(self._run_blocks(c.transformer, x, mask, None, 0, "head"))
+        pooled = x[torch.arange(x.shape[0], device=x.device), eot.to(x.device)]
+        proj = c.text_projection if projection is None else projection
+        pooled = proj(pooled) if isinstance(proj, nn.Linear) else pooled @ proj
+        return nn.functional.normalize(pooled, dim=-1) if normalize else pooled
+
+    @classmethod
+    def run_transformer(cls, transformer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``transformer``'s blocks on batch-first ``x`` without a mask (an image tower, or a method's own
+        ViT built like one), whatever the open_clip release's batch layout."""
+        return cls._run_blocks(transformer, x, None, None, 0, "tail")
+
     def _embed_text_input(self, token_ids: torch.Tensor, ctx: Optional[torch.Tensor]
                           ) -> Tuple[torch.Tensor, int, Optional[torch.Tensor]]:
         """Token embeddings with ``ctx`` at positions 1..n, plus positions; returns (x, n, causal mask)."""

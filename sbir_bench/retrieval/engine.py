@@ -2,7 +2,7 @@
 
 Definitions are in docs/metrics.md and :mod:`.measures`; in short:
 
-* Similarity is cosine (:mod:`.scoring`).
+* Similarity is cosine, or minus the squared Euclidean distance (``similarity``; :mod:`.scoring`).
 * Category level (ZS, GZS): mAP@all, mAP@K and P@K from the ranks of each query's relevant items.
 * Instance level (FG-ZS): Acc@K from the rank of each query's true photo, among all gallery photos or
   among the photos of the query's category (``fg_gallery``).
@@ -101,7 +101,7 @@ def evaluate_many(query=None, gallery=None, query_labels=None, gallery_labels=No
                   scores: Optional[np.ndarray] = None, query_seen=None) -> List[RetrievalResult]:
     """:func:`evaluate` under several protocols at once (one score pass); results in the same order."""
     dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    src = ScoreSource(query, gallery, scores, dev)
+    src = ScoreSource(query, gallery, scores, dev, {p.similarity for p in protocols})
     rows = block_rows(src.n_gallery, memory, src.device)
     ql, gl = label_codes(query_labels, gallery_labels)
     if ql is not None and len(ql) != src.n_query or gl is not None and len(gl) != src.n_gallery:
@@ -139,17 +139,20 @@ def _category_values(src: ScoreSource, ql: np.ndarray, gl: np.ndarray, protocols
     keys = [[f"AP@{k}" for k in p.map_k] + [f"P@{k}" for k in p.prec_k] + ["AP@all"] for p in protocols]
     values = [{k: np.zeros(len(ql)) for k in ks} for ks in keys]
     blocks = [b for b in _class_blocks(ql, gl, rows) if len(b[1])]
+    similarities = sorted({p.similarity for p in protocols})
     pool = ThreadPoolExecutor(max_workers=2) if src.device.type == "cpu" and torch.get_num_threads() > 1 else None
     try:
         with torch.no_grad():
             for qidx, rel in progress(blocks, desc=desc, unit="block"):
-                rr = relevant_ranks(src.rows(qidx), torch.from_numpy(rel).to(src.device), pool)
-                ranks: Dict[str, torch.Tensor] = {}
+                relevant = torch.from_numpy(rel).to(src.device)
+                rrs = {s: relevant_ranks(src.rows(qidx, s), relevant, pool) for s in similarities}
+                ranks: Dict[Tuple[str, str], torch.Tensor] = {}
                 for p, out in zip(protocols, values):
-                    if p.ties not in ranks:  # protocols sharing a tie policy share its ranks
-                        ranks[p.ties] = policy_ranks(rr, p.ties)
-                    for key, v in cutoff_metrics(rr, p, p.map_k, p.prec_k, ranks[p.ties]).items():
-                        out[key][qidx] = v.cpu().numpy()
+                    rr, key = rrs[p.similarity], (p.similarity, p.ties)
+                    if key not in ranks:  # protocols sharing a similarity and tie policy share its ranks
+                        ranks[key] = policy_ranks(rr, p.ties)
+                    for name, v in cutoff_metrics(rr, p, p.map_k, p.prec_k, ranks[key]).items():
+                        out[name][qidx] = v.cpu().numpy()
     finally:
         if pool is not None:
             pool.shutdown()
@@ -173,9 +176,10 @@ def _instance_values(src: ScoreSource, targets: np.ndarray, ql: Optional[np.ndar
     with torch.no_grad():
         for s in progress(starts, desc=desc, total=len(starts), unit="block"):
             idx = valid[s: s + rows]
-            scores = src.rows(idx)
-            t = torch.from_numpy(targets[idx]).to(scores.device)
+            scored = {sim: src.rows(idx, sim) for sim in {p.similarity for p in protocols}}
+            t = torch.from_numpy(targets[idx]).to(src.device)
             for p, out in zip(protocols, ranks):
+                scores = scored[p.similarity]
                 out[idx] = instance_ranks(_within_category(scores, idx, ql, gl) if p.fg_gallery == "category"
                                           else scores, t, p.ties).cpu().numpy()
     return [({"rank": r, **{f"Acc@{k}": ((r <= k) & (r > 0)).astype(np.float64) for k in p.acc_k}}, targets >= 0)

@@ -55,7 +55,10 @@ def evaluate_topk(query: np.ndarray, gallery: np.ndarray, query_labels: Optional
     protocol = protocol or Protocol()
     if protocol.positive_only and protocol.topk_normalization != "hits":
         raise ConfigError("positive_only with a divisor other than hits needs every relevant score: use the exact backend")
-    q, g = unit_rows(query).numpy(), unit_rows(gallery).numpy()
+    euclidean = protocol.similarity == "euclidean"  # the embeddings as saved, in an exact L2 index
+    rows_of = (lambda x: np.ascontiguousarray(np.asarray(x, dtype=np.float32))) if euclidean \
+        else (lambda x: unit_rows(x).numpy())
+    q, g = rows_of(query), rows_of(gallery)
     if q.shape[1] != g.shape[1]:
         raise SbirError(f"query and gallery dimensions differ: {q.shape[1]} vs {g.shape[1]}")
     check_finite_rows(query, "query embeddings")
@@ -63,7 +66,7 @@ def evaluate_topk(query: np.ndarray, gallery: np.ndarray, query_labels: Optional
     instance = query_to_gallery is not None
     ks = protocol.acc_k if instance else (*protocol.map_k, *protocol.prec_k)
     k_max = min(max(ks), len(g))
-    index = faiss.IndexFlatIP(g.shape[1])
+    index = faiss.IndexFlatL2(g.shape[1]) if euclidean else faiss.IndexFlatIP(g.shape[1])
     index.add(g)
     if instance:
         truth = np.asarray(query_to_gallery, dtype=np.int64)
@@ -77,6 +80,8 @@ def evaluate_topk(query: np.ndarray, gallery: np.ndarray, query_labels: Optional
     for start in progress(range(0, len(valid), block), desc=desc, unit="block"):
         rows = valid[start: start + block]
         top_scores, top = index.search(q[rows], k_max)
+        if euclidean:
+            top_scores = -top_scores  # squared distances, nearest first: minus them is the score
         if instance:
             flags = top == truth[rows, None]
             for k in protocol.acc_k:

@@ -27,6 +27,7 @@ AVERAGES = ("query", "class")
 NO_RELEVANT = ("exclude", "zero", "exclude_map")
 PRECISION_DIVISORS = ("min_k_n", "k")
 FG_GALLERIES = ("all", "category")
+SIMILARITIES = ("cosine", "euclidean")
 DEFAULT_PRESET = "sbir-bench"
 
 
@@ -59,7 +60,9 @@ class Protocol:
     positive_only: bool = knob(False, "relevant items scored <= 0 count as non-relevant (torchmetrics >= 1.8)")
     fg_gallery: str = knob("all", "FG-ZS: rank each sketch among all test photos, or among its category's",
                            FG_GALLERIES)
-    similarity: str = "cosine"
+    similarity: str = knob("cosine", "how a query scores a gallery item: cosine (normalised embeddings) or euclidean "
+                                 "(minus the squared Euclidean distance of the embeddings as saved, not normalised: "
+                                 "ProS)", SIMILARITIES)
     preset: str = DEFAULT_PRESET  # the preset this protocol was resolved from (overrides are listed by describe)
 
     def __post_init__(self) -> None:
@@ -147,6 +150,13 @@ PRESET_ENTRIES = (
     Preset("clip-at", "github.com/aneeshan95/Sketch_LVM src/model_LN_prompt.py (torchmetrics 0.9.3)",
            dict(all_interpolation="none", topk_interpolation="none", topk_normalization="r", ties="stable",
                 no_relevant="zero", precision_divisor="k")),
+    # github.com/fangkaipeng/ProS, src/utils/mAP.py (_partedMAP_all, mean_average_precision) via
+    # src/utils/metrics.py: score -||q - g||^2 of the unnormalised embeddings, torch.topk order (ties
+    # unspecified: gallery order here), AP@K over the hits in the top K (0 without one), mAP@all over
+    # the whole list, Prec@K = hits / K, plain mean over every query.
+    Preset("pros", "github.com/fangkaipeng/ProS src/utils/mAP.py (_partedMAP_all), src/utils/metrics.py",
+           dict(similarity="euclidean", all_interpolation="none", topk_interpolation="none", topk_normalization="hits",
+                ties="stable", no_relevant="zero", precision_divisor="k")),
 )
 PRESETS: Dict[str, Protocol] = {entry.name: entry.protocol() for entry in PRESET_ENTRIES}
 SOURCES: Dict[str, str] = {entry.name: entry.source for entry in PRESET_ENTRIES}
@@ -188,8 +198,8 @@ def _coerce(name: str, value: Any, like: Any) -> Any:
 
 
 def protocol_fields() -> List[Any]:
-    """The knobs a user may set (everything but the fixed similarity and the preset name), in order."""
-    return [f for f in fields(Protocol) if f.name not in ("similarity", "preset")]
+    """The knobs a user may set (everything but the preset name), in order."""
+    return [f for f in fields(Protocol) if f.name != "preset"]
 
 
 # ------------------------------------------------------------------ metric names and their order

@@ -1,8 +1,9 @@
-"""Cosine scores, in one place: normalisation, score blocks and the block size that fits in memory.
+"""Scores, in one place: normalisation, score blocks and the block size that fits in memory.
 
-Every consumer of similarity (the exact engine, the faiss backend, PR curves and retrieval grids)
-normalises with :func:`unit_rows`, so a zero vector or a float16 embedding is handled the same way
-everywhere.
+Every consumer of cosine similarity (the exact engine, the faiss backend, PR curves and retrieval
+grids) normalises with :func:`unit_rows`, so a zero vector or a float16 embedding is handled the
+same way everywhere. The ``euclidean`` similarity (ProS's protocol) scores minus the squared distance
+of the embeddings as they are.
 
 >>> import numpy as np
 >>> [[round(float(s), 2) for s in row] for row in cosine_scores(np.array([[3.0, 4.0]]), np.eye(2))]
@@ -89,9 +90,10 @@ def block_rows(n_gallery: int, memory: str | int, device: torch.device | str = "
 
 
 class ScoreSource:
-    """Yields score rows for query positions: cosine of normalised embeddings, or a given matrix."""
+    """Yields score rows for query positions: cosine of normalised embeddings, minus squared Euclidean
+    distances of the embeddings as they are (``euclidean``), or a given matrix."""
 
-    def __init__(self, query, gallery, scores, device: torch.device) -> None:
+    def __init__(self, query, gallery, scores, device: torch.device, similarities=("cosine",)) -> None:
         if scores is not None:
             check_finite_rows(np.asarray(scores), "the score matrix")
             self.matrix: Optional[torch.Tensor] = torch.as_tensor(np.asarray(scores), dtype=torch.float32)
@@ -102,6 +104,9 @@ class ScoreSource:
             check_finite_rows(query, "query embeddings")
             check_finite_rows(gallery, "gallery embeddings")
             self.q, self.g = unit_rows(query, device), unit_rows(gallery, device)
+            if "euclidean" in similarities:  # the embeddings as saved, and their squared norms
+                self.raw_q, self.raw_g = (_float_rows(x, device) for x in (query, gallery))
+                self.q_sq, self.g_sq = (self.raw_q ** 2).sum(1), (self.raw_g ** 2).sum(1)
             if self.q.shape[1] != self.g.shape[1]:
                 raise SbirError(f"query and gallery dimensions differ: {self.q.shape[1]} vs {self.g.shape[1]}")
             self.n_query, self.n_gallery = self.q.shape[0], self.g.shape[0]
@@ -109,8 +114,18 @@ class ScoreSource:
         if self.n_gallery == 0:
             raise SbirError("the gallery is empty: no readable photos to retrieve")
 
-    def rows(self, idx: np.ndarray) -> torch.Tensor:
+    def rows(self, idx: np.ndarray, similarity: str = "cosine") -> torch.Tensor:
         """Scores of the queries at positions ``idx`` against the whole gallery (len(idx) x N)."""
         if self.matrix is not None:
+            if similarity != "cosine":
+                raise SbirError(f"a score matrix is ranked as given; similarity={similarity} needs the embeddings")
             return self.matrix[torch.from_numpy(idx)]
-        return self.q[torch.from_numpy(idx).to(self.device)] @ self.g.T
+        at = torch.from_numpy(idx).to(self.device)
+        if similarity == "euclidean":  # -(|q|^2 - 2 q.g + |g|^2): the same order as -||q - g||^2
+            return 2 * self.raw_q[at] @ self.raw_g.T - self.g_sq[None, :] - self.q_sq[at, None]
+        return self.q[at] @ self.g.T
+
+
+def _float_rows(x: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+    return t.to(device=device, dtype=torch.float32)

@@ -5,8 +5,9 @@ AdamW or SGD with a per-step or per-epoch cosine schedule and a linear or consta
 (bf16, or fp16 with a grad scaler) on CUDA; gradient accumulation; a stop at the first non-finite
 loss term; a checkpoint after every epoch, and resume refused when the settings differ and
 bit-for-bit on CPU otherwise (data order, augmentation and RNG states are restored); validation at
-chosen epochs; DDP under ``torchrun`` with the global batch split evenly across ranks so that N
-processes see exactly the samples one process would.
+chosen epochs, with early stopping that keeps the best validated model; DDP under ``torchrun`` with
+the global batch split evenly across ranks so that N processes see exactly the samples one process
+would. A method trained in stages (ProS) gets one Trainer per stage (:func:`sbir_bench.runner.train`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -52,10 +53,12 @@ class EpochSampler(Sampler):
     loader workers (which hold their own copy of the dataset) draw the current epoch's triplets.
     """
 
-    def __init__(self, n: int, global_batch: int, steps: int, seed: int, rank: int = 0, world: int = 1) -> None:
+    def __init__(self, n: int, global_batch: int, steps: int, seed: int | Tuple[int, ...], rank: int = 0,
+                 world: int = 1) -> None:
         if global_batch % world:
             raise ConfigError(f"batch size {global_batch} is not divisible by the {world} DDP processes")
-        self.n, self.global_batch, self.steps, self.seed = n, global_batch, steps, seed
+        self.n, self.global_batch, self.steps = n, global_batch, steps
+        self.seed = tuple(seed) if isinstance(seed, tuple) else (seed,)  # (seed,), or (seed, stage) for later stages
         self.rank, self.world = rank, world
         self.epoch = 0
 
@@ -63,7 +66,7 @@ class EpochSampler(Sampler):
         self.epoch = epoch
 
     def __iter__(self):
-        rng = np.random.default_rng([self.seed, self.epoch])
+        rng = np.random.default_rng([*self.seed, self.epoch])
         need = self.steps * self.global_batch
         order = np.concatenate([rng.permutation(self.n) for _ in range(math.ceil(need / self.n))])[:need]
         per_rank = self.global_batch // self.world
@@ -82,6 +85,8 @@ class TrainResult:
     skipped_images: int = 0  # summed over every rank
     skipped_steps: int = 0  # optimiser steps no rank took (some rank had no readable triplet)
     resumed_from_epoch: int = 0
+    best_epoch: int = 0  # with early stopping: the epoch whose model was kept
+    stopped_early: bool = False
 
 
 def lr_lambda(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
@@ -93,6 +98,12 @@ def lr_lambda(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
     epoch ``e`` runs at ``0.5 (1 + cos(pi (e - w) / epochs))`` after ``w`` warm-up epochs. A
     ``constant`` warm-up runs at ``warmup_lr``, a ``linear`` one ramps up to the base rate.
     ``constant``: the base rate after the warm-up (CLIP-AT's code has no schedule).
+    ``exponential-epoch``: ProS's ``adjust_learning_rate``, epoch ``e`` at ``lr * 0.001 ** (e / 20)``,
+    never below ``1e-6``.
+
+    >>> f = lr_lambda(TrainConfig(lr=1e-4, schedule="exponential-epoch"), steps_per_epoch=10)
+    >>> [round(f(10 * epoch) * 1e-4, 9) for epoch in (0, 10, 40)]  # the rate at epochs 0, 10 and 40
+    [0.0001, 3.162e-06, 1e-06]
     """
     total = steps_per_epoch * cfg.epochs
     warm_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
@@ -116,7 +127,54 @@ def lr_lambda(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
     def constant(step: int) -> float:
         return warm(step) if step < warm_steps else 1.0
 
-    return {"cosine-epoch": per_epoch, "constant": constant}.get(cfg.schedule, per_step)
+    def exponential(step: int) -> float:
+        if step < warm_steps:
+            return warm(step)
+        return max(EXPONENTIAL_DECAY ** ((step // steps_per_epoch) / EXPONENTIAL_EPOCHS), EXPONENTIAL_FLOOR / cfg.lr)
+
+    return {"cosine-epoch": per_epoch, "constant": constant, "exponential-epoch": exponential}.get(cfg.schedule,
+                                                                                                  per_step)
+
+
+EXPONENTIAL_DECAY, EXPONENTIAL_EPOCHS, EXPONENTIAL_FLOOR = 1e-3, 20, 1e-6  # ProS's trainer.adjust_learning_rate
+EARLY_STOP_METRICS = ("mAP@all", "Acc@1")  # what early stopping compares: category level, else instance level
+
+
+@dataclass
+class EarlyStopping:
+    """Stops after ``patience`` validations in a row without a higher value, keeping the best model.
+
+    The state travels in every checkpoint, so a resumed run stops, and keeps, exactly what an
+    uninterrupted one would.
+    """
+
+    patience: int
+    best: float = -math.inf
+    best_epoch: int = 0
+    waited: int = 0
+    stopped: bool = False
+    state: Optional[Dict[str, torch.Tensor]] = None  # the best epoch's trainable state
+
+    def update(self, epoch: int, metrics: Dict[str, float], method: Method) -> None:
+        """Account for the validation after ``epoch`` (1-based)."""
+        value = next((metrics[k] for k in EARLY_STOP_METRICS if k in (metrics or {})), None)
+        if value is None:
+            raise DataError(f"early stopping needs {' or '.join(EARLY_STOP_METRICS)} from validation; it returned "
+                            f"{sorted(metrics or {}) or 'nothing'}")
+        if math.isfinite(value) and value > self.best:
+            self.best, self.best_epoch, self.waited = value, epoch, 0
+            self.state = method.trainable_state()
+        else:
+            self.waited += 1
+            self.stopped = self.waited >= self.patience
+
+    def to_payload(self) -> Dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch, "waited": self.waited, "stopped": self.stopped,
+                "state": self.state}
+
+    def load(self, payload: Optional[Dict[str, Any]]) -> None:
+        for key, value in (payload or {}).items():
+            setattr(self, key, value)
 
 
 def build_optimizer(method: Method, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -134,8 +192,11 @@ class Trainer:
                  seed: int, checkpoint_dir: Optional[Path] = None, workers: Optional[int] = 0, pin_memory: bool = False,
                  validate: Optional[Callable[[Method], Dict[str, float]]] = None,
                  on_epoch_end: Optional[Callable[[int], None]] = None,
-                 fingerprint: Optional[Dict[str, Any]] = None, trackers=None, memory=None) -> None:
+                 fingerprint: Optional[Dict[str, Any]] = None, trackers=None, memory=None, stage: str = "",
+                 stage_index: int = 0) -> None:
         self.method, self.dataset, self.cfg, self.device, self.seed = method, dataset, cfg, device, seed
+        self.stage = stage  # a named stage of a method trained in stages ("" for one-stage methods)
+        self.early = EarlyStopping(cfg.early_stop) if cfg.early_stop else None
         self.checkpoint_dir, self.fingerprint = checkpoint_dir, fingerprint
         self.trackers, self.global_step = trackers, 0
         self.memory = memory  # the sizing.MemoryPlan the micro-batches come from (None: as configured)
@@ -151,7 +212,8 @@ class Trainer:
         if len(dataset) == 0:
             raise DataError("no training triplet: the split leaves no seen-class training sketch")
         self.steps = cfg.steps_per_epoch or max(1, len(dataset) // cfg.batch_size)
-        self.sampler = EpochSampler(len(dataset), cfg.batch_size, self.steps, seed, self.rank, self.world)
+        order_seed = (seed, stage_index) if stage_index else seed  # each stage draws its own data order
+        self.sampler = EpochSampler(len(dataset), cfg.batch_size, self.steps, order_seed, self.rank, self.world)
         self.loader = self._loader(workers, pin_memory)
         self.optimizer = build_optimizer(method, cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, self.steps))
@@ -173,7 +235,7 @@ class Trainer:
         return {"epoch": epoch, "method": self.method.name, "trainable": self.method.trainable_state(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(), "rng": rng_state(), "history": history,
-                "trained_on": self.fingerprint}
+                "trained_on": self.fingerprint, "early_stop": self.early.to_payload() if self.early else None}
 
     def _resume(self) -> tuple[int, List[Dict[str, float]]]:
         if not (self.cfg.resume and self.checkpoint_dir):
@@ -188,6 +250,8 @@ class Trainer:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
+        if self.early:
+            self.early.load(ckpt.get("early_stop"))
         log.info(f"resumed from {self.checkpoint_dir} after epoch {ckpt['epoch']}")
         return int(ckpt["epoch"]), list(ckpt.get("history", []))
 
@@ -250,7 +314,8 @@ class Trainer:
         sums: Dict[str, float] = {}
         micro: List = []
         steps_done = 0
-        bar = progress(self.loader, desc=f"{self.method.name} epoch {epoch + 1}/{self.cfg.epochs}",
+        name = f"{self.method.name} {self.stage}" if self.stage else self.method.name
+        bar = progress(self.loader, desc=f"{name} epoch {epoch + 1}/{self.cfg.epochs}",
                        total=len(self.loader), unit="batch")
         t0 = time.perf_counter()
         last = len(self.loader)
@@ -294,6 +359,8 @@ class Trainer:
         result = TrainResult(history=history, resumed_from_epoch=start_epoch)
         t0 = time.perf_counter()
         for epoch in range(start_epoch, self.cfg.epochs):
+            if self.early and self.early.stopped:
+                break
             self.method.train()
             self.sampler.set_epoch(epoch)
             row = {"epoch": epoch + 1, "lr": self.scheduler.get_last_lr()[0], **self._epoch(epoch, result)}
@@ -303,6 +370,10 @@ class Trainer:
                 row.update({f"val_{k}": v for k, v in (metrics or {}).items()})
                 if self.trackers:
                     self.trackers.log({f"val/{k}": v for k, v in (metrics or {}).items()}, self.global_step)
+                if self.early:  # every rank holds the same metrics: all stop together
+                    self.early.update(epoch + 1, metrics, self.method)
+            if self.stage:
+                row["stage"] = self.stage
             history.append(row)
             log.info("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
             if self.checkpoint_dir and dist_utils.is_main():
@@ -316,6 +387,12 @@ class Trainer:
                      f"triplet" if result.skipped_steps else "")
             log.warning(f"{result.skipped_images} training triplet(s) skipped because of unreadable images{steps}")
         result.seconds = time.perf_counter() - t0
+        if self.early and self.early.state is not None:
+            self.method.load_trainable_state(self.early.state)  # the best validated epoch's model
+            result.best_epoch, result.stopped_early = self.early.best_epoch, self.early.stopped
+            log.info(f"kept the model of epoch {self.early.best_epoch} (validation {self.early.best:.4g})"
+                     + (f"; stopped after {self.early.patience} validation(s) without a gain" if self.early.stopped
+                        else ""))
         self.method.eval()
         return result
 

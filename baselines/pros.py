@@ -1,0 +1,287 @@
+"""ProS (Fang, Song, Zhu, Mou, Zhang, Xiong; "ProS: Prompting-to-simulate Generalized knowledge for
+Universal Cross-Domain Retrieval", CVPR 2024), as its official code (fangkaipeng/ProS) trains it.
+
+Its UᶜCDR setting on Sketchy and TU-Berlin is ZS-SBIR. Two stages, one run here:
+
+* **Prompt units** (``units``): one learned token per training domain (photo, sketch) and per seen
+  class, inserted after CLIP's class token (ground-truth units only, no positional embedding)
+  before the frozen image tower, whose token 1 is pooled; dropout on every token, always active.
+* **Context-aware simulator** (``simulator``): a new ViT of CLIP's width (the generator) reads two
+  learned templates, every prompt unit with the image's own domain and class units zeroed, and its
+  own patch embeddings; its outputs at the two template slots become the domain and class prompts
+  that replace the units in CLIP's sequence. The units are frozen; the generator, its projection,
+  the templates, CLIP's ``visual.proj`` and class embedding train.
+
+Both stages train the shared 16-vector text context of "a photo of <class> from X...X domain." and
+CLIP's text projection, with cross-entropy of normalised image features against the normalised
+texts of the seen classes at temperature 0.07. At test time the generator sees every unit unmasked;
+the embedding (token 1, not normalised) is the same for sketches and photos.
+
+The official code writes the generator as ``VisionTransformer(224, 32, 768, layers, 12, 512)``: ViT-B/32's
+sizes. Here it follows the backbone (its width, patch size, input and ``width // 64`` heads), which is
+the same on ViT-B/32. Its class embedding and output projection are never used there (they get no
+gradient, yet count as trainable: 18,226,176 in stage 2); they are not built here (17,832,192).
+docs/methods.md lists every difference and the config that restores the official choice.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from open_clip.transformer import LayerNorm, Transformer
+from torch import nn
+
+from sbir_bench.data.classnames import class_text
+from sbir_bench.errors import ConfigError
+from sbir_bench.methods import METHODS, Method, Stage, TripletBatch, check_choice
+from sbir_bench.models import PromptedCLIP
+from sbir_bench.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, eval_transform, jittered_train_transform
+
+UNITS, SIMULATOR = "units", "simulator"
+PHOTO, SKETCH = 0, 1  # the official domain dictionary (sorted folder names: extended_photo/images, sketch/sketches)
+PREPROCESS = ("official", "backbone")
+PROMPT = "a photo of {} from{} domain."  # the context vectors replace the words between "from" and "domain"
+
+
+@dataclass
+class ProSConfig:
+    """Options of ProS; the defaults are its official code's (src/options/options_pros.py,
+    reproduce_runs.sh). ``train.*`` is stage 2's (batch 50 images = 25 triplets' sketches and photos)."""
+
+    n_ctx: int = 16  # shared text context vectors (-tp_N_CTX)
+    generator_layers: int = 2  # -generator_layer
+    dropout: float = 0.5  # stage 1, on every token of CLIP's input, active even in eval mode
+    temperature: float = 0.07
+    pool_token: int = 1  # the token whose ln_post output is the feature: 1 (the official code) or 0 (class token)
+    units_epochs: int = 1  # stage 1 (-stage1_epochs), constant rate train.lr
+    units_batch_size: int = 200  # stage 1 triplets: 400 images (its loader for stage 1)
+    preprocess: str = "official"  # official: its augmentation with ImageNet statistics; backbone: ours
+
+
+def text_projection_matrix(clip: nn.Module) -> torch.Tensor:
+    """CLIP's text projection as a (width, embed) matrix; ProS trains a copy of it."""
+    proj = clip.text_projection
+    if isinstance(proj, nn.Linear) or proj is None:
+        raise ConfigError("pros trains CLIP's text projection matrix; this backbone's text tower has a "
+                          f"{type(proj).__name__} instead (use an OpenAI-style CLIP such as ViT-B-32)")
+    return proj
+
+
+class PromptGenerator(nn.Module):
+    """ProS's generator: a ViT of CLIP's image-tower sizes without a class token or output projection
+    (the official one has both and never uses them). Positional embeddings of the patches only are
+    used (``positional_embedding[1:]``, as there)."""
+
+    def __init__(self, width: int, patch: int, grid: int, layers: int, act_layer: type) -> None:
+        super().__init__()
+        scale = width ** -0.5
+        self.conv1 = nn.Conv2d(3, width, kernel_size=patch, stride=patch, bias=False)
+        self.positional_embedding = nn.Parameter(scale * torch.randn(grid * grid + 1, width))
+        self.ln_pre = LayerNorm(width)
+        self.transformer = Transformer(width, layers, max(1, width // 64), act_layer=act_layer)
+        self.ln_post = LayerNorm(width)
+
+    def patches(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(images.to(self.conv1.weight.dtype))
+        return x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1) + self.positional_embedding[1:].to(x.dtype)
+
+    def forward(self, prefix: torch.Tensor, images: torch.Tensor, n_out: int) -> torch.Tensor:
+        """Outputs at the first ``n_out`` slots of ``[prefix, patches]`` after ``ln_post`` (B, n_out, W)."""
+        x = self.ln_pre(torch.cat([prefix.to(self.conv1.weight.dtype), self.patches(images)], dim=1))
+        return self.ln_post(PromptedCLIP.run_transformer(self.transformer, x)[:, :n_out])
+
+
+@METHODS.register("pros")
+class ProS(Method):
+    description = "ProS (CVPR'24): prompt units, then a prompt generator simulating unseen domains/classes; CE"
+    config_class = ProSConfig
+    prompts_image_encoder = True
+
+    @classmethod
+    def check_config(cls, config: ProSConfig, tokenizer) -> None:
+        check_choice("pros", "preprocess", config.preprocess, PREPROCESS)
+        for key in ("n_ctx", "generator_layers", "units_epochs", "units_batch_size"):
+            if getattr(config, key) < 1:
+                raise ConfigError(f"pros: {key}={getattr(config, key)} must be >= 1")
+        if not 0.0 <= config.dropout < 1.0:
+            raise ConfigError(f"pros: dropout={config.dropout} must be in [0, 1)")
+        if not (config.temperature > 0 and math.isfinite(config.temperature)):
+            raise ConfigError(f"pros: temperature={config.temperature} must be a finite number > 0")
+        if config.pool_token not in (0, 1):
+            raise ConfigError(f"pros: pool_token={config.pool_token}; choose 1 (the official code) or 0 (class token)")
+
+    @classmethod
+    def training_stages(cls, config: ProSConfig, train) -> Tuple[Stage, ...]:
+        """Stage 1 (prompt units) at a constant rate for ``units_epochs`` at ``units_batch_size``, without
+        validation or early stopping; stage 2 (the simulator) with the run's ``train`` settings."""
+        units = replace(train, epochs=config.units_epochs, batch_size=config.units_batch_size, schedule="constant",
+                        warmup_epochs=0.0, early_stop=0, val_every=0, grad_accum=1)
+        return Stage(UNITS, units), Stage(SIMULATOR, train)
+
+    @classmethod
+    def image_transforms(cls, config: ProSConfig, pp, crop_scale_min: float) -> Tuple[Callable, Callable]:
+        if config.preprocess == "backbone":
+            return super().image_transforms(config, pp, crop_scale_min)
+        size = pp.size if isinstance(pp.size, int) else pp.size[0]
+        return jittered_train_transform(size, 0.8, 0.4, IMAGENET_MEAN, IMAGENET_STD), eval_transform(pp)
+
+    def __init__(self, backbone, class_names, seen, config=None) -> None:
+        super().__init__(backbone, class_names, seen, config)
+        cfg = self.config
+        self.prompted = PromptedCLIP(self.clip)
+        visual = self.clip.visual
+        width, patch = self.prompted.vision_width, visual.conv1.kernel_size
+        grid = visual.positional_embedding.shape[0] - 1
+        # own copies of the CLIP tensors ProS trains: the caller's backbone stays as it was handed
+        self.text_projection = nn.Parameter(text_projection_matrix(self.clip).detach().clone())
+        self.image_proj = nn.Parameter(visual.proj.detach().clone())
+        self.class_embedding = nn.Parameter(visual.class_embedding.detach().clone())
+        self.ctx = nn.Parameter(torch.randn(cfg.n_ctx, self.prompted.text_width) * 0.02)
+        bound = math.sqrt(6.0 / (3 * patch[0] * patch[1] + width))
+        self.domain_units = nn.Parameter(torch.empty(2, width).uniform_(-bound, bound))
+        self.class_units = nn.Parameter(torch.empty(len(self.seen), width).uniform_(-bound, bound))
+        scale = width ** -0.5
+        self.domain_template = nn.Parameter(scale * torch.randn(1, width))
+        self.class_template = nn.Parameter(scale * torch.randn(1, width))
+        act = type(visual.transformer.resblocks[0].mlp.gelu)
+        self.generator = PromptGenerator(width, patch[0], int(round(math.sqrt(grid))), cfg.generator_layers, act)
+        self.generator_proj = nn.Parameter(scale * torch.randn(width, width))
+        self._prompt_tokens(self.seen_names)
+        self.stage = SIMULATOR
+        self.begin_stage(UNITS)
+
+    # ------------------------------------------------------------------ stages
+    def stage_parameters(self, stage: str) -> List[nn.Parameter]:
+        """What ``stage`` trains (the official ``training_set`` lists, by name prefix)."""
+        text = [self.ctx, self.text_projection]
+        if stage == UNITS:
+            return text + [self.domain_units, self.class_units]
+        if stage == SIMULATOR:
+            return text + [self.domain_template, self.class_template, *self.generator.parameters(),
+                           self.generator_proj, self.image_proj, self.class_embedding]
+        raise ValueError(f"pros has the stages {UNITS} and {SIMULATOR}, not {stage!r}")
+
+    def begin_stage(self, name: str) -> None:
+        chosen = {id(p) for p in self.stage_parameters(name)}
+        for p in self.own_parameters():
+            p.requires_grad_(id(p) in chosen)
+        self.stage = name
+
+    def own_parameters(self) -> List[nn.Parameter]:
+        frozen = {id(p) for p in self.clip.parameters()}
+        return [p for p in self.parameters() if id(p) not in frozen]
+
+    def trainable_state(self) -> Dict[str, torch.Tensor]:
+        """Every tensor either stage trains, whichever stage is current: a checkpoint of stage 2 (and
+        the artifact) holds the units stage 1 learned, which stage 2 uses frozen."""
+        own = {id(p) for p in self.own_parameters()}
+        return {n: p.detach().clone() for n, p in self.named_parameters() if id(p) in own}
+
+    # ------------------------------------------------------------------ text
+    def _prompt_tokens(self, names: List[str]) -> None:
+        """Token ids of every class prompt, where its context vectors go, and its end-of-text position
+        (kept on the CPU: a meta-device estimate reads them)."""
+        n = self.config.n_ctx
+        words = [class_text(name) for name in names]
+        ids = self.backbone.tokenizer([PROMPT.format(w, " X" * n) for w in words]).cpu()
+        start = self.backbone.tokenizer([f"a photo of {w} from" for w in words]).cpu().argmax(dim=-1)
+        eot = ids.argmax(dim=-1)
+        if bool((eot != start + n + 2).any()):  # "X"*n, "domain", "." after the prefix: else it was cut
+            bad = words[int(torch.nonzero(eot != start + n + 2)[0])]
+            raise ConfigError(f"pros: the prompt of class {bad!r} does not fit the text encoder's "
+                              f"{ids.shape[1]} tokens with {n} context vectors; lower method_config.n_ctx")
+        offset = torch.arange(ids.shape[1], device="cpu") - start[:, None]
+        self._ids, self._eot = ids, eot
+        self._ctx_index = torch.where((offset >= 0) & (offset < n), offset, torch.full_like(offset, -1))
+        self.prefix_index = start
+
+    def class_text_features(self) -> torch.Tensor:
+        """Text features (not normalised) of the seen classes' prompts with the learned context."""
+        weight = self.clip.token_embedding.weight
+        x = self.prompted.token_embeddings(self._ids.to(weight.device))
+        index = self._ctx_index.to(weight.device)
+        x = torch.where((index >= 0)[..., None], self.ctx.to(x.dtype)[index.clamp(min=0)], x)
+        return self.prompted.encode_text_embeddings(x, self._eot, self.text_projection, normalize=False)
+
+    # ------------------------------------------------------------------ images
+    def _clip_patches(self, images: torch.Tensor) -> torch.Tensor:
+        v = self.clip.visual
+        x = v.conv1(images.to(self.prompted.dtype))
+        return x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1) + v.positional_embedding[1:].to(x.dtype)
+
+    def clip_sequence(self, images: torch.Tensor, domain: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+        """CLIP's input ``[class token, domain prompt, class prompt, patches]`` (B, 3 + P, W)."""
+        b = images.shape[0]
+        first = (self.class_embedding + self.clip.visual.positional_embedding[0]).expand(b, 1, -1)
+        x = self._clip_patches(images)
+        return torch.cat([first.to(x.dtype), domain.reshape(b, 1, -1).to(x.dtype), cls.reshape(b, 1, -1).to(x.dtype),
+                          x], dim=1)
+
+    def clip_feature(self, sequence: torch.Tensor) -> torch.Tensor:
+        """The frozen image tower on ``sequence``: ``ln_post`` of the pooled token, projected."""
+        v = self.clip.visual
+        x = PromptedCLIP.run_transformer(v.transformer, v.ln_pre(sequence))
+        return v.ln_post(x[:, self.config.pool_token]) @ self.image_proj.to(x.dtype)
+
+    def generator_input(self, images: torch.Tensor, domain: Optional[torch.Tensor] = None,
+                        cls: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The generator's prefix ``[domain template, class template, domain units, class units]`` with
+        each image's own domain and class units zeroed (when given) (B, 2 + n_d + n_c, W)."""
+        b = images.shape[0]
+        units = []
+        for table, own in ((self.domain_units, domain), (self.class_units, cls)):
+            rows = table.expand(b, -1, -1)
+            if own is not None:
+                mask = torch.arange(table.shape[0], device=own.device)[None, :] == own[:, None]
+                rows = rows.masked_fill(mask[..., None], 0.0)
+            units.append(rows)
+        return torch.cat([self.domain_template.expand(b, -1, -1), self.class_template.expand(b, -1, -1), *units], dim=1)
+
+    def generated_prompts(self, images: torch.Tensor, domain: Optional[torch.Tensor] = None,
+                          cls: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The generator's domain and class prompts (B, 2, W)."""
+        out = self.generator(self.generator_input(images, domain, cls), images, 2)
+        return out @ self.generator_proj.to(out.dtype)
+
+    def features(self, images: torch.Tensor, domain: Optional[torch.Tensor] = None,
+                 cls: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Image features of the current stage (not normalised): ground-truth units in stage 1 (with
+        dropout), generated prompts otherwise (masked when labels are given, as in training)."""
+        if self.stage == UNITS:
+            sequence = self.clip_sequence(images, self.domain_units[domain], self.class_units[cls])
+            return self.clip_feature(F.dropout(sequence, self.config.dropout, training=True))
+        prompts = self.generated_prompts(images, domain, cls)
+        return self.clip_feature(self.clip_sequence(images, prompts[:, 0], prompts[:, 1]))
+
+    @torch.no_grad()
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """The retrieval embedding: every unit unmasked, no label (the official stage 4), not normalised."""
+        prompts = self.generated_prompts(images)
+        return self.clip_feature(self.clip_sequence(images, prompts[:, 0], prompts[:, 1])).float()
+
+    def embed_sketches(self, images: torch.Tensor) -> torch.Tensor:
+        return self.embed(images)
+
+    def embed_photos(self, images: torch.Tensor) -> torch.Tensor:
+        return self.embed(images)
+
+    # ------------------------------------------------------------------ loss
+    def loss(self, batch: TripletBatch) -> Dict[str, torch.Tensor]:
+        """Cross-entropy of the sketches' and their photos' features against the seen classes' texts
+        (the official batch: half sketches, half photos; the negatives are not used)."""
+        b = batch.sketch.shape[0]
+        images = torch.cat([batch.sketch, batch.positive])
+        device = batch.label.device
+        domain = torch.cat([torch.full((b,), SKETCH, device=device), torch.full((b,), PHOTO, device=device)])
+        labels = torch.cat([batch.label, batch.label])
+        return self.class_loss(images, domain, labels)
+
+    def class_loss(self, images: torch.Tensor, domain: torch.Tensor, labels: torch.Tensor) -> Dict[str, torch.Tensor]:
+        feats = F.normalize(self.features(images, domain, labels).float(), dim=-1)
+        text = F.normalize(self.class_text_features().float(), dim=-1)
+        ce = F.cross_entropy(feats @ text.t() / self.config.temperature, labels)
+        return {"loss": ce, "cls": ce.detach()}

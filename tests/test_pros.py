@@ -1,0 +1,262 @@
+"""ProS computes what its official code computes, and trains as one resumable two-stage run.
+
+The numbers come from running fangkaipeng/ProS (ccb8841) on a tiny OpenAI-layout CLIP of width 768,
+input 224 and patch 32 (its generator is hard-coded to those) with fixed weights and inputs
+(``tests/fixtures/official/make_pros_fixture.py``, ``official_inputs``); here the same CLIP is built
+through open_clip (``test-pros-tiny.json``) and our ProS must give the same text features, stage-1
+and stage-2 sequences, features, losses, gradients, one Adam step per stage and test embeddings, to
+1e-4 in fp32. Large tensors are compared through the fixture's row summaries.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import official_inputs as oi
+from conftest import last_checkpoint
+from sbir_bench.baselines.pros import SIMULATOR, UNITS, ProS, ProSConfig
+from sbir_bench.config import TrainConfig
+from sbir_bench.methods import TripletBatch
+from sbir_bench.models import load_backbone
+from sbir_bench.training.trainer import build_optimizer, lr_lambda
+
+HERE = Path(__file__).parent
+EXPECTED = json.loads((HERE / "fixtures" / "official" / "pros.json").read_text())
+TOL = dict(rtol=1e-4, atol=1e-4)
+# official name -> ours (the CLIP tensors ProS trains are our own copies; the rest keep their names)
+NAMES = {"text_prompt_learner.ctx": "ctx", "text_encoder.text_projection": "text_projection",
+         "specific_domain_prompts": "domain_units", "specific_class_prompts": "class_units",
+         "ge_dom_prompt_template": "domain_template", "ge_cls_prompt_template": "class_template",
+         "feature_proj": "image_proj", "feature_template": "class_embedding"}
+UNUSED = {"generator.class_embedding": (768,), "generator.proj": (768, 512)}  # the official generator's, never used
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _configs():
+    import open_clip
+    open_clip.add_model_config(HERE / "fixtures" / "model_configs")
+
+
+def ours(official: str) -> str:
+    return NAMES.get(official, official)
+
+
+def pros_tiny(dropout: float = 0.0) -> ProS:
+    """Our ProS on test-pros-tiny, holding the fixture's CLIP and ProS values (same names, same values)."""
+    backbone = load_backbone("test-pros-tiny", "random")
+    state = backbone.model.state_dict()
+    values = oi.weights({k: tuple(v.shape) for k, v in state.items()})
+    backbone.model.load_state_dict({k: torch.from_numpy(v) for k, v in values.items()}, strict=True)
+    classes = EXPECTED["class_names"]
+    method = ProS(backbone, classes, list(range(len(classes))), ProSConfig(dropout=dropout))
+    params = dict(method.named_parameters())
+    official = [n for n in EXPECTED["state_keys"] if n in oi.pros_own_names(EXPECTED["state_keys"])]
+    shapes = {n: UNUSED.get(n) or tuple(params[ours(n)].shape) for n in official
+              if n in UNUSED or ours(n) in params}
+    own = oi.weights(shapes, seed=50)
+    with torch.no_grad():
+        for name, value in own.items():
+            if name not in UNUSED:
+                params[ours(name)].copy_(torch.from_numpy(value))
+    return method
+
+
+def check(tensor: torch.Tensor, expected, tol=TOL) -> None:
+    """``tensor`` equals the fixture's values, or its row summary (official_inputs.row_summary)."""
+    values = tensor.detach().float().numpy()
+    if isinstance(expected, dict):
+        assert list(values.shape) == expected["shape"]
+        got = oi.row_summary(values)
+        np.testing.assert_allclose(got["norm"], expected["norm"], **tol)
+        np.testing.assert_allclose(got["dot"], expected["dot"], **tol)
+    else:
+        np.testing.assert_allclose(values.reshape(-1), np.asarray(expected, dtype=np.float64), **tol)
+
+
+def inputs(method: ProS):
+    images = torch.from_numpy(oi.images(oi.PROS_IMAGES, seed=60, size=224))
+    domains = torch.tensor([EXPECTED["domains"].index(d) for d in EXPECTED["inputs"]["domains"]])
+    classes = torch.tensor([EXPECTED["class_names"].index(c) for c in EXPECTED["inputs"]["classes"]])
+    return images, domains, classes
+
+
+def test_text_prompts_equal_the_official_code():
+    method = pros_tiny()
+    assert method._ids.tolist() == EXPECTED["token_ids"]
+    assert method.prefix_index.tolist() == EXPECTED["prefix_index"]
+    with torch.no_grad():
+        check(method.class_text_features(), EXPECTED["text_features"])
+
+
+def test_sequences_and_test_embedding_equal_the_official_code():
+    method = pros_tiny()
+    images, domains, classes = inputs(method)
+    with torch.no_grad():
+        check(method.clip_sequence(images, method.domain_units[domains], method.class_units[classes]),
+              EXPECTED["stage1_sequence"])
+        generator_in = torch.cat([method.generator_input(images, domains, classes), method.generator.patches(images)], 1)
+        check(generator_in, EXPECTED["stage2_generator_input"])
+        generated = method.generated_prompts(images, domains, classes)
+        check(generated, EXPECTED["stage2_generated"])
+        check(method.clip_sequence(images, generated[:, 0], generated[:, 1]), EXPECTED["stage3_sequence"])
+    check(method.embed_sketches(images), EXPECTED["test_embedding"])
+    torch.testing.assert_close(method.embed_photos(images), method.embed_sketches(images))  # one embedding
+
+
+def test_both_stages_train_what_the_official_code_trains():
+    """Per stage: features, loss, the gradient of every trainable tensor, which get none, one Adam step."""
+    method = pros_tiny()
+    images, domains, classes = inputs(method)
+    lr = EXPECTED["step_lr"]
+    for number, stage in ((1, UNITS), (2, SIMULATOR)):
+        expected = EXPECTED[f"stage{number}"]
+        method.begin_stage(stage)
+        optimizer = build_optimizer(method, TrainConfig(lr=lr, weight_decay=0.0))  # AdamW without decay = Adam
+        official = EXPECTED[f"optimizer_stage{number}"]
+        assert (official["weight_decay"], official["eps"], tuple(official["betas"])) == (0.0, 1e-8, (0.9, 0.999))
+        assert all(g["eps"] == 1e-8 and g["betas"] == (0.9, 0.999) and not g["amsgrad"] for g in optimizer.param_groups)
+        for group in optimizer.param_groups:  # the fixture's step raises eps on both sides (make_pros_fixture.py)
+            group["eps"] = EXPECTED["step_eps"]
+        optimizer.zero_grad()
+        with torch.no_grad():
+            check(method.features(images, domains, classes), expected["feature"])
+        loss = method.class_loss(images, domains, classes)["loss"]
+        assert float(loss.detach()) == pytest.approx(expected["loss"], abs=1e-5)
+        loss.backward()
+        params = dict(method.named_parameters())
+        for name, grad in expected["grads"].items():
+            check(params[ours(name)].grad, grad)
+        assert set(expected["no_grad"]) <= set(UNUSED)  # only the tensors we do not build go without
+        trainable = {n for n, p in params.items() if p.requires_grad}
+        assert trainable == {ours(n) for n in expected["grads"]}
+        optimizer.step()
+        for name, value in expected["after_step"].items():
+            if name not in UNUSED:
+                check(params[ours(name)], value)
+        with torch.no_grad():
+            assert float(method.class_loss(images, domains, classes)["loss"]) == pytest.approx(
+                expected["loss_after_step"], abs=1e-5)
+
+
+def test_stage_one_dropout_is_the_official_draw():
+    method = pros_tiny(dropout=0.5)
+    images, domains, classes = inputs(method)
+    method.eval()  # the official dropout ignores eval mode; so does ours
+    torch.manual_seed(oi.PROS_DROPOUT_SEED)
+    with torch.no_grad():
+        loss = float(method.class_loss(images, domains, classes)["loss"])
+    assert loss == pytest.approx(EXPECTED["stage1_dropout_loss"], abs=1e-5)
+    assert loss != pytest.approx(EXPECTED["stage1"]["loss"], abs=1e-3)  # the draw mattered
+
+
+def test_stage_two_rate_is_the_official_decay():
+    f = lr_lambda(TrainConfig(lr=1e-4, schedule="exponential-epoch"), steps_per_epoch=3)
+    ours_lr = [1e-4 * f(3 * epoch + 2) for epoch in range(len(EXPECTED["stage2_lr"]))]  # any step of the epoch
+    np.testing.assert_allclose(ours_lr, EXPECTED["stage2_lr"], rtol=1e-12)
+
+
+@pytest.mark.parametrize("dataset,classes", [("sketchy", 104), ("tuberlin", 220)])
+def test_trainable_names_and_counts_at_vit_b32(dataset, classes):
+    """Stage 1 as the official (351,744 on Sketchy, 440,832 on TU-Berlin); stage 2 as the official
+    18,226,176 less the generator's class embedding and output projection, which it never uses."""
+    from sbir_bench.sizing import meta_method
+    method = meta_method("pros", {}, "ViT-B-32", [f"c{i}" for i in range(classes)], list(range(classes)))
+    for number, stage in ((1, UNITS), (2, SIMULATOR)):
+        expected = EXPECTED[f"trainable_{dataset}_stage{number}"]
+        method.begin_stage(stage)
+        names = {n for n, p in method.named_parameters() if p.requires_grad}
+        assert names == {ours(n) for n in expected["names"] if n not in UNUSED}
+        unused = sum(int(np.prod(shape)) for shape in UNUSED.values()) if number == 2 else 0
+        assert method.n_trainable() == expected["count"] - unused
+
+
+def test_a_break_turns_the_fixture_comparisons_red():
+    """Each comparison can fail: the context at CoOp's position (after the start token) changes the
+    text features, pooling the class token changes the embedding, an unmasked generator input
+    changes the generated prompts, weight decay changes the step, a per-epoch cosine the rate."""
+    method = pros_tiny()
+    images, domains, classes = inputs(method)
+    index = method._ctx_index.clone()
+    method._ctx_index = torch.where(torch.arange(index.shape[1]) - 1 < method.config.n_ctx,
+                                    torch.arange(index.shape[1]) - 1, torch.tensor(-1)).expand_as(index).clamp(min=-1)
+    with torch.no_grad(), pytest.raises(AssertionError):
+        check(method.class_text_features(), EXPECTED["text_features"])
+    method._ctx_index = index
+    method.config.pool_token = 0
+    with pytest.raises(AssertionError):
+        check(method.embed_sketches(images), EXPECTED["test_embedding"])
+    method.config.pool_token = 1
+    with torch.no_grad(), pytest.raises(AssertionError):
+        check(method.generated_prompts(images), EXPECTED["stage2_generated"])  # unmasked: not the training input
+    optimizer = build_optimizer(method, TrainConfig(lr=EXPECTED["step_lr"], weight_decay=0.1))
+    for group in optimizer.param_groups:
+        group["eps"] = EXPECTED["step_eps"]
+    method.class_loss(images, domains, classes)["loss"].backward()
+    optimizer.step()
+    with pytest.raises(AssertionError):
+        check(method.ctx, EXPECTED["stage1"]["after_step"]["text_prompt_learner.ctx"])
+    f = lr_lambda(TrainConfig(lr=1e-4, schedule="cosine-epoch", epochs=40), steps_per_epoch=1)
+    with pytest.raises(AssertionError):
+        np.testing.assert_allclose([1e-4 * f(e) for e in range(41)], EXPECTED["stage2_lr"], rtol=1e-6)
+
+
+def test_checkpoints_hold_both_stages_tensors():
+    method = pros_tiny()
+    method.begin_stage(SIMULATOR)
+    state = method.trainable_state()
+    assert {"domain_units", "class_units", "generator_proj", "ctx"} <= set(state)  # units frozen, yet kept
+    assert not any(k.startswith("clip.") for k in state)
+    backbone_proj = method.backbone.model.visual.proj
+    with torch.no_grad():
+        method.image_proj.add_(1.0)
+    assert not torch.equal(method.image_proj, backbone_proj)  # a copy: the caller's backbone is unchanged
+
+
+def test_training_batch_is_half_sketches_half_photos():
+    method = pros_tiny()
+    seen = []
+    method.class_loss = lambda images, domain, labels: seen.append((images.shape[0], domain.tolist(), labels.tolist()))
+    x = torch.zeros(2, 3, 224, 224)
+    method.loss(TripletBatch(x, x + 1, x + 2, torch.tensor([3, 4]), torch.tensor([0, 1])))
+    assert seen == [(4, [1, 1, 0, 0], [3, 4, 3, 4])]
+
+
+SHORT = ["--epochs", "2", "--batch-size", "4", "--set", "train.steps_per_epoch=2", "--set", "train.val_every=0",
+         "--set", "method_config.units_epochs=2", "--set", "method_config.units_batch_size=4",
+         "--set", "eval.save_embeddings=false", "--quiet"]
+
+
+@pytest.mark.parametrize("call,stage,epoch", [(4, "units", 1), (7, "simulator", 1)])
+def test_interrupted_in_either_stage_then_resumed_is_bit_identical(tmp_path, monkeypatch, call, stage, epoch):
+    """Ctrl-C in the second epoch of stage 1 (call 4) or of stage 2 (call 7: 4 + 2 + 1), then --resume:
+    the same stage-2 model, history and test metrics as a straight run (stage 1's dropout included)."""
+    from click.testing import CliRunner
+
+    from interrupts import loss_interrupted_at
+    from sbir_bench.cli import main
+    args = ["run", "pros", *SHORT]
+    straight = CliRunner().invoke(main, [*args, "--output-dir", str(tmp_path / "a")])
+    assert straight.exit_code == 0, straight.output
+    checkpoints = lambda out: tmp_path / out / "checkpoints" / "pros_mini_zs_split1_seed0"  # noqa: E731
+    reference = last_checkpoint(checkpoints("a") / "simulator")
+    original = ProS.loss
+    monkeypatch.setattr(ProS, "loss", loss_interrupted_at(ProS, call))
+    first = CliRunner().invoke(main, [*args, "--output-dir", str(tmp_path / "b")])
+    assert first.exit_code == 130, first.output
+    assert last_checkpoint(checkpoints("b") / stage)["epoch"] == epoch
+    monkeypatch.setattr(ProS, "loss", original)
+    resumed = CliRunner().invoke(main, [*args, "--output-dir", str(tmp_path / "b"), "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    final = last_checkpoint(checkpoints("b") / "simulator")
+    assert final["epoch"] == 2 and final["trainable"].keys() == reference["trainable"].keys()
+    for key, value in reference["trainable"].items():
+        assert torch.equal(value, final["trainable"][key]), key
+    a, b = (json.loads(next((tmp_path / p).glob("*.json")).read_text()) for p in ("a", "b"))
+    assert [h["loss"] for h in a["train"]["history"]] == [h["loss"] for h in b["train"]["history"]]
+    assert [h["stage"] for h in b["train"]["history"]] == ["units"] * 2 + ["simulator"] * 2
+    assert a["metrics"] == b["metrics"] and "pros" in b["metrics_by_protocol"]
