@@ -280,8 +280,12 @@ class ProS(Method):
         labels = torch.cat([batch.label, batch.label])
         return self.class_loss(images, domain, labels)
 
-    def class_loss(self, images: torch.Tensor, domain: torch.Tensor, labels: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def logits(self, images: torch.Tensor, domain: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Normalised image features against the seen classes' normalised texts, over the temperature."""
         feats = F.normalize(self.features(images, domain, labels).float(), dim=-1)
         text = F.normalize(self.class_text_features().float(), dim=-1)
-        ce = F.cross_entropy(feats @ text.t() / self.config.temperature, labels)
+        return feats @ text.t() / self.config.temperature
+
+    def class_loss(self, images: torch.Tensor, domain: torch.Tensor, labels: torch.Tensor) -> Dict[str, torch.Tensor]:
+        ce = F.cross_entropy(self.logits(images, domain, labels), labels)
         return {"loss": ce, "cls": ce.detach()}

@@ -11,7 +11,8 @@ groups). SpLIP is timed twice: ``class_text=image`` (the figure: every image's o
 condition its class texts, one cached-prefix text pass per image and class) and ``class_text=batch``
 (one text pass per class, conditioned on the batch's mean T). CoCoOp pays the same per-image class
 texts as SpLIP's figure; CLIP-AT back-propagates through the image tower. Target for SpLIP (issue
-#10): <= 3.5x. Run it with nothing else busy.
+#10): <= 3.5x. ProS is timed in each of its two stages (stage 1 back-propagates through the frozen
+image tower to its prompt units; stage 2 also runs its generator). Run it with nothing else busy.
 
 Per method it also prints the FLOPs of one step and the activation bytes autograd saves per triplet
 (per 100 classes), both counted on the meta device by sbir_bench/sizing.py (attention as a GPU's fused
@@ -27,7 +28,7 @@ import time
 
 import torch
 
-VARIANTS = {  # label: (method, method_config, text_chunk)
+VARIANTS = {  # label: (method, method_config, text_chunk, training stage)
     "splip class_text=image": ("splip", {"class_text": "image"}),
     "splip image, text_chunk=8": ("splip", {"class_text": "image"}, 8),
     "cocoop, text_chunk=8": ("cocoop", {}, 8),
@@ -36,6 +37,8 @@ VARIANTS = {  # label: (method, method_config, text_chunk)
     "clip-at": ("clip-at", {}),
     "coop": ("coop", {}),
     "maple": ("maple", {}),
+    "pros units (stage 1)": ("pros", {}, 0, "units"),
+    "pros simulator (stage 2)": ("pros", {}, 0, "simulator"),
 }
 SPLIP_TARGET = 3.5
 FLOOR_TARGET = 2.0  # issue #33: SpLIP class_text=image within 2x its FLOP floor
@@ -87,10 +90,10 @@ def measure(name: str, methods, batch: int, n_classes: int, repeats: int, device
     for label, (method_name, options, *chunk) in VARIANTS.items():
         if methods and method_name not in methods:
             continue
-        text_chunk = chunk[0] if chunk else 0
+        text_chunk, stage = (list(chunk) + [0, ""])[:2] if chunk else (0, "")
         cfg = RunConfig(method=method_name, method_config=dict(options), train=TrainConfig(text_chunk=text_chunk))
         cfg.backbone.name = name
-        cost = method_cost(cfg, Counts(0, classes, list(range(n_classes)), 0, "benchmark"))  # meta-device counts
+        cost = method_cost(cfg, Counts(0, classes, list(range(n_classes)), 0, "benchmark"), stage)  # meta-device counts
         backbone = load_backbone(name, "random", device=device)  # fresh: CLIP-AT trains CLIP's own parameters
         b = _batch(backbone.image_size, batch, n_classes, device)
         if "frozen_ms" not in out:
@@ -101,6 +104,7 @@ def measure(name: str, methods, batch: int, n_classes: int, repeats: int, device
         cls = get_method(method_name)
         method = cls(backbone, classes, list(range(n_classes)), cls.config_class(**options)).to(device).train()
         method.set_text_chunk(text_chunk)
+        method.begin_stage(stage)
         opt = build_optimizer(method, TrainConfig(lr=1e-3))
 
         def step() -> None:
@@ -115,7 +119,7 @@ def measure(name: str, methods, batch: int, n_classes: int, repeats: int, device
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backbones", nargs="+", default=["ViT-B-32"])
-    ap.add_argument("--methods", nargs="+", default=[], help="default: splip, cocoop, clip-at, coop, maple")
+    ap.add_argument("--methods", nargs="+", default=[], help="default: splip, cocoop, clip-at, coop, maple, pros")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--classes", type=int, default=100, help="seen classes in the classification loss")
     ap.add_argument("--repeats", type=int, default=3)

@@ -125,6 +125,7 @@ def test_both_stages_train_what_the_official_code_trains():
         optimizer.zero_grad()
         with torch.no_grad():
             check(method.features(images, domains, classes), expected["feature"])
+            check(method.logits(images, domains, classes), [v for row in expected["logits"] for v in row])
         loss = method.class_loss(images, domains, classes)["loss"]
         assert float(loss.detach()) == pytest.approx(expected["loss"], abs=1e-5)
         loss.backward()
@@ -178,7 +179,8 @@ def test_trainable_names_and_counts_at_vit_b32(dataset, classes):
 def test_a_break_turns_the_fixture_comparisons_red():
     """Each comparison can fail: the context at CoOp's position (after the start token) changes the
     text features, pooling the class token changes the embedding, an unmasked generator input
-    changes the generated prompts, weight decay changes the step, a per-epoch cosine the rate."""
+    changes the generated prompts, weight decay changes the step, training the units in stage 2
+    changes the trainable set, a per-epoch cosine the rate."""
     method = pros_tiny()
     images, domains, classes = inputs(method)
     index = method._ctx_index.clone()
@@ -200,6 +202,10 @@ def test_a_break_turns_the_fixture_comparisons_red():
     optimizer.step()
     with pytest.raises(AssertionError):
         check(method.ctx, EXPECTED["stage1"]["after_step"]["text_prompt_learner.ctx"])
+    method.begin_stage(SIMULATOR)
+    method.class_units.requires_grad_(True)  # a stage 2 that would also train the units
+    trained = {n for n, p in method.named_parameters() if p.requires_grad}
+    assert trained != {ours(n) for n in EXPECTED["stage2"]["grads"]}
     f = lr_lambda(TrainConfig(lr=1e-4, schedule="cosine-epoch", epochs=40), steps_per_epoch=1)
     with pytest.raises(AssertionError):
         np.testing.assert_allclose([1e-4 * f(e) for e in range(41)], EXPECTED["stage2_lr"], rtol=1e-6)
