@@ -17,6 +17,10 @@ CLIP's text projection, with cross-entropy of normalised image features against 
 texts of the seen classes at temperature 0.07. At test time the generator sees every unit unmasked;
 the embedding (token 1, not normalised) is the same for sketches and photos.
 
+Images: its training augmentation (colour jitter included) with ImageNet statistics, CLIP's
+preprocessing at test time, and sketches colour-inverted where its loader inverts them (Sketchy,
+QuickDraw; not TU-Berlin), each a switch (``preprocess``, ``invert_sketches``).
+
 The official code writes the generator as ``VisionTransformer(224, 32, 768, layers, 12, 512)``: ViT-B/32's
 sizes. Here it follows the backbone (its width, patch size, input and ``width // 64`` heads), which is
 the same on ViT-B/32. Its class embedding and output projection are never used there (they get no
@@ -39,11 +43,21 @@ from sbir_bench.data.classnames import class_text
 from sbir_bench.errors import ConfigError
 from sbir_bench.methods import METHODS, Method, Stage, TripletBatch, check_choice
 from sbir_bench.models import PromptedCLIP
-from sbir_bench.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, eval_transform, jittered_train_transform
+from sbir_bench.models.preprocess import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Inverted,
+    eval_transform,
+    jittered_train_transform,
+)
 
 UNITS, SIMULATOR = "units", "simulator"
 PHOTO, SKETCH = 0, 1  # the official domain dictionary (sorted folder names: extended_photo/images, sketch/sketches)
 PREPROCESS = ("official", "backbone")
+INVERT = ("official", "all", "none")
+# The official loader inverts the images of domains named "sketch" or "quickdraw": Sketchy's sketches
+# (and QuickDraw's) come white on black, TU-Berlin's ("sketches") as stored
+INVERTED_BY_ITS_LOADER = ("sketchy", "sketchy-fg", "quickdraw")
 PROMPT = "a photo of {} from{} domain."  # the context vectors replace the words between "from" and "domain"
 
 
@@ -60,6 +74,7 @@ class ProSConfig:
     units_epochs: int = 1  # stage 1 (-stage1_epochs), constant rate train.lr
     units_batch_size: int = 200  # stage 1 triplets: 400 images (its loader for stage 1)
     preprocess: str = "official"  # official: its augmentation with ImageNet statistics; backbone: ours
+    invert_sketches: str = "official"  # official: Sketchy's and QuickDraw's (its loader's rule); all; none
 
 
 def text_projection_matrix(clip: nn.Module) -> torch.Tensor:
@@ -104,6 +119,7 @@ class ProS(Method):
     @classmethod
     def check_config(cls, config: ProSConfig, tokenizer) -> None:
         check_choice("pros", "preprocess", config.preprocess, PREPROCESS)
+        check_choice("pros", "invert_sketches", config.invert_sketches, INVERT)
         for key in ("n_ctx", "generator_layers", "units_epochs", "units_batch_size"):
             if getattr(config, key) < 1:
                 raise ConfigError(f"pros: {key}={getattr(config, key)} must be >= 1")
@@ -128,6 +144,17 @@ class ProS(Method):
             return super().image_transforms(config, pp, crop_scale_min)
         size = pp.size if isinstance(pp.size, int) else pp.size[0]
         return jittered_train_transform(size, 0.8, 0.4, IMAGENET_MEAN, IMAGENET_STD), eval_transform(pp)
+
+    @classmethod
+    def sketch_transforms(cls, config: ProSConfig, dataset: str, train: Callable,
+                          evaluation: Callable) -> Tuple[Callable, Callable]:
+        """Sketches colour-inverted before the images' transforms where the official loader inverts them
+        (``invert_sketches: official``: Sketchy, Sketchy-FG and QuickDraw, not TU-Berlin), everywhere
+        (``all``) or nowhere (``none``)."""
+        if config.invert_sketches == "all" or (config.invert_sketches == "official" and
+                                               dataset in INVERTED_BY_ITS_LOADER):
+            return Inverted(train), Inverted(evaluation)
+        return train, evaluation
 
     def __init__(self, backbone, class_names, seen, config=None) -> None:
         super().__init__(backbone, class_names, seen, config)

@@ -110,14 +110,18 @@ def _modality_embedder(method, modality: str, transform: Callable, device: torch
 
 
 def embed_task(task: RetrievalTask, method, transform: Callable, device: torch.device, batch_size: int,
-               workers: Optional[int] = 0, precision: Precision = FP32, cache=None) -> Optional[EmbeddedTask]:
+               workers: Optional[int] = 0, precision: Precision = FP32, cache=None,
+               sketch_transform: Optional[Callable] = None) -> Optional[EmbeddedTask]:
     """Embed queries (sketches) and gallery (photos); drop unreadable images from the ground truth.
 
-    ``cache`` is an open :class:`~sbir_bench.feature_cache.FeatureCache` (or None). Returns None on
-    DDP ranks other than 0 (they only embed their shard).
+    ``cache`` is an open :class:`~sbir_bench.feature_cache.FeatureCache` (or None); ``sketch_transform``
+    the sketches' own transform (default ``transform``). Returns None on DDP ranks other than 0 (they
+    only embed their shard).
     """
     fc = cache
-    sketches = sharded(_modality_embedder(method, "sketch", transform, device, batch_size, workers, precision, fc), task.queries)
+    sketch_tf = sketch_transform or transform
+    sketches = sharded(_modality_embedder(method, "sketch", sketch_tf, device, batch_size, workers, precision, fc),
+                       task.queries)
     photos = sharded(_modality_embedder(method, "photo", transform, device, batch_size, workers, precision, fc), task.gallery)
     if sketches is None or photos is None:
         return None

@@ -109,6 +109,8 @@ class RunParts:
     train_tf: Callable
     eval_tf: Callable
     cache: Optional[FeatureCache] = None
+    sketch_train_tf: Optional[Callable] = None  # the sketches' own transforms (Method.sketch_transforms)
+    sketch_eval_tf: Optional[Callable] = None
 
     @property
     def index(self) -> DatasetIndex:
@@ -180,8 +182,9 @@ def assemble(cfg: RunConfig, data: "RunData", backbone, method, device: torch.de
     pp = preprocess_config(backbone.preprocess_cfg, cfg.data.image_size)
     cache = open_feature_cache(backbone, asdict(pp), device.type, evaluation_precision(cfg.eval.amp, device)) \
         if cfg.eval.feature_cache else None
-    return RunParts(data, backbone, method, *type(method).image_transforms(method.config, pp, cfg.data.crop_scale_min),
-                    cache)
+    train_tf, eval_tf = type(method).image_transforms(method.config, pp, cfg.data.crop_scale_min)
+    sketch_train, sketch_eval = type(method).sketch_transforms(method.config, cfg.data.dataset, train_tf, eval_tf)
+    return RunParts(data, backbone, method, train_tf, eval_tf, cache, sketch_train, sketch_eval)
 
 
 @dataclass
@@ -203,7 +206,8 @@ class Scorer:
         names = self.parts.index.class_names
         self.parts.method.prepare_eval([names[c] for c in sorted({s.label for s in task.gallery})])
         emb = embed_task(task, self.parts.method, self.parts.eval_tf, self.device, self.cfg.eval.batch_size,
-                         self.cfg.data.workers, precision=self.precision, cache=self.parts.cache)
+                         self.cfg.data.workers, precision=self.precision, cache=self.parts.cache,
+                         sketch_transform=self.parts.sketch_eval_tf)
         if emb is not None:
             self.skipped[task.name] = emb.skipped
         return emb
@@ -313,7 +317,7 @@ def training_triplets(cfg: RunConfig, parts: RunParts, scorer: Scorer):
         return FeatureTriplets(part.train_sketches, part.train_photos, part.seen, features, cfg.seed,
                                instance_triplets)
     return TripletDataset(part.train_sketches, part.train_photos, part.seen, parts.train_tf, cfg.seed,
-                          instance_triplets)
+                          instance_triplets, parts.sketch_train_tf)
 
 
 def train_stage(cfg: RunConfig, parts: RunParts, scorer: Scorer, stage: Stage, index: int, dataset, validate,
@@ -536,6 +540,17 @@ def evaluate_model(cfg: RunConfig, artifact, allow_seen: bool = False, pretraine
     return record
 
 
+def image_transforms_record(parts: RunParts) -> Dict[str, str]:
+    """How images were prepared, for the record: training and evaluation, and the sketches' own where
+    they differ (ProS inverts some datasets' sketches)."""
+    out = {"train": repr(parts.train_tf), "eval": repr(parts.eval_tf)}
+    for key, tf, photo in (("sketch_train", parts.sketch_train_tf, parts.train_tf),
+                           ("sketch_eval", parts.sketch_eval_tf, parts.eval_tf)):
+        if tf is not None and tf is not photo:
+            out[key] = repr(tf)
+    return out
+
+
 def make_record(cfg: RunConfig, parts: RunParts, name: str, results: list, train_info: Dict[str, Any],
                 val_metrics: Dict[str, float], skipped: Dict[str, int], timings: Dict[str, float],
                 device: torch.device) -> Dict[str, Any]:
@@ -554,7 +569,7 @@ def make_record(cfg: RunConfig, parts: RunParts, name: str, results: list, train
         "weights_sha256": file_sha256(parts.backbone.weights_file) if parts.backbone.weights_file else None,
         "data_fingerprint": parts.index.fingerprint(),
         "preprocess": parts.backbone.preprocess_cfg,
-        "image_transforms": {"train": repr(parts.train_tf), "eval": repr(parts.eval_tf)}, "train": train_info, "val_metrics": val_metrics,
+        "image_transforms": image_transforms_record(parts), "train": train_info, "val_metrics": val_metrics,
         "skipped_images": sum(skipped.values()) + train_info.get("skipped_images", 0),
         "skipped_by_stage": {**skipped, "train": train_info.get("skipped_images", 0)},
         "timings": timings, "device": str(device), "provenance": provenance(),

@@ -266,3 +266,33 @@ def test_interrupted_in_either_stage_then_resumed_is_bit_identical(tmp_path, mon
     assert [h["loss"] for h in a["train"]["history"]] == [h["loss"] for h in b["train"]["history"]]
     assert [h["stage"] for h in b["train"]["history"]] == ["units"] * 2 + ["simulator"] * 2
     assert a["metrics"] == b["metrics"] and "pros" in b["metrics_by_protocol"]
+
+
+@pytest.mark.parametrize("rule,dataset,inverted", [("official", "sketchy", True), ("official", "quickdraw", True),
+                                                   ("official", "tuberlin", False), ("official", "mini", False),
+                                                   ("all", "tuberlin", True), ("none", "sketchy", False)])
+def test_sketches_are_inverted_where_the_official_loader_inverts_them(rule, dataset, inverted):
+    """Its loader inverts domains named "sketch" or "quickdraw" (Sketchy's folder is sketch/, TU-Berlin's
+    sketches/); photos never."""
+    from PIL import Image
+
+    from sbir_bench.models.preprocess import preprocess_config
+    pp = preprocess_config(pros_tiny().backbone.preprocess_cfg)
+    config = ProSConfig(invert_sketches=rule)
+    train, evaluation = ProS.image_transforms(config, pp, 0.8)
+    sketch_train, sketch_eval = ProS.sketch_transforms(config, dataset, train, evaluation)
+    white, black = Image.new("RGB", (40, 30), (255, 255, 255)), Image.new("L", (40, 30), 0)
+    expected = evaluation(black.convert("RGB")) if inverted else evaluation(white)
+    torch.testing.assert_close(sketch_eval(white), expected)
+    assert (sketch_train is train) == (not inverted)
+
+
+def test_a_triplet_takes_the_sketch_transform_for_its_sketch_only(mini_root):
+    from sbir_bench.data.discovery import index_dataset
+    from sbir_bench.data.triplets import TripletDataset
+    index = index_dataset("mini", mini_root)
+    seen = sorted({s.label for s in index.sketches})
+    data = TripletDataset(index.sketches, index.photos, seen, transform=lambda im: torch.tensor(0.0),
+                          sketch_transform=lambda im: torch.tensor(1.0))
+    sketch, positive, negative, *_ = data[0]
+    assert (float(sketch), float(positive), float(negative)) == (1.0, 0.0, 0.0)

@@ -174,3 +174,20 @@ def test_an_interrupted_reproduce_resumes_its_cell_from_the_checkpoint(tmp_path,
                                   weights_only=True)["trainable"]
     straight, resumed = last(tmp_path / "a"), last(tmp_path / "b")
     assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_a_cell_of_a_method_trained_in_stages_resumes_from_its_stage_checkpoint(tmp_path, mini_root, monkeypatch):
+    """ProS interrupted in stage 2 before its first checkpoint: only stage 1's (``<checkpoints>/units``)
+    exists, and the plan says resume, not run (which would train stage 1 again)."""
+    from sbir_bench.methods import get_method
+    args = ["reproduce", "zs", "--dataset", "mini", "--method", "pros", "--set", "train.epochs=1", "--set",
+            "train.steps_per_epoch=2", "--set", "train.batch_size=4", "--set", "method_config.units_epochs=1",
+            "--set", "method_config.units_batch_size=4", "--set", "train.val_every=0", "--quiet",
+            "--output-dir", str(tmp_path)]
+    cls = get_method("pros")
+    monkeypatch.setattr(cls, "loss", loss_interrupted_at(cls, 3))  # stage 2, step 1
+    assert CliRunner().invoke(main, args).exit_code == 130
+    assert list(tmp_path.glob("**/pros_mini_zs_split1_seed0/units/last.pt"))
+    assert not list(tmp_path.glob("**/pros_mini_zs_split1_seed0/simulator/last.pt"))
+    dry = CliRunner().invoke(main, [*args, "--dry-run"])
+    assert "-> resume" in dry.output, dry.output

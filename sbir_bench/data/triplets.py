@@ -11,7 +11,7 @@ whichever worker process or DDP rank loads it and whether or not training was re
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -43,7 +43,8 @@ class TripletDataset(Dataset):
     in_memory = False  # images are decoded: the loader may use worker processes
 
     def __init__(self, sketches: Sequence[Sample], photos: Sequence[Sample], seen: Sequence[int],
-                 transform: Callable, seed: int = 0, fine_grained: bool = False) -> None:
+                 transform: Callable, seed: int = 0, fine_grained: bool = False,
+                 sketch_transform: Optional[Callable] = None) -> None:
         self.seen_index = {c: i for i, c in enumerate(seen)}
         self.sketches = [s for s in sketches if s.label in self.seen_index]
         self.photos_by_class: Dict[int, List[Sample]] = {}
@@ -53,6 +54,7 @@ class TripletDataset(Dataset):
         self.photo_by_instance = {p.instance: p for p in photos if p.instance}
         self.classes = sorted(self.photos_by_class)
         self.transform = transform
+        self.sketch_transform = sketch_transform or transform  # the sketches' own (ProS inverts some)
         self.seed = seed
         self.epoch = 0
         self.fine_grained = fine_grained
@@ -96,7 +98,8 @@ class TripletDataset(Dataset):
         epoch, index = self._epoch_index(item)
         torch_state = torch.random.get_rng_state()
         torch.manual_seed(hash((self.seed, epoch, index)) & 0x7FFFFFFF)
-        tensors = [self.transform(im) for im in images]  # seeded: augmentation identical on resume
+        # seeded: augmentation identical on resume
+        tensors = [self.sketch_transform(images[0]), *(self.transform(im) for im in images[1:])]
         torch.random.set_rng_state(torch_state)
         return (*tensors, self.seen_index[samples[0].label], self.seen_index[samples[2].label])
 

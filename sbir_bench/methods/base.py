@@ -109,6 +109,15 @@ class Method(nn.Module):
         """
         return train_transform(pp, crop_scale_min), eval_transform(pp)
 
+    @classmethod
+    def sketch_transforms(cls, config, dataset: str, train: Callable, evaluation: Callable) -> Tuple[Callable, Callable]:
+        """(training, evaluation) transforms of the sketches of ``dataset``, given the images' own.
+
+        Default: the same as the photos'. A method whose reference code prepares sketches otherwise
+        (ProS inverts some datasets' sketches) overrides this.
+        """
+        return train, evaluation
+
     def __init__(self, backbone: Backbone, class_names: Sequence[str], seen: Sequence[int], config=None) -> None:
         super().__init__()
         self.backbone = backbone

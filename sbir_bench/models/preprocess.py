@@ -58,6 +58,21 @@ class PadToSquare:
         return f"PadToSquare(size={self.size}, fill=black, interpolation=bicubic)"
 
 
+class Inverted:
+    """``transform`` of the colour-inverted image (white strokes on black for a sketch).
+
+    A class, not a lambda, so transforms pickle into DataLoader worker processes."""
+
+    def __init__(self, transform: Callable) -> None:
+        self.transform = transform
+
+    def __call__(self, image: Image.Image):
+        return self.transform(ImageOps.invert(image.convert("RGB")))
+
+    def __repr__(self) -> str:  # shown in records' image_transforms
+        return f"Inverted({self.transform!r})"
+
+
 def padded_square_transform(size: int, mean, std) -> Callable:
     """:class:`PadToSquare`, then normalise with ``mean``/``std``: CLIP-AT's official preprocessing
     (no crop, so no stroke is lost)."""
