@@ -1,4 +1,4 @@
-"""ProS (Fang, Song, Zhu, Mou, Zhang, Xiong; "ProS: Prompting-to-simulate Generalized knowledge for
+"""ProS (Fang, Song, Gao, Zeng, Cheng, Li, Shen; "ProS: Prompting-to-simulate Generalized knowledge for
 Universal Cross-Domain Retrieval", CVPR 2024), as its official code (fangkaipeng/ProS) trains it.
 
 Its UᶜCDR setting on Sketchy and TU-Berlin is ZS-SBIR. Two stages, one run here:
@@ -178,8 +178,8 @@ class ProS(Method):
         self.generator = PromptGenerator(width, patch[0], int(round(math.sqrt(grid))), cfg.generator_layers, act)
         self.generator_proj = nn.Parameter(scale * torch.randn(width, width))
         self._prompt_tokens(self.seen_names)
-        self.stage = SIMULATOR
-        self.begin_stage(UNITS)
+        self.stage = UNITS
+        self.begin_stage(UNITS)  # training starts there; the embedding does not depend on the stage
 
     # ------------------------------------------------------------------ stages
     def stage_parameters(self, stage: str) -> List[nn.Parameter]:
