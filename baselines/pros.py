@@ -43,6 +43,7 @@ from sbir_bench.data.classnames import class_text
 from sbir_bench.errors import ConfigError
 from sbir_bench.methods import METHODS, Method, Stage, TripletBatch, check_choice
 from sbir_bench.models import PromptedCLIP
+from sbir_bench.models.prompted import patch_tokens
 from sbir_bench.models.preprocess import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -101,8 +102,7 @@ class PromptGenerator(nn.Module):
         self.ln_post = LayerNorm(width)
 
     def patches(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.conv1(images.to(self.conv1.weight.dtype))
-        return x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1) + self.positional_embedding[1:].to(x.dtype)
+        return patch_tokens(self.conv1, self.positional_embedding, images)
 
     def forward(self, prefix: torch.Tensor, images: torch.Tensor, n_out: int) -> torch.Tensor:
         """Outputs at the first ``n_out`` slots of ``[prefix, patches]`` after ``ln_post`` (B, n_out, W)."""
@@ -235,16 +235,11 @@ class ProS(Method):
         return self.prompted.encode_text_embeddings(x, self._eot, self.text_projection, normalize=False)
 
     # ------------------------------------------------------------------ images
-    def _clip_patches(self, images: torch.Tensor) -> torch.Tensor:
-        v = self.clip.visual
-        x = v.conv1(images.to(self.prompted.dtype))
-        return x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1) + v.positional_embedding[1:].to(x.dtype)
-
     def clip_sequence(self, images: torch.Tensor, domain: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
         """CLIP's input ``[class token, domain prompt, class prompt, patches]`` (B, 3 + P, W)."""
         b = images.shape[0]
         first = (self.class_embedding + self.clip.visual.positional_embedding[0]).expand(b, 1, -1)
-        x = self._clip_patches(images)
+        x = patch_tokens(self.clip.visual.conv1, self.clip.visual.positional_embedding, images)
         return torch.cat([first.to(x.dtype), domain.reshape(b, 1, -1).to(x.dtype), cls.reshape(b, 1, -1).to(x.dtype),
                           x], dim=1)
 

@@ -332,7 +332,8 @@ def train_stage(cfg: RunConfig, parts: RunParts, scorer: Scorer, stage: Stage, i
                       stage=stage.name, stage_index=index)
     result = trainer.fit()
     info = {**({"stage": stage.name} if stage.name else {}), "epochs": train_cfg.epochs,
-            "batch_size": train_cfg.batch_size, "steps_per_epoch": trainer.steps, "history": result.history, "steps_done": trainer.global_step,
+            "batch_size": train_cfg.batch_size, "steps_per_epoch": trainer.steps, "history": result.history,
+            "steps_done": trainer.global_step,
             "seconds": result.seconds, "resumed_from_epoch": result.resumed_from_epoch,
             "skipped_images": result.skipped_images, "skipped_steps": result.skipped_steps,
             "world_size": trainer.world,

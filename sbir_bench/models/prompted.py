@@ -45,6 +45,14 @@ def vision_prompt_support(visual: Optional[nn.Module]) -> str:
     return ""
 
 
+def patch_tokens(conv1: nn.Module, positional_embedding: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """A ViT's patch tokens of ``images`` with their positional embeddings (``positional_embedding[1:]``;
+    row 0 is the class token's), no class token (B, P, D): CLIP's image tower, or a method's own ViT."""
+    x = conv1(images.to(conv1.weight.dtype))
+    x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+    return x + positional_embedding[1:].to(x.dtype)
+
+
 def _as_batch(prompt: torch.Tensor, batch: int) -> torch.Tensor:
     """Broadcast a prompt of shape (n, D) / (1, n, D) / (B, n, D) to (B, n, D)."""
     if prompt.dim() == 2:
@@ -135,11 +143,9 @@ class PromptedCLIP(nn.Module):
     def patch_embeddings(self, images: torch.Tensor) -> torch.Tensor:
         """E_0: class token + patch tokens with positional embedding, before ``ln_pre`` (B, 1+P, Dv)."""
         v = self.visual
-        x = v.conv1(images.to(self.dtype))
-        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
-        cls = v.class_embedding.to(x.dtype).reshape(1, 1, -1).expand(x.shape[0], -1, -1)
-        x = torch.cat([cls, x], dim=1)
-        return x + v.positional_embedding.to(x.dtype)
+        x = patch_tokens(v.conv1, v.positional_embedding, images)
+        cls = (v.class_embedding.to(x.dtype) + v.positional_embedding[0].to(x.dtype)).reshape(1, 1, -1)
+        return torch.cat([cls.expand(x.shape[0], -1, -1), x], dim=1)
 
     def encode_image(self, images: torch.Tensor, prompts: Optional[torch.Tensor] = None,
                      deep: Optional[Sequence[Optional[torch.Tensor]]] = None,
