@@ -59,6 +59,12 @@ class LinearProbe(Method):
         with torch.no_grad():  # start from CLIP's zero-shot classifier of the seen classes
             self.classifier.weight.copy_(self.frozen_class_text(self.seen_names))
 
+    @classmethod
+    def split_invariant(cls, config, stage: str = "", micro_batch: int = 1) -> bool:
+        """No: the BatchNorm standardises with the statistics of the batch it is handed, so each
+        micro-batch is standardised by its own."""
+        return False
+
     def trains_on_frozen_features(self) -> bool:
         return not self.config.augment
 

@@ -74,6 +74,7 @@ class ProSConfig:
     pool_token: int = 1  # the token whose ln_post output is the feature: 1 (the official code) or 0 (class token)
     units_epochs: int = 1  # stage 1 (-stage1_epochs), constant rate train.lr
     units_batch_size: int = 200  # stage 1 triplets: 400 images (its loader for stage 1)
+    units_grad_accum: int = 1  # stage 1 micro-batches per step (its dropout makes a split step another step)
     preprocess: str = "official"  # official: its augmentation with ImageNet statistics; backbone: ours
     invert_sketches: str = "official"  # official: Sketchy's and QuickDraw's (its loader's rule); all; none
 
@@ -120,7 +121,7 @@ class ProS(Method):
     def check_config(cls, config: ProSConfig, tokenizer) -> None:
         check_choice("pros", "preprocess", config.preprocess, PREPROCESS)
         check_choice("pros", "invert_sketches", config.invert_sketches, INVERT)
-        for key in ("n_ctx", "generator_layers", "units_epochs", "units_batch_size"):
+        for key in ("n_ctx", "generator_layers", "units_epochs", "units_batch_size", "units_grad_accum"):
             if getattr(config, key) < 1:
                 raise ConfigError(f"pros: {key}={getattr(config, key)} must be >= 1")
         if not 0.0 <= config.dropout < 1.0:
@@ -135,8 +136,14 @@ class ProS(Method):
         """Stage 1 (prompt units) at a constant rate for ``units_epochs`` at ``units_batch_size``, without
         validation or early stopping; stage 2 (the simulator) with the run's ``train`` settings."""
         units = replace(train, epochs=config.units_epochs, batch_size=config.units_batch_size, schedule="constant",
-                        warmup_epochs=0.0, early_stop=0, val_every=0, grad_accum=1)
-        return Stage(UNITS, units), Stage(SIMULATOR, train)
+                        warmup_epochs=0.0, early_stop=0, val_every=0, grad_accum=config.units_grad_accum)
+        return Stage(UNITS, units, "method_config.units_grad_accum"), Stage(SIMULATOR, train)
+
+    @classmethod
+    def split_invariant(cls, config: ProSConfig, stage: str = "", micro_batch: int = 1) -> bool:
+        """Stage 1 draws its dropout mask per forward pass: a micro-batch draws its own (on a GPU other
+        numbers than the whole batch's mask); stage 2 has no randomness and a mean loss."""
+        return stage != UNITS or config.dropout == 0.0
 
     @classmethod
     def image_transforms(cls, config: ProSConfig, pp, crop_scale_min: float) -> Tuple[Callable, Callable]:

@@ -37,6 +37,7 @@ from .data.tasks import (
     build_task,
     build_val_task,
     partition,
+    training_partition,
 )
 from .data.triplets import FeatureTriplets, TripletDataset
 from .embedding import EmbeddedTask, embed_samples, embed_task
@@ -136,8 +137,7 @@ def load_data(cfg: RunConfig) -> RunData:
     degenerate inputs (no query, nothing to retrieve) with one line, before any model is loaded."""
     index = index_dataset(cfg.data.dataset, cfg.data.data_root)
     unseen = load_split(index.spec, index.class_names, cfg.data.split, cfg.data.split_file)
-    heldout = cfg.data.gzs_seen_photo_fraction if cfg.data.gzs_protocol == "heldout" else 0.0
-    part = partition(index, unseen, cfg.seed, cfg.data.val_fraction, heldout, cfg.data.max_per_class)
+    part = partition(index, unseen, training_partition(cfg.data, cfg.seed))
     fine = index.spec.fine_grained
     again = photos_listed_twice(index, cfg.data.data_root) if cfg.data.gallery == "published" else None
     task = build_task(cfg.data.setting, part, fine, cfg.data.gzs_protocol, cfg.data.gzs_seen_photo_fraction, cfg.seed,
@@ -311,7 +311,8 @@ def train(cfg: RunConfig, parts: RunParts, scorer: Scorer, on_epoch_end=None,
 def training_triplets(cfg: RunConfig, parts: RunParts, scorer: Scorer):
     """The seen-class training triplets: images, or cached frozen features for methods that train on them."""
     part = parts.part
-    instance_triplets = parts.fine and cfg.data.setting == "fg"  # category settings train on category triplets
+    # category settings train on category triplets
+    instance_triplets = parts.fine and training_partition(cfg.data, cfg.seed).instance_triplets
     if parts.method.trains_on_frozen_features():
         features = scorer.frozen_features(list(part.train_sketches) + list(part.train_photos))
         return FeatureTriplets(part.train_sketches, part.train_photos, part.seen, features, cfg.seed,
@@ -391,7 +392,7 @@ def memory_plan(cfg: RunConfig, data: RunData, device: torch.device) -> Dict[str
     for stage in stages_of(get_method(cfg.method), cfg.method_config, cfg.train):
         staged = replace(cfg, train=stage.train)
         try:
-            mine: Any = _plan_here(staged, data, device, stage.name)
+            mine: Any = _plan_here(staged, data, device, stage)
         except OutOfMemoryError as exc:  # decided together, so that no rank waits for one that stopped
             mine = exc
         chosen = dist_utils.broadcast_from_main(_tightest(dist_utils.gather_to_main(mine)))
@@ -407,14 +408,14 @@ def memory_plan(cfg: RunConfig, data: RunData, device: torch.device) -> Dict[str
     return plans
 
 
-def _plan_here(cfg: RunConfig, data: RunData, device: torch.device, stage: str = "") -> Optional[MemoryPlan]:
+def _plan_here(cfg: RunConfig, data: RunData, device: torch.device, stage: Stage) -> Optional[MemoryPlan]:
     """This process's plan for its own budget (``cfg.train``: the stage's settings)."""
     budget = memory_budget(cfg, device)
     if budget is None or not get_method(cfg.method).trainable:
         return None
     counts = counts_from_data(data)
     micro_batches, micro = plan_micro_batches(cfg, counts, budget, world()[1], stage)
-    return MemoryPlan(budget, micro_batches, micro, predicted_peak(cfg, counts, micro, stage))
+    return MemoryPlan(budget, micro_batches, micro, predicted_peak(cfg, counts, micro, stage.name))
 
 
 def _tightest(plans: Optional[list]) -> Any:
@@ -439,18 +440,16 @@ def training_fingerprint(cfg: RunConfig) -> Dict[str, Any]:
 
 
 def training_identity(cfg: RunConfig) -> str:
-    """What a trained model depends on, as a short hash: the training fingerprint without the test
-    setting where the setting does not change training. ZS and GZS under the literature's
-    composition train on the same partition (only a ``heldout`` GZS holds seen photos out, and only FG
-    trains on instance triplets), so a GZS cell can evaluate the ZS cell's model instead of training it."""
+    """What a trained model depends on, as a short hash: the training fingerprint with the data
+    section's test-only choices replaced by :func:`~sbir_bench.data.tasks.training_partition`, the one
+    statement of what the training partition depends on. ZS and GZS (under the literature's
+    composition) train on the same partition, so a GZS cell can evaluate the ZS cell's model instead of
+    training it; a ``heldout`` partition is another model in every setting."""
     tree = training_fingerprint(cfg)
     data = tree["data"]
-    setting = data.pop("setting")
-    heldout = setting == "gzs" and data.get("gzs_protocol") == "heldout"
-    data["heldout_seen_fraction"] = data["gzs_seen_photo_fraction"] if heldout else 0.0
-    data["instance_triplets"] = setting == "fg"
-    for key in ("gzs_protocol", "gzs_seen_photo_fraction"):
+    for key in ("setting", "gzs_protocol", "gzs_seen_photo_fraction", "val_fraction", "max_per_class"):
         data.pop(key, None)
+    data["partition"] = asdict(training_partition(cfg.data, cfg.seed))
     return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -566,7 +565,8 @@ def make_record(cfg: RunConfig, parts: RunParts, name: str, results: list, train
         "metrics_by_protocol": {r.protocol["preset"]: r.metrics for r in results[1:]},
         "counts": part.counts, "classes": {"seen": len(part.seen), "unseen": len(part.unseen),
                                            "unseen_names": [part.class_names[c] for c in part.unseen]},
-        "class_names": part.class_names, "gzs_protocol": cfg.data.gzs_protocol if cfg.data.setting == "gzs" else None,
+        "class_names": part.class_names, "gzs_protocol": applied_gzs_protocol(cfg),
+        "partition": asdict(training_partition(cfg.data, cfg.seed)),
         "weights_sha256": file_sha256(parts.backbone.weights_file) if parts.backbone.weights_file else None,
         "data_fingerprint": parts.index.fingerprint(),
         "preprocess": parts.backbone.preprocess_cfg,
@@ -575,6 +575,13 @@ def make_record(cfg: RunConfig, parts: RunParts, name: str, results: list, train
         "skipped_by_stage": {**skipped, "train": train_info.get("skipped_images", 0)},
         "timings": timings, "device": str(device), "provenance": provenance(),
     }
+
+
+def applied_gzs_protocol(cfg: RunConfig) -> Optional[str]:
+    """The GZS protocol the run applied: its test set's composition in GZS, and in any setting a
+    ``heldout`` partition (its training held seen photos out); None where it changed nothing."""
+    held = training_partition(cfg.data, cfg.seed).heldout_fraction > 0
+    return cfg.data.gzs_protocol if cfg.data.setting == "gzs" or held else None
 
 
 def save_record(cfg: RunConfig, record: Dict[str, Any], emb: EmbeddedTask, res: RetrievalResult,

@@ -42,7 +42,7 @@ from .gpus import DEFAULT_GPU, USABLE_SHARE, get_gpu, gib
 from .locations import cache_root
 from .log import get_logger
 from .methods import get_method
-from .methods.base import stages_of
+from .methods.base import Stage, stages_of
 from .models.backbone_configs import create_model
 from .models.factory import Backbone
 from .models.prompted import PromptedCLIP
@@ -383,25 +383,53 @@ def peak_bytes(cost: MethodCost, train, micro: int) -> int:
     return sum(static_bytes(cost, train)) + cost.saved(micro) + cost.workspace(micro)
 
 
-def fewest_micro_batches(per_process: int, peak: Callable[[int], int], budget: int,
-                         at_least: int = 1) -> Tuple[int, int]:
+def fewest_micro_batches(per_process: int, peak: Callable[[int], int], budget: int, at_least: int = 1,
+                         keeps: Callable[[int], bool] = lambda micro: True,
+                         knob: str = "train.grad_accum") -> Tuple[int, int]:
     """(micro-batches, micro-batch size): the fewest micro-batches (dividing ``per_process``, at least
-    ``at_least``) whose predicted ``peak(size)`` fits ``budget``; raises :class:`OutOfMemoryError`
-    naming the need when not even one triplet fits."""
-    for k in range(max(1, at_least), per_process + 1):
-        if per_process % k == 0 and peak(per_process // k) <= budget:
-            return k, per_process // k
-    raise OutOfMemoryError(f"one triplet needs about {gib(peak(1))} of memory, more than the budget of "
-                           f"{gib(budget)}; raise --memory-budget (train.memory_budget), use a GPU with more memory "
-                           f"or a smaller backbone, or lower train.text_chunk")
+    ``at_least``, the configured split) whose predicted ``peak(size)`` fits ``budget``. A split beyond
+    the configured one is taken only where ``keeps(size)`` (the method's step is the whole batch's,
+    :meth:`~sbir_bench.methods.Method.split_invariant`): a budget never changes what is trained.
+    Raises :class:`OutOfMemoryError` naming the need when not even one triplet fits, or ``knob`` when
+    only a split that changes the step would.
+
+    >>> fewest_micro_batches(8, peak=lambda size: size, budget=4, keeps=lambda size: size % 4 == 0)
+    (2, 4)
+    """
+    fits = [k for k in range(max(1, at_least), per_process + 1)
+            if per_process % k == 0 and peak(per_process // k) <= budget]
+    if not fits:
+        raise OutOfMemoryError(f"one triplet needs about {gib(peak(1))} of memory, more than the budget of "
+                               f"{gib(budget)}; raise --memory-budget (train.memory_budget), use a GPU with more "
+                               f"memory or a smaller backbone{text_chunk_advice()}")
+    kept = [k for k in fits if k == at_least or keeps(per_process // k)]
+    if kept:
+        return kept[0], per_process // kept[0]
+    k = fits[0]
+    raise OutOfMemoryError(f"the memory budget of {gib(budget)} needs each batch of {per_process} triplets split into "
+                           f"{k} micro-batches of {per_process // k}, which changes this method's training step "
+                           f"(its split_invariant); set {knob}={k} to train that split as its own configuration "
+                           f"(part of the model's identity), lower the batch size, or raise the budget")
 
 
-def plan_micro_batches(cfg: RunConfig, counts: Counts, budget: int, world: int = 1, stage: str = "") -> Tuple[int, int]:
+def text_chunk_advice(text_chunk: Optional[int] = None) -> str:
+    """The ``train.text_chunk`` advice as the knob stands: "set" while it is off, "lower" once it is set."""
+    if text_chunk:
+        return f", or lower train.text_chunk (now {text_chunk})"
+    return ", or set train.text_chunk (methods with per-image class texts)"
+
+
+def plan_micro_batches(cfg: RunConfig, counts: Counts, budget: int, world: int = 1,
+                       stage: Optional[Stage] = None) -> Tuple[int, int]:
     """(micro-batches per step, micro-batch size) for ``cfg`` (``cfg.train``: the stage's settings) within
-    ``budget`` bytes per process."""
-    cost = method_cost(cfg, counts, stage)
+    ``budget`` bytes per process, splitting only where the method's step stays the whole batch's."""
+    stage = stage or Stage("", cfg.train)
+    method_cls = get_method(cfg.method)
+    method_cfg = from_dict(method_cls.config_class, cfg.method_config, "method_config")
+    cost = method_cost(cfg, counts, stage.name)
     return fewest_micro_batches(cfg.train.batch_size // world, lambda m: peak_bytes(cost, cfg.train, m), budget,
-                                cfg.train.grad_accum)
+                                cfg.train.grad_accum, lambda m: method_cls.split_invariant(method_cfg, stage.name, m),
+                                stage.accum_knob)
 
 
 def predicted_peak(cfg: RunConfig, counts: Counts, micro: int, stage: str = "") -> int:
@@ -437,7 +465,7 @@ def estimate(cfg: RunConfig, counts: Counts, gpu: str = DEFAULT_GPU, budget: Opt
     card = get_gpu(gpu)
     budget = budget if budget is not None else int(USABLE_SHARE * card.memory_bytes)
     stages = stages_of(get_method(cfg.method), cfg.method_config, cfg.train)
-    parts = [_stage_estimate(replace(cfg, train=s.train), counts, gpu, budget, s.name) for s in stages]
+    parts = [_stage_estimate(replace(cfg, train=s.train), counts, gpu, budget, s) for s in stages]
     last, peak = parts[-1], max(parts, key=lambda e: e.peak_memory_bytes)
     eval_flops = method_cost(cfg, counts, stages[-1].name).embed_flops_per_image * counts.test_images
     hours = sum(e.gpu_hours for e in parts) + card.seconds(eval_flops, bool(cfg.eval.amp)) / 3600
@@ -456,10 +484,10 @@ STAGE_FIELDS = ("batch_size", "micro_batch", "epochs", "steps_per_epoch", "train
                 "peak_memory_bytes", "gpu_hours")
 
 
-def _stage_estimate(cfg: RunConfig, counts: Counts, gpu: str, budget: int, stage: str) -> Estimate:
+def _stage_estimate(cfg: RunConfig, counts: Counts, gpu: str, budget: int, stage: Stage) -> Estimate:
     """One training stage's estimate (``cfg.train``: its settings), without the evaluation."""
     card = get_gpu(gpu)
-    cost = method_cost(cfg, counts, stage)
+    cost = method_cost(cfg, counts, stage.name)
     weights, grads, opt = static_bytes(cost, cfg.train)
     batch = cfg.train.batch_size
     bf16 = bool(cfg.train.amp)

@@ -236,6 +236,16 @@ class SpLIP(Method):
         labels = torch.cat([batch.label, batch.label, batch.negative_label])
         return F.cross_entropy(torch.cat(logits).float(), labels)
 
+    @classmethod
+    def split_invariant(cls, config: SpLIPConfig, stage: str = "", micro_batch: int = 1) -> bool:
+        """With the jigsaw, only micro-batches that shuffle the rows the whole batch shuffles: a multiple
+        of 1 / jigsaw_fraction triplets (even at 0.5; an odd one rounds its share up). The permutations
+        are drawn on the CPU, whose generator gives a split batch the whole batch's draws."""
+        if not config.jigsaw:
+            return True
+        period = 1.0 / config.jigsaw_fraction
+        return abs(period - round(period)) < 1e-9 and micro_batch % round(period) == 0
+
     def _jigsaw_rows(self, b: int) -> List[int]:
         """The rows whose sketch is also tile-shuffled: ceil(jigsaw_fraction * b) of them, spread evenly
         (row i when ceil((i + 1) f) > ceil(i f): every other row at 0.5), so that a batch split into
@@ -246,7 +256,8 @@ class SpLIP(Method):
     def _shuffled_sketches(self, sketches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(permutation index, tile-shuffled sketch) for the ``jigsaw_fraction`` of the batch's rows."""
         rows = self._jigsaw_rows(sketches.shape[0])
-        target = torch.randint(len(self.permutations), (len(rows),), device=sketches.device)
+        # drawn on the CPU: one generator draws in sequence, so micro-batches draw what the batch would
+        target = torch.randint(len(self.permutations), (len(rows),)).to(sketches.device)
         return target, shuffle_tiles(sketches[rows], self.permutations[target], self.config.jigsaw_grid)
 
 

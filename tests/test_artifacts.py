@@ -143,6 +143,22 @@ def test_reproduce_reuses_the_zs_model_for_the_gzs_cell(tmp_path, mini_root):
     assert "-> run" in heldout.output  # a held-out GZS partition trains on other data: no reuse
 
 
+def test_a_heldout_zs_model_is_reused_only_by_a_heldout_cell_and_its_record_says_so(tmp_path, mini_root):
+    """``data.gzs_protocol=heldout`` holds seen photos out of training in every setting: a plain GZS cell
+    after such a ZS cell trains its own model; a heldout GZS cell reuses it; the records state the partition."""
+    base = ["--dataset", "mini", "--method", "linear-probe", "--set", "train.epochs=1", "--quiet"]
+    heldout = ["--set", "data.gzs_protocol=heldout"]
+    zs = _invoke("reproduce", "zs", *base, *heldout, "--output-dir", str(tmp_path / "zs"))
+    assert zs.exit_code == 0, zs.output
+    record = newest_record(tmp_path / "zs")
+    assert record["gzs_protocol"] == "heldout" and record["partition"]["heldout_fraction"] == 0.2
+    assert record["counts"]["heldout_photos"] > 0
+    plain = _invoke("reproduce", "gzs", *base, "--output-dir", str(tmp_path / "zs"), "--dry-run")
+    assert "-> run" in plain.output and "reuse" not in plain.output, plain.output
+    same = _invoke("reproduce", "gzs", *base, *heldout, "--output-dir", str(tmp_path / "zs"), "--dry-run")
+    assert "-> reuse the model of linear-probe_mini_zs_split1_seed0" in same.output, same.output
+
+
 def test_a_moved_results_folder_uses_its_own_files_not_the_originals(trained, tmp_path):
     """Records store where their files were written; a copied or moved folder must use the files beside
     its records (the original may be gone, or a different run)."""

@@ -15,7 +15,7 @@ from sbir_bench.data import get_spec, index_dataset, load_split
 from sbir_bench.data.check import check_dataset
 from sbir_bench.data.splits import package_file, read_class_file
 from sbir_bench.errors import DataError
-from sbir_bench.data.tasks import build_task, partition
+from sbir_bench.data.tasks import TrainingPartition, build_task, partition
 
 SPLITS = [("sketchy", "1", 25), ("sketchy", "2", 21), ("tuberlin", "1", 30), ("quickdraw", "1", 30)]
 
@@ -65,7 +65,7 @@ def test_settings_on_real_tree(make_tree, dataset, split, count):
     root = make_tree(dataset)
     index = index_dataset(dataset, root)
     unseen = load_split(index.spec, index.class_names, split)
-    part = partition(index, unseen, seed=0, heldout_fraction=0.5)
+    part = partition(index, unseen, TrainingPartition(heldout_fraction=0.5))
     zs = build_task("zs", part, fine_grained=False)
     assert len(zs.queries) == 2 * count and len(zs.gallery) == 2 * count
     n_seen = len(index.class_names) - count
@@ -86,7 +86,7 @@ def test_fine_grained_pairing(make_tree):
         assert photo.label == s.label
         assert s.path.endswith(f"{photo.instance}-{s.path.rsplit('-', 1)[1]}")
     unseen = load_split(index.spec, index.class_names, "1")
-    part = partition(index, unseen, seed=0)
+    part = partition(index, unseen)
     task = build_task("fg", part, fine_grained=True)
     assert len(task.queries) == 25 * 2 * 3 and len(task.gallery) == 25 * 2
     assert (task.query_to_gallery() >= 0).all()
@@ -224,7 +224,7 @@ def test_sketches_left_out_for_a_missing_photo_are_said(make_tree):
     handler.emit = lambda record: seen.append(record.getMessage())
     logging.getLogger("sbir_bench.data.tasks").addHandler(handler)
     try:
-        task = build_task("fg", partition(index, unseen, seed=0), fine_grained=True)
+        task = build_task("fg", partition(index, unseen), fine_grained=True)
     finally:
         logging.getLogger("sbir_bench.data.tasks").removeHandler(handler)
     assert len(task.queries) == 25 * 2 * 2 - 2

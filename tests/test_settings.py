@@ -7,14 +7,14 @@ import pytest
 from sbir_bench.data import index_dataset, load_split
 from sbir_bench.data.mini import MINI_CLASSES, MINI_UNSEEN, PHOTOS_PER_CLASS, SKETCHES_PER_PHOTO
 from sbir_bench.errors import DataError
-from sbir_bench.data.tasks import build_task, build_val_task, partition
+from sbir_bench.data.tasks import TrainingPartition, build_task, build_val_task, partition
 
 
 @pytest.fixture(scope="module")
 def part(mini_root):
     index = index_dataset("mini")
     unseen = load_split(index.spec, index.class_names, "1")
-    return partition(index, unseen, seed=0, val_fraction=0.1, heldout_fraction=0.2)
+    return partition(index, unseen, TrainingPartition(heldout_fraction=0.2))
 
 
 def test_split_marks_the_unseen_classes(part):
@@ -85,8 +85,8 @@ def test_fg_training_sketches_follow_their_photos(part):
 def test_partition_is_deterministic_per_seed(mini_root):
     index = index_dataset("mini")
     unseen = load_split(index.spec, index.class_names, "1")
-    a, b = partition(index, unseen, seed=3), partition(index, unseen, seed=3)
-    c = partition(index, unseen, seed=4)
+    a, b = partition(index, unseen, TrainingPartition(3)), partition(index, unseen, TrainingPartition(3))
+    c = partition(index, unseen, TrainingPartition(4))
     assert [s.path for s in a.heldout_photos] == [s.path for s in b.heldout_photos]
     assert [s.path for s in a.heldout_photos] != [s.path for s in c.heldout_photos]
 

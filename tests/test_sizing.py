@@ -124,22 +124,26 @@ def _halves(batch: TripletBatch, parts: int):
                                                batch.negative_label)), features=batch.features) for i in range(parts)]
 
 
-@pytest.mark.parametrize("method", [m for m in TRAINED if m != "linear-probe"])  # BatchNorm: batch statistics
-def test_micro_batches_take_the_step_of_the_whole_batch(method, tiny_backbone):
-    """Parameters after one step over the batch of 8, whole or as 2 or 4 micro-batches: equal to 1e-5.
-    (The linear probe standardises with batch statistics, so its micro-batches differ: docs/cluster.md.
-    ProS is held in its second stage: its first draws a dropout mask per micro-batch.)"""
+@pytest.mark.parametrize("method,stage", STAGED)
+def test_a_split_step_is_the_whole_batch_step_exactly_where_the_method_says_so(method, stage, tiny_backbone):
+    """Parameters after one step over the batch of 8, whole or as micro-batches of 4, 2 and 1: equal to 1e-5
+    where the method declares the split invariant (``Method.split_invariant``), different where it does not
+    (the linear probe's BatchNorm, ProS's stage-1 dropout, SpLIP's jigsaw share of an odd micro-batch)."""
     torch.manual_seed(0)
-    model = get_method(method)(tiny_backbone, NAMES, list(range(8)))
-    if method == "pros":
-        model.begin_stage("simulator")
+    cls = get_method(method)
+    model = cls(tiny_backbone, NAMES, list(range(8)))
+    model.begin_stage(stage)
     model.train()
     batch = real_batch(model, 8, model.trains_on_frozen_features())
     whole = _step(copy.deepcopy(model), [batch])
-    for parts in (2, 4):
+    verdicts = {}
+    for parts in (2, 4) if method == "linear-probe" else (2, 4, 8):  # a BatchNorm needs two rows
         split = _step(copy.deepcopy(model), _halves(batch, parts))
-        for key in whole:
-            torch.testing.assert_close(split[key], whole[key], rtol=1e-5, atol=1e-5, msg=f"{key}, {parts} parts")
+        verdicts[8 // parts] = all(torch.allclose(split[k], whole[k], rtol=1e-5, atol=1e-5) for k in whole)
+    declared = {micro: cls.split_invariant(model.config, stage, micro) for micro in verdicts}
+    assert verdicts == declared
+    expected_false = {"linear-probe": [4, 2], "splip": [1], "pros": [4, 2, 1] if stage == "units" else []}
+    assert [m for m, same in declared.items() if not same] == expected_false.get(method, [])
 
 
 def test_a_memory_budget_splits_the_batch_and_the_record_says_so(tmp_path, mini_root):
@@ -157,6 +161,41 @@ def test_a_memory_budget_splits_the_batch_and_the_record_says_so(tmp_path, mini_
     assert train["micro_batch"] == 2
     assert train["memory"]["micro_batches"] == 4 and train["memory"]["budget_bytes"] == budget
     assert train["memory"]["predicted_peak_bytes"] <= budget
+
+
+def test_a_budget_never_splits_a_step_that_splitting_changes_and_names_the_knob(tmp_path, mini_root):
+    """The linear probe's BatchNorm reads the whole batch: a budget that needs micro-batches is refused in
+    one line naming train.grad_accum (part of the identity); asked for, that split runs and says so."""
+    from sbir_bench.config import build_run_config
+    from sbir_bench.runner import run_counts, training_identity
+    from sbir_bench.sizing import predicted_peak
+    cfg = build_run_config({}, {"method": "linear-probe", "train.batch_size": 8})
+    budget = predicted_peak(cfg, run_counts(cfg), 2)
+    out = tmp_path / "runs"
+    args = ["run", "linear-probe", "--epochs", "1", "--batch-size", "8", "--set", "train.steps_per_epoch=2",
+            "--set", "train.val_every=0", "--memory-budget", str(budget), "--output-dir", str(out), "--quiet"]
+    refused = CliRunner().invoke(main, args)
+    assert refused.exit_code == OutOfMemoryError.exit_code, refused.output
+    assert "set train.grad_accum=4" in refused.output and "Traceback" not in refused.output
+    assert not out.exists() or not list(out.glob("*.json"))
+    asked = CliRunner().invoke(main, args + ["--set", "train.grad_accum=4"])
+    assert asked.exit_code == 0, asked.output
+    assert newest_record(out)["train"]["micro_batch"] == 2
+    split = build_run_config({}, {"method": "linear-probe", "train.batch_size": 8, "train.grad_accum": 4})
+    assert training_identity(split) != training_identity(cfg)
+
+
+def test_a_budget_splits_splip_only_into_micro_batches_that_keep_its_jigsaw_rows(mini_root):
+    """8 triplets, a budget with room for 3: the plan takes 4 micro-batches of 2, never 8 of 1 or an odd size."""
+    from sbir_bench.config import build_run_config
+    from sbir_bench.methods.base import Stage
+    from sbir_bench.runner import run_counts
+    from sbir_bench.sizing import plan_micro_batches, predicted_peak
+    cfg = build_run_config({}, {"method": "splip", "train.batch_size": 8})
+    counts = run_counts(cfg)
+    assert plan_micro_batches(cfg, counts, predicted_peak(cfg, counts, 3), 1, Stage("", cfg.train)) == (4, 2)
+    with pytest.raises(OutOfMemoryError, match="set train.grad_accum=8"):
+        plan_micro_batches(cfg, counts, predicted_peak(cfg, counts, 1), 1, Stage("", cfg.train))
 
 
 def test_a_budget_no_micro_batch_fits_is_one_line_naming_the_need(tmp_path, mini_root):

@@ -105,6 +105,37 @@ class SplitPartition:
     counts: Dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class TrainingPartition:
+    """Everything the seen-class partition, and so the training data, depends on: the one statement
+    that loading (:func:`partition`) and a trained model's identity (``runner.training_identity``)
+    both read, so two runs that share an identity trained on the very same samples.
+
+    ``heldout_fraction``: the share of each seen class held out of training and validation. GZS's
+    ``heldout`` protocol tests on it; it is held out whenever ``gzs_protocol`` is ``heldout``, whatever
+    the setting, so a ZS run and a GZS run under that protocol train the same model (and a model
+    trained on the full partition is never reused as one that held photos out, or back).
+    """
+
+    seed: int = 0
+    val_fraction: float = 0.1
+    heldout_fraction: float = 0.0
+    max_per_class: Optional[int] = None
+    instance_triplets: bool = False  # FG trains on instance triplets (a sketch and its own photo)
+
+
+def training_partition(data, seed: int) -> TrainingPartition:
+    """The :class:`TrainingPartition` of a run's ``data`` section (a ``config.DataConfig``) and seed.
+
+    >>> from types import SimpleNamespace as NS
+    >>> training_partition(NS(setting="zs", gzs_protocol="heldout", gzs_seen_photo_fraction=0.2,
+    ...                       val_fraction=0.1, max_per_class=None), 0).heldout_fraction
+    0.2
+    """
+    heldout = data.gzs_seen_photo_fraction if data.gzs_protocol == "heldout" else 0.0
+    return TrainingPartition(seed, data.val_fraction, heldout, data.max_per_class, data.setting == "fg")
+
+
 COUNTED = ("train_sketches", "train_photos", "val_sketches", "val_photos", "heldout_sketches", "heldout_photos",
            "unseen_sketches", "unseen_photos")
 
@@ -168,9 +199,9 @@ def _split_seen_class(out: SplitPartition, sketches: List[Sample], photos: List[
         getattr(out, name).extend(group)
 
 
-def partition(index: DatasetIndex, unseen: Sequence[int], seed: int = 0, val_fraction: float = 0.1,
-              heldout_fraction: float = 0.2, max_per_class: Optional[int] = None) -> SplitPartition:
-    """Deterministically partition seen-class samples; unseen classes go to test untouched.
+def partition(index: DatasetIndex, unseen: Sequence[int], spec: TrainingPartition = TrainingPartition()
+              ) -> SplitPartition:
+    """Deterministically partition seen-class samples as ``spec`` states; unseen classes go to test untouched.
 
     For fine-grained data the photo partition decides the sketches: a sketch follows its photo
     (train, val or held-out), so no training sketch's photo is ever a test or validation target.
@@ -181,12 +212,13 @@ def partition(index: DatasetIndex, unseen: Sequence[int], seed: int = 0, val_fra
     empty = [index.class_names[c] for c in range(len(index.class_names)) if not sk_by.get(c) or not ph_by.get(c)]
     if empty:
         raise DataError(f"class(es) with no sketches or no photos: {', '.join(empty[:8])}; run `sbir-bench datasets check`")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(spec.seed)
+    max_per_class = spec.max_per_class
     out = SplitPartition(list(index.class_names), seen, sorted(unseen_set))
     fine = index.spec.fine_grained
     for c in seen:
         _split_seen_class(out, _cap(sk_by[c], None if fine else max_per_class), _cap(ph_by[c], max_per_class), fine,
-                          val_fraction, heldout_fraction, rng)
+                          spec.val_fraction, spec.heldout_fraction, rng)
     for c in out.unseen:
         photos = _cap(ph_by[c], max_per_class)
         out.unseen_photos += photos

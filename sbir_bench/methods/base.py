@@ -47,6 +47,7 @@ class Stage:
 
     name: str
     train: Any  # a sbir_bench.config.TrainConfig
+    accum_knob: str = "train.grad_accum"  # the setting that splits this stage's batches into micro-batches
 
 
 def check_choice(method: str, key: str, value: Any, allowed: Sequence[str]) -> None:
@@ -95,6 +96,18 @@ class Method(nn.Module):
         memory plan and the resource estimate follow them.
         """
         return (Stage("", train),)
+
+    @classmethod
+    def split_invariant(cls, config, stage: str = "", micro_batch: int = 1) -> bool:
+        """Whether a step over micro-batches of ``micro_batch`` triplets (gradients accumulated) computes
+        what the whole batch's step computes, up to float rounding, in training stage ``stage``.
+
+        True by default: a mean loss over independent samples. False where the step reads the batch
+        as a whole (BatchNorm statistics, a random draw per forward pass, a share of the batch rounded
+        per forward): a memory budget never splits such a step (runner.memory_plan); only the stage's
+        ``accum_knob``, part of the model's identity, does.
+        """
+        return True
 
     def begin_stage(self, name: str) -> None:
         """Make the parameters stage ``name`` trains the trainable ones (default: nothing changes)."""

@@ -32,6 +32,7 @@ from ..log import get_logger, progress
 from ..methods.base import Method
 from ..precision import training_precision
 from ..ranks import world
+from ..sizing import text_chunk_advice
 from . import distributed as dist_utils
 from .checkpoint import (
     check_resumable,
@@ -291,8 +292,8 @@ class Trainer:
             need = (f"predicted peak {plan.predicted_peak_bytes / 2**30:.2f} GiB within a budget of "
                     f"{plan.budget_bytes / 2**30:.2f} GiB" if plan else "no memory budget was planned")
             raise OutOfMemoryError(f"out of GPU memory at {where} (micro-batch of {micro} triplets; {need}): lower "
-                                   f"train.memory_budget (--memory-budget) so that each batch is split further, or "
-                                   f"set train.text_chunk") from None
+                                   f"train.memory_budget (--memory-budget) so that each batch is split further"
+                                   f"{text_chunk_advice(self.cfg.text_chunk)}") from None
 
     def _report_step(self, terms: Dict[str, float], seconds: float, bar) -> None:
         """Step values to the trackers (rank 0) and the progress bar."""
