@@ -31,8 +31,8 @@ from .errors import ConfigError, DataError, WeightsError
 from .fileio import atomic_write_bytes, atomic_write_json, file_sha256
 from .log import get_logger
 from .methods import get_method
+from .methods.base import ImagePipeline, image_pipeline
 from .models import load_backbone
-from .models.preprocess import preprocess_config
 from .records import beside_record, package_versions
 
 log = get_logger(__name__)
@@ -177,10 +177,15 @@ def check_no_leakage(artifact: Artifact, test_classes: Sequence[str], allow: boo
 class TrainedModel:
     """A trained method with its own preprocessing, for Python users (see :func:`load_model`)."""
 
-    def __init__(self, method, backbone, transform, device: torch.device) -> None:
-        self.method, self.backbone, self.transform, self.device = method, backbone, transform, device
+    def __init__(self, method, backbone, images: ImagePipeline, device: torch.device) -> None:
+        self.method, self.backbone, self.images, self.device = method, backbone, images, device
 
-    def _batch(self, images) -> torch.Tensor:
+    @property
+    def transform(self):
+        """The photos' evaluation transform (sketches: ``images.sketch_eval``)."""
+        return self.images.eval
+
+    def _batch(self, images, transform) -> torch.Tensor:
         if isinstance(images, torch.Tensor):
             return images.to(self.device)
         tensors = []
@@ -190,39 +195,43 @@ class TrainedModel:
                 if loaded is None:
                     raise DataError(f"unreadable image {im}")
                 im = loaded
-            tensors.append(self.transform(im))
+            tensors.append(transform(im))
         return torch.stack(tensors).to(self.device)
 
     @torch.no_grad()
     def embed_sketches(self, images) -> torch.Tensor:
-        """L2-normalised embeddings of sketches: a preprocessed batch, or PIL images / paths."""
-        return self.method.embed_sketches(self._batch(images)).float().cpu()
+        """Embeddings of sketches, as ``eval --model`` embeds them: a preprocessed batch, or PIL images /
+        paths (prepared with the sketches' own transform, e.g. ProS's colour inversion)."""
+        return self.method.embed_sketches(self._batch(images, self.images.sketch_eval)).float().cpu()
 
     @torch.no_grad()
     def embed_photos(self, images) -> torch.Tensor:
-        """L2-normalised embeddings of photos: a preprocessed batch, or PIL images / paths."""
-        return self.method.embed_photos(self._batch(images)).float().cpu()
+        """Embeddings of photos, as ``eval --model`` embeds them: a preprocessed batch, or PIL images / paths."""
+        return self.method.embed_photos(self._batch(images, self.images.eval)).float().cpu()
 
 
 def load_model(where: str | Path, pretrained: Optional[str] = None, device: str = "cpu",
-               class_names: Optional[Sequence[str]] = None) -> TrainedModel:
+               class_names: Optional[Sequence[str]] = None, dataset: Optional[str] = None) -> TrainedModel:
     """Load a trained model from a record, run folder or ``model.json``.
 
     >>> m = load_model("results/runs/<run-id>")           # doctest: +SKIP
     >>> m.embed_sketches([sketch_pil]) @ m.embed_photos([photo_pil]).T   # doctest: +SKIP
 
     ``class_names``: the gallery's vocabulary, for methods whose embedding uses class texts (CoOp's
-    fused retrieval); default the vocabulary it trained on.
+    fused retrieval); default the vocabulary it trained on. ``dataset``: whose images these are, for
+    methods that prepare a dataset's sketches their own way (ProS inverts Sketchy's and QuickDraw's);
+    default the dataset it trained on. The transforms come from the builder a run and ``eval --model``
+    use (:func:`~sbir_bench.methods.base.image_pipeline`), so the embeddings are theirs.
     """
     artifact = load_artifact(where)
     dev = torch.device(device)
     backbone = load_backbone_for(artifact, pretrained, dev)
     method = build_method(artifact, backbone, dev)
     method.prepare_eval(list(class_names or artifact.meta["class_names"]))
-    size = artifact.meta["config"]["data"].get("image_size")
-    pp = preprocess_config(backbone.preprocess_cfg, size)
-    transform = method.image_transforms(method.config, pp, crop_scale_min=1.0)[1]
-    return TrainedModel(method, backbone, transform, dev)
+    data = artifact.meta["config"]["data"]
+    images = image_pipeline(method, backbone.preprocess_cfg, dataset or artifact.meta["training"]["dataset"],
+                            data.get("image_size"), data.get("crop_scale_min", 1.0))
+    return TrainedModel(method, backbone, images, dev)
 
 
 def find_reusable(folders: Sequence[Path], identity: str) -> Optional[Path]:

@@ -48,7 +48,7 @@ from .fileio import atomic_write_json, check_output_dir, file_sha256
 from .gpus import USABLE_SHARE, gib, parse_bytes
 from .log import get_logger
 from .methods import Method, Stage, get_method
-from .methods.base import stages_of
+from .methods.base import image_pipeline, stages_of
 from .models import Backbone, load_backbone
 from .models.backbone_configs import vit_image_tower
 from .models.factory import check_weights_source
@@ -182,9 +182,9 @@ def assemble(cfg: RunConfig, data: "RunData", backbone, method, device: torch.de
     pp = preprocess_config(backbone.preprocess_cfg, cfg.data.image_size)
     cache = open_feature_cache(backbone, asdict(pp), device.type, evaluation_precision(cfg.eval.amp, device)) \
         if cfg.eval.feature_cache else None
-    train_tf, eval_tf = type(method).image_transforms(method.config, pp, cfg.data.crop_scale_min)
-    sketch_train, sketch_eval = type(method).sketch_transforms(method.config, cfg.data.dataset, train_tf, eval_tf)
-    return RunParts(data, backbone, method, train_tf, eval_tf, cache, sketch_train, sketch_eval)
+    images = image_pipeline(method, backbone.preprocess_cfg, cfg.data.dataset, cfg.data.image_size,
+                            cfg.data.crop_scale_min)
+    return RunParts(data, backbone, method, images.train, images.eval, cache, images.sketch_train, images.sketch_eval)
 
 
 @dataclass

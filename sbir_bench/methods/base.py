@@ -19,7 +19,7 @@ the trainable state, so they are small and never duplicate CLIP's weights.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ from ..data.classnames import class_text
 from ..data.triplets import TripletBatch
 from ..errors import ConfigError
 from ..models.factory import Backbone
-from ..models.preprocess import eval_transform, train_transform
+from ..models.preprocess import eval_transform, preprocess_config, train_transform
 from ..models.prompted import PromptedCLIP
 
 
@@ -57,6 +57,28 @@ def check_choice(method: str, key: str, value: Any, allowed: Sequence[str]) -> N
     """
     if value not in allowed:
         raise ConfigError(f"{method}: {key}={value!r}; choose one of: {', '.join(allowed)}")
+
+
+@dataclass(frozen=True)
+class ImagePipeline:
+    """How a method's images are prepared, for training and evaluation, photos and sketches apart."""
+
+    train: Callable
+    eval: Callable
+    sketch_train: Callable
+    sketch_eval: Callable
+
+
+def image_pipeline(method: "Method", preprocess_cfg: Dict[str, Any], dataset: str, image_size: Optional[int] = None,
+                   crop_scale_min: float = 1.0) -> ImagePipeline:
+    """The one builder of a method's image transforms, from its backbone's preprocessing
+    (``preprocess_cfg``) and the dataset whose images it prepares: a run, ``eval --model`` and
+    :func:`sbir_bench.load_model` all call it, so the same model embeds the same image the same way
+    (ProS inverts Sketchy's sketches, not TU-Berlin's)."""
+    pp = preprocess_config(preprocess_cfg, image_size)
+    train, evaluation = type(method).image_transforms(method.config, pp, crop_scale_min)
+    sketch_train, sketch_eval = type(method).sketch_transforms(method.config, dataset, train, evaluation)
+    return ImagePipeline(train, evaluation, sketch_train, sketch_eval)
 
 
 def stages_of(method_cls: type, method_config: Dict[str, Any], train) -> Tuple[Stage, ...]:
