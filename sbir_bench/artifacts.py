@@ -129,6 +129,9 @@ def load_artifact(where: str | Path) -> Artifact:
     tensors = path.with_name(MODEL_TENSORS)
     if not tensors.is_file() or file_sha256(tensors) != meta["tensors_sha256"]:
         raise WeightsError(f"model artifact {path}: {tensors.name} is missing or damaged (SHA-256 differs)")
+    if path.parent.name != meta["run_id"]:  # a run writes its artifact into <run-id>/: this one was copied
+        log.warning(f"model artifact {path} is run {meta['run_id']}'s, not {path.parent.name}'s (copied or renamed): "
+                    f"it is evaluated and recorded as {meta['run_id']}")
     return Artifact(meta, load_file(str(tensors)), path)
 
 
@@ -232,6 +235,14 @@ def load_model(where: str | Path, pretrained: Optional[str] = None, device: str 
     images = image_pipeline(method, backbone.preprocess_cfg, dataset or artifact.meta["training"]["dataset"],
                             data.get("image_size"), data.get("crop_scale_min", 1.0))
     return TrainedModel(method, backbone, images, dev)
+
+
+def artifact_run_id(path: Path) -> str:
+    """The run that trained the artifact at ``path`` (its ``model.json``), whatever folder it lies in."""
+    try:
+        return str(json.loads(Path(path).read_text())["run_id"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return Path(path).parent.name
 
 
 def find_reusable(folders: Sequence[Path], identity: str) -> Optional[Path]:

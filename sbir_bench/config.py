@@ -16,12 +16,13 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import yaml
 
 from .data.tasks import GALLERIES, GZS_PROTOCOLS, SETTINGS
 from .errors import ConfigError
+from .gpus import parse_bytes
 from .retrieval.protocol import DEFAULT_PRESET, PRESETS
 
 DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?|mps"
@@ -42,15 +43,22 @@ ROLES = {
 
 def opt(default: Any = dataclasses.MISSING, help: str = "", min: Optional[float] = None,
         max: Optional[float] = None, choices: Tuple[str, ...] = (), pattern: str = "", positive: bool = False,
-        factory: Any = dataclasses.MISSING, role: str = "training") -> Any:
+        factory: Any = dataclasses.MISSING, role: str = "training", parse: Optional[Callable[[Any], Any]] = None) -> Any:
     """A config field with its help text, constraints (checked by :func:`validate`) and identity role
-    (:data:`ROLES`): a new field is classified once, here, for resume, reuse and table rows alike."""
+    (:data:`ROLES`): a new field is classified once, here, for resume, reuse and table rows alike.
+    ``parse``: the function that will read the value (e.g. a memory size), run at validation so that a
+    value it cannot read is one line before any work, never a traceback later."""
     assert role in ROLES, role
     meta = {"help": help, "min": min, "max": max, "choices": choices, "pattern": pattern, "positive": positive,
-            "role": role}
+            "role": role, "parse": parse}
     if factory is not dataclasses.MISSING:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def parse_memory_option(value: str) -> Optional[int]:
+    """``eval.memory``: a size (:func:`~sbir_bench.gpus.parse_bytes`), or ``auto`` (None: decided on the device)."""
+    return None if str(value).strip().lower() == "auto" else parse_bytes(value)
 
 
 @dataclass
@@ -106,10 +114,10 @@ class TrainConfig:
     warmup: str = opt("linear", "linear ramp, or constant lr = warmup_lr (CoOp/MaPLe)", choices=("linear", "constant"))
     warmup_lr: float = opt(1e-5, "learning rate during a constant warm-up", positive=True)
     grad_accum: int = opt(1, "micro-batches per optimiser step (at least; train.memory_budget may split further)", min=1)
-    memory_budget: Optional[str] = opt(None, "memory a step may plan for per process, e.g. 24GiB: each batch is split "
-                                             "into the fewest micro-batches whose predicted peak fits (docs/cluster.md); "
-                                             "default on CUDA: the GPU's free memory, on CPU: no limit",
-                                       role="incidental")
+    memory_budget: Optional[str] = opt(None, "memory a step may plan for per process, e.g. 24GiB (binary) or 24GB "
+                                             "(decimal): each batch is split into the fewest micro-batches whose "
+                                             "predicted peak fits (docs/cluster.md); default on CUDA: the GPU's free "
+                                             "memory, on CPU: no limit", role="incidental", parse=parse_bytes)
     text_chunk: int = opt(0, "images per checkpointed chunk of per-image class texts while training (SpLIP "
                              "class_text=image, CoCoOp): same values and gradients, the memory of one chunk, their "
                              "forward computed twice; 0 = all at once", min=0, role="incidental")
@@ -130,8 +138,8 @@ class EvalConfig:
     protocol: str = opt(DEFAULT_PRESET, "protocol preset", choices=tuple(PRESETS), role="evaluation")
     protocol_overrides: Dict[str, Any] = opt(help="protocol knobs that differ from the preset, e.g. {ties: stable}",
                                              factory=dict, role="evaluation")
-    memory: str = opt("1GiB", "memory budget of the evaluation engine, e.g. 2GiB (auto: half the free GPU memory)",
-                      pattern=r"(?i)\s*auto\s*|\s*[0-9.]+\s*[kmg]?i?b?\s*", role="incidental")
+    memory: str = opt("1GiB", "memory budget of the evaluation engine, e.g. 2GiB (binary) or 2GB (decimal); auto: "
+                              "half the free GPU memory", role="incidental", parse=parse_memory_option)
     batch_size: int = opt(64, "images per forward pass when embedding", min=1, role="incidental")
     save_embeddings: bool = opt(True, "save embeddings.npz and per_query.npz next to the record", role="incidental")
     feature_cache: bool = opt(True, "reuse cached frozen-backbone features (see `sbir-bench cache`)",
@@ -275,6 +283,11 @@ def _violation(value: Any, meta: Dict[str, Any]) -> str:
         return f"choose one of: {', '.join(meta['choices'])}"
     if meta.get("pattern") and not re.fullmatch(meta["pattern"], str(value)):
         return f"not a valid value ({meta.get('help', '')})"
+    if meta.get("parse"):
+        try:
+            meta["parse"](value)
+        except ConfigError as exc:
+            return str(exc)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if meta.get("positive") and value <= 0:
             return "must be > 0"

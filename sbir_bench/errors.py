@@ -51,5 +51,6 @@ class OutOfMemoryError(SbirError):
 
 
 INTERRUPTED = 130  # Ctrl-C: rerun with --resume
+TERMINATED = 143  # SIGTERM (128 + 15, as a shell reports it): rerun with --resume
 EXIT_CODES = {cls.__name__: cls.exit_code for cls in (ConfigError, DataError, WeightsError, DivergedError, OutputError,
                                                         OutOfMemoryError)}

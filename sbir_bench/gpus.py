@@ -59,16 +59,32 @@ def get_gpu(name: str) -> Gpu:
     return GPUS[name]
 
 
+SIZE_UNITS = {"": 1, "B": 1, **{f"{p}{suffix}": base ** (i + 1) for i, p in enumerate("KMGT")
+                              for suffix, base in (("", 1024), ("IB", 1024), ("B", 1000))}}
+
+
 def parse_bytes(value: str | int | float) -> int:
-    """``24GiB``, ``40GB``, ``512MiB`` or a number of bytes -> bytes."""
-    if isinstance(value, (int, float)):
-        return int(value)
-    m = re.fullmatch(r"\s*([0-9.]+)\s*([KMGT]?i?B)?\s*", str(value), re.I)
-    if not m:
-        raise ConfigError(f"memory size {value!r}: use a number of bytes or e.g. 24GiB, 40GB, 512MiB")
-    unit = (m.group(2) or "B").upper()
-    power = {"B": 0, "K": 1, "M": 2, "G": 3, "T": 4}[unit[0]]
-    return int(float(m.group(1)) * (1024 if "I" in unit else 1000) ** power)
+    """A memory size in bytes: the one grammar of every memory option (``train.memory_budget``,
+    ``eval.memory``, ``--gpu``'s budget). ``GiB``/``MiB``/``KiB``/``TiB`` and a bare ``G``/``M``/``K``/``T``
+    are binary (2^30, as SLURM's ``--mem``), ``GB``/``MB``/``KB``/``TB`` decimal (10^9); case is ignored.
+
+    >>> parse_bytes("2GiB") == parse_bytes("2g") == 2 * 2**30, parse_bytes("2GB"), parse_bytes(" 0.5 KiB ")
+    (True, 2000000000, 512)
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number, unit = float(value), ""
+    else:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([A-Za-z]*)\s*", str(value))
+        if not m or m.group(2).upper() not in SIZE_UNITS:
+            raise ConfigError(f"memory size {value!r}: use a number of bytes or e.g. 24GiB (binary), 40GB "
+                              f"(decimal), 512MiB")
+        number, unit = float(m.group(1)), m.group(2).upper()
+    size = number * SIZE_UNITS[unit]
+    if not size < 2**63:  # also inf and nan
+        raise ConfigError(f"memory size {value!r} is too large (at most 2^63 bytes)")
+    if size < 0:
+        raise ConfigError(f"memory size {value!r} is negative")
+    return int(size)
 
 
 def gib(n: float) -> str:

@@ -44,6 +44,7 @@ from .errors import ConfigError, SbirError
 from .extras import require
 from .fileio import atomic_write_bytes, atomic_write_json
 from .log import configure_cli_logging, get_logger
+from .reporting.collect import config_id
 from .reporting.tables import write_table
 
 log = get_logger(__name__)
@@ -265,7 +266,7 @@ def write_table_when_complete(output_dir: Path, table: str) -> None:
     except (OSError, ValueError):
         return
     if all(read_state(output_dir, cid).get("status") == "done" for cid in planned["runnable"]):
-        write_table(table, Path(output_dir))
+        write_table(table, Path(output_dir), planned.get("configs"))
 
 
 def submitit_job_class():
@@ -510,7 +511,12 @@ def save_plan(runs: Sequence[Any], output_dir: Path) -> None:
         if p.status == "done":
             write_state(output_dir, cell_id(p), status="done")
     runnable = [cell_id(p) for p in runs if p.runnable or p.status == "done"]
-    atomic_write_json(state_dir(output_dir) / "plan.json", {"runnable": runnable})
+    atomic_write_json(state_dir(output_dir) / "plan.json", {"runnable": runnable, "configs": planned_configs(runs)})
+
+
+def planned_configs(runs: Sequence[Any]) -> List[str]:
+    """The config ids of the planned cells: what the table answers (:func:`write_table`'s ``configs``)."""
+    return sorted({config_id(to_dict(p.cfg)) for p in runs if p.cfg is not None})
 
 
 def execute(runs: Sequence[Any]) -> List[Tuple[str, SbirError]]:

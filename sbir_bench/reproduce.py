@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .artifacts import find_reusable
+from .artifacts import artifact_run_id, find_reusable
 from .config import RunConfig, build_run_config, load_yaml
 from .data.catalog import get_spec
 from .data.discovery import default_data_root, locate, resolve_root
@@ -62,7 +62,7 @@ class PlannedRun:
         """One line: cell, method, seed, what it needs and its status."""
         cfg = self.cfg
         needs = f"{cfg.data.dataset} split {cfg.data.split}, {cfg.backbone.name}/{cfg.backbone.pretrained or 'default'}"
-        reuse = f" the model of {self.model.parent.name} (same training)" if self.model else ""
+        reuse = f" the model of {artifact_run_id(self.model)} (same training)" if self.model else ""
         note = f"  ({self.note})" if self.note else ""
         return (f"{self.cell.setting}/{self.cell.name:<15} {self.cell.method:<14} seed {self.seed}  needs {needs}  "
                 f"-> {self.status}{reuse}{note}")

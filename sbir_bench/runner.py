@@ -156,8 +156,6 @@ def method_and_config(cfg: RunConfig) -> tuple:
         raise ConfigError(f"{cfg.method} puts prompts into the image encoder, which needs a ViT backbone; "
                           f"{cfg.backbone.name}'s image tower is not one (zeroshot-clip, linear-probe and coop work on it)")
     method_cls.check_config(method_cfg, open_clip.get_tokenizer(cfg.backbone.name))
-    if cfg.train.memory_budget:
-        parse_bytes(cfg.train.memory_budget)  # a malformed size is one line now, not after loading
     check_available(parse_report_to(cfg.report_to), cfg.tracking_uri)
     return method_cls, method_cfg
 

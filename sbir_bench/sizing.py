@@ -24,14 +24,16 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import open_clip
 import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
+from . import meta_autocast
 from .config import RunConfig, from_dict
 from .data.catalog import get_spec
 from .data.splits import load_split, package_file, read_class_file
@@ -62,7 +64,8 @@ class StepTrace:
 
 
 class _LargestOutput(TorchDispatchMode):
-    """Records the largest tensor any op produces (the transient workspace beside what is saved)."""
+    """Records the largest memory any op's output owns (the transient workspace beside what is saved):
+    a view of an input (an expanded weight, a reshape) owns nothing new and is not counted."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -70,9 +73,10 @@ class _LargestOutput(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.numel() * t.element_size())
+        inputs = {t.untyped_storage()._cdata for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.untyped_storage()._cdata not in inputs:
+                self.largest = max(self.largest, t.untyped_storage().nbytes())
         return out
 
 
@@ -106,11 +110,14 @@ def fused_attention():
         F.scaled_dot_product_attention = original
 
 
-def trace_step(method: torch.nn.Module, batch: TripletBatch) -> StepTrace:
-    """Run ``method.loss(batch)`` and its backward once, counting saved bytes (each storage once;
-    parameters and buffers, which exist anyway, left out), FLOPs and the largest op output. Works on
-    any device: the meta device for an estimate, the CPU for its calibration."""
-    held = {t.untyped_storage()._cdata for t in (*method.parameters(), *method.buffers())}
+def held_storages(module: torch.nn.Module) -> set:
+    """The storages of ``module``'s parameters and buffers: memory that exists whether or not a step runs."""
+    return {t.untyped_storage()._cdata for t in (*module.parameters(), *module.buffers())}
+
+
+@contextlib.contextmanager
+def counting_saved(held: set) -> Iterator[Dict[int, int]]:
+    """Bytes autograd saves inside the block, by storage (each once; ``held`` storages left out)."""
     saved: Dict[int, int] = {}
     alive: List[torch.Tensor] = []  # kept until the count is done: a freed storage's address is never reused
 
@@ -120,10 +127,23 @@ def trace_step(method: torch.nn.Module, batch: TripletBatch) -> StepTrace:
             saved[storage._cdata] = storage.nbytes()
             alive.append(t)
         return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield saved
 
+
+def trace_step(method: torch.nn.Module, batch: TripletBatch,
+               autocast: Optional[meta_autocast.AutocastLists] = None) -> StepTrace:
+    """Run ``method.loss(batch)`` and its backward once, counting saved bytes (each storage once;
+    parameters and buffers, which exist anyway, left out), FLOPs and the largest op output. Works on
+    any device: the meta device for an estimate, the CPU for its calibration. ``autocast``: the forward
+    under bf16 autocast with those op lists (:mod:`~sbir_bench.meta_autocast`; fp32 when None)."""
     largest = _LargestOutput()
-    with FlopCounterMode(display=False) as flops, largest:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    device = batch.label.device.type
+    emulated, real = (autocast, None) if device == "meta" else (None, autocast)
+    # the emulation stays on through the backward pass: checkpointed chunks recompute their forward there,
+    # in the precision their forward ran in (PyTorch's own autocast restores itself for that)
+    with FlopCounterMode(display=False) as flops, largest, meta_autocast.autocast(emulated):
+        with counting_saved(held_storages(method)) as saved, meta_autocast.autocast(real, device):
             loss = method.loss(batch)["loss"]
         loss.backward()
     return StepTrace(sum(saved.values()), int(flops.get_total_flops()), largest.largest)
@@ -206,7 +226,7 @@ class Estimate:
     weights_bytes: int
     gradient_bytes: int
     optimizer_bytes: int
-    activation_bytes: int  # saved by autograd for the micro-batch (counted in fp32: an upper bound under bf16)
+    activation_bytes: int  # saved by autograd for the micro-batch (under bf16 autocast with train.amp, as a GPU runs it)
     workspace_bytes: int  # the largest single op output (transient)
     peak_memory_bytes: int
     flops_per_step: int  # forward + backward of one optimiser step (the whole batch)
@@ -265,50 +285,61 @@ class MethodCost:
     largest: _Linear
     embed_flops_per_image: int
     features: bool  # trains on cached frozen features
-    chunk_bytes: int = 0  # what one checkpointed chunk of class texts saves while it is recomputed
+    text_chunk: int = 0  # images per checkpointed chunk of class texts (0: not chunked)
+    chunk_bytes: _Linear = _Linear((1, 2), (0, 0))  # what a chunk of that many images saves while recomputed
+    text_images: _Linear = _Linear(TRACE_SIZES, (0, 0))  # the most images one class-text call takes, per micro-batch
 
     @classmethod
     def from_dict(cls, tree: Dict[str, Any]) -> "MethodCost":
-        linear = {k: _Linear(tuple(tree[k]["at"]), tuple(tree[k]["values"])) for k in ("saved", "flops", "largest")}
+        linear = {k: _Linear(tuple(tree[k]["at"]), tuple(tree[k]["values"]))
+                  for k in ("saved", "flops", "largest", "chunk_bytes", "text_images")}
         return cls(**{**tree, **linear})
+
+    def chunk_images(self, micro: int) -> int:
+        """Images in the largest checkpointed chunk a micro-batch of ``micro`` triplets computes: a call
+        smaller than ``text_chunk`` is one chunk of its own size."""
+        return min(self.text_chunk, self.text_images(micro)) if self.text_chunk else 0
 
     def workspace(self, micro: int) -> int:
         """Transient bytes beside what is saved: the largest op output, or one class-text chunk."""
-        return max(self.largest(micro), self.chunk_bytes)
+        chunk = self.chunk_images(micro)
+        return max(self.largest(micro), self.chunk_bytes(chunk) if chunk else 0)
 
 
-def _capture_text_chunks(method) -> List[tuple]:
-    """Record the arguments of every checkpointed class-text chunk ``method`` computes (meta copies we own)."""
+def _capture_text_chunks(method) -> Tuple[List[tuple], List[int]]:
+    """Record the arguments of every checkpointed class-text chunk ``method`` computes (meta copies we own),
+    and how many images each class-text call takes."""
     calls: List[tuple] = []
+    sizes: List[int] = []
     for module in method.modules():
         if isinstance(module, PromptedCLIP):
-            inner = module._texts_after
+            inner, outer = module._texts_after, module.encode_text_after
 
             def record(*args, _inner=inner):
                 calls.append((_inner, args))
                 return _inner(*args)
-            module._texts_after = record
-    return calls
+
+            def sized(prefix, *args, _outer=outer, **kwargs):
+                sizes.append(int(prefix.inputs[0].shape[0]))
+                return _outer(prefix, *args, **kwargs)
+            module._texts_after, module.encode_text_after = record, sized
+    return calls, sizes
 
 
-def _chunk_bytes(calls: List[tuple], images: int) -> int:
-    """Bytes one chunk of ``images`` images saves (the first recorded chunk, widened to ``images``)."""
+def _chunk_bytes(calls: List[tuple], images: int, held: set, autocast: Optional[meta_autocast.AutocastLists]) -> int:
+    """Bytes one chunk of ``images`` images saves (the first recorded chunk, widened to ``images``); the
+    text tower's weights, which exist anyway, are not counted."""
     if not calls:
         return 0
     inner, (prefix_inputs, suffix, eot, normalize) = calls[0]
     wide = [x[:1].detach().expand(images, *x.shape[1:]).requires_grad_() for x in prefix_inputs]
-    saved: Dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        saved[t.untyped_storage()._cdata] = t.untyped_storage().nbytes()
-        return t
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), fused_attention():
+    with counting_saved(held) as saved, fused_attention(), meta_autocast.autocast(autocast, wide[0].device.type):
         inner(wide, suffix, eot, normalize)
     return sum(saved.values())
 
 
 def _method_cost(method: str, method_config_json: str, backbone: str, class_names: Tuple[str, ...],
-                 seen: Tuple[int, ...], text_chunk: int, stage: str = "") -> MethodCost:
+                 seen: Tuple[int, ...], text_chunk: int, stage: str = "", amp: bool = False) -> MethodCost:
     # Chunked class texts are traced two images per chunk: what a step holds does not depend on the
     # chunk size; the recomputed chunk's own activations are counted once, at the real size.
     built = meta_method(method, json.loads(method_config_json), backbone, class_names, seen, min(text_chunk, 2))
@@ -325,13 +356,20 @@ def _method_cost(method: str, method_config_json: str, backbone: str, class_name
         zero = _Linear(TRACE_SIZES, (0, 0))
         return MethodCost(0, weights, zero, zero, zero, embed, features)
     built.train()
-    calls = _capture_text_chunks(built) if text_chunk else []
+    calls, sizes = _capture_text_chunks(built) if text_chunk else ([], [])
+    traces, most = [], []
+    lists = meta_autocast.CUDA if amp else None  # bf16 autocast as a CUDA GPU runs it
     with fused_attention():
-        traces = [trace_step(built, meta_batch(built, m, features)) for m in TRACE_SIZES]
+        for m in TRACE_SIZES:
+            sizes.clear()
+            traces.append(trace_step(built, meta_batch(built, m, features), lists))
+            most.append(max(sizes, default=0))
+    held = held_storages(built)
     return MethodCost(trainable, weights, _Linear(TRACE_SIZES, tuple(t.saved_bytes for t in traces)),
                       _Linear(TRACE_SIZES, tuple(t.flops for t in traces)),
-                      _Linear(TRACE_SIZES, tuple(t.largest_op_bytes for t in traces)), embed, features,
-                      _chunk_bytes(calls, text_chunk))
+                      _Linear(TRACE_SIZES, tuple(t.largest_op_bytes for t in traces)), embed, features, text_chunk,
+                      _Linear((1, 2), tuple(_chunk_bytes(calls, n, held, lists) for n in (1, 2))),
+                      _Linear(TRACE_SIZES, tuple(most)))
 
 
 def method_cost(cfg: RunConfig, counts: Counts, stage: str = "") -> MethodCost:
@@ -339,7 +377,7 @@ def method_cost(cfg: RunConfig, counts: Counts, stage: str = "") -> MethodCost:
     once per identical method and class list, kept in memory and on disk (``<cache>/estimates``, keyed
     by everything the trace reads, the code that computes it included)."""
     return _cached_cost(cfg.method, json.dumps(cfg.method_config, sort_keys=True, default=str), cfg.backbone.name,
-                        tuple(counts.class_names), tuple(counts.seen), cfg.train.text_chunk, stage)
+                        tuple(counts.class_names), tuple(counts.seen), cfg.train.text_chunk, stage, bool(cfg.train.amp))
 
 
 @lru_cache(maxsize=64)
@@ -496,7 +534,7 @@ def _stage_estimate(cfg: RunConfig, counts: Counts, gpu: str, budget: int, stage
     micro = plan_micro_batches(cfg, counts, budget, 1, stage)[1] if trains else 0
     step_flops = cost.flops(batch) if trains else 0
     seconds = card.seconds(step_flops * steps * cfg.train.epochs if trains else 0, bf16)
-    notes = ["activations counted in fp32 (an upper bound under bf16 autocast)"] if bf16 and trains else []
+    notes = []
     return Estimate(
         method=cfg.method, dataset=cfg.data.dataset, backbone=cfg.backbone.name, batch_size=batch, micro_batch=micro,
         precision="bf16 autocast" if bf16 else "fp32", steps_per_epoch=steps if trains else 0,

@@ -9,7 +9,7 @@ import torch
 from sklearn.metrics import average_precision_score
 
 from sbir_bench.retrieval import Protocol, evaluate
-from sbir_bench.retrieval.engine import block_rows, parse_memory
+from sbir_bench.retrieval.engine import block_rows
 
 
 # ---------------------------------------------------------------- oracles (deliberately loop-based)
@@ -212,12 +212,8 @@ def test_instance_grouped_rank_counts_ties_against_the_query():
     assert res.metrics["Acc@1"] == 0.0 and res.metrics["Acc@2"] == 1.0
 
 
-def test_parse_memory_and_errors():
-    assert parse_memory("2GiB") == 2 * 2**30
-    assert parse_memory("512MiB") == 512 * 2**20
+def test_engine_input_errors():
     from sbir_bench.errors import SbirError
-    with pytest.raises(SbirError):
-        parse_memory("lots")
     with pytest.raises(SbirError):
         evaluate(np.zeros((2, 3)), np.zeros((2, 4)), [0, 1], [0, 1])
     with pytest.raises(SbirError):

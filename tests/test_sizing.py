@@ -60,7 +60,7 @@ def nbytes(tensors) -> int:
 def test_the_estimate_is_what_a_real_step_saves_and_holds(method, stage, backbone, triplets, classes):
     """Meta-device prediction vs one real CPU step (fp32) of the same method (in each of its training
     stages): saved-tensor bytes, parameters, gradients and AdamW state within 10 %."""
-    cfg = RunConfig(method=method, train=TrainConfig(optimizer="adamw"))
+    cfg = RunConfig(method=method, train=TrainConfig(optimizer="adamw", amp=False))  # fp32, as the CPU step runs
     cfg.backbone.name = backbone
     counts = Counts(100, NAMES[:classes], list(range(classes)), 10, "test")
     cost = method_cost(cfg, counts, stage)
@@ -81,6 +81,85 @@ def test_the_estimate_is_what_a_real_step_saves_and_holds(method, stage, backbon
     for key, value in held.items():
         assert predicted[key] == pytest.approx(value, rel=0.10), (key, predicted, held)
     assert cost.flops(triplets) >= measured.flops > 0  # the CPU's fused attention kernel is not counted by torch
+
+
+@pytest.mark.parametrize("method,stage", [s for s in STAGED if s[0] != "linear-probe"])
+def test_the_bf16_trace_saves_what_a_real_autocast_step_saves(method, stage):
+    """The meta device's autocast emulation (CPU's op lists) against one real CPU step under
+    ``torch.autocast("cpu", bfloat16)``: the bytes autograd holds within 10 %. Under bf16 a step also keeps a
+    bf16 copy of every frozen weight it multiplies: fp32 is not an upper bound at small batches."""
+    from sbir_bench import meta_autocast
+    from sbir_bench.sizing import fused_attention, held_storages, meta_batch, meta_method
+    triplets, classes = 2, 4
+    built = meta_method(method, {}, "sbir-tiny", NAMES[:classes], list(range(classes)))
+    built.begin_stage(stage)
+    built.train()
+    with fused_attention():
+        traced = trace_step(built, meta_batch(built, triplets, False), meta_autocast.CPU)
+    torch.manual_seed(0)
+    real = get_method(method)(load_backbone("sbir-tiny", "random"), NAMES[:classes], list(range(classes)))
+    real.begin_stage(stage)
+    real.train()
+    batch = real_batch(real, triplets, False)
+    measured = trace_step(real, batch, meta_autocast.CPU)
+    assert traced.saved_bytes == pytest.approx(measured.saved_bytes, rel=0.10)
+
+
+@pytest.mark.parametrize("device,lists", [("meta", "CUDA"), ("meta", "CPU"), ("cpu", "CPU")])
+def test_under_bf16_a_frozen_weight_that_a_prompt_passes_through_is_saved_as_a_bf16_copy(device, lists):
+    """loss = sum(linear(x + p, W)), p trained, W frozen (m x n): the gradient of p needs W, which fp32 holds
+    anyway (a parameter: nothing saved) and bf16 autocast holds as a new bf16 copy: 2 m n bytes, a hand count."""
+    from sbir_bench import meta_autocast
+    n, m, b = 8, 16, 3
+
+    class Prompted(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.zeros(n))
+            self.w = torch.nn.Parameter(torch.ones(m, n), requires_grad=False)
+
+        def loss(self, batch):
+            return {"loss": torch.nn.functional.linear(batch.sketch + self.p, self.w).float().sum()}
+    with torch.device(device):
+        layer, x = Prompted(), torch.ones(b, n)
+    batch = TripletBatch(x, x, x, torch.zeros(b, device=device), torch.zeros(b, device=device))
+    assert trace_step(layer, batch).saved_bytes == 0
+    assert trace_step(layer, batch, getattr(meta_autocast, lists)).saved_bytes == 2 * m * n
+
+
+@pytest.mark.parametrize("method,stage", STAGED)
+def test_the_workspace_is_the_largest_allocation_the_profiler_sees_in_a_real_step(method, stage):
+    """The trace's workspace (the largest memory one op's output owns) against torch.profiler's memory
+    record of one real CPU step: the largest allocation any op makes, within 10 %."""
+    from torch.profiler import ProfilerActivity, profile
+    counts = Counts(100, NAMES[:6], list(range(6)), 10, "test")
+    cost = method_cost(RunConfig(method=method, train=TrainConfig(amp=False)), counts, stage)
+    torch.manual_seed(0)
+    real = get_method(method)(load_backbone("sbir-tiny", "random"), NAMES[:6], list(range(6)))
+    real.begin_stage(stage)
+    real.train()
+    batch = real_batch(real, 3, cost.features)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        real.loss(batch)["loss"].backward()
+    allocated = max(e.self_cpu_memory_usage for e in prof.events())
+    assert cost.largest(3) == pytest.approx(allocated, rel=0.10)
+
+
+def test_a_broadcast_view_of_a_weight_owns_no_workspace():
+    """loss = sum(W.expand(1000, m, n)[0] * (x + p)), W frozen, p trained: the expanded view owns nothing; the
+    largest outputs that own memory are m x n float32 (the sum x + p, the product, their gradients), a hand count."""
+    m, n = 6, 5
+
+    class Broadcast(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(m, n), requires_grad=False)
+            self.p = torch.nn.Parameter(torch.zeros(n))
+
+        def loss(self, batch):
+            return {"loss": (self.w.expand(1000, m, n)[0] * (batch.sketch + self.p)).sum()}
+    x = torch.ones(m, n)
+    assert trace_step(Broadcast(), TripletBatch(x, x, x, torch.zeros(1), torch.zeros(1))).largest_op_bytes == m * n * 4
 
 
 def test_the_flop_and_byte_counts_of_one_linear_layer_are_the_hand_counts():
@@ -253,12 +332,39 @@ def test_the_estimate_with_checkpointed_class_texts_is_what_a_real_step_saves(me
     """train.text_chunk=2: the prediction holds for the checkpointed step (what it saves outside the
     chunks) and is below the unchunked one's; the chunk itself is counted as workspace."""
     counts = Counts(100, NAMES[:6], list(range(6)), 10, "test")
-    chunked = RunConfig(method=method, train=TrainConfig(text_chunk=2))
-    cost, plain = method_cost(chunked, counts), method_cost(RunConfig(method=method), counts)
+    chunked = RunConfig(method=method, train=TrainConfig(text_chunk=2, amp=False))
+    cost, plain = method_cost(chunked, counts), method_cost(RunConfig(method=method, train=TrainConfig(amp=False)), counts)
+    measured = _real_saved(method, 3, 2)
+    assert cost.saved(3) == pytest.approx(measured, rel=0.10)
+    assert cost.saved(3) < plain.saved(3) and cost.chunk_bytes(2) > 0 and cost.saved.per_sample > 0
+    assert cost.workspace(3) == max(cost.largest(3), cost.chunk_bytes(2))
+
+
+def _real_saved(method: str, triplets: int, text_chunk: int) -> int:
     torch.manual_seed(0)
     real = get_method(method)(load_backbone("sbir-tiny", "random"), NAMES[:6], list(range(6)))
     real.train()
-    real.set_text_chunk(2)
-    measured = trace_step(real, real_batch(real, 3, False))
-    assert cost.saved(3) == pytest.approx(measured.saved_bytes, rel=0.10)
-    assert cost.saved(3) < plain.saved(3) and cost.chunk_bytes > 0 and cost.saved.per_sample > 0
+    real.set_text_chunk(text_chunk)
+    return trace_step(real, real_batch(real, triplets, False)).saved_bytes
+
+
+def test_a_checkpointed_chunk_counts_its_activations_not_the_text_towers_weights():
+    """CoCoOp at 3 triplets computes one class-text call of 6 images: with text_chunk=2, three chunks. What
+    checkpointing takes off a real step is those three chunks' activations; the estimate's chunk is a third
+    of it (within 10 %), without the text tower's weights, which exist anyway."""
+    counts = Counts(100, NAMES[:6], list(range(6)), 10, "test")
+    cost = method_cost(RunConfig(method="cocoop", train=TrainConfig(text_chunk=2, amp=False)), counts)
+    assert cost.text_images(3) == 6
+    freed = _real_saved("cocoop", 3, 0) - _real_saved("cocoop", 3, 2)
+    assert 3 * cost.chunk_bytes(2) == pytest.approx(freed, rel=0.10)
+
+
+@pytest.mark.parametrize("method", ["splip", "cocoop"])
+def test_a_chunk_larger_than_a_class_text_call_is_that_call(method):
+    """train.text_chunk above the images one call takes (64 > 6 at 3 triplets) checkpoints the call as one
+    chunk of its own size: the estimate sizes that chunk, not one of 64 images."""
+    counts = Counts(100, NAMES[:6], list(range(6)), 10, "test")
+    big = method_cost(RunConfig(method=method, train=TrainConfig(text_chunk=64, amp=False)), counts)
+    exact = method_cost(RunConfig(method=method, train=TrainConfig(text_chunk=6, amp=False)), counts)
+    assert big.chunk_images(3) == 6 and big.workspace(3) == exact.workspace(3)
+    assert big.workspace(3) < 2 * big.chunk_bytes(6)

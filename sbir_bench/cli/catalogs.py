@@ -6,7 +6,7 @@ from typing import Optional
 
 import click
 
-from ..errors import DataError, SbirError
+from ..errors import ConfigError, DataError, SbirError
 from . import main
 from .common import fail, friendly_errors
 
@@ -46,10 +46,11 @@ def recipes_command(prefix: str) -> None:
     from ..locations import recipes_folder
 
     root = recipes_folder()
-    for path in sorted(root.rglob("*.yaml")):
-        name = path.relative_to(root).with_suffix("").as_posix()
-        if name.startswith(prefix.strip("/")):
-            click.echo(name)
+    names = [n for n in (p.relative_to(root).with_suffix("").as_posix() for p in sorted(root.rglob("*.yaml")))
+             if n.startswith(prefix.strip("/"))]
+    if not names:
+        raise ConfigError(f"no shipped recipe starts with {prefix!r}; `sbir-bench recipes` lists them all")
+    click.echo("\n".join(names))
 
 
 @main.command("backbones")

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
+import signal
 import sys
+import threading
 import typing
 from typing import Any, Callable, Dict, List, Optional
 
 import click
 
 from ..config import field_meta
-from ..errors import INTERRUPTED, SbirError
+from ..errors import INTERRUPTED, TERMINATED, SbirError
 from ..ranks import is_rank_zero
 
 
@@ -27,9 +30,30 @@ def fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
-INTERRUPTED_ADVICE = {"run": "interrupted; rerun the same command with --resume to continue from the last checkpoint",
-               "reproduce": "interrupted; rerun the same reproduce command: finished cells are kept and "
-                            "interrupted ones resume from their last checkpoint"}
+INTERRUPTED_ADVICE = {"run": "rerun the same command with --resume to continue from the last checkpoint",
+                      "reproduce": "rerun the same reproduce command: finished cells are kept and interrupted ones "
+                                   "resume from their last checkpoint"}
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's stop, ``kill``, a container's shutdown), raised where the command is, so that
+    it unwinds as Ctrl-C does (checkpoint folders released, the cell's state written) and says so."""
+
+
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM into :class:`Terminated` in this process (the command line only: a library leaves the
+    caller's signals alone). A forked child (a data-loader worker) keeps the default: it just ends."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    owner = os.getpid()
+
+    def handler(signum: int, frame: Any) -> None:
+        if os.getpid() != owner:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise Terminated()
+    signal.signal(signal.SIGTERM, handler)
 
 
 def friendly_errors(fn: Callable) -> Callable:
@@ -41,12 +65,14 @@ def friendly_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except SbirError as exc:
             fail(str(exc), exc.exit_code)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             command = click.get_current_context(silent=True)
             name = command.info_name if command is not None else ""
+            what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
             if is_rank_zero():
-                click.echo(INTERRUPTED_ADVICE.get(name, "interrupted"), err=True)
-            sys.exit(INTERRUPTED)
+                advice = INTERRUPTED_ADVICE.get(name)
+                click.echo(f"{what}; {advice}" if advice else what, err=True)
+            sys.exit(TERMINATED if isinstance(exc, Terminated) else INTERRUPTED)
 
     return wrapper
 
@@ -55,6 +81,7 @@ class OneLineGroup(click.Group):
     """A click group whose usage errors are one ``error:`` line (exit 2), like every other error."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode: bool = True, **extra: Any):
+        stop_on_sigterm()
         try:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.ClickException as exc:

@@ -11,7 +11,7 @@ from ..config import BackboneConfig, DataConfig, EvalConfig, RunConfig, TrainCon
 from ..data.tasks import SETTINGS
 from ..errors import ConfigError, DataError, SbirError
 from ..gpus import DEFAULT_GPU, GPUS, usable_memory
-from ..launchers import CELLS, LAUNCHERS, LaunchRequest, launcher_for
+from ..launchers import CELLS, LAUNCHERS, LaunchRequest, launcher_for, planned_configs
 from ..reporting.tables import write_table
 from . import main
 from .common import config_option, fail, friendly_errors, split_list
@@ -131,14 +131,23 @@ def print_estimates(labelled: Sequence[Tuple[str, str, Any]], gpu: Optional[str]
     # imported when the command runs: `sbir-bench --help` starts without open_clip and the models
     from ..fileio import atomic_write_json
     from ..runner import estimate_run
-    out = []
+    out: List[Dict[str, Any]] = []
+    refused: List[SbirError] = []
     for label, run_id, cfg in labelled:
-        est = estimate_run(cfg, gpu or DEFAULT_GPU)
+        try:
+            est = estimate_run(cfg, gpu or DEFAULT_GPU)
+        except SbirError as exc:  # this run does not fit (or cannot be sized): mark it, size the others
+            refused.append(exc)
+            click.echo(f"{label}  |  refused: {exc}")
+            out.append({"run": run_id, "refused": str(exc)})
+            continue
         click.echo(f"{label}  |  {est.line()}")
         out.append({"run": run_id, **est.to_dict()})
     if json_file:
         atomic_write_json(json_file, out)
         click.echo(f"estimates: {json_file}")
+    if refused:  # the exit code says what kind: the first one's (docs/errors.md)
+        fail(f"{len(refused)} of {len(labelled)} run(s) refused (marked above)", refused[0].exit_code)
 
 
 @main.command("run")
@@ -281,7 +290,7 @@ def reproduce_command(table: str, datasets, methods, seeds: str, data_root: Opti
             click.echo(line)
         return
     if cluster["collect"]:
-        click.echo(f"wrote {', '.join(str(p) for p in write_table(table, out).values())}")
+        click.echo(f"wrote {', '.join(str(p) for p in write_table(table, out, planned_configs(runs)).values())}")
         return
     if dry_run:  # one line per cell: what it needs and would do, then what it costs
         print_estimates([(f"{'skip ' if p.status.startswith('missing') else ''}{p.describe()}",
@@ -330,7 +339,7 @@ def _launch(table: str, runs, out, cluster: Dict[str, Any], resources) -> None:
                    f"and the table is written when the last one ends")
     elif any(not p.status.startswith("missing") for p in runs):
         try:
-            written = write_table(table, out)
+            written = write_table(table, out, planned_configs(runs))
             click.echo(f"wrote {', '.join(str(p) for p in written.values())}")
         except SbirError as exc:  # every cell failed: the failures below say why
             click.echo(f"no table: {exc}", err=True)

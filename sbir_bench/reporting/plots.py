@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np  # noqa: E402
 from matplotlib.figure import (
@@ -148,9 +149,10 @@ def curve_series(frame) -> Series:
     the mean over the row's seeds, and the lowest and highest seed (the band), from the records alone."""
     values: Dict[str, Dict[str, Dict[int, List[float]]]] = {}
     for row, record in zip(frame["row"], frame["record"]):
-        for h in json.loads(Path(record).read_text()).get("train", {}).get("history") or []:
+        history = readable_history(record)
+        for h in history:
             for key, value in h.items():
-                if key != "epoch" and isinstance(value, (int, float)):
+                if key != "epoch" and isinstance(value, (int, float)) and math.isfinite(value):
                     values.setdefault(row, {}).setdefault(key, {}).setdefault(int(h["epoch"]), []).append(float(value))
     out: Series = {}
     for row, by_key in values.items():
@@ -160,6 +162,19 @@ def curve_series(frame) -> Series:
             out.setdefault(row, {})[key] = (epochs, np.array([r.mean() for r in runs]),
                                            np.array([r.min() for r in runs]), np.array([r.max() for r in runs]))
     return out
+
+
+def readable_history(record: str) -> List[Dict[str, Any]]:
+    """The training history of the record at ``record``: a list of rows, each with a whole ``epoch``; a
+    damaged one (not a list, a row without its epoch) is left out with one warning, as a damaged record is."""
+    history = (json.loads(Path(record).read_text()).get("train") or {}).get("history") or []
+    good = isinstance(history, list) and all(
+        isinstance(h, dict) and isinstance(h.get("epoch"), (int, float)) and not isinstance(h.get("epoch"), bool)
+        and math.isfinite(h["epoch"]) and float(h["epoch"]).is_integer() for h in history)
+    if not good:
+        log.warning(f"{record}: its training history is damaged (each row needs a whole epoch); left out of the curves")
+        return []
+    return history
 
 
 def plot_curves(series: Series, out_stem: Path) -> List[Path]:

@@ -30,9 +30,9 @@ from ..errors import DataError, SbirError
 from ..log import progress
 from .measures import cutoff_metrics, instance_ranks, policy_ranks, relevant_ranks
 from .protocol import Protocol, metric_sort_key
-from .scoring import ScoreSource, block_rows, parse_memory
+from .scoring import ScoreSource, block_rows
 
-__all__ = ["RetrievalResult", "evaluate", "evaluate_many", "parse_memory", "block_rows"]
+__all__ = ["RetrievalResult", "evaluate", "evaluate_many", "block_rows"]
 
 
 @dataclass

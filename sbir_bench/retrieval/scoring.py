@@ -12,17 +12,15 @@ of the embeddings as they are.
 
 from __future__ import annotations
 
-import re
 from typing import Optional
 
 import numpy as np
 import torch
 
-from ..errors import ConfigError, DataError, SbirError
+from ..errors import DataError, SbirError
+from ..gpus import parse_bytes
 
 EPS = 1e-12
-_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20,
-          "g": 2**30, "gb": 2**30, "gib": 2**30}
 BYTES_PER_SCORE = 13  # score row + sorted copy + comparison masks, float32
 MAX_BLOCK = 512
 GPU_MEMORY_SHARE = 0.5  # share of the free GPU memory a block may use with memory="auto"
@@ -58,20 +56,6 @@ def cosine_scores(query: np.ndarray, gallery: np.ndarray) -> np.ndarray:
     return (unit_rows(query) @ unit_rows(gallery).T).numpy()
 
 
-def parse_memory(text: str | int) -> int:
-    """``"2GiB"`` -> bytes.
-
-    >>> parse_memory("512MiB")
-    536870912
-    """
-    if isinstance(text, int):
-        return text
-    m = re.fullmatch(r"\s*([0-9.]+)\s*([a-zA-Z]*)\s*", str(text))
-    if not m or m.group(2).lower() not in _UNITS:
-        raise ConfigError(f"cannot parse memory size {text!r}; use e.g. 512MiB, 2GiB or auto")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-
-
 def memory_budget(memory: str | int, device: torch.device) -> int:
     """Bytes a score block may use: ``memory``, or with ``"auto"`` half the free GPU memory (1 GiB on CPU)."""
     if str(memory).strip().lower() == "auto":
@@ -79,7 +63,7 @@ def memory_budget(memory: str | int, device: torch.device) -> int:
             free, _ = torch.cuda.mem_get_info(device)
             return int(free * GPU_MEMORY_SHARE)
         return 2**30
-    return parse_memory(memory)
+    return parse_bytes(memory)
 
 
 def block_rows(n_gallery: int, memory: str | int, device: torch.device | str = "cpu") -> int:

@@ -376,9 +376,10 @@ class Trainer:
             if self.stage:
                 row["stage"] = self.stage
             history.append(row)
-            log.info("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
             if self.checkpoint_dir and dist_utils.is_main():
                 save_checkpoint(self.checkpoint_dir, self._payload(epoch + 1, history))
+            # said once it is saved: an epoch whose line was printed survives a Ctrl-C that follows the line
+            log.info("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
             dist_utils.barrier()
             if self.on_epoch_end:
                 self.on_epoch_end(epoch + 1)
