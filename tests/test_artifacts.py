@@ -201,3 +201,16 @@ def test_a_moved_results_folder_uses_its_own_files_not_the_originals(trained, tm
     assert row["per_query"] == str(moved / run_id / "per_query.npz")
     scored = _invoke("eval", "--record", str(moved / f"{run_id}.json"), "--json", str(tmp_path / "m.json"))
     assert scored.exit_code == 0, scored.output
+
+
+def test_an_artifact_copied_into_another_run_s_folder_says_whose_it_is(trained, tmp_path):
+    """A run writes its artifact into <run-id>/: one found under another name is evaluated as the run that
+    trained it, and the line says so."""
+    import shutil
+    out, record = trained
+    other = tmp_path / "runs" / "coop_mini_zs_split1_seed9_20260101-000000-abcdef"
+    shutil.copytree(Path(record["model"]).parent, other)
+    result = _invoke("eval", "--model", str(other), "--output-dir", str(tmp_path / "eval"))
+    assert result.exit_code == 0, result.output
+    assert f"is run {record['run_id']}'s, not {other.name}'s" in result.output
+    assert newest_record(tmp_path / "eval")["model_source"]["run_id"] == record["run_id"]

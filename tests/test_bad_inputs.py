@@ -61,6 +61,15 @@ def _fg_raw_tree(root: Path) -> str:
     return str(root)
 
 
+def _room_for(method: str, triplets: int) -> str:
+    """A memory budget with room for micro-batches of ``triplets`` of ``method`` on the mini set, batch 8."""
+    from sbir_bench.config import build_run_config
+    from sbir_bench.runner import run_counts
+    from sbir_bench.sizing import predicted_peak
+    cfg = build_run_config({}, {"method": method, "train.batch_size": 8})
+    return str(predicted_peak(cfg, run_counts(cfg), triplets))
+
+
 def _nan_weights(path: Path) -> str:
     from sbir_bench.models import load_backbone
     state = load_backbone("sbir-tiny").model.state_dict()
@@ -261,6 +270,20 @@ ROWS: List[tuple] = [
      "one triplet needs about"),
     ("memory-budget-not-a-size", lambda t, o: ["run", "coop", "--memory-budget", "lots"], CONFIG,
      "memory size 'lots'"),
+    ("memory-budget-unknown-unit", lambda t, o: ["run", "coop", "--memory-budget", "2XB"], CONFIG, "memory size '2XB'"),
+    ("memory-budget-two-points", lambda t, o: ["run", "coop", "--memory-budget", "1.2.3GB"], CONFIG,
+     "memory size '1.2.3GB'"),
+    ("memory-budget-too-large", lambda t, o: ["run", "coop", "--memory-budget", "9" * 400 + "GB"], CONFIG, "too large"),
+    ("set-eval-memory-two-points", lambda t, o: ["run", "coop", "--set", "eval.memory=1.2.3GB"], CONFIG, "eval.memory"),
+    ("reproduce-memory-budget-too-large", lambda t, o: ["reproduce", "zs", "--dataset", "mini", "--memory-budget",
+                                                        "1" + "0" * 30 + "TB", "--output-dir", str(o)], CONFIG,
+     "too large"),
+    ("eval-memory-unknown-unit", lambda t, o: ["eval", "--embeddings", _embeddings_file(t), "--eval-memory", "2XB"],
+     CONFIG, "memory size '2XB'"),
+    ("recipes-prefix-matches-nothing", lambda t, o: ["recipes", "paper/zz"], CONFIG, "no shipped recipe starts with"),
+    ("linear-probe-budget-would-split-batchnorm", lambda t, o: ["run", "linear-probe", "--batch-size", "8",
+                                                                "--memory-budget", _room_for("linear-probe", 4)],
+     MEMORY, "set train.grad_accum=2"),
     ("json-without-dry-run", lambda t, o: ["run", "coop", "--json", str(t / "e.json")], CONFIG, "add --dry-run"),
     ("reproduce-json-without-dry-run", lambda t, o: ["reproduce", "zs", "--dataset", "mini", "--json",
                                                      str(t / "e.json"), "--output-dir", str(o)], CONFIG, "add --dry-run"),

@@ -191,3 +191,28 @@ def test_a_cell_of_a_method_trained_in_stages_resumes_from_its_stage_checkpoint(
     assert not list(tmp_path.glob("**/pros_mini_zs_split1_seed0/simulator/last.pt"))
     dry = CliRunner().invoke(main, [*args, "--dry-run"])
     assert "-> resume" in dry.output, dry.output
+
+
+def test_a_refused_resume_never_leaves_the_old_config_s_row_standing_for_the_new_request(tmp_path, mini_root):
+    """The same cell asked again with another training setting: its checkpoint is refused (exit 4) and the
+    table is not rewritten from the earlier config's record as if that answered the new request."""
+    out = tmp_path / "table"
+    base = ["reproduce", "zs", "--dataset", "mini", "--method", "linear-probe", "--set", "train.epochs=1",
+            "--output-dir", str(out), "--quiet"]
+    assert CliRunner().invoke(main, base).exit_code == 0
+    table = (out / "table_zs.md").read_bytes()
+    again = CliRunner().invoke(main, [*base, "--set", "train.weight_decay=0.5"])
+    assert again.exit_code == 4, again.output
+    assert "no table" in again.output and "another config" in again.output
+    assert (out / "table_zs.md").read_bytes() == table  # the earlier request's table, untouched
+
+
+def test_a_dry_run_marks_every_cell_a_budget_refuses_and_sizes_the_others(tmp_path, mini_root):
+    result = CliRunner().invoke(main, ["reproduce", "zs", "--dataset", "mini", "--method", "zeroshot-clip",
+                                       "--method", "coop", "--method", "splip", "--memory-budget", "1KiB", "--dry-run",
+                                       "--output-dir", str(tmp_path / "t")])
+    assert result.exit_code == 7, result.output
+    lines = result.output.splitlines()
+    assert sum("|  refused: one triplet needs about" in ln for ln in lines) == 2  # coop and splip, each marked
+    assert any("zeroshot-clip" in ln and "GPU-h" in ln for ln in lines)
+    assert "2 of 3 run(s) refused" in result.output

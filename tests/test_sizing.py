@@ -89,7 +89,7 @@ def test_the_bf16_trace_saves_what_a_real_autocast_step_saves(method, stage):
     ``torch.autocast("cpu", bfloat16)``: the bytes autograd holds within 10 %. Under bf16 a step also keeps a
     bf16 copy of every frozen weight it multiplies: fp32 is not an upper bound at small batches."""
     from sbir_bench import meta_autocast
-    from sbir_bench.sizing import fused_attention, held_storages, meta_batch, meta_method
+    from sbir_bench.sizing import fused_attention, meta_batch, meta_method
     triplets, classes = 2, 4
     built = meta_method(method, {}, "sbir-tiny", NAMES[:classes], list(range(classes)))
     built.begin_stage(stage)

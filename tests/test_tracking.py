@@ -149,3 +149,22 @@ def test_plot_curves_from_records_with_seeds_as_bands(tmp_path, mini_root):
     assert set(series) == {"linear-probe", "linear-probe [wd]"}
     epochs, mean, low, high = series["linear-probe"]["loss"]
     assert list(epochs) == [1, 2] and all(lo <= m <= hi for lo, m, hi in zip(low, mean, high))
+
+
+def test_plot_curves_leaves_out_a_damaged_history_with_a_warning(tmp_path, caplog):
+    """docs/errors.md: a record whose training history is damaged is skipped with a warning; the others draw."""
+    import json
+    from test_reporting import make_record
+    out = tmp_path / "runs"
+    good = make_record(out, "coop", 0, {"mAP@all": 0.5}, dataset="mini")
+    bad = make_record(out, "splip", 0, {"mAP@all": 0.6}, dataset="mini")
+    for path, history in ((good, [{"epoch": 1, "loss": 2.0}, {"epoch": 2, "loss": 1.0}]),
+                          (bad, [{"loss": 1.0}, "not a row", {"epoch": "one", "loss": 3.0}])):
+        record = json.loads(path.read_text())
+        record["train"] = {"history": history}
+        path.write_text(json.dumps(record))
+    result = CliRunner().invoke(main, ["plot", "--results-dir", str(out), "--kind", "curves", "--output-dir",
+                                       str(tmp_path / "fig")])
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    assert "training history is damaged" in result.output + caplog.text
+    assert (tmp_path / "fig" / "curves_mini_split1_zs.png").is_file()

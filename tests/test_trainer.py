@@ -296,3 +296,60 @@ def test_early_stopping_run_keeps_and_reports_the_best_epoch_then_resumes_as_sto
     assert record["metrics"] == two["metrics"]
     again = run(config(tmp_path, "coop", **early, **{"train.resume": True}))
     assert again.get("already_finished")  # a stopped run is finished: resume writes no second record
+
+
+def test_an_epoch_whose_summary_line_was_printed_survives_a_ctrl_c_right_after_it(tmp_path, mini_root, monkeypatch):
+    """The epoch line is printed once the epoch's checkpoint is written: Ctrl-C on the line keeps the epoch."""
+    from click.testing import CliRunner
+
+    from conftest import as_options
+    from sbir_bench.cli import main
+    from sbir_bench.training import trainer as trainer_module
+    real_info = trainer_module.log.info
+
+    def info(message, *args, **kwargs):
+        real_info(message, *args, **kwargs)
+        if str(message).startswith("epoch=1"):
+            raise KeyboardInterrupt
+    monkeypatch.setattr(trainer_module.log, "info", info)
+    out = tmp_path / "runs"
+    result = CliRunner().invoke(main, ["run", "coop", *as_options(short_training()), "--output-dir", str(out)])
+    assert result.exit_code == 130, result.output
+    assert last_checkpoint(out / "checkpoints" / "coop_mini_zs_split1_seed0")["epoch"] == 1
+
+
+SIGTERM_SCRIPT = """
+import sys, time
+from pathlib import Path
+import sbir_bench.runner as runner
+from sbir_bench.cli import main
+
+def waiting(cfg, on_epoch_end=None):
+    Path(sys.argv[1]).write_text("started")
+    while True:
+        time.sleep(0.05)
+
+runner.run = waiting  # the command imports run from the runner when it runs
+main(["run", "zeroshot-clip", "--output-dir", sys.argv[2]])
+"""
+
+
+def test_sigterm_ends_a_run_with_a_line_that_says_so(tmp_path):
+    """A scheduler's SIGTERM unwinds the command as Ctrl-C does and says so, with exit code 143."""
+    import signal
+    import time
+    marker = tmp_path / "started"
+    proc = subprocess.Popen([sys.executable, "-c", SIGTERM_SCRIPT, str(marker), str(tmp_path / "runs")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(1200):  # the import of torch takes seconds on a loaded machine: wait for the run itself
+            if marker.exists() or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert marker.exists(), proc.communicate()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert "terminated (SIGTERM); rerun the same command with --resume" in err and "Traceback" not in err

@@ -34,18 +34,18 @@ PROS_MARGIN = 0.03
 MARGINS = {"splip": SPLIP_MARGIN, "pros": PROS_MARGIN}
 
 
-def val_map(method: str, tmp_path: Path) -> tuple[float, float]:
+def val_map(method: str, tmp_path: Path) -> float:
     cfg = build_run_config(load_yaml(CONFIGS / f"{method}.yaml"),
                            {"method": method, "output_dir": str(tmp_path / method), "quiet": True,
                             "eval.save_embeddings": False, "train.val_every": 0})  # validated once, at the end
     record = run(cfg)
-    return record["val_metrics"]["mAP@all"], record["timings"]["total_seconds"]
+    return record["val_metrics"]["mAP@all"]  # how long it took is benchmarks/' business, not a test's
 
 
 TRAINED = ["linear-probe", "coop", "cocoop", "maple", "clip-at", "splip", "pros"]
 
 
-def one_thread_run(method: str, out: str) -> tuple[float, float]:
+def one_thread_run(method: str, out: str) -> float:
     """:func:`val_map` in a worker process, on one torch thread."""
     import torch
     torch.set_num_threads(1)
@@ -68,8 +68,6 @@ def recipe_runs(tmp_path_factory, mini_root) -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize("method", TRAINED)
 def test_trained_method_beats_zero_shot_on_seen_validation(method, recipe_runs):
-    zero_shot = recipe_runs["zeroshot-clip"][0]
-    trained, seconds = recipe_runs[method]
+    zero_shot, trained = recipe_runs["zeroshot-clip"], recipe_runs[method]
     margin = MARGINS.get(method, MARGIN)
     assert trained > zero_shot + margin, f"{method}: {trained:.4f} vs zero-shot {zero_shot:.4f}"
-    assert seconds < 300

@@ -33,6 +33,7 @@ def methods_command() -> None:
 
 @main.command("recipes")
 @click.argument("prefix", required=False, default="")
+@friendly_errors
 def recipes_command(prefix: str) -> None:
     """List the shipped recipes, by the name `--config` takes (optionally those under PREFIX).
 

@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional
 
 import click
 
-from ..config import EvalConfig
+from ..config import EvalConfig, parse_memory_option
 from ..data.tasks import SETTINGS
 from ..errors import ConfigError, DataError
 from ..records import beside_record
@@ -20,6 +20,16 @@ from .common import (
     protocol_options,
     split_list,
 )
+
+
+def checked_memory(value: str) -> str:
+    """``--eval-memory`` read as the config reads ``eval.memory``: a size it cannot read is a usage error now,
+    before any embedding is loaded."""
+    try:
+        parse_memory_option(value)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--eval-memory") from None
+    return value
 
 
 def _embeddings_path(emb_path: Optional[str], record: Optional[str]) -> str:
@@ -94,7 +104,8 @@ def model_config(artifact, opts: Dict[str, Any]):
 @click.option("--protocols", "presets", help="'all' or a comma-separated list of presets: every metric under each, "
                                              "side by side, with the spread between them.")
 @protocol_options
-@click.option("--eval-memory", default="1GiB", show_default=True, help="Memory budget for score blocks (or auto).")
+@click.option("--eval-memory", default="1GiB", show_default=True, callback=lambda ctx, param, value: checked_memory(value),
+              help="Memory budget for score blocks: a size (2GiB binary, 2GB decimal) or auto.")
 @click.option("--backend", type=click.Choice(["exact", "faiss"]), default="exact", show_default=True,
               help="exact: every metric; faiss: top-K metrics only, for million-photo galleries.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
