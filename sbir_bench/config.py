@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import yaml
 
-from .data.tasks import GALLERIES, GZS_PROTOCOLS, SETTINGS
+from .data.tasks import EPOCH_LENGTHS, GALLERIES, GZS_PROTOCOLS, SETTINGS
 from .errors import ConfigError
 from .gpus import parse_bytes
 from .retrieval.protocol import DEFAULT_PRESET, PRESETS
@@ -122,11 +122,19 @@ class TrainConfig:
                              "class_text=image, CoCoOp): same values and gradients, the memory of one chunk, their "
                              "forward computed twice; 0 = all at once", min=0, role="incidental")
     amp: bool = opt(True, "mixed precision (bf16, or fp16 with a grad scaler); only takes effect on CUDA")
-    steps_per_epoch: Optional[int] = opt(None, "default: one pass over the training sketches", min=1)
-    val_every: int = opt(1, "seen-class validation every N epochs (0 = never)", min=0, role="evaluation")
-    early_stop: int = opt(0, "stop after N validations in a row without a higher seen-class validation mAP@all, "
-                             "and keep the best validated epoch's model (ProS: 2); 0 = every epoch, the last model",
-                          min=0)
+    steps_per_epoch: Optional[int] = opt(None, "default: one pass as train.epoch_length says", min=1)
+    epoch_length: str = opt("sketches", "what one epoch passes over: sketches (every training sketch once) or "
+                                        "smallest-domain (as many triplets as the smaller of the training sketches "
+                                        "and photos: ProS's sampler)", choices=EPOCH_LENGTHS)
+    val_every: int = opt(1, "seen-class validation every N epochs (0 = never); with early_stop it decides which "
+                            "epochs can be kept (part of the training then)", min=0, role="evaluation")
+    early_stop: int = opt(0, "stop after N validations in a row without a higher seen-class validation value "
+                             "(train.select_metric), and keep the best validated epoch's model (ProS: 2); 0 = every "
+                             "epoch, the last model", min=0)
+    select_metric: str = opt("auto", "the validation metric early stopping keeps the best epoch by: auto (mAP@all; "
+                                     "Acc@1 at instance level) or a metric the selection protocol reports, e.g. mAP@200")
+    select_protocol: str = opt("run", "the protocol that metric is computed under: run (eval.protocol) or a preset "
+                                      "(ProS's code selects under its own: pros)", choices=("run",) + tuple(PRESETS))
     checkpoint_dir: Optional[str] = opt(None, "default: <output_dir>/checkpoints/<run name>", role="incidental")
     resume: bool = opt(False, "continue from the last checkpoint of this run", role="incidental")
 

@@ -58,6 +58,7 @@ from .ranks import world
 from .records import SCHEMA, provenance, run_name, split_label
 from .reporting.collect import config_id
 from .retrieval import PRESETS, Protocol, RetrievalResult, evaluate_many
+from .retrieval.protocol import metric_names
 from .retrieval.npz_files import save_embeddings, save_per_query
 from .sizing import (
     Counts,
@@ -221,8 +222,16 @@ class Scorer:
                                   device=self.device, desc=desc, query_seen=emb.query_seen)
 
     def validation_metrics(self, task: RetrievalTask) -> Optional[Dict[str, float]]:
-        results = self.score(task, "validation")[1]
-        return None if results is None else dict(results[0].metrics)
+        """Validation under the run's protocol, and under ``train.select_protocol`` where that names another
+        preset (those values keyed ``<preset>:<metric>``, as early stopping reads them)."""
+        emb = self.embed(task)
+        if emb is None:
+            return None
+        chosen = self.cfg.train.select_protocol
+        protocols = [self.protocol] + ([PRESETS[chosen]] if chosen != "run" else [])
+        results = evaluate_many(*emb.arrays(), protocols=protocols, memory=self.cfg.eval.memory, device=self.device,
+                                desc="validation", query_seen=emb.query_seen)
+        return {**results[0].metrics, **{f"{chosen}:{k}": v for r in results[1:] for k, v in r.metrics.items()}}
 
     def frozen_features(self, samples) -> Dict[str, np.ndarray]:
         """path -> frozen image feature (eval transform, no augmentation), through the cache if enabled."""
@@ -346,11 +355,20 @@ def train_stage(cfg: RunConfig, parts: RunParts, scorer: Scorer, stage: Stage, i
 
 def check_early_stopping(cfg: RunConfig, data: RunData) -> None:
     """Early stopping compares seen-class validations: refuse it, in one line before anything loads,
-    when the run has none (it would silently train every epoch)."""
+    when the run has none (it would silently train every epoch), or when the metric it is to compare
+    is not one the selection protocol reports."""
     stages = stages_of(get_method(cfg.method), cfg.method_config, cfg.train)
-    if any(s.train.early_stop for s in stages) and not (cfg.train.val_every and data.val_task.evaluable):
+    if not any(s.train.early_stop for s in stages):
+        return
+    if not (cfg.train.val_every and data.val_task.evaluable):
         raise ConfigError("train.early_stop needs a seen-class validation: set train.val_every >= 1 and a "
                           "data.val_fraction that leaves validation photos, or train.early_stop: 0")
+    chosen = cfg.train.select_protocol
+    protocol = Protocol.from_eval_config(cfg.eval) if chosen == "run" else PRESETS[chosen]
+    reported = metric_names(protocol, data.val_task.level)
+    if cfg.train.select_metric != "auto" and cfg.train.select_metric not in reported:
+        raise ConfigError(f"train.select_metric={cfg.train.select_metric!r} is not a {data.val_task.level}-level "
+                          f"metric of the {chosen} protocol; choose one of: auto, {', '.join(reported)}")
 
 
 def run_counts(cfg: RunConfig) -> Counts:
@@ -433,8 +451,12 @@ RESUMABLE_KEYS = keys_with_role("incidental", "evaluation")
 
 
 def training_fingerprint(cfg: RunConfig) -> Dict[str, Any]:
-    """What a checkpoint was trained on: the resolved config minus what may change on resume."""
-    return without_keys(to_dict(cfg), RESUMABLE_KEYS)
+    """What a checkpoint was trained on: the resolved config minus what may change on resume. With early
+    stopping the validation schedule decides which epoch's model is kept: it is part of the training then."""
+    tree = without_keys(to_dict(cfg), RESUMABLE_KEYS)
+    if any(s.train.early_stop for s in stages_of(get_method(cfg.method), cfg.method_config, cfg.train)):
+        tree.setdefault("train", {})["val_every"] = cfg.train.val_every
+    return tree
 
 
 def training_identity(cfg: RunConfig) -> str:

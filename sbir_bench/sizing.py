@@ -36,6 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from . import meta_autocast
 from .config import RunConfig, from_dict
 from .data.catalog import get_spec
+from .data.tasks import epoch_triplets
 from .data.splits import load_split, package_file, read_class_file
 from .data.triplets import TripletBatch
 from .errors import OutOfMemoryError
@@ -208,6 +209,7 @@ class Counts:
     seen: List[int]
     test_images: int  # queries + gallery
     source: str  # "the copy on disk" or "the catalog's published counts"
+    train_photos: Optional[int] = None  # None: unknown (an epoch rule that reads them takes the sketches')
 
 
 @dataclass
@@ -529,7 +531,8 @@ def _stage_estimate(cfg: RunConfig, counts: Counts, gpu: str, budget: int, stage
     weights, grads, opt = static_bytes(cost, cfg.train)
     batch = cfg.train.batch_size
     bf16 = bool(cfg.train.amp)
-    steps = cfg.train.steps_per_epoch or max(1, counts.train_sketches // batch)
+    steps = cfg.train.steps_per_epoch or max(1, epoch_triplets(cfg.train.epoch_length, counts.train_sketches,
+                                                               counts.train_photos) // batch)
     trains = cost.trainable > 0
     micro = plan_micro_batches(cfg, counts, budget, 1, stage)[1] if trains else 0
     step_flops = cost.flops(batch) if trains else 0
@@ -555,11 +558,12 @@ def catalog_counts(dataset: str, split: str, split_file: Optional[str], val_frac
     share = len(seen) / len(names)
     sketches, photos = spec.expected.get("sketches", 0), spec.expected.get("photos", 0)
     return Counts(int(sketches * share * (1 - val_fraction)), names, seen,
-                  int((sketches + photos) * (1 - share)), "the catalog's published counts")
+                  int((sketches + photos) * (1 - share)), "the catalog's published counts",
+                  int(photos * share * (1 - val_fraction)) if photos else None)
 
 
 def counts_from_data(data) -> Counts:
     """Counts of a run's prepared data (:class:`~sbir_bench.runner.RunData`)."""
     part = data.part
     return Counts(len(part.train_sketches), list(data.index.class_names), list(part.seen),
-                  len(data.task.queries) + len(data.task.gallery), "the copy on disk")
+                  len(data.task.queries) + len(data.task.gallery), "the copy on disk", len(part.train_photos))

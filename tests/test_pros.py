@@ -296,3 +296,72 @@ def test_a_triplet_takes_the_sketch_transform_for_its_sketch_only(mini_root):
                           sketch_transform=lambda im: torch.tensor(1.0))
     sketch, positive, negative, *_ = data[0]
     assert (float(sketch), float(positive), float(negative)) == (1.0, 0.0, 0.0)
+
+
+# ---------------------------------------------------------------- the recipe against the official protocol
+PROTOCOL = json.loads((HERE / "fixtures" / "official" / "pros_protocol.json").read_text())
+CELL_OF = {("Sketchy", 1): ("zs", "sketchy-split2"), ("Sketchy", 0): ("zs", "sketchy-split1"),
+           ("TUBerlin", 0): ("zs", "tuberlin")}  # its ECCV split is our split 2, its random split our split 1
+
+
+def _cell_config(setting: str, cell: str):
+    from sbir_bench.reproduce import _config, cells
+    return _config(next(c for c in cells(setting, methods=["pros"]) if c.name == cell), 0, HERE, {})
+
+
+@pytest.mark.parametrize("case", PROTOCOL["epochs"], ids=lambda c: f"{c['sketches']}x{c['photos']}")
+def test_an_epoch_is_as_long_as_its_balanced_sampler_makes_it(case):
+    """train.epoch_length: smallest-domain (the recipe's) gives stage 2 the steps of its BalancedSampler over
+    the same two domains (at least one); stage 1 (batch 200 triplets) drops the sampler's last partial batch of
+    400 images, which its loader keeps (docs/methods.md)."""
+    from dataclasses import replace
+
+    from sbir_bench.data.tasks import epoch_triplets
+    cfg = _cell_config("zs", "sketchy-split2").train
+    units, simulator = ProS.training_stages(ProSConfig(), cfg)
+    steps = {s.name: max(1, epoch_triplets(s.train.epoch_length, case["sketches"], case["photos"]) // s.train.batch_size)
+             for s in (units, simulator)}
+    assert steps[SIMULATOR] == max(1, case["stage2_steps"])
+    assert max(1, case["stage1_steps"] - 1) <= steps[UNITS] <= max(1, case["stage1_steps"])
+    default = replace(cfg, epoch_length="sketches")  # ours: every training sketch once
+    assert max(1, epoch_triplets(default.epoch_length, case["sketches"], case["photos"]) // 25) == \
+        max(1, case["sketches"] // 25)
+
+
+@pytest.mark.parametrize("case", [c for c in PROTOCOL["selection"] if (c["dataset"], c["eccv"]) in CELL_OF],
+                         ids=lambda c: f"{c['dataset']}-eccv{c['eccv']}")
+def test_the_recipe_chooses_the_epoch_by_the_official_metric_under_its_metric_code(case):
+    from sbir_bench.training.trainer import selection_keys
+    cfg = _cell_config(*CELL_OF[(case["dataset"], case["eccv"])])
+    expected = case["map_metric"]
+    assert selection_keys(cfg.train)[0] == f"pros:{expected}"
+    assert cfg.train.select_protocol == "pros" and cfg.train.early_stop == 2
+
+
+def test_the_recipe_trains_and_embeds_in_fp32_as_its_code_does():
+    """Its training step's autocast is commented out and the model is cast to fp32: the recipe's train.amp and
+    eval.amp are off, so a bf16 GPU embeds in fp32 too (the default eval.amp would take bf16 there)."""
+    from sbir_bench.precision import evaluation_precision, training_precision
+    assert PROTOCOL["training_step_autocast"] == [] and PROTOCOL["commented_autocast"]
+    cfg = _cell_config("zs", "tuberlin")
+    assert cfg.train.amp is False and cfg.eval.amp is False
+    cuda = torch.device("cuda")  # amp off decides before any CUDA query: the answer on a bf16 GPU, here too
+    assert evaluation_precision(cfg.eval.amp, cuda).name == training_precision(cfg.train.amp, cuda).name == "fp32"
+
+
+def test_early_stopping_reads_the_selection_protocol_s_metric_and_the_record_shows_it(tmp_path, mini_root):
+    from click.testing import CliRunner
+
+    from conftest import newest_record
+    from sbir_bench.cli import main
+    out = tmp_path / "runs"
+    result = CliRunner().invoke(main, ["run", "pros", "--config", "mini/pros", "--epochs", "2", "--set",
+                                       "train.steps_per_epoch=1", "--set", "train.early_stop=1", "--set",
+                                       "train.select_protocol=pros", "--set", "train.select_metric=mAP@200",
+                                       "--set", "eval.save_embeddings=false", "--output-dir", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    record = newest_record(out)
+    rows = [h for h in record["train"]["history"] if h.get("stage") == SIMULATOR]
+    assert all("val_pros:mAP@200" in h and "val_mAP@all" in h for h in rows)
+    best = max(rows, key=lambda h: h["val_pros:mAP@200"])  # the first of equals: a later one must be higher
+    assert record["train"]["best_epoch"] == best["epoch"]

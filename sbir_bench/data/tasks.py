@@ -136,6 +136,25 @@ def training_partition(data, seed: int) -> TrainingPartition:
     return TrainingPartition(seed, data.val_fraction, heldout, data.max_per_class, data.setting == "fg")
 
 
+# What one training epoch passes over (train.epoch_length): every training sketch once (ours), or as many
+# triplets as the smaller of the training sketches and photos (ProS's BalancedSampler: min_domain // batch)
+EPOCH_LENGTHS = ("sketches", "smallest-domain")
+
+
+def epoch_triplets(rule: str, sketches: int, photos: Optional[int] = None) -> int:
+    """Triplets in one epoch under ``rule`` (:data:`EPOCH_LENGTHS`), from the training sketches and photos
+    (photos unknown: as many as the sketches). The trainer and the estimate both count epochs with it.
+
+    >>> epoch_triplets("sketches", 900, 600), epoch_triplets("smallest-domain", 900, 600)
+    (900, 600)
+    """
+    if rule == "smallest-domain":
+        return min(sketches, sketches if photos is None else photos)
+    if rule == "sketches":
+        return sketches
+    raise DataError(f"unknown epoch length {rule!r}; choose one of: {', '.join(EPOCH_LENGTHS)}")
+
+
 COUNTED = ("train_sketches", "train_photos", "val_sketches", "val_photos", "heldout_sketches", "heldout_photos",
            "unseen_sketches", "unseen_photos")
 

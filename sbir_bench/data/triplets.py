@@ -65,6 +65,11 @@ class TripletDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    @property
+    def n_photos(self) -> int:
+        """Training photos of the seen classes (``train.epoch_length: smallest-domain`` counts them)."""
+        return sum(len(group) for group in self.photos_by_class.values())
+
     def __len__(self) -> int:
         return len(self.sketches)
 

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from ..config import TrainConfig
 from ..data.images import resolve_workers
+from ..data.tasks import epoch_triplets
 from ..data.triplets import collate_triplets
 from ..errors import ConfigError, DataError, DivergedError, OutOfMemoryError
 from ..log import get_logger, progress
@@ -138,7 +139,20 @@ def lr_lambda(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
 
 
 EXPONENTIAL_DECAY, EXPONENTIAL_EPOCHS, EXPONENTIAL_FLOOR = 1e-3, 20, 1e-6  # ProS's trainer.adjust_learning_rate
-EARLY_STOP_METRICS = ("mAP@all", "Acc@1")  # what early stopping compares: category level, else instance level
+EARLY_STOP_METRICS = ("mAP@all", "Acc@1")  # what early stopping compares by default: category, else instance level
+
+
+def selection_keys(cfg: TrainConfig) -> Tuple[str, ...]:
+    """The validation values early stopping reads, in order of preference: ``train.select_metric`` (or the
+    defaults of :data:`EARLY_STOP_METRICS`), prefixed ``<preset>:`` when ``train.select_protocol`` names a
+    preset other than the run's (the validation then reports them beside the run's own metrics).
+
+    >>> selection_keys(TrainConfig(select_metric="mAP@200", select_protocol="pros"))
+    ('pros:mAP@200',)
+    """
+    metrics = EARLY_STOP_METRICS if cfg.select_metric == "auto" else (cfg.select_metric,)
+    prefix = "" if cfg.select_protocol == "run" else f"{cfg.select_protocol}:"
+    return tuple(prefix + m for m in metrics)
 
 
 @dataclass
@@ -150,6 +164,7 @@ class EarlyStopping:
     """
 
     patience: int
+    keys: Tuple[str, ...] = EARLY_STOP_METRICS  # the validation values compared (selection_keys)
     best: float = -math.inf
     best_epoch: int = 0
     waited: int = 0
@@ -158,9 +173,9 @@ class EarlyStopping:
 
     def update(self, epoch: int, metrics: Dict[str, float], method: Method) -> None:
         """Account for the validation after ``epoch`` (1-based)."""
-        value = next((metrics[k] for k in EARLY_STOP_METRICS if k in (metrics or {})), None)
+        value = next((metrics[k] for k in self.keys if k in (metrics or {})), None)
         if value is None:
-            raise DataError(f"early stopping needs {' or '.join(EARLY_STOP_METRICS)} from validation; it returned "
+            raise DataError(f"early stopping needs {' or '.join(self.keys)} from validation; it returned "
                             f"{sorted(metrics or {}) or 'nothing'}")
         if math.isfinite(value) and value > self.best:
             self.best, self.best_epoch, self.waited = value, epoch, 0
@@ -197,7 +212,7 @@ class Trainer:
                  stage_index: int = 0) -> None:
         self.method, self.dataset, self.cfg, self.device, self.seed = method, dataset, cfg, device, seed
         self.stage = stage  # a named stage of a method trained in stages ("" for one-stage methods)
-        self.early = EarlyStopping(cfg.early_stop) if cfg.early_stop else None
+        self.early = EarlyStopping(cfg.early_stop, selection_keys(cfg)) if cfg.early_stop else None
         self.checkpoint_dir, self.fingerprint = checkpoint_dir, fingerprint
         self.trackers, self.global_step = trackers, 0
         self.memory = memory  # the sizing.MemoryPlan the micro-batches come from (None: as configured)
@@ -212,7 +227,8 @@ class Trainer:
                               f"the number of processes ({self.world})")
         if len(dataset) == 0:
             raise DataError("no training triplet: the split leaves no seen-class training sketch")
-        self.steps = cfg.steps_per_epoch or max(1, len(dataset) // cfg.batch_size)
+        self.steps = cfg.steps_per_epoch or max(1, epoch_triplets(cfg.epoch_length, len(dataset),
+                                                                  getattr(dataset, "n_photos", None)) // cfg.batch_size)
         order_seed = (seed, stage_index) if stage_index else seed  # each stage draws its own data order
         self.sampler = EpochSampler(len(dataset), cfg.batch_size, self.steps, order_seed, self.rank, self.world)
         self.loader = self._loader(workers, pin_memory)
