@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -39,6 +40,7 @@ log = get_logger(__name__)
 FORMAT = "sbir-bench/model"
 FORMAT_VERSION = 2  # 2: model.json carries meta_sha256, its own checksum (version 1 artifacts still load)
 MODEL_JSON, MODEL_TENSORS = "model.json", "model.safetensors"
+RUN_FOLDER = re.compile(r"_\d{8}-\d{6}-[0-9a-f]{6}$")  # a run's folder: <run name>_<date>-<time>-<suffix> (new_run_id)
 REQUIRED = ("format", "format_version", "method", "method_config", "config", "backbone", "preprocess",
             "class_names", "seen", "training", "run_id", "tensors_sha256")
 
@@ -129,7 +131,7 @@ def load_artifact(where: str | Path) -> Artifact:
     tensors = path.with_name(MODEL_TENSORS)
     if not tensors.is_file() or file_sha256(tensors) != meta["tensors_sha256"]:
         raise WeightsError(f"model artifact {path}: {tensors.name} is missing or damaged (SHA-256 differs)")
-    if path.parent.name != meta["run_id"]:  # a run writes its artifact into <run-id>/: this one was copied
+    if RUN_FOLDER.search(path.parent.name) and path.parent.name != meta["run_id"]:  # copied into another run's
         log.warning(f"model artifact {path} is run {meta['run_id']}'s, not {path.parent.name}'s (copied or renamed): "
                     f"it is evaluated and recorded as {meta['run_id']}")
     return Artifact(meta, load_file(str(tensors)), path)

@@ -85,8 +85,8 @@ def test_fg_training_sketches_follow_their_photos(part):
 def test_partition_is_deterministic_per_seed(mini_root):
     index = index_dataset("mini")
     unseen = load_split(index.spec, index.class_names, "1")
-    a, b = partition(index, unseen, TrainingPartition(3)), partition(index, unseen, TrainingPartition(3))
-    c = partition(index, unseen, TrainingPartition(4))
+    a, b = (partition(index, unseen, TrainingPartition(3, heldout_fraction=0.2)) for _ in range(2))
+    c = partition(index, unseen, TrainingPartition(4, heldout_fraction=0.2))
     assert [s.path for s in a.heldout_photos] == [s.path for s in b.heldout_photos]
     assert [s.path for s in a.heldout_photos] != [s.path for s in c.heldout_photos]
 

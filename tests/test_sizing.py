@@ -368,3 +368,15 @@ def test_a_chunk_larger_than_a_class_text_call_is_that_call(method):
     exact = method_cost(RunConfig(method=method, train=TrainConfig(text_chunk=6, amp=False)), counts)
     assert big.chunk_images(3) == 6 and big.workspace(3) == exact.workspace(3)
     assert big.workspace(3) < 2 * big.chunk_bytes(6)
+
+@pytest.mark.parametrize("text_chunk,advice", [(0, "set train.text_chunk"), (4, "lower train.text_chunk (now 4)")])
+def test_the_out_of_memory_line_names_text_chunk_as_it_stands(text_chunk, advice, tiny_backbone):
+    """The GPU's out-of-memory error, met in a step: the line says to set train.text_chunk while it is off
+    and to lower it once it is set, never to lower what is not set."""
+    model = get_method("coop")(tiny_backbone, NAMES, list(range(8)))
+    cfg = TrainConfig(batch_size=8, text_chunk=text_chunk)
+    trainer = Trainer(model, list(range(8)), cfg, torch.device("cpu"), seed=0)
+    with pytest.raises(OutOfMemoryError) as caught:
+        with trainer._out_of_memory("epoch 1, step 1", 8):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+    assert advice in str(caught.value)
