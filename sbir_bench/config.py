@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
+import json
 import math
 import re
 import typing
@@ -195,6 +197,18 @@ def keys_with_role(*roles: str, cls: Any = RunConfig, prefix: str = "") -> Tuple
         elif (f.metadata or {}).get("role", "training") in roles:
             out.append(prefix + f.name)
     return tuple(out)
+
+
+# what does not identify a table row (where files go, how fast, the seed, labels shown on their own)
+NOT_IN_CONFIG_ID = keys_with_role("incidental", "seed", "label")
+
+
+def config_id(config: Dict[str, Any]) -> str:
+    """Short hash of a run's config (a :func:`to_dict` tree) without the seed and what only says where
+    files go or how fast (:data:`NOT_IN_CONFIG_ID`): the identity of a table row. Fields at their default
+    are left out, so records from before a field existed still match."""
+    tree = without_defaults(without_keys(json.loads(json.dumps(config or {})), NOT_IN_CONFIG_ID))
+    return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def without_defaults(tree: Dict[str, Any], cls: Any = RunConfig) -> Dict[str, Any]:

@@ -39,13 +39,11 @@ from typing import IO, Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import yaml
 
-from .config import RunConfig, from_dict, to_dict
+from .config import RunConfig, config_id, from_dict, to_dict
 from .errors import ConfigError, SbirError
 from .extras import require
 from .fileio import atomic_write_bytes, atomic_write_json
 from .log import configure_cli_logging, get_logger
-from .reporting.collect import config_id
-from .reporting.tables import write_table
 
 log = get_logger(__name__)
 CELLS = ".cells"
@@ -266,6 +264,7 @@ def write_table_when_complete(output_dir: Path, table: str) -> None:
     except (OSError, ValueError):
         return
     if all(read_state(output_dir, cid).get("status") == "done" for cid in planned["runnable"]):
+        from .reporting.tables import write_table  # pandas and scipy: only when a table is written
         write_table(table, Path(output_dir), planned.get("configs"))
 
 

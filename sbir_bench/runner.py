@@ -21,7 +21,7 @@ import open_clip
 import torch
 
 from .artifacts import build_method, check_no_leakage, load_backbone_for, save_artifact
-from .config import RunConfig, from_dict, keys_with_role, to_dict, without_keys
+from .config import RunConfig, config_id, from_dict, keys_with_role, to_dict, without_keys
 from .data.catalog import get_spec
 from .data.discovery import (
     DatasetIndex,
@@ -56,7 +56,6 @@ from .models.preprocess import preprocess_config
 from .precision import Precision, evaluation_precision
 from .ranks import world
 from .records import SCHEMA, provenance, run_name, split_label
-from .reporting.collect import config_id
 from .retrieval import PRESETS, Protocol, RetrievalResult, evaluate_many
 from .retrieval.protocol import metric_names
 from .retrieval.npz_files import save_embeddings, save_per_query

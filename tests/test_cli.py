@@ -146,3 +146,17 @@ def test_variant_labels_the_record_and_compare_row(tmp_path, mini_root):
     record = json.loads(next(tmp_path.glob("*.json")).read_text())
     assert record["variant"] == "no-prompts" and record["run_name"].startswith("zeroshot-clip-no-prompts_")
     assert "zeroshot-clip [no-prompts]" in invoke("compare", "--results-dir", str(tmp_path)).output
+
+
+HEAVY = ("torch", "pandas", "scipy", "open_clip", "matplotlib")
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["reproduce"], ["eval"], ["compare"], ["export"], ["plot"]])
+def test_help_starts_without_torch_or_pandas(command):
+    """`sbir-bench --help` and each command's help import none of the heavy libraries (a fresh interpreter)."""
+    import subprocess
+    import sys
+    code = ("import sys\nfrom sbir_bench.cli import main\ntry:\n    main(%r)\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in %r if m in sys.modules))" % (command + ["--help"], HEAVY))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]", out

@@ -12,7 +12,6 @@ from ..data.tasks import SETTINGS
 from ..errors import ConfigError, DataError, SbirError
 from ..gpus import DEFAULT_GPU, GPUS, usable_memory
 from ..launchers import CELLS, LAUNCHERS, LaunchRequest, launcher_for, planned_configs
-from ..reporting.tables import write_table
 from . import main
 from .common import config_option, fail, friendly_errors, split_list
 
@@ -265,6 +264,7 @@ def reproduce_command(table: str, datasets, methods, seeds: str, data_root: Opti
     from ..config import parse_override
     from ..fileio import check_output_dir
     from ..log import set_quiet
+    from ..reporting.tables import write_table
     from ..reproduce import cells, plan, status_lines
 
     set_quiet(quiet)
@@ -328,6 +328,7 @@ def _resources(cluster: Dict[str, Any]):
 def _launch(table: str, runs, out, cluster: Dict[str, Any], resources) -> None:
     """Run or submit the runnable cells through the chosen launcher, then write the table (unless jobs
     are still out) and report failures."""
+    from ..reporting.tables import write_table  # pandas and scipy: not for `sbir-bench --help`
     if all(p.status.startswith("missing") for p in runs):
         fail(f"nothing to run: all {len(runs)} run(s) lack their dataset or weights (listed above)", 3)
     request = LaunchRequest(table, out, resources, cluster["jobs"], cluster["share_gpus"], cluster["wait"])

@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterable, List, Sequence
 
 import pandas as pd
 
-from ..config import keys_with_role, without_defaults, without_keys
+from ..config import config_id
 from ..errors import DataError
 from ..log import get_logger
 from ..records import beside_record, find_record_files, load_records
@@ -27,18 +27,6 @@ from ..retrieval.protocol import DEFAULT_PRESET, metric_sort_key
 log = get_logger(__name__)
 
 KEYS = ("method", "variant", "dataset", "setting", "split", "backbone", "seed")
-# what does not identify a table row (where files go, how fast, the seed, labels shown on their own):
-# declared on the config fields (config.ROLES)
-NOT_IN_CONFIG_ID = keys_with_role("incidental", "seed", "label")
-
-
-def config_id(config: Dict[str, Any]) -> str:
-    """Short hash of a run's config without the seed and what only says where files go or how fast;
-    fields at their default are left out, so records from before a field existed still match."""
-    tree = without_defaults(without_keys(json.loads(json.dumps(config or {})), NOT_IN_CONFIG_ID))
-    return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:8]
-
-
 def _row(rec) -> Dict[str, Any]:
     d = rec.data
     row: Dict[str, Any] = {k: str(d.get(k) or "") for k in KEYS}

@@ -24,7 +24,7 @@ def write_table(setting: str, output_dir: Path, configs: Optional[Collection[str
     """The table of ``setting``: the runs in ``output_dir`` plus every literature row of the paper's
     table, with deltas; written as Markdown, LaTeX and CSV next to the runs.
 
-    ``configs``: the config ids (:func:`~sbir_bench.reporting.collect.config_id`) the table answers
+    ``configs``: the config ids (:func:`~sbir_bench.config.config_id`) the table answers
     (``reproduce``'s planned cells); a record of another config in the folder (an earlier request
     whose resume was refused) is left out, with one warning, instead of standing in for the new one."""
     frame = runs_frame([], output_dir, settings=[setting])
