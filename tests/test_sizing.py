@@ -359,7 +359,7 @@ def test_a_checkpointed_chunk_counts_its_activations_not_the_text_towers_weights
     assert 3 * cost.chunk_bytes(2) == pytest.approx(freed, rel=0.10)
 
 
-@pytest.mark.parametrize("method", ["splip", "cocoop"])
+@pytest.mark.parametrize("method", ["cocoop", pytest.param("splip", marks=pytest.mark.slow)])
 def test_a_chunk_larger_than_a_class_text_call_is_that_call(method):
     """train.text_chunk above the images one call takes (64 > 6 at 3 triplets) checkpoints the call as one
     chunk of its own size: the estimate sizes that chunk, not one of 64 images."""
