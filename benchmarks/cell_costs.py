@@ -1,70 +1,14 @@
-"""What every cell of SpLIP's tables needs, from the estimate (sbir_bench/sizing.py): peak memory and
-micro-batch at the recipe's batch, and GPU-hours, on an A100-80GB and on an RTX 4090 (24 GB).
+"""What every cell of SpLIP's tables needs, from the estimate: the Markdown docs/cluster.md holds.
 
-    python benchmarks/cell_costs.py            # the Markdown table docs/cluster.md holds (a test compares)
+    python benchmarks/cell_costs.py            # the per-cell table, then the whole tables' GPU-hours
 
-Counted on the meta device from the shipped recipes and the catalog's counts: no weights, no data,
-the same figures on any machine. GZS cells train what the ZS cells of their column train (their
-rows would repeat these), so the table lists ZS and FG trainings; evaluation is included.
+The figures are counts (sbir_bench/cell_costs.py), the same on any machine.
 """
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-from typing import List
-
+from sbir_bench.cell_costs import CARDS, rows, table_markdown, totals_markdown
 from sbir_bench.gpus import GPUS
-from sbir_bench.reproduce import cells, plan
-from sbir_bench.runner import estimate_run
-
-CARDS = ("a100-80gb", "rtx4090-24gb")
-
-
-def _gib(n: int) -> str:
-    return f"{n / 2**30:.1f}"
-
-
-def rows() -> List[List[str]]:
-    """One row per ZS and FG cell: setting, column, method, batch, then per card peak GiB (micro-batch)
-    and GPU-hours of one seed. A method trained in stages (ProS) lists each stage's batch and micro-batch
-    ("200 / 25"), its largest stage's peak and the sum of its stages' hours."""
-    out = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for table in ("zs", "fg"):
-            for planned in plan(cells(table), [0], Path(tmp), {}, network=False):
-                ests = {card: estimate_run(planned.cfg, card) for card in CARDS}
-                first = ests[CARDS[0]]
-                batch = " / ".join(str(s["batch_size"]) for s in first.stages) or str(planned.cfg.train.batch_size)
-                row = [table.upper(), planned.cell.name, planned.cell.method, batch]
-                for card, est in ests.items():  # a method trained in stages: each stage's micro-batch
-                    micro = " / ".join(str(s["micro_batch"]) for s in est.stages) or str(est.micro_batch)
-                    micro = f" ({micro})" if est.trainable_parameters else ""
-                    row += [f"{_gib(est.peak_memory_bytes)}{micro}", f"{est.gpu_hours:.2f}"]
-                out.append(row)
-    return out
-
-
-def table_markdown() -> str:
-    """The per-cell table as Markdown."""
-    head = ["table", "column", "method", "batch"]
-    for card in CARDS:
-        head += [f"peak GiB (micro-batch) on {card}", f"GPU-h on {card}"]
-    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows()]
-    return "\n".join(lines)
-
-
-def totals_markdown(table_rows: List[List[str]]) -> str:
-    """GPU-hours of whole tables (one seed, and three) per card."""
-    lines = ["| table | cells | " + " | ".join(f"GPU-h on {c} (1 seed / 3 seeds)" for c in CARDS) + " |",
-             "| --- | --- |" + " --- |" * len(CARDS)]
-    for table in ("ZS", "FG"):
-        mine = [r for r in table_rows if r[0] == table]
-        hours = [sum(float(r[5 + 2 * i]) for r in mine) for i in range(len(CARDS))]
-        lines.append(f"| {table} | {len(mine)} | " + " | ".join(f"{h:.1f} / {3 * h:.1f}" for h in hours) + " |")
-    return "\n".join(lines)
-
 
 if __name__ == "__main__":
     assert all(c in GPUS for c in CARDS)

@@ -320,9 +320,7 @@ def test_every_paper_cell_fits_a_24_gb_card_and_the_docs_show_the_estimates():
             for planned in plan(cells(table), [0], Path(tmp), {}, network=False):
                 est = estimate_run(planned.cfg, "rtx4090-24gb")
                 assert est.peak_memory_bytes <= usable_memory("rtx4090-24gb"), (table, planned.cell, est.line())
-    import sys
-    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
-    from cell_costs import table_markdown
+    from sbir_bench.cell_costs import table_markdown
     docs = (Path(__file__).parents[1] / "docs" / "cluster.md").read_text()
     assert table_markdown() in docs
 
