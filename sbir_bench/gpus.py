@@ -7,7 +7,7 @@ estimate itself (sizing.py) so that the command line can list the choices withou
 
 >>> parse_bytes("24GiB") == 24 * 2**30, parse_bytes("1.5GB"), parse_bytes(1000)
 (True, 1500000000, 1000)
->>> round(GPUS["a100-80gb"].seconds(312e12 * 0.15, bf16=True), 6)
+>>> round(GPUS["a100-80gb"].seconds(312e12 * 0.15, half=True), 6)
 1.0
 """
 
@@ -26,13 +26,19 @@ class Gpu:
 
     name: str
     memory_bytes: int
-    bf16_tflops: float  # dense tensor-core peak, vendor datasheet
+    half_tflops: float  # dense 16-bit tensor-core peak (bf16, or fp16 on a card without bf16), vendor datasheet
     fp32_tflops: float  # without TF32 (PyTorch's default for matmuls), vendor datasheet
     utilization: float = 0.15  # assumed share of that peak a step reaches in eager PyTorch (docs/cluster.md)
+    bf16: bool = True  # has bf16: train.amp takes bf16 there, fp16 with a grad scaler without it (precision.py)
 
-    def seconds(self, flops: float, bf16: bool) -> float:
-        """Seconds for ``flops`` at the assumed utilisation of this GPU's peak."""
-        return flops / ((self.bf16_tflops if bf16 else self.fp32_tflops) * 1e12 * self.utilization)
+    @property
+    def offers(self) -> str:
+        """What autocast this card offers, as :func:`sbir_bench.precision.device_offers` says of a device."""
+        return "bf16" if self.bf16 else "fp16"
+
+    def seconds(self, flops: float, half: bool) -> float:
+        """Seconds for ``flops`` at the assumed utilisation of this GPU's 16-bit (``half``) or fp32 peak."""
+        return flops / ((self.half_tflops if half else self.fp32_tflops) * 1e12 * self.utilization)
 
 
 def usable_memory(gpu: str) -> int:
@@ -46,6 +52,7 @@ GPUS: Dict[str, Gpu] = {gpu.name: gpu for gpu in (
     Gpu("h100-80gb", 80 * 2**30, 989.0, 67.0),
     Gpu("l40s-48gb", 45 * 2**30, 362.0, 91.6),
     Gpu("rtx4090-24gb", 24 * 2**30, 165.2, 82.6),
+    Gpu("v100-32gb", 32 * 2**30, 125.0, 15.7, bf16=False),  # ProS's card: no bf16, fp16 tensor cores
 )}
 
 

@@ -51,26 +51,50 @@ class Precision:
 FP32 = Precision("fp32")
 
 
-def _bf16_here(device: torch.device) -> bool:
-    return device.type == "cuda" and torch.cuda.is_bf16_supported()
+def device_offers(device: torch.device) -> str:
+    """What autocast ``device`` offers: ``bf16`` (a CUDA GPU with bf16), ``fp16`` (a CUDA GPU without it)
+    or ``none`` (the CPU and anything else: sbir-bench runs fp32 there)."""
+    if device.type != "cuda":
+        return "none"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def training_policy(amp: bool, offers: str) -> Precision:
+    """The one rule for training: ``train.amp`` on a device that offers autocast takes bf16 where it has it,
+    else fp16 with a gradient scaler; fp32 otherwise. The run asks it of its device, the estimate of the
+    named GPU (:attr:`sbir_bench.gpus.Gpu.offers`).
+
+    >>> [training_policy(True, o).name for o in ("bf16", "fp16", "none")], training_policy(False, "bf16").name
+    (['bf16', 'fp16', 'fp32'], 'fp32')
+    """
+    if not amp or offers == "none":
+        return FP32
+    return Precision("bf16") if offers == "bf16" else Precision("fp16")
+
+
+def evaluation_policy(amp: bool, offers: str) -> Precision:
+    """The one rule for embedding: ``eval.amp`` where the device has bf16; else fp32 (embeddings are never
+    fp16, whose range a projection's outputs can exceed).
+
+    >>> evaluation_policy(True, "bf16").name, evaluation_policy(True, "fp16").name
+    ('bf16', 'fp32')
+    """
+    return Precision("bf16") if amp and offers == "bf16" else FP32
 
 
 def training_precision(amp: bool, device: torch.device) -> Precision:
-    """``train.amp`` on CUDA: bf16 autocast, or fp16 with a scaler where the GPU lacks bf16; else fp32.
+    """``train.amp`` on ``device`` (:func:`training_policy`).
 
     >>> training_precision(True, torch.device("cpu")).name
     'fp32'
     """
-    if not amp or device.type != "cuda":
-        return FP32
-    return Precision("bf16") if _bf16_here(device) else Precision("fp16")
+    return training_policy(amp, device_offers(device)) if amp else FP32
 
 
 def evaluation_precision(amp: bool, device: torch.device) -> Precision:
-    """``eval.amp`` on a CUDA device with bf16: bf16 autocast; else fp32 (embeddings are never fp16,
-    whose range a projection's outputs can exceed).
+    """``eval.amp`` on ``device`` (:func:`evaluation_policy`).
 
     >>> evaluation_precision(True, torch.device("cpu")) == FP32
     True
     """
-    return Precision("bf16") if amp and _bf16_here(device) else FP32
+    return evaluation_policy(amp, device_offers(device)) if amp else FP32

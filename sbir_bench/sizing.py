@@ -49,6 +49,7 @@ from .methods.base import Stage, stages_of
 from .models.backbone_configs import create_model
 from .models.factory import Backbone
 from .models.prompted import PromptedCLIP
+from .precision import evaluation_policy, training_policy
 
 log = get_logger(__name__)
 TRACE_SIZES = (2, 4)  # micro-batches (triplets) traced; even, so SpLIP's jigsaw half is exact at both
@@ -508,7 +509,8 @@ def estimate(cfg: RunConfig, counts: Counts, gpu: str = DEFAULT_GPU, budget: Opt
     parts = [_stage_estimate(replace(cfg, train=s.train), counts, gpu, budget, s) for s in stages]
     last, peak = parts[-1], max(parts, key=lambda e: e.peak_memory_bytes)
     eval_flops = method_cost(cfg, counts, stages[-1].name).embed_flops_per_image * counts.test_images
-    hours = sum(e.gpu_hours for e in parts) + card.seconds(eval_flops, bool(cfg.eval.amp)) / 3600
+    embedding = evaluation_policy(cfg.eval.amp, card.offers)  # the rule a run on this card follows
+    hours = sum(e.gpu_hours for e in parts) + card.seconds(eval_flops, embedding.dtype is not None) / 3600
     notes = list(last.notes)
     if any(s.train.early_stop for s in stages):
         notes.append("every epoch counted: early stopping can only shorten the run")
@@ -520,6 +522,7 @@ def estimate(cfg: RunConfig, counts: Counts, gpu: str = DEFAULT_GPU, budget: Opt
     return combined
 
 
+PRECISION_LABELS = {"bf16": "bf16 autocast", "fp16": "fp16 autocast with a grad scaler", "fp32": "fp32"}
 STAGE_FIELDS = ("batch_size", "micro_batch", "epochs", "steps_per_epoch", "trainable_parameters", "flops_per_step",
                 "peak_memory_bytes", "gpu_hours")
 
@@ -530,17 +533,17 @@ def _stage_estimate(cfg: RunConfig, counts: Counts, gpu: str, budget: int, stage
     cost = method_cost(cfg, counts, stage.name)
     weights, grads, opt = static_bytes(cost, cfg.train)
     batch = cfg.train.batch_size
-    bf16 = bool(cfg.train.amp)
+    precision = training_policy(cfg.train.amp, card.offers)  # bf16, fp16 with a scaler, or fp32: as a run there
     steps = cfg.train.steps_per_epoch or max(1, epoch_triplets(cfg.train.epoch_length, counts.train_sketches,
                                                                counts.train_photos) // batch)
     trains = cost.trainable > 0
     micro = plan_micro_batches(cfg, counts, budget, 1, stage)[1] if trains else 0
     step_flops = cost.flops(batch) if trains else 0
-    seconds = card.seconds(step_flops * steps * cfg.train.epochs if trains else 0, bf16)
+    seconds = card.seconds(step_flops * steps * cfg.train.epochs if trains else 0, precision.dtype is not None)
     notes = []
     return Estimate(
         method=cfg.method, dataset=cfg.data.dataset, backbone=cfg.backbone.name, batch_size=batch, micro_batch=micro,
-        precision="bf16 autocast" if bf16 else "fp32", steps_per_epoch=steps if trains else 0,
+        precision=PRECISION_LABELS[precision.name], steps_per_epoch=steps if trains else 0,
         epochs=cfg.train.epochs if trains else 0, trainable_parameters=cost.trainable, weights_bytes=weights,
         gradient_bytes=grads if trains else 0, optimizer_bytes=opt if trains else 0,
         activation_bytes=cost.saved(micro) if trains else 0, workspace_bytes=cost.workspace(micro) if trains else 0,

@@ -378,3 +378,19 @@ def test_the_out_of_memory_line_names_text_chunk_as_it_stands(text_chunk, advice
         with trainer._out_of_memory("epoch 1, step 1", 8):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory")
     assert advice in str(caught.value)
+
+
+def test_the_estimate_asks_the_runs_precision_rule_of_the_named_card(mini_root):
+    """train.amp on a card without bf16 is fp16 with a grad scaler at its 16-bit peak, as a run there; embedding
+    with eval.amp is bf16 only where the card has it: the V100's evaluation is priced at its fp32 peak."""
+    from sbir_bench.config import build_run_config
+    from sbir_bench.gpus import GPUS
+    from sbir_bench.runner import estimate_run
+    cfg = build_run_config({}, {"method": "coop"})
+    a100, v100 = estimate_run(cfg, "a100-80gb"), estimate_run(cfg, "v100-32gb")
+    assert a100.precision == "bf16 autocast" and v100.precision == "fp16 autocast with a grad scaler"
+    assert a100.activation_bytes == v100.activation_bytes  # both 16-bit
+    card = GPUS["v100-32gb"]
+    train_seconds = card.seconds(v100.flops_per_step * v100.steps_per_epoch * v100.epochs, half=True)
+    eval_seconds = card.seconds(v100.eval_flops, half=False)
+    assert v100.gpu_hours == pytest.approx((train_seconds + eval_seconds) / 3600)
