@@ -185,7 +185,6 @@ class ProS(Method):
         self.generator = PromptGenerator(width, patch[0], int(round(math.sqrt(grid))), cfg.generator_layers, act)
         self.generator_proj = nn.Parameter(scale * torch.randn(width, width))
         self._prompt_tokens(self.seen_names)
-        self.stage = UNITS
         self.begin_stage(UNITS)  # training starts there; the embedding does not depend on the stage
 
     # ------------------------------------------------------------------ stages
@@ -198,16 +197,6 @@ class ProS(Method):
             return text + [self.domain_template, self.class_template, *self.generator.parameters(),
                            self.generator_proj, self.image_proj, self.class_embedding]
         raise ValueError(f"pros has the stages {UNITS} and {SIMULATOR}, not {stage!r}")
-
-    def begin_stage(self, name: str) -> None:
-        chosen = {id(p) for p in self.stage_parameters(name)}
-        for p in self.own_parameters():
-            p.requires_grad_(id(p) in chosen)
-        self.stage = name
-
-    def own_parameters(self) -> List[nn.Parameter]:
-        frozen = {id(p) for p in self.clip.parameters()}
-        return [p for p in self.parameters() if id(p) not in frozen]
 
     def trainable_state(self) -> Dict[str, torch.Tensor]:
         """Every tensor either stage trains, whichever stage is current: a checkpoint of stage 2 (and

@@ -19,7 +19,8 @@ from typing import Dict
 
 from .errors import ConfigError
 
-USABLE_SHARE = 0.9  # of a GPU's memory a run may plan for: the CUDA context and fragmentation keep the rest
+USABLE_SHARE = 0.9  # of a GPU's memory a training step may plan for: the CUDA context and fragmentation keep the rest
+SCORING_SHARE = 0.5  # of the free GPU memory a score block may take (eval.memory auto): the model stays resident
 @dataclass(frozen=True)
 class Gpu:
     """One GPU model: its memory, and the throughput assumed for a run's arithmetic (assumptions)."""
@@ -41,9 +42,19 @@ class Gpu:
         return flops / ((self.half_tflops if half else self.fp32_tflops) * 1e12 * self.utilization)
 
 
+def usable(available: int, share: float = USABLE_SHARE) -> int:
+    """The one usable-memory rule: the bytes a process may plan for out of ``available`` (a card's memory,
+    or what is free on it now), at ``share`` (training's by default, :data:`SCORING_SHARE` for score blocks).
+
+    >>> usable(1000), usable(1000, SCORING_SHARE)
+    (900, 500)
+    """
+    return int(available * share)
+
+
 def usable_memory(gpu: str) -> int:
     """The bytes a run plans for on ``gpu``: its memory less what the CUDA context and fragmentation keep."""
-    return int(USABLE_SHARE * get_gpu(gpu).memory_bytes)
+    return usable(get_gpu(gpu).memory_bytes)
 
 
 GPUS: Dict[str, Gpu] = {gpu.name: gpu for gpu in (

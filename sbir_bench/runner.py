@@ -12,9 +12,9 @@ import json
 import random
 import time
 import uuid
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import numpy as np
 import open_clip
@@ -41,14 +41,14 @@ from .data.tasks import (
 )
 from .data.triplets import FeatureTriplets, TripletDataset
 from .embedding import EmbeddedTask, embed_samples, embed_task
-from .errors import ConfigError, DataError, OutOfMemoryError
+from .errors import ConfigError, DataError
 from .feature_cache import FeatureCache
 from .feature_cache import open_for as open_feature_cache
 from .fileio import atomic_write_json, check_output_dir, file_sha256
-from .gpus import USABLE_SHARE, gib, parse_bytes
+from .gpus import parse_bytes
 from .log import get_logger
 from .methods import Method, Stage, get_method
-from .methods.base import image_pipeline, stages_of
+from .methods.base import combine_stages, image_pipeline, run_stages
 from .models import Backbone, load_backbone
 from .models.backbone_configs import vit_image_tower
 from .models.factory import check_weights_source
@@ -59,17 +59,9 @@ from .records import SCHEMA, provenance, run_name, split_label
 from .retrieval import PRESETS, Protocol, RetrievalResult, evaluate_many
 from .retrieval.protocol import metric_names
 from .retrieval.npz_files import save_embeddings, save_per_query
-from .sizing import (
-    Counts,
-    Estimate,
-    MemoryPlan,
-    catalog_counts,
-    counts_from_data,
-    estimate,
-    memory_record,
-    plan_micro_batches,
-    predicted_peak,
-)
+from .sizing import Counts, catalog_counts, counts_from_data
+from .estimate import Estimate, estimate
+from .training.memory import MemoryPlan, memory_plans, memory_record
 from .tracking import NoTrackers, Trackers, check_available, parse_report_to
 from .training import distributed as dist_utils
 from .training.checkpoint import LAST
@@ -265,8 +257,7 @@ def stage_checkpoint_dir(cfg: RunConfig, stage: str) -> Path:
 
 def has_checkpoint(cfg: RunConfig) -> bool:
     """Whether any training stage of ``cfg`` left a checkpoint (the run can resume)."""
-    return any((stage_checkpoint_dir(cfg, s.name) / LAST).is_file()
-               for s in stages_of(get_method(cfg.method), cfg.method_config, cfg.train))
+    return any((stage_checkpoint_dir(cfg, s.name) / LAST).is_file() for s in run_stages(cfg))
 
 
 def finished_record(cfg: RunConfig) -> Optional[Path]:
@@ -282,33 +273,29 @@ def finished_record(cfg: RunConfig) -> Optional[Path]:
     return None
 
 
-def train(cfg: RunConfig, parts: RunParts, scorer: Scorer, on_epoch_end=None,
-          trackers: Optional[Trackers] = None, plans: Optional[Dict[str, MemoryPlan]] = None) -> Dict[str, Any]:
-    """Fit the method on seen-class triplets (if it trains), stage after stage; the ``train`` section
-    of the record (a method trained in stages also lists each under ``stages``)."""
+def train(cfg: RunConfig, parts: RunParts, scorer: Scorer, stages: Sequence[Stage], plans: Dict[str, MemoryPlan],
+          on_epoch_end=None, trackers: Optional[Trackers] = None) -> Dict[str, Any]:
+    """Fit the method on seen-class triplets (if it trains), stage after stage (the run's ``stages``, each
+    split as its memory plan says); the ``train`` section of the record (a method trained in stages also
+    lists each under ``stages``, and the whole is their :func:`~sbir_bench.methods.base.combine_stages`)."""
     method = parts.method
     if not method.trainable:
         return {"epochs": 0}
     dataset = training_triplets(cfg, parts, scorer)
-    ckpt_dir = checkpoint_dir(cfg)
     validate = None
     if parts.data.val_task.evaluable:
         validate = lambda m: scorer.validation_metrics(parts.data.val_task)  # noqa: E731
     elif cfg.train.val_every:
         log.info("no seen-class validation: the split leaves no validation photos (raise data.val_fraction)")
-    stages = type(method).training_stages(method.config, cfg.train)
+    fingerprint = training_fingerprint(cfg, stages)
     infos, history = [], []
     for index, stage in enumerate(stages):
         info = train_stage(cfg, parts, scorer, stage, index, dataset, validate, on_epoch_end, trackers,
-                           (plans or {}).get(stage.name))
+                           plans[stage.name], fingerprint)
         history += info.pop("history")
         infos.append(info)
-    last = infos[-1]
-    out = {**{k: v for k, v in last.items() if k != "stage"}, "epochs": cfg.train.epochs, "history": history,
-           "checkpoint_dir": str(ckpt_dir),
-           "steps_done": sum(i["steps_done"] for i in infos), "seconds": sum(i["seconds"] for i in infos),
-           "skipped_images": sum(i["skipped_images"] for i in infos),
-           "skipped_steps": sum(i["skipped_steps"] for i in infos)}
+    out = {k: v for k, v in combine_stages(infos).items() if k != "stage"}
+    out.update(epochs=cfg.train.epochs, history=history, checkpoint_dir=str(checkpoint_dir(cfg)))
     if len(stages) > 1:
         out["stages"] = infos
     return out
@@ -328,14 +315,13 @@ def training_triplets(cfg: RunConfig, parts: RunParts, scorer: Scorer):
 
 
 def train_stage(cfg: RunConfig, parts: RunParts, scorer: Scorer, stage: Stage, index: int, dataset, validate,
-                on_epoch_end, trackers, plan: Optional[MemoryPlan]) -> Dict[str, Any]:
+                on_epoch_end, trackers, plan: MemoryPlan, fingerprint: Dict[str, Any]) -> Dict[str, Any]:
     """One stage of training with its own optimiser, schedule and checkpoints (``<checkpoints>/<stage>``
     for a named stage): a resumed run finds each finished stage complete and continues the open one."""
-    parts.method.begin_stage(stage.name)
-    train_cfg = replace(stage.train, grad_accum=plan.micro_batches) if plan else stage.train
+    train_cfg = stage.train
     trainer = Trainer(parts.method, dataset, train_cfg, scorer.device, cfg.seed,
                       stage_checkpoint_dir(cfg, stage.name), cfg.data.workers, cfg.data.pin_memory,
-                      validate, on_epoch_end, fingerprint=training_fingerprint(cfg), trackers=trackers, memory=plan,
+                      validate, on_epoch_end, fingerprint=fingerprint, trackers=trackers, memory=plan,
                       stage=stage.name, stage_index=index)
     result = trainer.fit()
     info = {**({"stage": stage.name} if stage.name else {}), "epochs": train_cfg.epochs,
@@ -343,8 +329,9 @@ def train_stage(cfg: RunConfig, parts: RunParts, scorer: Scorer, stage: Stage, i
             "steps_done": trainer.global_step,
             "seconds": result.seconds, "resumed_from_epoch": result.resumed_from_epoch,
             "skipped_images": result.skipped_images, "skipped_steps": result.skipped_steps,
-            "world_size": trainer.world,
-            "micro_batch": train_cfg.batch_size // (trainer.world * train_cfg.grad_accum),
+            "world_size": trainer.world, "grad_accum": train_cfg.grad_accum,
+            "micro_batches": trainer.micro_batches,
+            "micro_batch": train_cfg.batch_size // (trainer.world * trainer.micro_batches),
             "memory": memory_record(plan, scorer.device)}
     if train_cfg.early_stop:
         info.update(best_epoch=result.best_epoch, stopped_early=result.stopped_early)
@@ -352,11 +339,10 @@ def train_stage(cfg: RunConfig, parts: RunParts, scorer: Scorer, stage: Stage, i
     return info
 
 
-def check_early_stopping(cfg: RunConfig, data: RunData) -> None:
+def check_early_stopping(cfg: RunConfig, data: RunData, stages: Sequence[Stage]) -> None:
     """Early stopping compares seen-class validations: refuse it, in one line before anything loads,
     when the run has none (it would silently train every epoch), or when the metric it is to compare
     is not one the selection protocol reports."""
-    stages = stages_of(get_method(cfg.method), cfg.method_config, cfg.train)
     if not any(s.train.early_stop for s in stages):
         return
     if not (cfg.train.val_every and data.val_task.evaluable):
@@ -381,79 +367,20 @@ def run_counts(cfg: RunConfig) -> Counts:
 
 
 def estimate_run(cfg: RunConfig, gpu: str) -> Estimate:
-    """Memory and time of ``cfg`` on ``gpu`` (sizing.py), without weights or any data computation."""
+    """Memory and time of ``cfg`` on ``gpu`` (estimate.py), without weights or any data computation."""
     budget = parse_bytes(cfg.train.memory_budget) if cfg.train.memory_budget else None
     return estimate(cfg, run_counts(cfg), gpu, budget)
-
-
-def memory_budget(cfg: RunConfig, device: torch.device) -> Optional[int]:
-    """Bytes a training step may plan for in this process: ``train.memory_budget``; on CUDA by default
-    the memory this process could hold (free + already its own) less the CUDA context's share; on
-    CPU none."""
-    if cfg.train.memory_budget:
-        return parse_bytes(cfg.train.memory_budget)
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int((free + torch.cuda.memory_allocated(device)) * USABLE_SHARE)
-    return None
-
-
-def memory_plan(cfg: RunConfig, data: RunData, device: torch.device) -> Dict[str, MemoryPlan]:
-    """The micro-batches each training stage's step needs to fit the budget, by stage name (empty
-    without a budget, or for a method that does not train: batches as configured). Every DDP rank
-    takes the same plan, the one with the most micro-batches (the tightest GPU decides): ranks that
-    split differently would wait on each other's gradient all-reduce forever."""
-    plans: Dict[str, MemoryPlan] = {}
-    for stage in stages_of(get_method(cfg.method), cfg.method_config, cfg.train):
-        staged = replace(cfg, train=stage.train)
-        try:
-            mine: Any = _plan_here(staged, data, device, stage)
-        except OutOfMemoryError as exc:  # decided together, so that no rank waits for one that stopped
-            mine = exc
-        chosen = dist_utils.broadcast_from_main(_tightest(dist_utils.gather_to_main(mine)))
-        if isinstance(chosen, OutOfMemoryError):
-            raise chosen
-        if chosen is None:
-            continue
-        plans[stage.name] = chosen
-        if chosen.micro_batches > stage.train.grad_accum:
-            log.info(f"memory budget {gib(chosen.budget_bytes)}: each batch of {stage.train.batch_size}"
-                     f"{f' ({stage.name})' if stage.name else ''} runs as {chosen.micro_batches} micro-batches of "
-                     f"{chosen.micro_batch} (predicted peak {gib(chosen.predicted_peak_bytes)})")
-    return plans
-
-
-def _plan_here(cfg: RunConfig, data: RunData, device: torch.device, stage: Stage) -> Optional[MemoryPlan]:
-    """This process's plan for its own budget (``cfg.train``: the stage's settings)."""
-    budget = memory_budget(cfg, device)
-    if budget is None or not get_method(cfg.method).trainable:
-        return None
-    counts = counts_from_data(data)
-    micro_batches, micro = plan_micro_batches(cfg, counts, budget, world()[1], stage)
-    return MemoryPlan(budget, micro_batches, micro, predicted_peak(cfg, counts, micro, stage.name))
-
-
-def _tightest(plans: Optional[list]) -> Any:
-    """Of every rank's plan (rank 0 only; None elsewhere): an error if any rank has one, else the plan
-    with the most micro-batches."""
-    if plans is None:
-        return None
-    errors = [p for p in plans if isinstance(p, OutOfMemoryError)]
-    if errors:
-        return errors[0]
-    real = [p for p in plans if p is not None]
-    return max(real, key=lambda p: p.micro_batches) if real else None
 
 
 # what may change when a training resumes: declared on the config fields (config.ROLES)
 RESUMABLE_KEYS = keys_with_role("incidental", "evaluation")
 
 
-def training_fingerprint(cfg: RunConfig) -> Dict[str, Any]:
+def training_fingerprint(cfg: RunConfig, stages: Optional[Sequence[Stage]] = None) -> Dict[str, Any]:
     """What a checkpoint was trained on: the resolved config minus what may change on resume. With early
     stopping the validation schedule decides which epoch's model is kept: it is part of the training then."""
     tree = without_keys(to_dict(cfg), RESUMABLE_KEYS)
-    if any(s.train.early_stop for s in stages_of(get_method(cfg.method), cfg.method_config, cfg.train)):
+    if any(s.train.early_stop for s in (stages if stages is not None else run_stages(cfg))):
         tree.setdefault("train", {})["val_every"] = cfg.train.val_every
     return tree
 
@@ -498,8 +425,10 @@ def run(cfg: RunConfig, on_epoch_end=None) -> Dict[str, Any]:
     seed_everything(cfg.seed)
     t_start = time.perf_counter()
     data = prepare_data(cfg)
-    check_early_stopping(cfg, data)
-    plans = memory_plan(cfg, data, device)  # before any weight is loaded: a budget nothing fits stops here
+    stages = run_stages(cfg)  # computed once: the checks, the memory plan and training read the same value
+    check_early_stopping(cfg, data, stages)
+    # before any weight is loaded: a budget nothing fits stops here
+    plans = memory_plans(cfg, counts_from_data(data), stages, device) if get_method(cfg.method).trainable else {}
     parts = build(cfg, device, data)
     name = config_run_name(cfg)
     run_id = new_run_id(name)
@@ -510,7 +439,7 @@ def run(cfg: RunConfig, on_epoch_end=None) -> Dict[str, Any]:
     trackers = Trackers(parse_report_to(cfg.report_to), Path(cfg.output_dir) / run_id, run_id, to_dict(cfg),
                         cfg.tracking_uri) if dist_utils.is_main() else NoTrackers()
     try:
-        train_info = train(cfg, parts, scorer, on_epoch_end, trackers, plans)
+        train_info = train(cfg, parts, scorer, stages, plans, on_epoch_end, trackers)
         val_metrics = final_validation(train_info, parts.data.val_task, scorer)
         t_eval = time.perf_counter()
         emb, results = scorer.score(task, "test", all_presets=True)

@@ -21,7 +21,7 @@ import contextlib
 import hashlib
 import inspect
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -36,20 +36,15 @@ from torch.utils.flop_counter import FlopCounterMode
 from . import meta_autocast
 from .config import RunConfig, from_dict
 from .data.catalog import get_spec
-from .data.tasks import epoch_triplets
 from .data.splits import load_split, package_file, read_class_file
 from .data.triplets import TripletBatch
-from .errors import OutOfMemoryError
 from .fileio import atomic_write_json
-from .gpus import DEFAULT_GPU, USABLE_SHARE, get_gpu, gib
 from .locations import cache_root
 from .log import get_logger
 from .methods import get_method
-from .methods.base import Stage, stages_of
 from .models.backbone_configs import create_model
 from .models.factory import Backbone
 from .models.prompted import PromptedCLIP
-from .precision import evaluation_policy, training_policy
 
 log = get_logger(__name__)
 TRACE_SIZES = (2, 4)  # micro-batches (triplets) traced; even, so SpLIP's jigsaw half is exact at both
@@ -211,53 +206,6 @@ class Counts:
     test_images: int  # queries + gallery
     source: str  # "the copy on disk" or "the catalog's published counts"
     train_photos: Optional[int] = None  # None: unknown (an epoch rule that reads them takes the sketches')
-
-
-@dataclass
-class Estimate:
-    """Memory and time of one run (per process), as ``--dry-run`` prints and ``--json`` writes."""
-
-    method: str
-    dataset: str
-    backbone: str
-    batch_size: int
-    micro_batch: int
-    precision: str
-    steps_per_epoch: int
-    epochs: int
-    trainable_parameters: int
-    weights_bytes: int
-    gradient_bytes: int
-    optimizer_bytes: int
-    activation_bytes: int  # saved by autograd for the micro-batch (under bf16 autocast with train.amp, as a GPU runs it)
-    workspace_bytes: int  # the largest single op output (transient)
-    peak_memory_bytes: int
-    flops_per_step: int  # forward + backward of one optimiser step (the whole batch)
-    eval_flops: int
-    gpu: str
-    gpu_hours: float
-    budget_bytes: Optional[int] = None
-    counts_from: str = ""
-    text_chunk: int = 0
-    notes: List[str] = field(default_factory=list)
-    stages: List[Dict[str, Any]] = field(default_factory=list)  # a method trained in stages: each one's figures
-
-    def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
-
-    def line(self) -> str:
-        """One line: memory (its parts), micro-batch, FLOPs and time."""
-        train = "" if not self.trainable_parameters else (
-            f"{self.steps_per_epoch} steps/epoch x {self.epochs}, {self.trainable_parameters:,} trainable, "
-            f"{self.flops_per_step / 1e12:.2f} TFLOP/step, micro-batch {self.micro_batch} of {self.batch_size}, ")
-        if self.stages:  # the figures of each stage before the combined peak and time
-            train = "; ".join(f"{s['stage']}: {s['steps_per_epoch']} steps/epoch x {s['epochs']} at batch "
-                              f"{s['batch_size']} (micro-batch {s['micro_batch']}), {s['trainable_parameters']:,} "
-                              f"trainable, peak {gib(s['peak_memory_bytes'])}" for s in self.stages) + "; "
-        return (f"{train}peak {gib(self.peak_memory_bytes)} ({self.precision}: weights {gib(self.weights_bytes)}, "
-                f"gradients {gib(self.gradient_bytes)}, optimiser {gib(self.optimizer_bytes)}, activations "
-                f"{gib(self.activation_bytes)}, workspace {gib(self.workspace_bytes)}), "
-                f"{self.gpu_hours:.2f} GPU-h on {self.gpu}")
 
 
 @dataclass(frozen=True)
@@ -424,132 +372,9 @@ def peak_bytes(cost: MethodCost, train, micro: int) -> int:
     return sum(static_bytes(cost, train)) + cost.saved(micro) + cost.workspace(micro)
 
 
-def fewest_micro_batches(per_process: int, peak: Callable[[int], int], budget: int, at_least: int = 1,
-                         keeps: Callable[[int], bool] = lambda micro: True,
-                         knob: str = "train.grad_accum") -> Tuple[int, int]:
-    """(micro-batches, micro-batch size): the fewest micro-batches (dividing ``per_process``, at least
-    ``at_least``, the configured split) whose predicted ``peak(size)`` fits ``budget``. A split beyond
-    the configured one is taken only where ``keeps(size)`` (the method's step is the whole batch's,
-    :meth:`~sbir_bench.methods.Method.split_invariant`): a budget never changes what is trained.
-    Raises :class:`OutOfMemoryError` naming the need when not even one triplet fits, or ``knob`` when
-    only a split that changes the step would.
-
-    >>> fewest_micro_batches(8, peak=lambda size: size, budget=4, keeps=lambda size: size % 4 == 0)
-    (2, 4)
-    """
-    fits = [k for k in range(max(1, at_least), per_process + 1)
-            if per_process % k == 0 and peak(per_process // k) <= budget]
-    if not fits:
-        raise OutOfMemoryError(f"one triplet needs about {gib(peak(1))} of memory, more than the budget of "
-                               f"{gib(budget)}; raise --memory-budget (train.memory_budget), use a GPU with more "
-                               f"memory or a smaller backbone{text_chunk_advice()}")
-    kept = [k for k in fits if k == at_least or keeps(per_process // k)]
-    if kept:
-        return kept[0], per_process // kept[0]
-    k = fits[0]
-    raise OutOfMemoryError(f"the memory budget of {gib(budget)} needs each batch of {per_process} triplets split into "
-                           f"{k} micro-batches of {per_process // k}, which changes this method's training step "
-                           f"(its split_invariant); set {knob}={k} to train that split as its own configuration "
-                           f"(part of the model's identity), lower the batch size, or raise the budget")
-
-
-def text_chunk_advice(text_chunk: Optional[int] = None) -> str:
-    """The ``train.text_chunk`` advice as the knob stands: "set" while it is off, "lower" once it is set."""
-    if text_chunk:
-        return f", or lower train.text_chunk (now {text_chunk})"
-    return ", or set train.text_chunk (methods with per-image class texts)"
-
-
-def plan_micro_batches(cfg: RunConfig, counts: Counts, budget: int, world: int = 1,
-                       stage: Optional[Stage] = None) -> Tuple[int, int]:
-    """(micro-batches per step, micro-batch size) for ``cfg`` (``cfg.train``: the stage's settings) within
-    ``budget`` bytes per process, splitting only where the method's step stays the whole batch's."""
-    stage = stage or Stage("", cfg.train)
-    method_cls = get_method(cfg.method)
-    method_cfg = from_dict(method_cls.config_class, cfg.method_config, "method_config")
-    cost = method_cost(cfg, counts, stage.name)
-    return fewest_micro_batches(cfg.train.batch_size // world, lambda m: peak_bytes(cost, cfg.train, m), budget,
-                                cfg.train.grad_accum, lambda m: method_cls.split_invariant(method_cfg, stage.name, m),
-                                stage.accum_knob)
-
-
 def predicted_peak(cfg: RunConfig, counts: Counts, micro: int, stage: str = "") -> int:
     """Predicted peak bytes of ``cfg``'s training step (in ``stage``) over micro-batches of ``micro`` triplets."""
     return peak_bytes(method_cost(cfg, counts, stage), cfg.train, micro)
-
-
-@dataclass
-class MemoryPlan:
-    """How a run's steps fit its memory budget: the micro-batches and the predicted peak."""
-
-    budget_bytes: int
-    micro_batches: int
-    micro_batch: int
-    predicted_peak_bytes: int
-
-
-def memory_record(plan: Optional[MemoryPlan], device: torch.device) -> Dict[str, Any]:
-    """The record's memory section: the plan (if any) and, on CUDA, the measured peak beside it."""
-    out: Dict[str, Any] = asdict(plan) if plan else {}
-    if device.type == "cuda":
-        out["measured_peak_bytes"] = int(torch.cuda.max_memory_allocated(device))
-    return out
-
-
-def estimate(cfg: RunConfig, counts: Counts, gpu: str = DEFAULT_GPU, budget: Optional[int] = None) -> Estimate:
-    """The estimate of ``cfg`` on ``gpu`` (whose usable memory is the budget unless ``budget`` is given).
-
-    A method trained in stages (ProS) is estimated stage by stage: the peak is the largest stage's,
-    the time the sum of the stages' (every epoch of each: early stopping can only shorten it), and
-    ``stages`` lists each; the top-level batch and step figures are the last stage's.
-    """
-    card = get_gpu(gpu)
-    budget = budget if budget is not None else int(USABLE_SHARE * card.memory_bytes)
-    stages = stages_of(get_method(cfg.method), cfg.method_config, cfg.train)
-    parts = [_stage_estimate(replace(cfg, train=s.train), counts, gpu, budget, s) for s in stages]
-    last, peak = parts[-1], max(parts, key=lambda e: e.peak_memory_bytes)
-    eval_flops = method_cost(cfg, counts, stages[-1].name).embed_flops_per_image * counts.test_images
-    embedding = evaluation_policy(cfg.eval.amp, card.offers)  # the rule a run on this card follows
-    hours = sum(e.gpu_hours for e in parts) + card.seconds(eval_flops, embedding.dtype is not None) / 3600
-    notes = list(last.notes)
-    if any(s.train.early_stop for s in stages):
-        notes.append("every epoch counted: early stopping can only shorten the run")
-    combined = replace(last, eval_flops=eval_flops, gpu_hours=hours, notes=notes,
-                       **{k: getattr(peak, k) for k in ("weights_bytes", "gradient_bytes", "optimizer_bytes",
-                                                        "activation_bytes", "workspace_bytes", "peak_memory_bytes")})
-    if len(parts) > 1:
-        combined.stages = [{"stage": s.name, **{k: getattr(e, k) for k in STAGE_FIELDS}} for s, e in zip(stages, parts)]
-    return combined
-
-
-PRECISION_LABELS = {"bf16": "bf16 autocast", "fp16": "fp16 autocast with a grad scaler", "fp32": "fp32"}
-STAGE_FIELDS = ("batch_size", "micro_batch", "epochs", "steps_per_epoch", "trainable_parameters", "flops_per_step",
-                "peak_memory_bytes", "gpu_hours")
-
-
-def _stage_estimate(cfg: RunConfig, counts: Counts, gpu: str, budget: int, stage: Stage) -> Estimate:
-    """One training stage's estimate (``cfg.train``: its settings), without the evaluation."""
-    card = get_gpu(gpu)
-    cost = method_cost(cfg, counts, stage.name)
-    weights, grads, opt = static_bytes(cost, cfg.train)
-    batch = cfg.train.batch_size
-    precision = training_policy(cfg.train.amp, card.offers)  # bf16, fp16 with a scaler, or fp32: as a run there
-    steps = cfg.train.steps_per_epoch or max(1, epoch_triplets(cfg.train.epoch_length, counts.train_sketches,
-                                                               counts.train_photos) // batch)
-    trains = cost.trainable > 0
-    micro = plan_micro_batches(cfg, counts, budget, 1, stage)[1] if trains else 0
-    step_flops = cost.flops(batch) if trains else 0
-    seconds = card.seconds(step_flops * steps * cfg.train.epochs if trains else 0, precision.dtype is not None)
-    notes = []
-    return Estimate(
-        method=cfg.method, dataset=cfg.data.dataset, backbone=cfg.backbone.name, batch_size=batch, micro_batch=micro,
-        precision=PRECISION_LABELS[precision.name], steps_per_epoch=steps if trains else 0,
-        epochs=cfg.train.epochs if trains else 0, trainable_parameters=cost.trainable, weights_bytes=weights,
-        gradient_bytes=grads if trains else 0, optimizer_bytes=opt if trains else 0,
-        activation_bytes=cost.saved(micro) if trains else 0, workspace_bytes=cost.workspace(micro) if trains else 0,
-        peak_memory_bytes=peak_bytes(cost, cfg.train, micro) if trains else weights,
-        flops_per_step=step_flops, eval_flops=0, gpu=gpu, gpu_hours=seconds / 3600, budget_bytes=budget,
-        counts_from=counts.source, text_chunk=cfg.train.text_chunk, notes=notes)
 
 
 def catalog_counts(dataset: str, split: str, split_file: Optional[str], val_fraction: float) -> Counts:

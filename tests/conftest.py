@@ -153,3 +153,23 @@ def last_checkpoint(directory: Path) -> dict:
     """The newest checkpoint a trainer left in ``directory`` (every tensor on the CPU)."""
     import torch
     return torch.load(directory / "last.pt", map_location="cpu", weights_only=False)
+
+
+# ------------------------------------------------------------------ one training step of every trained method
+TRAINED = ["linear-probe", "coop", "cocoop", "maple", "clip-at", "splip", "pros"]
+# (method, training stage): a method trained in stages is held in each (ProS)
+STAGED = [(m, s) for m in TRAINED for s in (("units", "simulator") if m == "pros" else ("",))]
+NAMES = ["cat", "dog", "house", "tree", "car", "boat", "apple", "chair"]
+
+
+def real_batch(method, n: int, features: bool, seed: int = 0):
+    """A batch of ``n`` random triplets (images, or frozen features) for ``method``, seeded."""
+    import torch
+
+    from sbir_bench.data.triplets import TripletBatch
+    g = torch.Generator().manual_seed(seed)
+    side = method.backbone.image_size
+    shape = (n, method.backbone.embed_dim) if features else (n, 3, side, side)
+    x = lambda: torch.randn(shape, generator=g)  # noqa: E731
+    labels = lambda: torch.randint(len(method.seen), (n,), generator=g)  # noqa: E731
+    return TripletBatch(x(), x(), x(), labels(), labels(), features=features)

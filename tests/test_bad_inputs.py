@@ -65,7 +65,7 @@ def _room_for(method: str, triplets: int) -> str:
     """A memory budget with room for micro-batches of ``triplets`` of ``method`` on the mini set, batch 8."""
     from sbir_bench.config import build_run_config
     from sbir_bench.runner import run_counts
-    from sbir_bench.sizing import predicted_peak
+    from sbir_bench.training.memory import predicted_peak
     cfg = build_run_config({}, {"method": method, "train.batch_size": 8})
     return str(predicted_peak(cfg, run_counts(cfg), triplets))
 

@@ -29,6 +29,7 @@ from ..config import from_dict
 from ..data.classnames import class_text
 from ..data.triplets import TripletBatch
 from ..errors import ConfigError
+from ..plugins import METHODS
 from ..models.factory import Backbone
 from ..models.preprocess import eval_transform, preprocess_config, train_transform
 from ..models.prompted import PromptedCLIP
@@ -87,6 +88,40 @@ def stages_of(method_cls: type, method_config: Dict[str, Any], train) -> Tuple[S
     return method_cls.training_stages(from_dict(method_cls.config_class, method_config, "method_config"), train)
 
 
+def run_stages(cfg) -> Tuple[Stage, ...]:
+    """The stages of a run (a ``config.RunConfig``): the value the memory plan, the estimate, resume and
+    training all read. A run computes it once and hands it on."""
+    return stages_of(METHODS.get(cfg.method), cfg.method_config, cfg.train)
+
+
+STAGE_SUMS = ("steps_done", "seconds", "skipped_images", "skipped_steps", "gpu_hours")  # what stages add up
+STAGE_PEAK = ("memory", "weights_bytes", "gradient_bytes", "optimizer_bytes", "activation_bytes", "workspace_bytes",
+              "peak_memory_bytes")  # what the stage with the largest peak says
+
+
+def _peak(part: Dict[str, Any]) -> float:
+    memory = part.get("memory") or {}
+    return part.get("peak_memory_bytes") or memory.get("predicted_peak_bytes") or memory.get("measured_peak_bytes") or 0
+
+
+def combine_stages(parts: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """The one rule that makes a run of its stages, for the record and the estimate alike: the last stage's
+    values, the sums of what stages add up (:data:`STAGE_SUMS`: steps, seconds, skips, GPU-hours) and the
+    memory of the stage with the largest peak (:data:`STAGE_PEAK`).
+
+    >>> combine_stages([{"seconds": 2, "lr": 0.1, "peak_memory_bytes": 9}, {"seconds": 3, "lr": 0.2,
+    ...                                                                       "peak_memory_bytes": 4}])
+    {'seconds': 5, 'lr': 0.2, 'peak_memory_bytes': 9}
+    """
+    out = dict(parts[-1])
+    for key in STAGE_SUMS:
+        if any(key in p for p in parts):
+            out[key] = sum(p.get(key, 0) for p in parts)
+    largest = max(parts, key=_peak)
+    out.update({k: largest[k] for k in STAGE_PEAK if k in largest})
+    return out
+
+
 class Method(nn.Module):
     """Base class of every sbir-bench method."""
 
@@ -131,8 +166,28 @@ class Method(nn.Module):
         """
         return True
 
+    def stage_parameters(self, stage: str) -> Optional[List[nn.Parameter]]:
+        """The parameters training stage ``stage`` trains (a method trained in stages says so per stage);
+        None: those the method built as trainable (a one-stage method)."""
+        return None
+
     def begin_stage(self, name: str) -> None:
-        """Make the parameters stage ``name`` trains the trainable ones (default: nothing changes)."""
+        """Enter training stage ``name``: the method's own parameters that :meth:`stage_parameters` names
+        become the trainable ones, the others frozen (the backbone stays frozen). The trainer calls it for
+        the stage it runs, and the estimate for the stage it traces; a method whose computation differs
+        per stage reads :attr:`stage`."""
+        self.stage = name
+        chosen = self.stage_parameters(name)
+        if chosen is None:
+            return
+        ids = {id(p) for p in chosen}
+        for p in self.own_parameters():
+            p.requires_grad_(id(p) in ids)
+
+    def own_parameters(self) -> List[nn.Parameter]:
+        """The method's own parameters: everything but the backbone's, trainable now or not."""
+        frozen = {id(p) for p in self.clip.parameters()}
+        return [p for p in self.parameters() if id(p) not in frozen]
 
     @classmethod
     def image_transforms(cls, config, pp, crop_scale_min: float) -> Tuple[Callable, Callable]:
@@ -161,6 +216,7 @@ class Method(nn.Module):
         self.class_names = list(class_names)
         self.seen = list(seen)  # training labels index into this list of dataset labels
         self.config = config if config is not None else self.config_class()
+        self.stage = ""  # the training stage it is in (begin_stage); "" for a method trained in one
         self.check_config(self.config, backbone.tokenizer)  # a method built in Python is checked as the CLI's is
 
     # -- helpers shared by methods -------------------------------------------------------------

@@ -18,12 +18,11 @@ import numpy as np
 import torch
 
 from ..errors import DataError, SbirError
-from ..gpus import parse_bytes
+from ..gpus import SCORING_SHARE, parse_bytes, usable
 
 EPS = 1e-12
 BYTES_PER_SCORE = 13  # score row + sorted copy + comparison masks, float32
 MAX_BLOCK = 512
-GPU_MEMORY_SHARE = 0.5  # share of the free GPU memory a block may use with memory="auto"
 
 
 def unit_rows(x: np.ndarray | torch.Tensor, device: Optional[torch.device | str] = None) -> torch.Tensor:
@@ -61,7 +60,7 @@ def memory_budget(memory: str | int, device: torch.device) -> int:
     if str(memory).strip().lower() == "auto":
         if device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(device)
-            return int(free * GPU_MEMORY_SHARE)
+            return usable(free, SCORING_SHARE)
         return 2**30
     return parse_bytes(memory)
 

@@ -33,7 +33,7 @@ from ..log import get_logger, progress
 from ..methods.base import Method
 from ..precision import training_precision
 from ..ranks import world
-from ..sizing import text_chunk_advice
+from .memory import MemoryPlan, text_chunk_advice
 from . import distributed as dist_utils
 from .checkpoint import (
     check_resumable,
@@ -208,22 +208,28 @@ class Trainer:
                  seed: int, checkpoint_dir: Optional[Path] = None, workers: Optional[int] = 0, pin_memory: bool = False,
                  validate: Optional[Callable[[Method], Dict[str, float]]] = None,
                  on_epoch_end: Optional[Callable[[int], None]] = None,
-                 fingerprint: Optional[Dict[str, Any]] = None, trackers=None, memory=None, stage: str = "",
+                 fingerprint: Optional[Dict[str, Any]] = None, trackers=None, memory: Optional[MemoryPlan] = None,
+                 stage: str = "",
                  stage_index: int = 0) -> None:
         self.method, self.dataset, self.cfg, self.device, self.seed = method, dataset, cfg, device, seed
         self.stage = stage  # a named stage of a method trained in stages ("" for one-stage methods)
         self.early = EarlyStopping(cfg.early_stop, selection_keys(cfg)) if cfg.early_stop else None
         self.checkpoint_dir, self.fingerprint = checkpoint_dir, fingerprint
         self.trackers, self.global_step = trackers, 0
-        self.memory = memory  # the sizing.MemoryPlan the micro-batches come from (None: as configured)
+        # how each step is split (Lightning's way: the trainer is handed it): the memory plan's micro-batches,
+        # else the configured train.grad_accum; train.grad_accum itself stays what the user asked
+        self.memory: Optional[MemoryPlan] = memory
+        self.micro_batches = memory.micro_batches if memory else cfg.grad_accum
+        if stage:  # a named stage of a method trained in stages: what it trains (Method.stage_parameters)
+            method.begin_stage(stage)
         self.validate, self.on_epoch_end = validate, on_epoch_end
         self.distributed = dist_utils.init_distributed(device)
         self.rank, self.world = world()
         self.params = [p for p in method.parameters() if p.requires_grad]
         if not self.params:
             raise ConfigError(f"method {method.name} has no trainable parameters")
-        if cfg.batch_size % (cfg.grad_accum * self.world):
-            raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by grad_accum ({cfg.grad_accum}) x "
+        if cfg.batch_size % (self.micro_batches * self.world):
+            raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by the micro-batches ({self.micro_batches}) x "
                               f"the number of processes ({self.world})")
         if len(dataset) == 0:
             raise DataError("no training triplet: the split leaves no seen-class training sketch")
@@ -240,7 +246,7 @@ class Trainer:
             if self.distributed else method
 
     def _loader(self, workers: Optional[int], pin_memory: bool) -> DataLoader:
-        per_step = self.cfg.batch_size // (self.world * self.cfg.grad_accum)
+        per_step = self.cfg.batch_size // (self.world * self.micro_batches)
         n_workers = 0 if getattr(self.dataset, "in_memory", False) else resolve_workers(workers, len(self.dataset), per_step)
         return DataLoader(self.dataset, batch_size=per_step, sampler=self.sampler, num_workers=n_workers,
                           collate_fn=getattr(self.dataset, "collate", collate_triplets),
@@ -306,7 +312,8 @@ class Trainer:
         except torch.cuda.OutOfMemoryError:
             plan = self.memory
             need = (f"predicted peak {plan.predicted_peak_bytes / 2**30:.2f} GiB within a budget of "
-                    f"{plan.budget_bytes / 2**30:.2f} GiB" if plan else "no memory budget was planned")
+                    f"{plan.budget_bytes / 2**30:.2f} GiB" if plan and plan.budget_bytes is not None
+                    else "no memory budget was planned")
             raise OutOfMemoryError(f"out of GPU memory at {where} (micro-batch of {micro} triplets; {need}): lower "
                                    f"train.memory_budget (--memory-budget) so that each batch is split further"
                                    f"{text_chunk_advice(self.cfg.text_chunk)}") from None
@@ -322,7 +329,7 @@ class Trainer:
         values["train/images_per_s"] = self.cfg.batch_size / max(seconds, 1e-9)
         if self.device.type == "cuda":
             values["train/peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
-        if self.memory:
+        if self.memory and self.memory.predicted_peak_bytes is not None:
             values["train/predicted_peak_memory_gib"] = self.memory.predicted_peak_bytes / 2**30
         self.trackers.log(values, self.global_step)
 
@@ -340,7 +347,7 @@ class Trainer:
             result.skipped_images += skipped
             if batch is not None:
                 micro.append(batch)
-            if (i + 1) % self.cfg.grad_accum and i + 1 < last:
+            if (i + 1) % self.micro_batches and i + 1 < last:
                 continue  # step boundaries are fixed by loader position, the same on every rank
             # Every rank steps or none does: a rank whose micro-batches were all unreadable would
             # otherwise skip the gradient all-reduce the others wait in (a hang under NCCL).
