@@ -26,7 +26,6 @@ from .data.catalog import get_spec
 from .data.discovery import default_data_root, locate, resolve_root
 from .data.tasks import SETTINGS  # one paper table per setting
 from .errors import ConfigError, DataError, SbirError
-from .launchers import cell_id, job_alive, read_state, state_dir
 from .locations import recipes_folder
 from .log import get_logger
 from .methods import METHODS
@@ -151,33 +150,3 @@ def plan(table_cells: Sequence[Cell], seeds: Sequence[int], output_dir: Path, ov
                 continue
             out.append(PlannedRun(cell, seed, cfg, status, note=note))
     return out
-
-
-
-# ------------------------------------------------------------------------------ launchers and status
-def status_lines(runs: Sequence[PlannedRun], output_dir: Path) -> List[str]:
-    """One line per cell: done / running / pending / failed (with its last error and log) / missing data."""
-    lines = []
-    for planned in runs:
-        cid = cell_id(planned)
-        state = read_state(output_dir, cid)
-        if planned.status == "done" or state.get("status") == "done":
-            what = "done"
-        elif planned.status.startswith("missing"):
-            what = planned.status
-        elif state.get("status") == "failed":
-            logs = state.get("log") or str(state_dir(output_dir) / f"{cid}.log")
-            what = f"failed: {state.get('error', '')} (log {logs})"
-        elif state.get("has.claim") and job_alive(state) is False:
-            what = (f"vanished (job {state.get('job_id') or 'never submitted'}: cancelled, node lost or its command "
-                    f"killed); the next reproduce submits it again")
-        elif state.get("status") == "requeued":
-            what = "requeued after a preemption or time limit" + (f" (job {state['job_id']})" if state.get("job_id") else "")
-        elif state.get("status") == "running":
-            what = f"running on {state.get('host', '?')}" + (f" (job {state['job_id']})" if state.get("job_id") else "")
-        elif state.get("has.claim"):
-            what = f"pending (job {state['job_id']})" if state.get("job_id") else "pending (being submitted)"
-        else:
-            what = f"not submitted ({planned.status})"
-        lines.append(f"{planned.cell.setting}/{planned.cell.name:<15} {planned.cell.method:<14} seed {planned.seed}  {what}")
-    return lines

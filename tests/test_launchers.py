@@ -150,7 +150,7 @@ def _fake_local_jobs(monkeypatch, tmp_path, durations, gpus="3,5", codes=None):
     """Run ``launchers.local_jobs`` over fake cells; returns (the GPU each cell got, GPUs busy at each start)."""
     from types import SimpleNamespace
 
-    from sbir_bench import launchers
+    from sbir_bench.launchers import local as launchers
     monkeypatch.setattr(launchers, "_cuda_count", lambda: len(gpus.split(",")))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", gpus)
     monkeypatch.setattr(launchers.time, "sleep", lambda s: None)
@@ -171,7 +171,7 @@ def _fake_local_jobs(monkeypatch, tmp_path, durations, gpus="3,5", codes=None):
 
 
 def test_a_cell_gets_a_free_gpu_of_those_given_never_one_in_use(monkeypatch, tmp_path):
-    from sbir_bench import launchers
+    from sbir_bench.launchers import local as launchers
     got, busy, runs = _fake_local_jobs(monkeypatch, tmp_path, {"a": 9, "b": 2, "c": 9, "d": 1})
     assert launchers.local_jobs(runs, jobs=2) == []
     assert got == {"a": "3", "b": "5", "c": "5", "d": "3"}  # b ended first: c takes its GPU, not a's
@@ -182,7 +182,7 @@ def test_a_cell_gets_a_free_gpu_of_those_given_never_one_in_use(monkeypatch, tmp
 def test_more_jobs_than_gpus_is_said_and_shared_only_when_asked(monkeypatch, tmp_path, caplog):
     import logging
 
-    from sbir_bench import launchers
+    from sbir_bench.launchers import local as launchers
     seen = []
     handler = logging.Handler(logging.WARNING)
     handler.emit = lambda record: seen.append(record.getMessage())
@@ -199,7 +199,7 @@ def test_more_jobs_than_gpus_is_said_and_shared_only_when_asked(monkeypatch, tmp
 
 
 def test_a_failing_local_job_leaves_the_others_running_and_is_named_out_of_memory(monkeypatch, tmp_path):
-    from sbir_bench import launchers
+    from sbir_bench.launchers import local as launchers
     got, busy, runs = _fake_local_jobs(monkeypatch, tmp_path, {"a": 1, "b": 3, "c": 2}, codes={"a": 1})
     failures = launchers.local_jobs(runs, jobs=2)
     assert set(got) == {"a", "b", "c"} and [cid for cid, _ in failures] == ["a"]
@@ -332,3 +332,21 @@ def test_two_local_reproduce_commands_never_run_one_cell_twice(tmp_path, mini_ro
         first.close()
     assert f"{cid} is being run by another reproduce command" in second.output, second.output
     assert not list(out.glob("*.json"))
+
+
+def test_every_launcher_declares_its_options_and_reproduce_offers_each_once():
+    """The command line adds every launcher's declared options by looping over the table; an option of another
+    launcher than the chosen one is refused, naming the launchers that take it."""
+    from sbir_bench.errors import ConfigError
+    from sbir_bench.launchers import LAUNCHERS, launcher_for, launcher_options
+    text = CliRunner().invoke(main, ["reproduce", "--help"]).output
+    options = launcher_options()
+    assert options and len({o.dest for o in options}) == len(options)
+    for launcher in LAUNCHERS.values():
+        for option in launcher.options:
+            assert text.count(f"{option.flag} ") + text.count(f"{option.flag}\n") >= 1, option.flag
+    with pytest.raises(ConfigError, match="--jobs only apply to --launcher local"):
+        launcher_for("slurm", {"jobs": 3})
+    configured = launcher_for("slurm", {"partition": "gpu", "time_min": 60, "sbatch": ("mail-type=END",)})
+    assert configured.resources.partition == "gpu" and configured.resources.sbatch == {"mail-type": "END"}
+    assert LAUNCHERS["slurm"].resources.partition is None  # the table's launcher is not changed

@@ -11,7 +11,7 @@ from ..config import BackboneConfig, DataConfig, EvalConfig, RunConfig, TrainCon
 from ..data.tasks import SETTINGS
 from ..errors import ConfigError, DataError, SbirError
 from ..gpus import DEFAULT_GPU, GPUS, usable_memory
-from ..launchers import CELLS, LAUNCHERS, LaunchRequest, launcher_for, planned_configs
+from ..launchers import CELLS, LAUNCHERS, LaunchRequest, launcher_for, launcher_options, planned_configs, status_lines
 from . import main
 from .common import config_option, fail, friendly_errors, split_list
 
@@ -200,31 +200,19 @@ def run_command(method: str, seeds: Sequence[int], config_file: Optional[str], s
 
 
 def cluster_options(fn):
-    """``reproduce``'s launcher and scheduler options (sbir_bench.launchers)."""
-    for option in reversed([
-        click.option("--launcher", type=click.Choice(list(LAUNCHERS)), default="local",
-                     show_default=True, help="local: this machine; slurm: one SLURM job per cell through submitit; "
-                                             "submitit-local: the same job path as local subprocesses."),
-        click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1),
-                     help="local: cells run at once, each on a GPU no other cell holds (from CUDA_VISIBLE_DEVICES), "
-                          "CPU threads shared out; at most one per GPU unless --share-gpus."),
-        click.option("--share-gpus", is_flag=True, help="local: with more --jobs than GPUs, share them (the least-used "
-                                                        "GPU takes the next cell)."),
-        click.option("--partition", help="slurm: partition."),
-        click.option("--time", "time_min", type=click.IntRange(min=1), default=24 * 60, show_default=True,
-                     help="slurm: time limit per cell, in minutes (a job at its limit is requeued and resumes)."),
-        click.option("--gpus-per-cell", type=click.IntRange(min=0), default=1, show_default=True,
-                     help="slurm: GPUs per cell (more than one: torchrun inside the job)."),
-        click.option("--cpus-per-gpu", type=click.IntRange(min=1), default=8, show_default=True, help="slurm: CPUs per GPU."),
-        click.option("--mem", help="slurm: memory per cell, e.g. 64G."),
-        click.option("--account", help="slurm: account."),
-        click.option("--qos", help="slurm: quality of service."),
-        click.option("--constraint", help="slurm: node constraint, e.g. a100."),
-        click.option("--sbatch", "sbatch", multiple=True, metavar="KEY=VALUE", help="slurm: any other sbatch option."),
-        click.option("--wait", is_flag=True, help="slurm / submitit-local: wait for every job, then write the table."),
-        click.option("--status", is_flag=True, help="One line per cell: done, running, pending, failed or missing data."),
-        click.option("--collect", is_flag=True, help="Write the table from whatever cells have finished."),
-    ]):
+    """``reproduce``'s launcher choice, then every launcher's own options (each declares them:
+    sbir_bench.launchers), then the table's status and collect switches."""
+    options = [click.option("--launcher", type=click.Choice(list(LAUNCHERS)), default="local", show_default=True,
+                            help="local: this machine; slurm: one SLURM job per cell through submitit; "
+                                 "submitit-local: the same job path as local subprocesses.")]
+    for o in launcher_options():
+        extra: Dict[str, Any] = {"is_flag": True} if o.is_flag else {"multiple": True} if o.multiple else \
+            {"default": o.default, "show_default": o.default is not None, "type": o.type}
+        options.append(click.option(o.flag, o.dest, help=o.help, **extra))
+    options += [click.option("--status", is_flag=True, help="One line per cell: done, running, pending, failed or "
+                                                          "missing data."),
+                click.option("--collect", is_flag=True, help="Write the table from whatever cells have finished.")]
+    for option in reversed(options):
         fn = option(fn)
     return fn
 
@@ -265,12 +253,12 @@ def reproduce_command(table: str, datasets, methods, seeds: str, data_root: Opti
     from ..fileio import check_output_dir
     from ..log import set_quiet
     from ..reporting.tables import write_table
-    from ..reproduce import cells, plan, status_lines
+    from ..reproduce import cells, plan
 
     set_quiet(quiet)
     check_estimate_options(dry_run, gpu, json_file)
     seed_list = parse_seed_list(seeds)
-    resources = _resources(cluster)
+    launcher = launcher_for(cluster["launcher"], cluster)  # its options checked before any work
     folder = Path(output_dir or f"results/reproduce/{table}")
     if (cluster["status"] or cluster["collect"]) and not (folder / CELLS).is_dir():
         what = "--status" if cluster["status"] else "--collect"
@@ -300,39 +288,16 @@ def reproduce_command(table: str, datasets, methods, seeds: str, data_root: Opti
         for planned in runs:
             if planned.status.startswith("missing"):
                 click.echo(f"skip {planned.describe()}")
-        _launch(table, runs, out, cluster, resources)
+        _launch(table, runs, out, launcher)
 
 
-# the scheduler options of cluster_options: destination -> (flag, default)
-SCHEDULER_OPTIONS = {"partition": ("--partition", None), "time_min": ("--time", 24 * 60),
-                     "gpus_per_cell": ("--gpus-per-cell", 1), "cpus_per_gpu": ("--cpus-per-gpu", 8),
-                     "mem": ("--mem", None), "account": ("--account", None), "qos": ("--qos", None),
-                     "constraint": ("--constraint", None), "sbatch": ("--sbatch", ()), "wait": ("--wait", False)}
-
-
-def _resources(cluster: Dict[str, Any]):
-    # imported when the command runs: `sbir-bench --help` starts without open_clip and the models
-    from ..launchers import Resources, parse_sbatch
-    if cluster["launcher"] != "local" and (cluster["jobs"] != 1 or cluster["share_gpus"]):
-        raise ConfigError("--jobs and --share-gpus are for --launcher local; a cluster runs every cell as its own job")
-    if cluster["launcher"] == "local":  # scheduler options the local launcher would silently ignore
-        given = [flag for name, (flag, default) in SCHEDULER_OPTIONS.items() if cluster[name] != default]
-        if given:
-            raise ConfigError(f"{', '.join(given)} only apply to --launcher slurm or submitit-local; the local "
-                              f"launcher runs cells on this machine")
-    return Resources(partition=cluster["partition"], time_min=cluster["time_min"], gpus_per_cell=cluster["gpus_per_cell"],
-                     cpus_per_gpu=cluster["cpus_per_gpu"], mem=cluster["mem"], account=cluster["account"],
-                     qos=cluster["qos"], constraint=cluster["constraint"], sbatch=parse_sbatch(cluster["sbatch"]))
-
-
-def _launch(table: str, runs, out, cluster: Dict[str, Any], resources) -> None:
+def _launch(table: str, runs, out, launcher) -> None:
     """Run or submit the runnable cells through the chosen launcher, then write the table (unless jobs
     are still out) and report failures."""
     from ..reporting.tables import write_table  # pandas and scipy: not for `sbir-bench --help`
     if all(p.status.startswith("missing") for p in runs):
         fail(f"nothing to run: all {len(runs)} run(s) lack their dataset or weights (listed above)", 3)
-    request = LaunchRequest(table, out, resources, cluster["jobs"], cluster["share_gpus"], cluster["wait"])
-    outcome = launcher_for(cluster["launcher"], cluster["jobs"]).launch(runs, request)
+    outcome = launcher.launch(runs, LaunchRequest(table, out))
     for line in outcome.submitted:
         click.echo(line)
     if outcome.pending:
