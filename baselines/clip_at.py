@@ -93,6 +93,7 @@ def trainable_clip_parameters(visual: nn.Module, rule: str) -> List[Tuple[str, n
 @METHODS.register("clip-at")
 class CLIPAT(Method):
     description = "CLIP-AT (CVPR'23): sketch and photo visual prompts + CLIP's LayerNorms, cosine triplet"
+    table_order = 60
     config_class = CLIPATConfig
     prompts_image_encoder = True
 

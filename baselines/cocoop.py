@@ -50,6 +50,7 @@ class CoCoOpConfig:
 @METHODS.register("cocoop")
 class CoCoOp(Method):
     description = "CoCoOp (CVPR'22): CoOp context shifted per image by a meta-network, CE over seen classes"
+    table_order = 40
     config_class = CoCoOpConfig
     uses_frozen_features = True
 

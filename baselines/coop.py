@@ -70,6 +70,7 @@ def learned_text_context(method: Method, name: str) -> ContextInit:
 @METHODS.register("coop")
 class CoOp(Method):
     description = "CoOp (IJCV'22): learned text context, CE over seen classes; retrieval fuses image + class probabilities"
+    table_order = 30
     config_class = CoOpConfig
     uses_frozen_features = True
 

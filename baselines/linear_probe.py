@@ -45,6 +45,7 @@ class LinearProbeConfig:
 @METHODS.register("linear-probe")
 class LinearProbe(Method):
     description = "linear projection of frozen CLIP image features, classification + triplet loss"
+    table_order = 20
     config_class = LinearProbeConfig
     uses_frozen_features = True
 

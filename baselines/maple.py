@@ -79,6 +79,7 @@ def coupling_layers(text_width: int, vision_width: int, depth: int) -> nn.Module
 @METHODS.register("maple")
 class MaPLe(Method):
     description = "MaPLe (CVPR'23): deep text prompts coupled to vision prompts by linear maps, CE over seen classes"
+    table_order = 50
     config_class = MaPLeConfig
     prompts_image_encoder = True
 

@@ -114,6 +114,7 @@ class PromptGenerator(nn.Module):
 @METHODS.register("pros")
 class ProS(Method):
     description = "ProS (CVPR'24): prompt units, then a prompt generator simulating unseen domains/classes; CE"
+    table_order = 70
     config_class = ProSConfig
     prompts_image_encoder = True
 

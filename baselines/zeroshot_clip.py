@@ -14,6 +14,7 @@ from sbir_bench.methods import METHODS, Method
 @METHODS.register("zeroshot-clip")
 class ZeroShotCLIP(Method):
     description = "frozen CLIP image encoder for sketches and photos, cosine retrieval, no training"
+    table_order = 10
     trainable = False
     uses_frozen_features = True
 

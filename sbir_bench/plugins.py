@@ -98,3 +98,4 @@ class Registry(Generic[T]):
 
 METHODS: Registry = Registry("method", "sbir_bench.methods", builtin=("sbir_bench.baselines", "sbir_bench.splip"))
 DATASETS: Registry = Registry("dataset", "sbir_bench.datasets", builtin=("sbir_bench.data.catalog",))
+TRACKERS: Registry = Registry("tracker", "sbir_bench.trackers", builtin=("sbir_bench.tracking",))

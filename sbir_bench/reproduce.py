@@ -28,12 +28,11 @@ from .data.tasks import SETTINGS  # one paper table per setting
 from .errors import ConfigError, DataError, SbirError
 from .locations import recipes_folder
 from .log import get_logger
-from .methods import METHODS
+from .methods import METHODS, get_method
 from .models.factory import WeightsNotCached, check_weights_source
 from .runner import finished_record, has_checkpoint, training_identity
 
 log = get_logger(__name__)
-METHOD_ORDER = ("zeroshot-clip", "linear-probe", "coop", "cocoop", "maple", "clip-at", "pros", "splip")
 
 
 @dataclass
@@ -71,27 +70,50 @@ class PlannedRun:
         return self.status in ("run", "resume", "reuse")
 
 
-def cells(setting: str, datasets: Sequence[str] = (), methods: Sequence[str] = ()) -> List[Cell]:
-    """The cells of ``setting``'s table (paper configs), or of the mini set when ``datasets`` is ``["mini"]``."""
-    if setting not in SETTINGS:
-        raise ConfigError(f"unknown table {setting!r}; choose one of: {', '.join(SETTINGS)}")
+def table_methods(methods: Sequence[str] = ()) -> List[str]:
+    """The methods of the tables, from the registry (built-ins and plug-ins) in their rows' order
+    (``Method.table_order``), or those of ``methods`` (unknown names are one line)."""
     unknown = [m for m in methods if m not in METHODS.names()]
     if unknown:
         raise ConfigError(f"unknown method {unknown[0]!r}; choose from: {', '.join(METHODS.names())}")
-    wanted = [m for m in METHOD_ORDER if not methods or m in methods] + [m for m in methods if m not in METHOD_ORDER]
+    ordered = sorted(METHODS.items(), key=lambda item: (item[1].table_order, item[0]))
+    return [name for name, _ in ordered if not methods or name in methods]
+
+
+def recipes_of(method: str):
+    """The folder ``method``'s recipes lie in: its own (a plug-in's ``Method.recipes``) or the shipped ones."""
+    return get_method(method).recipes or recipes_folder()
+
+
+def cells(setting: str, datasets: Sequence[str] = (), methods: Sequence[str] = ()) -> List[Cell]:
+    """The cells of ``setting``'s table (paper configs), or of the mini set when ``datasets`` is ``["mini"]``:
+    every registered method with a recipe for the cell, built-in or plug-in."""
+    if setting not in SETTINGS:
+        raise ConfigError(f"unknown table {setting!r}; choose one of: {', '.join(SETTINGS)}")
+    wanted = table_methods(methods)
     if list(datasets) == ["mini"]:
-        folder = recipes_folder() / "mini"
-        return [Cell(setting, "mini", m, folder / f"{m}.yaml") for m in wanted]
+        return [Cell(setting, "mini", m, recipes_of(m) / "mini" / f"{m}.yaml") for m in wanted]
     root = recipes_folder() / "paper" / setting
     if not root.is_dir():
         raise ConfigError(f"no paper configs in {root}; this sbir-bench install lacks its recipes (reinstall it)")
-    found = [Cell(setting, d.name, m, d / f"{m}.yaml") for d in sorted(root.iterdir()) if d.is_dir()
-             for m in wanted if (d / f"{m}.yaml").is_file()]
+    names = _cell_names(setting, wanted)
+    found = [Cell(setting, name, m, recipes_of(m) / "paper" / setting / name / f"{m}.yaml") for name in names
+             for m in wanted if (recipes_of(m) / "paper" / setting / name / f"{m}.yaml").is_file()]
     found = [c for c in found if not datasets or c.name in datasets or c.name.split("-split")[0] in datasets]
     if not found:
         raise ConfigError(f"no {setting} cell matches {', '.join(datasets) or 'any dataset'} and "
                           f"{', '.join(methods) or 'any method'}; cells are the folders of {root}")
     return found
+
+
+def _cell_names(setting: str, methods: Sequence[str]) -> List[str]:
+    """The cells (dataset columns) of ``setting``'s table that any of ``methods`` has recipes for."""
+    names = set()
+    for m in methods:
+        folder = recipes_of(m) / "paper" / setting
+        if folder.is_dir():
+            names |= {d.name for d in folder.iterdir() if d.is_dir()}
+    return sorted(names)
 
 
 def _config(cell: Cell, seed: int, output_dir: Path, overrides: Dict[str, Any]) -> RunConfig:

@@ -28,10 +28,27 @@ from typing import Any, Dict, List, Optional
 from .errors import ConfigError
 from .extras import is_installed, missing
 from .log import get_logger, quiet_library
+from .plugins import TRACKERS
 
 log = get_logger(__name__)
-TRACKERS = ("csv", "tensorboard", "wandb", "mlflow")
-NEEDS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}  # tracker -> the module it imports (extras.EXTRAS)
+
+
+class Tracker:
+    """What a tracker is: built for one run (its folder, id, config and the tracking URI), it logs values
+    per step and says where it wrote when finished. Register one with ``@TRACKERS.register("name")`` (the
+    built-ins below) or through the ``sbir_bench.trackers`` entry-point group; ``needs`` names the module it
+    imports (an extra of :mod:`sbir_bench.extras`), checked before any work."""
+
+    needs: Optional[str] = None
+
+    def __init__(self, folder: Path, run_id: str, config: Dict[str, Any], uri: Optional[str]) -> None:
+        raise NotImplementedError
+
+    def log(self, values: Dict[str, float], step: int) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> Dict[str, Any]:
+        raise NotImplementedError
 
 
 def parse_report_to(text: str) -> List[str]:
@@ -39,7 +56,7 @@ def parse_report_to(text: str) -> List[str]:
     names = [n.strip() for n in (text or "").split(",") if n.strip() and n.strip() != "none"]
     unknown = [n for n in names if n not in TRACKERS]
     if unknown:
-        raise ConfigError(f"report_to: unknown tracker {unknown[0]!r}; choose from none, {', '.join(TRACKERS)}")
+        raise ConfigError(f"report_to: unknown tracker {unknown[0]!r}; choose from none, {', '.join(TRACKERS.names())}")
     return list(dict.fromkeys(names))
 
 
@@ -55,7 +72,7 @@ def check_available(names: List[str], tracking_uri: Optional[str] = None) -> Non
             raise ConfigError(f"--tracking-uri {tracking_uri}: MLflow opens no {scheme!r} store; give sqlite:///FILE.db, "
                               f"file:///FOLDER, http(s)://SERVER or a folder")
     for name in names:
-        module = NEEDS.get(name)
+        module = TRACKERS.get(name).needs
         if module and not is_installed(module):
             raise missing(module, f"--report-to {name}")
 
@@ -71,7 +88,8 @@ def flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
     return out
 
 
-class CsvTracker:
+@TRACKERS.register("csv")
+class CsvTracker(Tracker):
     """``metrics.csv`` in the run folder, one ``step,name,value`` row per value."""
 
     def __init__(self, folder: Path, run_id: str, config: Dict[str, Any], uri: Optional[str]) -> None:
@@ -92,8 +110,11 @@ class CsvTracker:
         return {"csv": str(self.path)}
 
 
-class TensorBoardTracker:
+@TRACKERS.register("tensorboard")
+class TensorBoardTracker(Tracker):
     """TensorBoard event files in ``<run folder>/tensorboard``; the config as a JSON text entry."""
+
+    needs = "tensorboard"
 
     def __init__(self, folder: Path, run_id: str, config: Dict[str, Any], uri: Optional[str]) -> None:
         # optional (the track extra): imported only when this tracker is asked for
@@ -113,8 +134,11 @@ class TensorBoardTracker:
         return {"tensorboard": str(self.dir)}
 
 
-class WandbTracker:
+@TRACKERS.register("wandb")
+class WandbTracker(Tracker):
     """A W&B run, offline (files in ``<run folder>/wandb``) unless ``WANDB_MODE`` is set."""
+
+    needs = "wandb"
 
     def __init__(self, folder: Path, run_id: str, config: Dict[str, Any], uri: Optional[str]) -> None:
         # optional (the track extra): imported only when this tracker is asked for
@@ -140,8 +164,11 @@ def _mlflow_name(name: str) -> str:
     return name.replace("@", "_at_")
 
 
-class MlflowTracker:
+@TRACKERS.register("mlflow")
+class MlflowTracker(Tracker):
     """An MLflow run in a local SQLite store (``<output-dir>/mlflow.db``) unless a tracking URI is given."""
+
+    needs = "mlflow"
 
     def __init__(self, folder: Path, run_id: str, config: Dict[str, Any], uri: Optional[str]) -> None:
         # optional (the track extra): imported only when this tracker is asked for
@@ -166,9 +193,6 @@ class MlflowTracker:
         return {"mlflow": {"tracking_uri": self.uri, "run_id": self.run_id}}
 
 
-BUILDERS = {"csv": CsvTracker, "tensorboard": TensorBoardTracker, "wandb": WandbTracker, "mlflow": MlflowTracker}
-
-
 class Trackers:
     """Every requested tracker behind one ``log``; a tracker that raises is warned about and dropped."""
 
@@ -177,7 +201,7 @@ class Trackers:
         self.active: Dict[str, Any] = {}
         self.where: Dict[str, Any] = {}
         for name in names:
-            self._guard(name, lambda n=name: self.active.__setitem__(n, BUILDERS[n](folder, run_id, config, uri)))
+            self._guard(name, lambda n=name: self.active.__setitem__(n, TRACKERS.get(n)(folder, run_id, config, uri)))
 
     def _guard(self, name: str, call) -> None:
         try:

@@ -89,6 +89,7 @@ class Encoded:
 @METHODS.register("splip")
 class SpLIP(Method):
     description = "SpLIP (ECCV'24): bi-directional multimodal prompts (B_v, B_t, B_vt), adaptive-margin triplet, conditional jigsaw"
+    table_order = 80
     config_class = SpLIPConfig
     prompts_image_encoder = True
 

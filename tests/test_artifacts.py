@@ -11,7 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import as_options, newest_record, short_training
+from conftest import TRAINED, as_options, newest_record, short_training
 from sbir_bench.cli import main
 from sbir_bench.errors import DataError, WeightsError
 
@@ -89,7 +89,6 @@ def test_load_model_in_three_lines_embeds_like_the_run(trained, mini_root):
     assert m.embed_photos([path]).shape == got.shape
 
 
-TRAINED = ["linear-probe", "coop", "cocoop", "maple", "clip-at", "splip", "pros"]
 @pytest.mark.parametrize("method,dataset", [(m, "mini") for m in TRAINED] + [("pros", "sketchy")])
 def test_load_model_embeds_exactly_as_eval_model_does(method, dataset, tmp_path, make_tree):
     """The Python API and ``eval --model`` build their transforms with the same builder: for every method the

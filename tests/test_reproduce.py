@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from interrupts import loss_interrupted_at
 
 from sbir_bench.cli import main
-from sbir_bench.reproduce import METHOD_ORDER, cells, plan
+from sbir_bench.reproduce import cells, plan, table_methods
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = pd.read_csv(ROOT / "results" / "paper" / "splip_eccv2024.csv", comment="#", dtype={"split": str})
@@ -65,7 +65,7 @@ def test_every_paper_cell_has_a_config_for_every_method(setting, tmp_path):
             assert (p.cfg.train.optimizer, p.cfg.train.schedule, p.cfg.train.warmup) == ("sgd", "cosine-epoch", "constant")
     assert set(by_cell) == paper_cells(setting)
     assert all(methods == METHODS for methods in by_cell.values())
-    assert set(METHOD_ORDER) == METHODS
+    assert set(table_methods()) == METHODS  # the tables' methods come from the registry
 
 
 def test_dry_run_without_data_lists_every_run_and_what_it_lacks(tmp_path):
@@ -216,3 +216,24 @@ def test_a_dry_run_marks_every_cell_a_budget_refuses_and_sizes_the_others(tmp_pa
     assert sum("|  refused: one triplet needs about" in ln for ln in lines) == 2  # coop and splip, each marked
     assert any("zeroshot-clip" in ln and "GPU-h" in ln for ln in lines)
     assert "2 of 3 run(s) refused" in result.output
+
+
+def test_a_plug_in_method_with_recipes_appears_in_reproduce(tmp_path, monkeypatch, mini_root):
+    """A third-party method is one registered class plus its recipes: reproduce plans its cells (after the
+    built-ins' rows) without a line of sbir-bench changed."""
+    from sbir_bench.methods import METHODS, get_method
+    recipes = tmp_path / "recipes"
+    (recipes / "mini").mkdir(parents=True)
+    (recipes / "mini" / "zero-plugin.yaml").write_text("data: {dataset: mini}\n")
+    (recipes / "paper" / "zs" / "tuberlin").mkdir(parents=True)
+    (recipes / "paper" / "zs" / "tuberlin" / "zero-plugin.yaml").write_text(
+        "base: ../../../../../recipes_base.yaml\ndata: {dataset: tuberlin, split: '1', setting: zs}\n")
+    (tmp_path / "recipes_base.yaml").write_text("backbone: {name: sbir-tiny}\n")
+    plugin = type("ZeroPlugin", (get_method("zeroshot-clip"),), {"recipes": recipes, "description": "a plug-in", "table_order": 100})
+    METHODS.names()
+    monkeypatch.setitem(METHODS._items, "zero-plugin", plugin)
+    assert table_methods()[-1] == "zero-plugin"
+    assert [c.name for c in cells("zs", methods=["zero-plugin"])] == ["tuberlin"]
+    dry = CliRunner().invoke(main, ["reproduce", "zs", "--dataset", "mini", "--method", "zero-plugin", "--dry-run",
+                                    "--output-dir", str(tmp_path / "t")])
+    assert dry.exit_code == 0 and "zs/mini            zero-plugin" in dry.output, dry.output

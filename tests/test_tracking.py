@@ -176,3 +176,28 @@ def test_plot_curves_leaves_out_a_damaged_history_with_a_warning(tmp_path, caplo
     assert result.exit_code == 0 and "Traceback" not in result.output, result.output
     assert "training history is damaged" in result.output + caplog.text
     assert (tmp_path / "fig" / "curves_mini_split1_zs.png").is_file()
+
+
+def test_a_plug_in_tracker_is_one_registered_class(tmp_path, monkeypatch, mini_root):
+    """A tracker is a registry entry like a method or a dataset: one class, and --report-to finds it."""
+    from sbir_bench.plugins import TRACKERS
+    from sbir_bench.tracking import Tracker
+    seen = []
+
+    class ListTracker(Tracker):
+        def __init__(self, folder, run_id, config, uri) -> None:
+            self.run_id = run_id
+
+        def log(self, values, step) -> None:
+            seen.append((step, dict(values)))
+
+        def finish(self):
+            return {"list": {"run_id": self.run_id, "values": len(seen)}}
+    TRACKERS.names()  # the built-ins loaded first, as a plug-in's entry point would find them
+    monkeypatch.setitem(TRACKERS._items, "list", ListTracker)
+    out = tmp_path / "runs"
+    result = CliRunner().invoke(main, ["run", "zeroshot-clip", "--report-to", "list", "--output-dir", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    record = newest_record(out)
+    assert record["tracking"]["list"] == {"run_id": record["run_id"], "values": 1}
+    assert seen[0][1]["test/mAP@all"] == pytest.approx(record["metrics"]["mAP@all"])

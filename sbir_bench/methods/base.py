@@ -136,6 +136,10 @@ class Method(nn.Module):
     # True when the method injects prompts into the image encoder: it needs a ViT image tower, and
     # a ResNet backbone is refused in one line before anything is built (sbir_bench.runner).
     prompts_image_encoder: bool = False
+    # Where `reproduce` finds its recipes: a folder laid out as the shipped one (paper/<table>/<cell>/<name>.yaml,
+    # mini/<name>.yaml); None: the shipped recipes. A plug-in method ships its own and appears in the tables.
+    recipes: Any = None
+    table_order: int = 100  # its row's place in reproduce's tables (the built-ins from 10; a plug-in after them)
 
     @classmethod
     def check_config(cls, config, tokenizer) -> None:
