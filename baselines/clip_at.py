@@ -37,8 +37,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from sbir_bench.errors import ConfigError
-from sbir_bench.methods import METHODS, Method, TripletBatch, check_choice
+from sbir_bench.config import opt
+from sbir_bench.methods import METHODS, Method, TripletBatch
 from sbir_bench.methods.image_tiles import shuffle_tiles
 from sbir_bench.methods.losses import clip_cross_entropy, cosine_triplet
 from sbir_bench.models import PromptedCLIP
@@ -53,15 +53,18 @@ PREPROCESS = ("official", "backbone")
 class CLIPATConfig:
     """Options of CLIP-AT; the defaults are the official code's (experiments/options.py)."""
 
-    n_prompts: int = 3
-    prompt_position: str = "append"  # append (code since 2023-08-01) or prepend (before)
-    trainable: str = "official"  # official (what its freezing helper leaves trainable) or layernorm
-    clip_lr: float = 1e-6  # the CLIP parameters' learning rate; the prompts use train.lr (1e-4)
-    margin: float = 0.2
-    preprocess: str = "official"  # official: pad to square, ImageNet statistics, no augmentation
-    lambda_cls: float = 0.0  # paper, not code: CE against frozen "a photo of a <class>." texts
-    lambda_patch: float = 0.0  # paper, not code: patch-shuffling triplet
-    patch_grid: int = 2  # tiles per side for lambda_patch
+    n_prompts: int = opt(3, "the learned prompt vectors per modality", min=1)
+    prompt_position: str = opt("append", "append (code since 2023-08-01) or prepend (before)", choices=PROMPT_POSITIONS)
+    trainable: str = opt("official", "official (what its freezing helper leaves trainable) or layernorm",
+                         choices=TRAINABLE)
+    clip_lr: float = opt(1e-6, "the CLIP parameters' learning rate; the prompts use train.lr (1e-4)", min=0.0)
+    margin: float = opt(0.2, "of the cosine triplet loss", min=0.0)
+    preprocess: str = opt("official", "official: pad to square, ImageNet statistics, no augmentation; backbone: ours",
+                          choices=PREPROCESS)
+    lambda_cls: float = opt(0.0, "paper, not code: CE against frozen 'a photo of a <class>.' texts", min=0.0)
+    lambda_patch: float = opt(0.0, "paper, not code: patch-shuffling triplet", min=0.0)
+    patch_grid: int = opt(2, "tiles per side for lambda_patch (the patch-shuffle grid is patch_grid x patch_grid)",
+                          min=2)
 
 
 def with_own_image_tower(model: nn.Module) -> nn.Module:
@@ -99,19 +102,7 @@ class CLIPAT(Method):
 
     @classmethod
     def check_config(cls, config: CLIPATConfig, tokenizer) -> None:
-        for key, allowed in (("prompt_position", PROMPT_POSITIONS), ("trainable", TRAINABLE),
-                             ("preprocess", PREPROCESS)):
-            check_choice("clip-at", key, getattr(config, key), allowed)
-        if config.n_prompts < 1:
-            raise ConfigError(f"clip-at: n_prompts={config.n_prompts} must be >= 1 (the learned prompt vectors "
-                              f"per modality)")
-        if config.patch_grid < 2:
-            raise ConfigError(f"clip-at: patch_grid={config.patch_grid} must be >= 2 (the patch-shuffle grid is "
-                              f"patch_grid x patch_grid tiles)")
-        for key in ("clip_lr", "margin", "lambda_cls", "lambda_patch"):
-            value = getattr(config, key)
-            if not (value >= 0 and value < float("inf")):
-                raise ConfigError(f"clip-at: {key}={value} must be a finite number >= 0")
+        """Its fields' bounds and choices are declared on CLIPATConfig (checked as every config is)."""
 
     @classmethod
     def image_transforms(cls, config: CLIPATConfig, pp, crop_scale_min: float) -> Tuple[Callable, Callable]:

@@ -29,9 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sbir_bench.config import opt
 from sbir_bench.errors import ConfigError
 from sbir_bench.methods import METHODS, Method, TripletBatch
-from sbir_bench.methods.class_probabilities import check_retrieval, retrieval_embedding
+from sbir_bench.methods.class_probabilities import RETRIEVAL_MODES, retrieval_embedding
 
 from .coop import coop_context, learned_text_context
 
@@ -40,11 +41,13 @@ from .coop import coop_context, learned_text_context
 class CoCoOpConfig:
     """Options of CoCoOp (defaults: the paper's ``vit_b16_c4_ep10_batch1_ctxv1`` configuration)."""
 
-    n_ctx: Optional[int] = None  # None: the word count of ctx_init (CoOp's rule), 16 random vectors without one
-    ctx_init: Optional[str] = "a photo of a"
-    meta_reduction: int = 16  # the meta-network's hidden width is vis_dim // meta_reduction
-    retrieval: str = "fused"
-    fusion_weight: float = 0.5
+    n_ctx: Optional[int] = opt(None, "learned context vectors; None: the word count of ctx_init (CoOp's rule), 16 "
+                                     "random vectors without one", min=1)
+    ctx_init: Optional[str] = opt("a photo of a", "the phrase the context starts from (None: random vectors)")
+    meta_reduction: int = opt(16, "the meta-network's hidden width is vis_dim // meta_reduction", min=1)
+    retrieval: str = opt('fused', "image: the image embedding; fused / probs: with class probabilities over the "
+                                  "gallery's classes (methods/class_probabilities.py)", choices=RETRIEVAL_MODES)
+    fusion_weight: float = opt(0.5, "fused: the class probabilities' weight", min=0.0, max=1.0)
 
 
 @METHODS.register("cocoop")
@@ -56,10 +59,7 @@ class CoCoOp(Method):
 
     @classmethod
     def check_config(cls, config: CoCoOpConfig, tokenizer) -> None:
-        check_retrieval("cocoop", config.retrieval, config.fusion_weight)
         coop_context(config, "cocoop")
-        if config.meta_reduction < 1:
-            raise ConfigError(f"cocoop: meta_reduction={config.meta_reduction} must be >= 1")
 
     def __init__(self, backbone, class_names, seen, config=None) -> None:
         super().__init__(backbone, class_names, seen, config)

@@ -20,9 +20,10 @@ from typing import Dict, Optional, Sequence
 import torch
 from torch import nn
 
+from sbir_bench.config import opt
 from sbir_bench.errors import ConfigError
 from sbir_bench.methods import METHODS, Method, TripletBatch
-from sbir_bench.methods.class_probabilities import check_retrieval, retrieval_embedding
+from sbir_bench.methods.class_probabilities import RETRIEVAL_MODES, retrieval_embedding
 from sbir_bench.methods.losses import clip_cross_entropy
 from sbir_bench.models import PromptedCLIP
 from sbir_bench.models.text_prompts import ClassPrompts, ContextInit
@@ -35,17 +36,17 @@ class CoOpConfig:
     to its word count; without one, ``n_ctx`` random vectors are learned (default 16, CoOp's own).
     """
 
-    n_ctx: Optional[int] = None  # None: the word count of ctx_init, or 16 random vectors without it
-    ctx_init: Optional[str] = "a photo of a"
-    retrieval: str = "fused"
-    fusion_weight: float = 0.5
+    n_ctx: Optional[int] = opt(None, "learned context vectors; None: the word count of ctx_init, or 16 random vectors "
+                                     "without it", min=1)
+    ctx_init: Optional[str] = opt("a photo of a", "the phrase the context starts from (None: random vectors)")
+    retrieval: str = opt('fused', "image: the image embedding; fused / probs: with class probabilities over the "
+                                  "gallery's classes (methods/class_probabilities.py)", choices=RETRIEVAL_MODES)
+    fusion_weight: float = opt(0.5, "fused: the class probabilities' weight", min=0.0, max=1.0)
 
 
 def coop_context(cfg, method: str = "coop") -> ContextInit:
     """The reference CoOp rule (also CoCoOp's): a phrase sets the context length to its word count,
     random vectors need ``n_ctx``; an ``n_ctx`` that contradicts the phrase is refused (one line)."""
-    if cfg.n_ctx is not None and cfg.n_ctx < 1:  # zero vectors would train nothing and still be called CoOp
-        raise ConfigError(f"{method}: n_ctx={cfg.n_ctx} must be >= 1 (the number of learned context vectors)")
     if cfg.ctx_init:
         phrase = cfg.ctx_init.replace("_", " ")
         words = len(phrase.split(" "))
@@ -76,7 +77,6 @@ class CoOp(Method):
 
     @classmethod
     def check_config(cls, config: CoOpConfig, tokenizer) -> None:
-        check_retrieval("coop", config.retrieval, config.fusion_weight)
         coop_context(config)
 
     def __init__(self, backbone, class_names, seen, config=None) -> None:

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sbir_bench.config import opt
 from sbir_bench.training.distributed import GlobalBatchNorm1d
 from sbir_bench.methods import METHODS, Method, TripletBatch
 from sbir_bench.methods.losses import cosine_triplet
@@ -34,12 +35,12 @@ from sbir_bench.methods.losses import cosine_triplet
 class LinearProbeConfig:
     """Options of the linear probe."""
 
-    margin: float = 0.2
-    cls_weight: float = 1.0
-    triplet_weight: float = 1.0
-    temperature: float = 0.07
-    augment: bool = False  # False: train on frozen features of the unaugmented images (cached, as CLIP's
-    # linear-probe protocol); True: train through the backbone on augmented images (bypasses the cache)
+    margin: float = opt(0.2, "of the cosine triplet loss", min=0.0)
+    cls_weight: float = opt(1.0, "loss weight", min=0.0)
+    triplet_weight: float = opt(1.0, "loss weight", min=0.0)
+    temperature: float = opt(0.07, "of the classification cross-entropy", positive=True)
+    augment: bool = opt(False, "False: train on frozen features of the unaugmented images (cached, as CLIP's "
+                               "linear-probe protocol); True: through the backbone on augmented images (no cache)")
 
 
 @METHODS.register("linear-probe")

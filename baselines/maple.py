@@ -27,10 +27,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from sbir_bench.config import opt
 from sbir_bench.errors import ConfigError
 from sbir_bench.log import get_logger
 from sbir_bench.methods import METHODS, Method, TripletBatch
-from sbir_bench.methods.class_probabilities import check_retrieval, retrieval_embedding
+from sbir_bench.methods.class_probabilities import RETRIEVAL_MODES, retrieval_embedding
 from sbir_bench.methods.losses import clip_cross_entropy
 from sbir_bench.models import PromptedCLIP
 from sbir_bench.models.text_prompts import INIT_STD, ClassPrompts, ContextInit, phrase_tokens
@@ -42,11 +43,12 @@ log = get_logger(__name__)
 class MaPLeConfig:
     """Options of MaPLe (paper defaults for ViT-B/16: depth 9, 2 tokens, init "a photo of a")."""
 
-    n_ctx: int = 2
-    depth: int = 9
-    ctx_init: Optional[str] = "a photo of a"
-    retrieval: str = "image"  # image (default), or fused / probs over the gallery's classes (class_probabilities)
-    fusion_weight: float = 0.5
+    n_ctx: int = opt(2, "learned context tokens per prompted layer", min=1)
+    depth: int = opt(9, "prompted layers (capped at the towers' depth)", min=1)
+    ctx_init: Optional[str] = opt("a photo of a", "the phrase the first layer's context starts from (None: random)")
+    retrieval: str = opt('image', "image: the image embedding; fused / probs: with class probabilities over the "
+                                  "gallery's classes (methods/class_probabilities.py)", choices=RETRIEVAL_MODES)
+    fusion_weight: float = opt(0.5, "fused: the class probabilities' weight", min=0.0, max=1.0)
 
 
 MAX_PHRASE_CTX = 4  # the reference uses ctx_init only when n_ctx <= 4
@@ -85,9 +87,6 @@ class MaPLe(Method):
 
     @classmethod
     def check_config(cls, config: MaPLeConfig, tokenizer) -> None:
-        if config.n_ctx < 1 or config.depth < 1:
-            raise ConfigError(f"maple: n_ctx={config.n_ctx} and depth={config.depth} must be >= 1")
-        check_retrieval("maple", config.retrieval, config.fusion_weight)
         maple_context(config, tokenizer)
 
     def __init__(self, backbone, class_names, seen, config=None) -> None:

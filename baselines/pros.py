@@ -39,9 +39,10 @@ import torch.nn.functional as F
 from open_clip.transformer import LayerNorm, Transformer
 from torch import nn
 
+from sbir_bench.config import opt
 from sbir_bench.data.classnames import class_text
 from sbir_bench.errors import ConfigError
-from sbir_bench.methods import METHODS, Method, Stage, TripletBatch, check_choice
+from sbir_bench.methods import METHODS, Method, Stage, TripletBatch
 from sbir_bench.models import PromptedCLIP
 from sbir_bench.models.prompted import patch_tokens
 from sbir_bench.models.preprocess import (
@@ -67,16 +68,19 @@ class ProSConfig:
     """Options of ProS; the defaults are its official code's (src/options/options_pros.py,
     reproduce_runs.sh). ``train.*`` is stage 2's (batch 50 images = 25 triplets' sketches and photos)."""
 
-    n_ctx: int = 16  # shared text context vectors (-tp_N_CTX)
-    generator_layers: int = 2  # -generator_layer
-    dropout: float = 0.5  # stage 1, on every token of CLIP's input, active even in eval mode
-    temperature: float = 0.07
-    pool_token: int = 1  # the token whose ln_post output is the feature: 1 (the official code) or 0 (class token)
-    units_epochs: int = 1  # stage 1 (-stage1_epochs), constant rate train.lr
-    units_batch_size: int = 200  # stage 1 triplets: 400 images (its loader for stage 1)
-    units_grad_accum: int = 1  # stage 1 micro-batches per step (its dropout makes a split step another step)
-    preprocess: str = "official"  # official: its augmentation with ImageNet statistics; backbone: ours
-    invert_sketches: str = "official"  # official: Sketchy's and QuickDraw's (its loader's rule); all; none
+    n_ctx: int = opt(16, "shared text context vectors (-tp_N_CTX)", min=1)
+    generator_layers: int = opt(2, "the generator's layers (-generator_layer)", min=1)
+    dropout: float = opt(0.5, "stage 1, on every token of CLIP's input, active even in eval mode", min=0.0, below=1.0)
+    temperature: float = opt(0.07, "of the image-text cross-entropy", positive=True)
+    pool_token: int = opt(1, "the token whose ln_post output is the feature: 1 (the official code) or 0 (class token)",
+                          choices=(1, 0))
+    units_epochs: int = opt(1, "stage 1 epochs (-stage1_epochs), at a constant rate train.lr", min=1)
+    units_batch_size: int = opt(200, "stage 1 triplets per batch: 400 images (its loader for stage 1)", min=1)
+    units_grad_accum: int = opt(1, "stage 1 micro-batches per step (its dropout makes a split step another step)", min=1)
+    preprocess: str = opt("official", "official: its augmentation with ImageNet statistics; backbone: ours",
+                          choices=PREPROCESS)
+    invert_sketches: str = opt("official", "official: Sketchy's and QuickDraw's sketches (its loader's rule); all; none",
+                               choices=INVERT)
 
 
 def text_projection_matrix(clip: nn.Module) -> torch.Tensor:
@@ -120,17 +124,8 @@ class ProS(Method):
 
     @classmethod
     def check_config(cls, config: ProSConfig, tokenizer) -> None:
-        check_choice("pros", "preprocess", config.preprocess, PREPROCESS)
-        check_choice("pros", "invert_sketches", config.invert_sketches, INVERT)
-        for key in ("n_ctx", "generator_layers", "units_epochs", "units_batch_size", "units_grad_accum"):
-            if getattr(config, key) < 1:
-                raise ConfigError(f"pros: {key}={getattr(config, key)} must be >= 1")
-        if not 0.0 <= config.dropout < 1.0:
-            raise ConfigError(f"pros: dropout={config.dropout} must be in [0, 1)")
-        if not (config.temperature > 0 and math.isfinite(config.temperature)):
-            raise ConfigError(f"pros: temperature={config.temperature} must be a finite number > 0")
-        if config.pool_token not in (0, 1):
-            raise ConfigError(f"pros: pool_token={config.pool_token}; choose 1 (the official code) or 0 (class token)")
+        """Its fields' bounds and choices are declared on ProSConfig (checked as every config is); a class
+        prompt that does not fit the text encoder is refused when the prompts are built."""
 
     @classmethod
     def training_stages(cls, config: ProSConfig, train) -> Tuple[Stage, ...]:

@@ -44,15 +44,16 @@ ROLES = {
 
 
 def opt(default: Any = dataclasses.MISSING, help: str = "", min: Optional[float] = None,
-        max: Optional[float] = None, choices: Tuple[str, ...] = (), pattern: str = "", positive: bool = False,
-        factory: Any = dataclasses.MISSING, role: str = "training", parse: Optional[Callable[[Any], Any]] = None) -> Any:
+        max: Optional[float] = None, choices: Tuple[Any, ...] = (), pattern: str = "", positive: bool = False,
+        factory: Any = dataclasses.MISSING, role: str = "training", parse: Optional[Callable[[Any], Any]] = None,
+        below: Optional[float] = None) -> Any:
     """A config field with its help text, constraints (checked by :func:`validate`) and identity role
     (:data:`ROLES`): a new field is classified once, here, for resume, reuse and table rows alike.
     ``parse``: the function that will read the value (e.g. a memory size), run at validation so that a
     value it cannot read is one line before any work, never a traceback later."""
     assert role in ROLES, role
     meta = {"help": help, "min": min, "max": max, "choices": choices, "pattern": pattern, "positive": positive,
-            "role": role, "parse": parse}
+            "role": role, "parse": parse, "below": below}
     if factory is not dataclasses.MISSING:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -302,7 +303,7 @@ def validate(obj: Any, where: str) -> Any:
 def _violation(value: Any, meta: Dict[str, Any]) -> str:
     """What is wrong with ``value`` under ``meta``'s constraints, or ''."""
     if meta.get("choices") and value not in meta["choices"]:
-        return f"choose one of: {', '.join(meta['choices'])}"
+        return f"choose one of: {', '.join(str(c) for c in meta['choices'])}"
     if meta.get("pattern") and not re.fullmatch(meta["pattern"], str(value)):
         return f"not a valid value ({meta.get('help', '')})"
     if meta.get("parse"):
@@ -317,6 +318,8 @@ def _violation(value: Any, meta: Dict[str, Any]) -> str:
             return f"must be >= {meta['min']}"
         if meta.get("max") is not None and value > meta["max"]:
             return f"must be <= {meta['max']}"
+        if meta.get("below") is not None and value >= meta["below"]:
+            return f"must be < {meta['below']}"
     return ""
 
 

@@ -29,9 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sbir_bench.config import opt
 from sbir_bench.errors import ConfigError
 from sbir_bench.log import get_logger
-from sbir_bench.methods import METHODS, Method, TripletBatch, check_choice
+from sbir_bench.methods import METHODS, Method, TripletBatch
 from sbir_bench.methods.image_tiles import shuffle_tiles
 from sbir_bench.methods.losses import cosine_triplet
 from sbir_bench.models import PromptedCLIP
@@ -50,29 +51,30 @@ CLASS_TEXT_MODES = ("image", "batch")
 class SpLIPConfig:
     """SpLIP's options; docs/splip.md gives each one's origin (figure, abstract, our choice)."""
 
-    n_text: int = 4               # T: text prompt tokens from B_t (figure: 4)
-    n_vtg: int = 4                # V^tg: visual tokens from B_v (figure: 4)
-    n_vms: int = 2                # V^ms: visual tokens per layer from B_vt (figure: 2)
-    depth: Optional[int] = None   # prompted layers; None = every layer (figure: 1 .. L)
-    sketch_phrase: str = "sketch of a"
-    photo_phrase: str = "photo of a"
-    text_init: Optional[str] = "a photo of a"  # initial base tokens of T (None: random)
-    class_text: str = "image"     # image: each image's T conditions its class texts (figure); batch: the batch mean T
-    use_bt: bool = True           # ablation: T are free learned tokens, not conditioned on the image
-    use_bv: bool = True           # ablation: no V^tg tokens
-    use_bvt: bool = True          # ablation: no V^ms tokens
-    adaptive_margin: bool = True  # ablation: every triplet uses `margin`
-    margin: float = 0.2
-    margin_scale: float = 1.0
-    jigsaw: bool = True           # ablation: no F_js, no L_cjs
-    jigsaw_negative: bool = True  # ablation: the jigsaw uses only the positive pair
-    jigsaw_grid: int = 3
-    jigsaw_permutations: int = 30
-    jigsaw_fraction: float = 0.5
-    lambda_cls: float = 1.0
-    lambda_triplet: float = 1.0
-    lambda_jigsaw: float = 1.0
-    lambda_jigsaw_negative: float = 1.0
+    n_text: int = opt(4, "T: text prompt tokens from B_t (figure: 4)", min=1)
+    n_vtg: int = opt(4, "V^tg: visual tokens from B_v (figure: 4)", min=1)
+    n_vms: int = opt(2, "V^ms: visual tokens per layer from B_vt (figure: 2)", min=1)
+    depth: Optional[int] = opt(None, "prompted layers; None = every layer (figure: 1 .. L)", min=1)
+    sketch_phrase: str = opt("sketch of a", "the sketch branch's phrase")
+    photo_phrase: str = opt("photo of a", "the photo branch's phrase")
+    text_init: Optional[str] = opt("a photo of a", "initial base tokens of T (None: random)")
+    class_text: str = opt("image", "image: each image's T conditions its class texts (figure); batch: the batch mean T",
+                          choices=CLASS_TEXT_MODES)
+    use_bt: bool = opt(True, "ablation: T are free learned tokens, not conditioned on the image")
+    use_bv: bool = opt(True, "ablation: no V^tg tokens")
+    use_bvt: bool = opt(True, "ablation: no V^ms tokens")
+    adaptive_margin: bool = opt(True, "ablation: every triplet uses `margin`")
+    margin: float = opt(0.2, "the triplet margin (adaptive: its base)", min=0.0)
+    margin_scale: float = opt(1.0, "the adaptive margin's scale", min=0.0)
+    jigsaw: bool = opt(True, "ablation: no F_js, no L_cjs")
+    jigsaw_negative: bool = opt(True, "ablation: the jigsaw uses only the positive pair")
+    jigsaw_grid: int = opt(3, "tiles per side of the jigsaw", min=2)
+    jigsaw_permutations: int = opt(30, "the permutations the jigsaw head classifies", min=2)
+    jigsaw_fraction: float = opt(0.5, "the share of a batch's sketches that are tile-shuffled", positive=True, max=1.0)
+    lambda_cls: float = opt(1.0, "loss weight", min=0.0)
+    lambda_triplet: float = opt(1.0, "loss weight", min=0.0)
+    lambda_jigsaw: float = opt(1.0, "loss weight", min=0.0)
+    lambda_jigsaw_negative: float = opt(1.0, "loss weight", min=0.0)
 
 
 @dataclass
@@ -95,18 +97,6 @@ class SpLIP(Method):
 
     @classmethod
     def check_config(cls, config: SpLIPConfig, tokenizer) -> None:
-        check_choice("splip", "class_text", config.class_text, CLASS_TEXT_MODES)
-        counts = {k: getattr(config, k) for k in ("n_text", "n_vtg", "n_vms", "jigsaw_grid", "jigsaw_permutations")}
-        bad = [f"{k}={v}" for k, v in counts.items() if v < (2 if k in ("jigsaw_grid", "jigsaw_permutations") else 1)]
-        if bad or not 0.0 < config.jigsaw_fraction <= 1.0:
-            raise ConfigError(f"splip: {', '.join(bad) or f'jigsaw_fraction={config.jigsaw_fraction}'} is out of range")
-        if config.depth is not None and config.depth < 1:
-            raise ConfigError(f"splip depth={config.depth}: must be >= 1 (or null for every layer)")
-        weights = {k: getattr(config, k) for k in ("lambda_cls", "lambda_triplet", "lambda_jigsaw",
-                                                   "lambda_jigsaw_negative", "margin", "margin_scale")}
-        bad = [f"{k}={v}" for k, v in weights.items() if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0)]
-        if bad:
-            raise ConfigError(f"splip: {', '.join(bad)}: loss weights and margins must be finite and >= 0")
         if config.text_init and phrase_tokens(tokenizer, config.text_init) < config.n_text:
             raise ConfigError(f"splip text_init {config.text_init!r} has fewer than n_text={config.n_text} tokens; "
                               f"give a longer phrase, a smaller n_text, or text_init: null (random)")

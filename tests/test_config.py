@@ -51,3 +51,14 @@ def test_a_record_from_before_a_field_existed_shares_the_row_of_one_at_its_defau
     assert config_id(before) == config_id(now)
     fp32 = to_dict(build_run_config({}, {"method": "coop", "eval.amp": False}))
     assert config_id(fp32) != config_id(now)  # a field set away from its default still tells rows apart
+
+
+def test_every_method_declares_its_options_with_the_run_configs_field_helper():
+    """Method configs speak the run config's dialect: every field is an ``opt`` (help, bounds, choices), so
+    one validation checks them and a bad value is the same one line as any other config key's."""
+    import dataclasses
+
+    from sbir_bench.methods import METHODS
+    for name, cls in METHODS.items():
+        for f in dataclasses.fields(cls.config_class):
+            assert "role" in (f.metadata or {}) and f.metadata.get("help"), f"{name}: {f.name} is not declared with opt"

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import from_dict
+from ..config import from_dict, validate
 from ..data.classnames import class_text
 from ..data.triplets import TripletBatch
 from ..errors import ConfigError
@@ -221,7 +221,9 @@ class Method(nn.Module):
         self.seen = list(seen)  # training labels index into this list of dataset labels
         self.config = config if config is not None else self.config_class()
         self.stage = ""  # the training stage it is in (begin_stage); "" for a method trained in one
-        self.check_config(self.config, backbone.tokenizer)  # a method built in Python is checked as the CLI's is
+        # a method built in Python is checked as the CLI's is: its fields' bounds, then the combinations
+        validate(self.config, f"method_config ({self.name or type(self).__name__})")
+        self.check_config(self.config, backbone.tokenizer)
 
     # -- helpers shared by methods -------------------------------------------------------------
     @property

@@ -25,17 +25,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
-from .base import check_choice
 
 RETRIEVAL_MODES = ("fused", "probs", "image")
-
-
-def check_retrieval(method: str, mode: str, fusion_weight: float) -> None:
-    """One line for an unknown mode or a weight outside [0, 1]."""
-    check_choice(method, "retrieval", mode, RETRIEVAL_MODES)
-    if not 0.0 <= fusion_weight <= 1.0:
-        raise ConfigError(f"{method} fusion_weight={fusion_weight}: must be in [0, 1]")
 
 
 def retrieval_embedding(features: torch.Tensor, vocab_text: torch.Tensor | None, logit_scale: torch.Tensor,
