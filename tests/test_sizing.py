@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
+from torch.profiler import ProfilerActivity, profile
 
 from conftest import NAMES, STAGED, real_batch
 from sbir_bench.cli import main
@@ -43,7 +44,8 @@ def nbytes(tensors) -> int:
 @pytest.mark.parametrize("method,stage", STAGED)
 def test_the_estimate_is_what_a_real_step_saves_and_holds(method, stage, backbone, triplets, classes):
     """Meta-device prediction vs one real CPU step (fp32) of the same method (in each of its training
-    stages): saved-tensor bytes, parameters, gradients and AdamW state within 10 %."""
+    stages), measured independently of the estimate's own hook: the memory the forward leaves allocated
+    (torch.profiler's memory record), parameters, gradients and AdamW state."""
     cfg = RunConfig(method=method, train=TrainConfig(optimizer="adamw", amp=False))  # fp32, as the CPU step runs
     cfg.backbone.name = backbone
     counts = Counts(100, NAMES[:classes], list(range(classes)), 10, "test")
@@ -54,17 +56,25 @@ def test_the_estimate_is_what_a_real_step_saves_and_holds(method, stage, backbon
     real.begin_stage(stage)
     real.train()
     trainable = [p for p in real.parameters() if p.requires_grad]
-    measured = trace_step(real, real_batch(real, triplets, cost.features))
+    batch = real_batch(real, triplets, cost.features)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:  # the oracle: the allocator's record
+        loss = real.loss(batch)["loss"]
+    forward_holds = sum(e.self_cpu_memory_usage for e in prof.events())  # allocated, less freed, by the forward
+    loss.backward()
     optimizer = torch.optim.AdamW(trainable, lr=1e-3)
     optimizer.step()
-    held = {"saved": measured.saved_bytes, "weights": nbytes([*real.parameters(), *real.buffers()]),
+    held = {"weights": nbytes([*real.parameters(), *real.buffers()]),
             "gradients": nbytes(p.grad for p in trainable if p.grad is not None),
             "optimiser": nbytes(t for s in optimizer.state.values() for t in s.values() if t.dim())}
     weights, grads, opt = static_bytes(cost, cfg.train)
-    predicted = {"saved": cost.saved(triplets), "weights": weights, "gradients": grads, "optimiser": opt}
+    predicted = {"weights": weights, "gradients": grads, "optimiser": opt}
     for key, value in held.items():
         assert predicted[key] == pytest.approx(value, rel=0.10), (key, predicted, held)
-    assert cost.flops(triplets) >= measured.flops > 0  # the CPU's fused attention kernel is not counted by torch
+    # what the forward leaves allocated for the backward, against the prediction: up to 15 % above it (the estimate
+    # also counts the batch's own images where autograd saves them, which were allocated before the profiler looked),
+    # 5 % below (the estimate is linear between its two traced sizes; SpLIP's jigsaw share rounds at odd ones)
+    assert 0.95 * forward_holds <= cost.saved(triplets) <= 1.15 * forward_holds, (cost.saved(triplets), forward_holds)
+    assert cost.flops(triplets) >= trace_step(real, batch).flops > 0  # the CPU's fused attention is not counted by torch
 
 
 @pytest.mark.parametrize("method,stage", [s for s in STAGED if s[0] != "linear-probe"])
