@@ -3,7 +3,7 @@
     python benchmarks/dataset_check.py /tmp/hollow        # needs ~2 GB of directory entries, no data
     python benchmarks/dataset_check.py /tmp/hollow --skip-layouts
 
-1. Every layout of every public copy (tests/hollow_copies.py), from the whole zero-shot lists of SAKE
+1. Every layout of every public copy (sbir_bench/testing/hollow_copies.py), from the whole zero-shot lists of SAKE
    and ZSE-SBIR: the ZS task a run builds must be the published test set (Sketchy also with
    ``data.gallery: published``); each line says PASS or FAIL.
 2. A whole QuickDraw-Ext copy (the zero list plus 3,000 sketches per seen class and 204,000 photos in
@@ -22,9 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from hollow_copies import PUBLISHED, build, layouts, quickdraw_ext_training_side  # noqa: E402
+from sbir_bench.testing.hollow_copies import PUBLISHED, build, layouts, quickdraw_ext_training_side  # noqa: E402
 
 TARGET_S = 60.0
 

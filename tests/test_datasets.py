@@ -42,11 +42,11 @@ def test_split_files_count_and_names_exist(dataset, split, count):
     ("sketchy", "1", "sketchy_test_classes_random_split.txt"),  # -eccv 0
     ("tuberlin", "1", "tuberlin_test_classes_random_split.txt")])
 def test_pros_test_classes_are_our_split_files(dataset, split, pros_list):
-    """ProS's test-class lists (fangkaipeng/ProS src/data/{Sketchy,TUBerlin}/, in tests/fixtures/file_lists/pros)
+    """ProS's test-class lists (fangkaipeng/ProS src/data/{Sketchy,TUBerlin}/, in sbir_bench/testing/file_lists/pros)
     name the unseen classes of our split files, so `reproduce` runs ProS on its own test classes."""
-    from pathlib import Path
     from sbir_bench.data.classnames import class_key
-    theirs = (Path(__file__).parent / "fixtures" / "file_lists" / "pros" / pros_list).read_text().split()
+    from sbir_bench.testing.hollow_copies import LISTS
+    theirs = (LISTS / "pros" / pros_list).read_text().split()
     ours = read_class_file(package_file("splits", get_spec(dataset).splits[split]))
     assert sorted(map(class_key, theirs)) == sorted(map(class_key, ours))
 

@@ -1,6 +1,6 @@
 """The published zero-shot test sets, laid out as researchers' copies hold them (hollow copies).
 
-SAKE's and ZSE-SBIR's file lists (tests/fixtures/file_lists) are the test sets most published numbers
+SAKE's and ZSE-SBIR's file lists (sbir_bench/testing/file_lists) are the test sets most published numbers
 were computed on. Every layout a public copy uses must be accepted, and the task a run builds must be
 the lists' own: the same queries, and the same gallery, unique by default or with the lists'
 duplicates (``data.gallery: published``). The expected sizes come from the lists (counted here, and
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from hollow_copies import PUBLISHED, build, has_paired_photos, layouts, zero_lists
+from sbir_bench.testing.hollow_copies import PUBLISHED, build, has_paired_photos, layouts, zero_lists
 from sbir_bench.cli import main
 from sbir_bench.data.catalog import get_spec
 from sbir_bench.data.discovery import index_dataset, photos_listed_twice

@@ -1,10 +1,11 @@
 """Hollow copies of the real benchmarks: every file a hard link to one tiny valid image.
 
-The zero-shot test sets of SAKE's and ZSE-SBIR's file lists (``tests/fixtures/file_lists``: the
+The zero-shot test sets of SAKE's and ZSE-SBIR's file lists (``file_lists/`` beside this module: the
 Sketchy and TU-Berlin lists verbatim, xz-compressed; QuickDraw's as per-class counts, its file names
 being ids no loader reads) are laid out in each folder layout that researchers' copies use
 (docs/datasets.md), so loaders, splits and task building meet the real names and counts without the
-data. Used by ``tests/test_dataset_copies.py`` and ``benchmarks/dataset_check.py``.
+data. Used by ``tests/test_dataset_copies.py``, ``tests/test_published_lists.py`` and
+``benchmarks/dataset_check.py``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from PIL import Image
 
-LISTS = Path(__file__).parent / "fixtures" / "file_lists"
+LISTS = Path(__file__).parent / "file_lists"
 LINKS_PER_FILE = 60_000  # ext4 allows 65,000 hard links per inode
 
 # published zero-shot test sets (queries x gallery as listed, duplicates included)
