@@ -1,18 +1,20 @@
-"""The resource estimate: a run's memory and time, counted before any GPU hour is spent.
+"""The cost model: what one training step of a method costs, counted before any GPU hour is spent.
 
 The real method is built on PyTorch's meta device (shapes, no weights, no data) and one training
 step is traced there: :class:`~torch.utils.flop_counter.FlopCounterMode` counts its FLOPs (forward
-and backward) and a saved-tensor hook counts the bytes autograd holds between them (the
-activations). Parameters, gradients and optimiser state follow from the trainable parameters. The
-step is traced at two micro-batch sizes; everything in between is linear in the micro-batch (every
-method's per-triplet work is), which gives the figures at any batch without a trace per size.
+and backward), a saved-tensor hook the bytes autograd holds between them (the activations), and a
+dispatch mode the largest memory one op's output owns (the workspace); with ``train.amp`` the forward
+runs under bf16 autocast's casting rule (:mod:`sbir_bench.meta_autocast`). Parameters, gradients and
+optimiser state follow from the trainable parameters. The step is traced at two micro-batch sizes;
+everything in between is linear in the micro-batch (every method's per-triplet work is), which gives
+the figures at any batch without a trace per size. The memory plan (:mod:`sbir_bench.training.memory`)
+and the estimate (:mod:`sbir_bench.estimate`) read it.
 
-``tests/test_sizing.py`` holds the estimate to what a real step on the CPU saves and holds, for every
-method at three sizes (within 10 %), and the FLOP count to a hand count. The GPU table's throughputs
-and utilisation are assumptions, labelled as such (docs/cluster.md).
+``tests/test_sizing.py`` holds the cost model to what a real step on the CPU allocates and holds, for
+every method at three sizes (torch.profiler's record), and the FLOP count to a hand count.
 
->>> fewest_micro_batches(64, peak=lambda size: 10 + size, budget=30)
-(4, 16)
+>>> round(_Linear((2, 4), (100, 180))(3))  # a quantity measured at 2 and 4 triplets, read at 3
+140
 """
 
 from __future__ import annotations
