@@ -42,7 +42,11 @@ from sbir_bench.methods import METHODS, Method, TripletBatch
 from sbir_bench.methods.image_tiles import shuffle_tiles
 from sbir_bench.methods.losses import clip_cross_entropy, cosine_triplet
 from sbir_bench.models import PromptedCLIP
-from sbir_bench.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, padded_square_transform
+from sbir_bench.models.preprocess import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    padded_square_transform,
+)
 
 PROMPT_POSITIONS = ("append", "prepend")
 TRAINABLE = ("official", "layernorm")

@@ -28,6 +28,7 @@ from sbir_bench.methods.losses import clip_cross_entropy
 from sbir_bench.models import PromptedCLIP
 from sbir_bench.models.text_prompts import ClassPrompts, ContextInit
 
+
 @dataclass
 class CoOpConfig:
     """Options of CoOp (defaults from the paper's unified-context setting).

@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from sbir_bench.config import opt
-from sbir_bench.training.distributed import GlobalBatchNorm1d
 from sbir_bench.methods import METHODS, Method, TripletBatch
 from sbir_bench.methods.losses import cosine_triplet
+from sbir_bench.training.distributed import GlobalBatchNorm1d
 
 
 @dataclass

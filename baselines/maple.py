@@ -34,7 +34,12 @@ from sbir_bench.methods import METHODS, Method, TripletBatch
 from sbir_bench.methods.class_probabilities import RETRIEVAL_MODES, retrieval_embedding
 from sbir_bench.methods.losses import clip_cross_entropy
 from sbir_bench.models import PromptedCLIP
-from sbir_bench.models.text_prompts import INIT_STD, ClassPrompts, ContextInit, phrase_tokens
+from sbir_bench.models.text_prompts import (
+    INIT_STD,
+    ClassPrompts,
+    ContextInit,
+    phrase_tokens,
+)
 
 log = get_logger(__name__)
 

@@ -44,7 +44,6 @@ from sbir_bench.data.classnames import class_text
 from sbir_bench.errors import ConfigError
 from sbir_bench.methods import METHODS, Method, Stage, TripletBatch
 from sbir_bench.models import PromptedCLIP
-from sbir_bench.models.prompted import patch_tokens
 from sbir_bench.models.preprocess import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -52,6 +51,7 @@ from sbir_bench.models.preprocess import (
     eval_transform,
     jittered_train_transform,
 )
+from sbir_bench.models.prompted import patch_tokens
 
 UNITS, SIMULATOR = "units", "simulator"
 PHOTO, SKETCH = 0, 1  # the official domain dictionary (sorted folder names: extended_photo/images, sketch/sketches)

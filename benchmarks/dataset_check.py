@@ -22,8 +22,12 @@ import sys
 import time
 from pathlib import Path
 
-
-from sbir_bench.testing.hollow_copies import PUBLISHED, build, layouts, quickdraw_ext_training_side  # noqa: E402
+from sbir_bench.testing.hollow_copies import (  # noqa: E402
+    PUBLISHED,
+    build,
+    layouts,
+    quickdraw_ext_training_side,
+)
 
 TARGET_S = 60.0
 

@@ -21,7 +21,14 @@ import open_clip
 import torch
 
 from .artifacts import build_method, check_no_leakage, load_backbone_for, save_artifact
-from .config import RunConfig, config_id, from_dict, keys_with_role, to_dict, without_keys
+from .config import (
+    RunConfig,
+    config_id,
+    from_dict,
+    keys_with_role,
+    to_dict,
+    without_keys,
+)
 from .data.catalog import get_spec
 from .data.discovery import (
     DatasetIndex,
@@ -42,6 +49,7 @@ from .data.tasks import (
 from .data.triplets import FeatureTriplets, TripletDataset
 from .embedding import EmbeddedTask, embed_samples, embed_task
 from .errors import ConfigError, DataError
+from .estimate import Estimate, estimate
 from .feature_cache import FeatureCache
 from .feature_cache import open_for as open_feature_cache
 from .fileio import atomic_write_json, check_output_dir, file_sha256
@@ -57,14 +65,13 @@ from .precision import Precision, evaluation_precision
 from .ranks import world
 from .records import SCHEMA, provenance, run_name, split_label
 from .retrieval import PRESETS, Protocol, RetrievalResult, evaluate_many
-from .retrieval.protocol import metric_names
 from .retrieval.npz_files import save_embeddings, save_per_query
+from .retrieval.protocol import metric_names
 from .sizing import Counts, catalog_counts, counts_from_data
-from .estimate import Estimate, estimate
-from .training.memory import MemoryPlan, memory_plans, memory_record
 from .tracking import NoTrackers, Trackers, check_available, parse_report_to
 from .training import distributed as dist_utils
 from .training.checkpoint import LAST
+from .training.memory import MemoryPlan, memory_plans, memory_record
 from .training.trainer import Trainer
 
 log = get_logger(__name__)

@@ -40,7 +40,13 @@ from sbir_bench.models.prompted import TextPrefix
 from sbir_bench.models.text_prompts import ClassPrompts, ContextInit, phrase_tokens
 
 from .blocks import ImageToTextPrompts, PhraseToVisualPrompts, VisualTextualBlock
-from .objectives import JigsawHead, adaptive_margin_matrix, conditional_jigsaw, jigsaw_permutations, triplet_margins
+from .objectives import (
+    JigsawHead,
+    adaptive_margin_matrix,
+    conditional_jigsaw,
+    jigsaw_permutations,
+    triplet_margins,
+)
 
 log = get_logger(__name__)
 SKETCH, PHOTO = 0, 1

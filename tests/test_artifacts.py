@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-
 from conftest import TRAINED, as_options, newest_record, short_training
+
 from sbir_bench.cli import main
 from sbir_bench.errors import DataError, WeightsError
 
@@ -77,8 +77,9 @@ def test_eval_model_scores_another_setting_and_refuses_seen_test_classes(trained
 
 
 def test_load_model_in_three_lines_embeds_like_the_run(trained, mini_root):
-    import sbir_bench
     from PIL import Image
+
+    import sbir_bench
     out, record = trained
     m = sbir_bench.load_model(Path(record["model"]).parent)
     with np.load(record["embeddings"], allow_pickle=False) as z:

@@ -19,10 +19,17 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-
 from conftest import as_options, short_training
+
 from sbir_bench.cli import main
-from sbir_bench.errors import ConfigError, DataError, DivergedError, OutOfMemoryError, OutputError, WeightsError
+from sbir_bench.errors import (
+    ConfigError,
+    DataError,
+    DivergedError,
+    OutOfMemoryError,
+    OutputError,
+    WeightsError,
+)
 
 CONFIG, DATA, WEIGHTS, OUTPUT = ConfigError.exit_code, DataError.exit_code, WeightsError.exit_code, OutputError.exit_code
 MEMORY = OutOfMemoryError.exit_code

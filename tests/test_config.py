@@ -33,8 +33,7 @@ def test_building_a_config_leaves_the_callers_dictionaries_as_they_were():
 def test_each_field_identifies_what_its_declared_role_says(key, value, trains, row):
     """One declaration per field (config.ROLES) decides a checkpoint's fingerprint (what may change on
     resume, and which trainings are the same model) and a table row's identity."""
-    from sbir_bench.config import to_dict
-    from sbir_bench.config import config_id
+    from sbir_bench.config import config_id, to_dict
     from sbir_bench.runner import training_fingerprint
     base = build_run_config({}, {"method": "coop"})
     changed = build_run_config({}, {"method": "coop", key: value})
@@ -43,8 +42,7 @@ def test_each_field_identifies_what_its_declared_role_says(key, value, trains, r
 
 
 def test_a_record_from_before_a_field_existed_shares_the_row_of_one_at_its_default():
-    from sbir_bench.config import to_dict
-    from sbir_bench.config import config_id
+    from sbir_bench.config import config_id, to_dict
     now = to_dict(build_run_config({}, {"method": "coop"}))
     before = copy.deepcopy(now)
     del before["eval"]["amp"]  # records written before eval.amp existed

@@ -8,14 +8,14 @@ import shutil
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import official_classes, tree_layout
+
 from sbir_bench.cli import main
 from sbir_bench.data import get_spec, index_dataset, load_split
 from sbir_bench.data.check import check_dataset
 from sbir_bench.data.splits import package_file, read_class_file
-from sbir_bench.errors import DataError
 from sbir_bench.data.tasks import TrainingPartition, build_task, partition
+from sbir_bench.errors import DataError
 
 SPLITS = [("sketchy", "1", 25), ("sketchy", "2", 21), ("tuberlin", "1", 30), ("quickdraw", "1", 30)]
 

@@ -9,8 +9,8 @@ import copy
 import pytest
 import torch
 from click.testing import CliRunner
-
 from conftest import NAMES, STAGED, newest_record, real_batch
+
 from sbir_bench.cli import main
 from sbir_bench.config import TrainConfig
 from sbir_bench.data.triplets import TripletBatch

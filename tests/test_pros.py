@@ -14,12 +14,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import official_inputs as oi
 import pytest
 import torch
-
-import official_inputs as oi
 from conftest import last_checkpoint
 from sbir_bench.baselines.pros import SIMULATOR, UNITS, ProS, ProSConfig
+
 from sbir_bench.config import TrainConfig
 from sbir_bench.methods import TripletBatch
 from sbir_bench.models import load_backbone
@@ -242,8 +242,8 @@ def test_interrupted_in_either_stage_then_resumed_is_bit_identical(tmp_path, mon
     """Ctrl-C in the second epoch of stage 1 (call 4) or of stage 2 (call 7: 4 + 2 + 1), then --resume:
     the same stage-2 model, history and test metrics as a straight run (stage 1's dropout included)."""
     from click.testing import CliRunner
-
     from interrupts import loss_interrupted_at
+
     from sbir_bench.cli import main
     args = ["run", "pros", *SHORT]
     straight = CliRunner().invoke(main, [*args, "--output-dir", str(tmp_path / "a")])
@@ -351,8 +351,8 @@ def test_the_recipe_trains_and_embeds_in_fp32_as_its_code_does():
 
 def test_early_stopping_reads_the_selection_protocol_s_metric_and_the_record_shows_it(tmp_path, mini_root):
     from click.testing import CliRunner
-
     from conftest import newest_record
+
     from sbir_bench.cli import main
     out = tmp_path / "runs"
     result = CliRunner().invoke(main, ["run", "pros", "--config", "mini/pros", "--epochs", "2", "--set",

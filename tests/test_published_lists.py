@@ -15,13 +15,19 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from sbir_bench.testing.hollow_copies import PUBLISHED, build, has_paired_photos, layouts, zero_lists
 from sbir_bench.cli import main
 from sbir_bench.data.catalog import get_spec
 from sbir_bench.data.discovery import index_dataset, photos_listed_twice
 from sbir_bench.data.splits import load_split
 from sbir_bench.data.tasks import build_task, partition
 from sbir_bench.errors import DataError
+from sbir_bench.testing.hollow_copies import (
+    PUBLISHED,
+    build,
+    has_paired_photos,
+    layouts,
+    zero_lists,
+)
 
 EVERY = {"quickdraw": 25}  # unit tests lay out about 1 in 7 files (QuickDraw 1 in 25); the benchmark all
 

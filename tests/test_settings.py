@@ -5,9 +5,19 @@ from __future__ import annotations
 import pytest
 
 from sbir_bench.data import index_dataset, load_split
-from sbir_bench.data.mini import MINI_CLASSES, MINI_UNSEEN, PHOTOS_PER_CLASS, SKETCHES_PER_PHOTO
+from sbir_bench.data.mini import (
+    MINI_CLASSES,
+    MINI_UNSEEN,
+    PHOTOS_PER_CLASS,
+    SKETCHES_PER_PHOTO,
+)
+from sbir_bench.data.tasks import (
+    TrainingPartition,
+    build_task,
+    build_val_task,
+    partition,
+)
 from sbir_bench.errors import DataError
-from sbir_bench.data.tasks import TrainingPartition, build_task, build_val_task, partition
 
 
 @pytest.fixture(scope="module")

@@ -9,15 +9,21 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import NAMES, STAGED, real_batch
 from torch.profiler import ProfilerActivity, profile
 
-from conftest import NAMES, STAGED, real_batch
 from sbir_bench.cli import main
 from sbir_bench.config import RunConfig, TrainConfig
 from sbir_bench.data.triplets import TripletBatch
 from sbir_bench.methods import get_method
 from sbir_bench.models import load_backbone
-from sbir_bench.sizing import Counts, method_cost, optimizer_states, static_bytes, trace_step
+from sbir_bench.sizing import (
+    Counts,
+    method_cost,
+    optimizer_states,
+    static_bytes,
+    trace_step,
+)
 
 # (backbone, triplets per step, seen classes): the sizes the estimate is held to; the third backbone is
 # another shape (wider, shallower, three heads), registered below. (ViT-B-32 at random init passes the
@@ -205,11 +211,12 @@ def test_reproduce_dry_run_estimates_every_cell_without_the_data(tmp_path):
 
 @pytest.mark.slow  # every paper cell traced on the meta device (about three minutes cold)
 def test_every_paper_cell_fits_a_24_gb_card_and_the_docs_show_the_estimates():
-    from sbir_bench.reproduce import cells, plan
-    from sbir_bench.runner import estimate_run
-    from sbir_bench.gpus import usable_memory
     import tempfile
     from pathlib import Path
+
+    from sbir_bench.gpus import usable_memory
+    from sbir_bench.reproduce import cells, plan
+    from sbir_bench.runner import estimate_run
     with tempfile.TemporaryDirectory() as tmp:
         for table in ("zs", "gzs", "fg"):
             for planned in plan(cells(table), [0], Path(tmp), {}, network=False):

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import as_options, newest_record, short_training
+
 from sbir_bench.cli import main
 
 FAST = as_options(short_training({"train.steps_per_epoch": 3, "train.val_every": 1}))
@@ -151,8 +151,8 @@ def test_plot_curves_from_records_with_seeds_as_bands(tmp_path, mini_root):
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "fig").iterdir()) == ["curves_mini_split1_zs.pdf",
                                                                    "curves_mini_split1_zs.png"]
-    from sbir_bench.reporting.plots import curve_series
     from sbir_bench.reporting.collect import runs_frame
+    from sbir_bench.reporting.plots import curve_series
     series = curve_series(runs_frame([], out))
     assert set(series) == {"linear-probe", "linear-probe [wd]"}
     epochs, mean, low, high = series["linear-probe"]["loss"]
@@ -162,6 +162,7 @@ def test_plot_curves_from_records_with_seeds_as_bands(tmp_path, mini_root):
 def test_plot_curves_leaves_out_a_damaged_history_with_a_warning(tmp_path, caplog):
     """docs/errors.md: a record whose training history is damaged is skipped with a warning; the others draw."""
     import json
+
     from test_reporting import make_record
     out = tmp_path / "runs"
     good = make_record(out, "coop", 0, {"mAP@all": 0.5}, dataset="mini")

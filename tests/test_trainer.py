@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import last_checkpoint, short_training
 from interrupts import loss_interrupted_at
 
-from conftest import last_checkpoint, short_training
 from sbir_bench.config import build_run_config
 from sbir_bench.runner import build, run
 
@@ -301,8 +301,8 @@ def test_early_stopping_run_keeps_and_reports_the_best_epoch_then_resumes_as_sto
 def test_an_epoch_whose_summary_line_was_printed_survives_a_ctrl_c_right_after_it(tmp_path, mini_root, monkeypatch):
     """The epoch line is printed once the epoch's checkpoint is written: Ctrl-C on the line keeps the epoch."""
     from click.testing import CliRunner
-
     from conftest import as_options
+
     from sbir_bench.cli import main
     from sbir_bench.training import trainer as trainer_module
     real_info = trainer_module.log.info

@@ -23,8 +23,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
-
 from conftest import TRAINED
+
 from sbir_bench.config import build_run_config, load_yaml
 from sbir_bench.runner import run
 

@@ -11,7 +11,15 @@ from ..config import BackboneConfig, DataConfig, EvalConfig, RunConfig, TrainCon
 from ..data.tasks import SETTINGS
 from ..errors import ConfigError, DataError, SbirError
 from ..gpus import DEFAULT_GPU, GPUS, usable_memory
-from ..launchers import CELLS, LAUNCHERS, LaunchRequest, launcher_for, launcher_options, planned_configs, status_lines
+from ..launchers import (
+    CELLS,
+    LAUNCHERS,
+    LaunchRequest,
+    launcher_for,
+    launcher_options,
+    planned_configs,
+    status_lines,
+)
 from . import main
 from .common import config_option, fail, friendly_errors, split_list
 
@@ -294,7 +302,9 @@ def reproduce_command(table: str, datasets, methods, seeds: str, data_root: Opti
 def _launch(table: str, runs, out, launcher) -> None:
     """Run or submit the runnable cells through the chosen launcher, then write the table (unless jobs
     are still out) and report failures."""
-    from ..reporting.tables import write_table  # pandas and scipy: not for `sbir-bench --help`
+    from ..reporting.tables import (
+        write_table,  # pandas and scipy: not for `sbir-bench --help`
+    )
     if all(p.status.startswith("missing") for p in runs):
         fail(f"nothing to run: all {len(runs)} run(s) lack their dataset or weights (listed above)", 3)
     outcome = launcher.launch(runs, LaunchRequest(table, out))

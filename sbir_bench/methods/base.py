@@ -29,10 +29,10 @@ from ..config import from_dict, validate
 from ..data.classnames import class_text
 from ..data.triplets import TripletBatch
 from ..errors import ConfigError
-from ..plugins import METHODS
 from ..models.factory import Backbone
 from ..models.preprocess import eval_transform, preprocess_config, train_transform
 from ..models.prompted import PromptedCLIP
+from ..plugins import METHODS
 
 
 @dataclass

@@ -25,7 +25,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-
 RETRIEVAL_MODES = ("fused", "probs", "image")
 
 

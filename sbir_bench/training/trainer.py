@@ -33,7 +33,6 @@ from ..log import get_logger, progress
 from ..methods.base import Method
 from ..precision import training_precision
 from ..ranks import world
-from .memory import MemoryPlan, text_chunk_advice
 from . import distributed as dist_utils
 from .checkpoint import (
     check_resumable,
@@ -44,6 +43,7 @@ from .checkpoint import (
     set_rng_state,
     warn_if_foreign,
 )
+from .memory import MemoryPlan, text_chunk_advice
 
 log = get_logger(__name__)
 
