@@ -160,8 +160,13 @@ class WandbTracker(Tracker):
 
 
 def _mlflow_name(name: str) -> str:
-    """MLflow metric names allow letters, digits, ``_ - . / space``: ``mAP@all`` -> ``mAP_at_all``."""
-    return name.replace("@", "_at_")
+    """MLflow metric names allow letters, digits, ``_ - . / space``: ``mAP@all`` -> ``mAP_at_all``, and a
+    selection protocol's ``pros:mAP@200`` -> ``pros_mAP_at_200``.
+
+    >>> _mlflow_name("val/pros:mAP@200")
+    'val/pros_mAP_at_200'
+    """
+    return name.replace("@", "_at_").replace(":", "_")
 
 
 @TRACKERS.register("mlflow")
