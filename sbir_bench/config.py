@@ -33,6 +33,8 @@ DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?|mps"
 LABEL_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}|"
 
 
+SELECT_ON = ("validation", "test")  # train.select_on: what chooses the kept epoch under early stopping
+
 # What a field says about a run's identity (declared on the field, read by :func:`keys_with_role`):
 ROLES = {
     "training": "changes what is trained: part of a checkpoint's fingerprint and of a table row's identity",
@@ -138,6 +140,10 @@ class TrainConfig:
                                      "Acc@1 at instance level) or a metric the selection protocol reports, e.g. mAP@200")
     select_protocol: str = opt("run", "the protocol that metric is computed under: run (eval.protocol) or a preset "
                                       "(ProS's code selects under its own: pros)", choices=("run",) + tuple(PRESETS))
+    select_on: str = opt("validation", "what early stopping validates on: validation (the seen-class validation split) "
+                                       "or test (the test task itself, as ProS's, DePro's and UCDR-Adapter's code do: "
+                                       "the number then chose its own model; the record and every table say so)",
+                         choices=SELECT_ON)
     checkpoint_dir: Optional[str] = opt(None, "default: <output_dir>/checkpoints/<run name>", role="incidental")
     resume: bool = opt(False, "continue from the last checkpoint of this run", role="incidental")
 

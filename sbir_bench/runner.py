@@ -72,7 +72,7 @@ from .tracking import NoTrackers, Trackers, check_available, parse_report_to
 from .training import distributed as dist_utils
 from .training.checkpoint import LAST
 from .training.memory import MemoryPlan, memory_plans, memory_record
-from .training.trainer import Trainer
+from .training.trainer import Trainer, selection_keys
 
 log = get_logger(__name__)
 
@@ -289,11 +289,7 @@ def train(cfg: RunConfig, parts: RunParts, scorer: Scorer, stages: Sequence[Stag
     if not method.trainable:
         return {"epochs": 0}
     dataset = training_triplets(cfg, parts, scorer)
-    validate = None
-    if parts.data.val_task.evaluable:
-        validate = lambda m: scorer.validation_metrics(parts.data.val_task)  # noqa: E731
-    elif cfg.train.val_every:
-        log.info("no seen-class validation: the split leaves no validation photos (raise data.val_fraction)")
+    validate = selection_validator(cfg, parts, scorer)
     fingerprint = training_fingerprint(cfg, stages)
     infos, history = [], []
     for index, stage in enumerate(stages):
@@ -306,6 +302,31 @@ def train(cfg: RunConfig, parts: RunParts, scorer: Scorer, stages: Sequence[Stag
     if len(stages) > 1:
         out["stages"] = infos
     return out
+
+
+def selection_validator(cfg: RunConfig, parts: RunParts, scorer: Scorer) -> Optional[Callable]:
+    """What the trainer validates after an epoch: the seen-class validation split, or with
+    ``train.select_on: test`` the test task itself (its values keyed ``test:<metric>``: a model chosen on
+    the numbers it reports, which the record and the tables say); None where there is nothing to validate."""
+    if cfg.train.select_on == "test":
+        def on_test(method) -> Optional[Dict[str, float]]:
+            metrics = scorer.validation_metrics(parts.data.task)
+            return None if metrics is None else {f"test:{k}": v for k, v in metrics.items()}
+        return on_test
+    if parts.data.val_task.evaluable:
+        return lambda m: scorer.validation_metrics(parts.data.val_task)
+    if cfg.train.val_every:
+        log.info("no seen-class validation: the split leaves no validation photos (raise data.val_fraction)")
+    return None
+
+
+def model_selection(cfg: RunConfig, stages: Sequence[Stage]) -> Dict[str, Any]:
+    """The record's statement of which epoch's model it holds and what chose it."""
+    last = stages[-1].train
+    if not last.early_stop:
+        return {"kept": "last epoch"}
+    return {"kept": "best validated epoch", "on": last.select_on, "keys": list(selection_keys(last)),
+            "every": last.val_every, "patience": last.early_stop}
 
 
 def training_triplets(cfg: RunConfig, parts: RunParts, scorer: Scorer):
@@ -351,15 +372,20 @@ def check_early_stopping(cfg: RunConfig, data: RunData, stages: Sequence[Stage])
     when the run has none (it would silently train every epoch), or when the metric it is to compare
     is not one the selection protocol reports."""
     if not any(s.train.early_stop for s in stages):
+        if cfg.train.select_on == "test":  # a record must not claim a selection that never happened
+            raise ConfigError("train.select_on=test chooses the kept epoch through early stopping: set "
+                              "train.early_stop >= 1 (and train.val_every >= 1), or drop train.select_on")
         return
-    if not (cfg.train.val_every and data.val_task.evaluable):
+    on_test = cfg.train.select_on == "test"
+    if not (cfg.train.val_every and (on_test or data.val_task.evaluable)):
         raise ConfigError("train.early_stop needs a seen-class validation: set train.val_every >= 1 and a "
                           "data.val_fraction that leaves validation photos, or train.early_stop: 0")
     chosen = cfg.train.select_protocol
     protocol = Protocol.from_eval_config(cfg.eval) if chosen == "run" else PRESETS[chosen]
-    reported = metric_names(protocol, data.val_task.level)
+    reported = metric_names(protocol, (data.task if on_test else data.val_task).level)
     if cfg.train.select_metric != "auto" and cfg.train.select_metric not in reported:
-        raise ConfigError(f"train.select_metric={cfg.train.select_metric!r} is not a {data.val_task.level}-level "
+        raise ConfigError(f"train.select_metric={cfg.train.select_metric!r} is not a "
+                          f"{(data.task if on_test else data.val_task).level}-level "
                           f"metric of the {chosen} protocol; choose one of: auto, {', '.join(reported)}")
 
 
@@ -410,8 +436,8 @@ def final_validation(train_info: Dict[str, Any], val_task: RetrievalTask, scorer
     """Seen-class validation metrics of the final model: from the validation of the epoch whose model
     was kept (the last, or the best with early stopping) if the trainer ran one, else computed now (so
     zero-shot runs report them too)."""
-    history = train_info.get("history") or []
-    if train_info.get("best_epoch"):  # early stopping kept that epoch's model (of the last stage)
+    history = [h for h in train_info.get("history") or [] if not any(k.startswith("val_test:") for k in h)]
+    if train_info.get("best_epoch") and history:  # early stopping kept that epoch's model (of the last stage)
         stage = (train_info.get("stages") or [{}])[-1].get("stage")
         history = [h for h in history if h.get("stage") == stage and h["epoch"] == train_info["best_epoch"]]
     if history and any(k.startswith("val_") for k in history[-1]):
@@ -524,6 +550,7 @@ def make_record(cfg: RunConfig, parts: RunParts, name: str, results: list, train
         "partition": asdict(training_partition(cfg.data, cfg.seed)),
         "weights_sha256": file_sha256(parts.backbone.weights_file) if parts.backbone.weights_file else None,
         "data_fingerprint": parts.index.fingerprint(),
+        "model_selection": model_selection(cfg, run_stages(cfg)) if parts.method.trainable else {},
         "preprocess": parts.backbone.preprocess_cfg,
         "image_transforms": image_transforms_record(parts), "train": train_info, "val_metrics": val_metrics,
         "skipped_images": sum(skipped.values()) + train_info.get("skipped_images", 0),

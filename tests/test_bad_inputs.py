@@ -211,6 +211,8 @@ ROWS: List[tuple] = [
      "dropout=1.0: must be < 1.0"),
     ("pros-pool-token", lambda t, o: ["run", "pros", "--set", "method_config.pool_token=5"], CONFIG,
      "pool_token=5: choose one of: 1, 0"),
+    ("select-on-test-without-early-stopping", lambda t, o: ["run", "coop", "--set", "train.select_on=test"], CONFIG,
+     "train.select_on=test chooses the kept epoch through early stopping"),
     ("select-metric-not-reported", lambda t, o: ["run", "pros", "--set", "train.early_stop=2", "--set",
                                                  "train.select_metric=mAP@999"], CONFIG,
      "not a category-level metric of the run protocol"),

@@ -259,3 +259,23 @@ def test_importing_the_plots_chooses_no_backend_and_no_pyplot():
             "print(matplotlib.rcParams._get('backend') == before, 'matplotlib.pyplot' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.stdout.split() == ["True", "False"], done.stdout + done.stderr
+
+
+def test_a_model_chosen_on_its_test_set_says_so_in_its_record_and_every_table(tmp_path, mini_root):
+    """train.select_on: test (what ProS's, DePro's and UCDR-Adapter's code do) is a declared choice: the record
+    states it, early stopping read the test task's values, the seen-class validation is still reported as such,
+    and compare and export mark the row even when no other row differs."""
+    from conftest import as_options, newest_record, short_training
+    out = tmp_path / "runs"
+    args = ["run", "linear-probe", *as_options(short_training({"train.early_stop": 1, "train.val_every": 1})),
+            "--output-dir", str(out)]
+    assert CliRunner().invoke(main, args + ["--set", "train.select_on=test"]).exit_code == 0
+    record = newest_record(out)
+    assert record["model_selection"] == {"kept": "best validated epoch", "on": "test", "keys": ["test:mAP@all",
+                                         "test:Acc@1"], "every": 1, "patience": 1}
+    assert all("val_test:mAP@all" in h for h in record["train"]["history"])
+    assert "mAP@all" in record["val_metrics"] and not any(k.startswith("test:") for k in record["val_metrics"])
+    table = CliRunner().invoke(main, ["compare", "--results-dir", str(out)]).output
+    assert "linear-probe (model selected on the test set)" in table, table
+    latex = CliRunner().invoke(main, ["export", "--results-dir", str(out), "--format", "latex"]).output
+    assert "model selected on the test set" in latex

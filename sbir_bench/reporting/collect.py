@@ -34,6 +34,7 @@ def _row(rec) -> Dict[str, Any]:
     row["protocol"] = str((d.get("protocol") or {}).get("preset") or DEFAULT_PRESET)
     row["gzs_protocol"] = str(d.get("gzs_protocol") or "")
     row["gallery"] = str(((d.get("config") or {}).get("data") or {}).get("gallery") or "unique")
+    row["selected_on"] = str((d.get("model_selection") or {}).get("on") or "")  # "test": chose its model on its test
     row["config_id"] = config_id(d.get("config") or {})
     fingerprint = d.get("data_fingerprint")
     row["data_id"] = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:8] if fingerprint else ""
@@ -90,7 +91,8 @@ def row_labels(frame: pd.DataFrame) -> List[str]:
     """Table row of each run: ``method [variant]``, plus what differs between otherwise equal rows of
     the same (dataset, split, setting) block: backbone, protocol, GZS protocol, gallery composition
     (``data.gallery``), a config number when
-    the configs differ otherwise, a data number when the copies of the dataset hold different files."""
+    the configs differ otherwise, a data number when the copies of the dataset hold different files; and on
+    every row whose model was chosen on its own test set (``train.select_on: test``), that it was."""
     if frame.empty:
         return []
     base = [f"{m} [{v}]" if v else m for m, v in zip(frame["method"], frame["variant"])]
@@ -107,6 +109,8 @@ def row_labels(frame: pd.DataFrame) -> List[str]:
             ids = sorted({frame[key].iloc[j] for j in same})
             if len(ids) > 1:
                 extras.append(f"{word} {ids.index(frame[key].iloc[i]) + 1}")
+        if "selected_on" in frame and frame["selected_on"].iloc[i] == "test":  # always said: it inflates
+            extras.append("model selected on the test set")
         labels.append(label + (f" ({', '.join(extras)})" if extras else ""))
     return labels
 

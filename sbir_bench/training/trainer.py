@@ -145,13 +145,15 @@ EARLY_STOP_METRICS = ("mAP@all", "Acc@1")  # what early stopping compares by def
 def selection_keys(cfg: TrainConfig) -> Tuple[str, ...]:
     """The validation values early stopping reads, in order of preference: ``train.select_metric`` (or the
     defaults of :data:`EARLY_STOP_METRICS`), prefixed ``<preset>:`` when ``train.select_protocol`` names a
-    preset other than the run's (the validation then reports them beside the run's own metrics).
+    preset other than the run's (the validation then reports them beside the run's own metrics), and
+    ``test:`` when ``train.select_on`` is ``test`` (the values are the test task's).
 
     >>> selection_keys(TrainConfig(select_metric="mAP@200", select_protocol="pros"))
     ('pros:mAP@200',)
     """
     metrics = EARLY_STOP_METRICS if cfg.select_metric == "auto" else (cfg.select_metric,)
-    prefix = "" if cfg.select_protocol == "run" else f"{cfg.select_protocol}:"
+    prefix = ("test:" if cfg.select_on == "test" else "") + ("" if cfg.select_protocol == "run" else
+                                                             f"{cfg.select_protocol}:")
     return tuple(prefix + m for m in metrics)
 
 
