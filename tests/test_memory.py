@@ -129,3 +129,11 @@ def test_the_out_of_memory_line_names_text_chunk_as_it_stands(text_chunk, advice
         with trainer._out_of_memory("epoch 1, step 1", 8):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory")
     assert advice in str(caught.value)
+
+
+@pytest.mark.parametrize("text_chunk,advice", [(0, "set train.text_chunk"), (8, "lower train.text_chunk (now 8)")])
+def test_a_budget_nothing_fits_names_text_chunk_as_it_stands(text_chunk, advice):
+    from sbir_bench.training.memory import fewest_micro_batches
+    with pytest.raises(OutOfMemoryError, match="one triplet needs about") as caught:
+        fewest_micro_batches(8, peak=lambda size: 100 + size, budget=10, text_chunk=text_chunk)
+    assert advice in str(caught.value)

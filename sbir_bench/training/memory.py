@@ -60,7 +60,7 @@ def memory_budget(train: TrainConfig, device: torch.device) -> Optional[int]:
 
 def fewest_micro_batches(per_process: int, peak: Callable[[int], int], budget: int, at_least: int = 1,
                          keeps: Callable[[int], bool] = lambda micro: True,
-                         knob: str = "train.grad_accum") -> Tuple[int, int]:
+                         knob: str = "train.grad_accum", text_chunk: int = 0) -> Tuple[int, int]:
     """(micro-batches, micro-batch size): the fewest micro-batches (dividing ``per_process``, at least
     ``at_least``, the configured split) whose predicted ``peak(size)`` fits ``budget``. A split beyond
     the configured one is taken only where ``keeps(size)`` (the method's step is the whole batch's,
@@ -76,7 +76,7 @@ def fewest_micro_batches(per_process: int, peak: Callable[[int], int], budget: i
     if not fits:
         raise OutOfMemoryError(f"one triplet needs about {gib(peak(1))} of memory, more than the budget of "
                                f"{gib(budget)}; raise --memory-budget (train.memory_budget), use a GPU with more "
-                               f"memory or a smaller backbone{text_chunk_advice()}")
+                               f"memory or a smaller backbone{text_chunk_advice(text_chunk)}")
     kept = [k for k in fits if k == at_least or keeps(per_process // k)]
     if kept:
         return kept[0], per_process // kept[0]
@@ -104,7 +104,7 @@ def plan_micro_batches(cfg: RunConfig, counts: Counts, budget: int, world: int =
     cost = method_cost(cfg, counts, stage.name)
     return fewest_micro_batches(cfg.train.batch_size // world, lambda m: peak_bytes(cost, cfg.train, m), budget,
                                 cfg.train.grad_accum, lambda m: method_cls.split_invariant(method_cfg, stage.name, m),
-                                stage.accum_knob)
+                                stage.accum_knob, cfg.train.text_chunk)
 
 
 def predicted_peak(cfg: RunConfig, counts: Counts, micro: int, stage: str = "") -> int:
