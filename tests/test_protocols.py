@@ -364,3 +364,19 @@ def test_protocols_all_with_a_name_is_every_preset_once(tmp_path):
     from sbir_bench.retrieval.protocol import PRESETS
     assert result.exit_code == 0, result.output
     assert sorted(json.loads(out.read_text())["protocols"]) == sorted(PRESETS)
+
+
+def test_snmpnet_preset_equals_the_numbers_its_code_computed():
+    """tests/fixtures/official/snmpnet_metrics.json: SnMpNet's compute_retrieval_metrics (github.com/mvp18/UCDR,
+    exp(-Euclidean), scikit-learn AP over the argsort top-K list, precak) on official_inputs.pros_retrieval_set;
+    the preset gives every query's AP and the mean precisions."""
+    from pathlib import Path
+
+    import official_inputs as oi
+    official = json.loads((Path(__file__).parent / "fixtures" / "official" / "snmpnet_metrics.json").read_text())
+    result = evaluate(*oi.pros_retrieval_set(), protocol=PRESETS["snmpnet"])
+    np.testing.assert_allclose(result.per_query["AP@all"], official["aps@all"], atol=1e-6)
+    np.testing.assert_allclose(result.per_query["mAP@200"], official["aps@200"], atol=1e-6)
+    assert result.metrics["P@100"] == pytest.approx(official["prec@100"], abs=1e-6)
+    assert result.metrics["P@200"] == pytest.approx(official["prec@200"], abs=1e-6)
+    assert result.metrics["mAP@200"] == pytest.approx(np.mean(official["aps@200"]), abs=1e-6)

@@ -157,6 +157,12 @@ PRESET_ENTRIES = (
     Preset("pros", "github.com/fangkaipeng/ProS src/utils/mAP.py (_partedMAP_all), src/utils/metrics.py",
            dict(similarity="euclidean", all_interpolation="none", topk_interpolation="none", topk_normalization="hits",
                 ties="stable", no_relevant="zero", precision_divisor="k")),
+    # github.com/mvp18/UCDR (SnMpNet, the UCDR benchmark's code), src/utils/metrics.py: exp(-Euclidean) by
+    # cdist (the ranking of -||q - g||^2), apsak (sklearn average_precision_score over the argsort top-K list,
+    # 0 without a hit) and precak (hits / min(K, listed)): SEM-PCYC's functions on Euclidean distances.
+    Preset("snmpnet", "github.com/mvp18/UCDR src/utils/metrics.py (compute_retrieval_metrics: apsak, precak)",
+           dict(similarity="euclidean", all_interpolation="none", topk_interpolation="none", topk_normalization="hits",
+                ties="list", no_relevant="zero")),
 )
 PRESETS: Dict[str, Protocol] = {entry.name: entry.protocol() for entry in PRESET_ENTRIES}
 SOURCES: Dict[str, str] = {entry.name: entry.source for entry in PRESET_ENTRIES}
