@@ -7,8 +7,8 @@
 
 Prints, from the same run: the engine's time for mAP@all + mAP@200 + P@100 + P@200 (the default
 protocol), the time of the bare blocked similarity matmul with the same blocks (nothing any exact
-evaluation can skip), and their ratio (target <= 1.5x on CPU), the peak memory, and the time for all
-five presets at once. With ``--device cuda`` it checks the GPU metrics against a CPU evaluation of a
+evaluation can skip), and their ratio (target <= 1.5x on CPU), the peak memory, and the time for every
+preset at once. With ``--device cuda`` it checks the GPU metrics against a CPU evaluation of a
 slice (within 1e-6) and reports peak GPU memory (target <= 5 s for the full problem). Without a GPU,
 ``--device cuda`` says so and exits. Run it with nothing else busy on the machine.
 """
