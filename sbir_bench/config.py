@@ -24,7 +24,7 @@ import yaml
 
 from .data.tasks import EPOCH_LENGTHS, GALLERIES, GZS_PROTOCOLS, SETTINGS
 from .errors import ConfigError
-from .gpus import parse_bytes
+from .gpus import parse_bytes, parse_memory
 from .retrieval.protocol import DEFAULT_PRESET, PRESETS
 
 DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?|mps"
@@ -59,11 +59,6 @@ def opt(default: Any = dataclasses.MISSING, help: str = "", min: Optional[float]
     if factory is not dataclasses.MISSING:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
-
-
-def parse_memory_option(value: str) -> Optional[int]:
-    """``eval.memory``: a size (:func:`~sbir_bench.gpus.parse_bytes`), or ``auto`` (None: decided on the device)."""
-    return None if str(value).strip().lower() == "auto" else parse_bytes(value)
 
 
 @dataclass
@@ -156,7 +151,7 @@ class EvalConfig:
     protocol_overrides: Dict[str, Any] = opt(help="protocol knobs that differ from the preset, e.g. {ties: stable}",
                                              factory=dict, role="evaluation")
     memory: str = opt("1GiB", "memory budget of the evaluation engine, e.g. 2GiB (binary) or 2GB (decimal); auto: "
-                              "half the free GPU memory", role="incidental", parse=parse_memory_option)
+                              "half the free GPU memory", role="incidental", parse=parse_memory)
     batch_size: int = opt(64, "images per forward pass when embedding", min=1, role="incidental")
     save_embeddings: bool = opt(True, "save embeddings.npz and per_query.npz next to the record", role="incidental")
     feature_cache: bool = opt(True, "reuse cached frozen-backbone features (see `sbir-bench cache`)",

@@ -3,7 +3,7 @@
 Memory is the card's; throughputs are the vendors' datasheet peaks (dense bf16 tensor cores; fp32
 without TF32, PyTorch's default for matmuls); the utilisation a prompt-learning step reaches and the
 share of memory a run may plan for are our assumptions (docs/cluster.md). Kept apart from the
-estimate itself (sizing.py) so that the command line can list the choices without loading models.
+estimate itself (estimate.py, sizing.py) so that the command line can list the choices without loading models.
 
 >>> parse_bytes("24GiB") == 24 * 2**30, parse_bytes("1.5GB"), parse_bytes(1000)
 (True, 1500000000, 1000)
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Dict
+from typing import Dict, Optional
 
 from .errors import ConfigError
 
@@ -103,6 +103,16 @@ def parse_bytes(value: str | int | float) -> int:
     if size < 0:
         raise ConfigError(f"memory size {value!r} is negative")
     return int(size)
+
+
+def parse_memory(value: str | int) -> Optional[int]:
+    """A memory option that may say ``auto`` (``eval.memory``, ``--eval-memory``): None for ``auto`` (decided
+    on the device), else :func:`parse_bytes`.
+
+    >>> parse_memory(" Auto "), parse_memory("1KiB")
+    (None, 1024)
+    """
+    return None if str(value).strip().lower() == "auto" else parse_bytes(value)
 
 
 def gib(n: float) -> str:

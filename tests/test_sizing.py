@@ -1,4 +1,4 @@
-"""The resource estimate (sizing.py): held to what a real step on the CPU saves and holds, for every
+"""The cost model (sizing.py) and the estimate (estimate.py): held to what a real step on the CPU saves and holds, for every
 method at three sizes; its FLOP count to a hand count; the memory budget's micro-batches to the
 unsplit step; and the estimate, budget and out-of-memory lines end to end from the command line."""
 

@@ -8,7 +8,8 @@ from typing import Any, Dict, List, Optional
 
 import click
 
-from ..config import EvalConfig, parse_memory_option
+from ..config import EvalConfig
+from ..gpus import parse_memory
 from ..data.tasks import SETTINGS
 from ..errors import ConfigError, DataError
 from ..records import beside_record
@@ -26,7 +27,7 @@ def checked_memory(value: str) -> str:
     """``--eval-memory`` read as the config reads ``eval.memory``: a size it cannot read is a usage error now,
     before any embedding is loaded."""
     try:
-        parse_memory_option(value)
+        parse_memory(value)
     except ConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="--eval-memory") from None
     return value

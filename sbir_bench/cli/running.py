@@ -302,9 +302,8 @@ def reproduce_command(table: str, datasets, methods, seeds: str, data_root: Opti
 def _launch(table: str, runs, out, launcher) -> None:
     """Run or submit the runnable cells through the chosen launcher, then write the table (unless jobs
     are still out) and report failures."""
-    from ..reporting.tables import (
-        write_table,  # pandas and scipy: not for `sbir-bench --help`
-    )
+    # pandas and scipy: imported when a table is written, not for `sbir-bench --help`
+    from ..reporting.tables import write_table
     if all(p.status.startswith("missing") for p in runs):
         fail(f"nothing to run: all {len(runs)} run(s) lack their dataset or weights (listed above)", 3)
     outcome = launcher.launch(runs, LaunchRequest(table, out))

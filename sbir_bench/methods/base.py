@@ -112,12 +112,14 @@ def combine_stages(parts: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     >>> combine_stages([{"seconds": 2, "lr": 0.1, "peak_memory_bytes": 9}, {"seconds": 3, "lr": 0.2,
     ...                                                                       "peak_memory_bytes": 4}])
     {'seconds': 5, 'lr': 0.2, 'peak_memory_bytes': 9}
+    >>> combine_stages([{"memory": {"micro_batch": 200}}, {"memory": {"micro_batch": 25}}])  # no peak planned
+    {'memory': {'micro_batch': 25}}
     """
     out = dict(parts[-1])
     for key in STAGE_SUMS:
         if any(key in p for p in parts):
             out[key] = sum(p.get(key, 0) for p in parts)
-    largest = max(parts, key=_peak)
+    largest = max(reversed(parts), key=_peak)  # equal peaks (none planned): the last stage's, as the rest
     out.update({k: largest[k] for k in STAGE_PEAK if k in largest})
     return out
 
@@ -165,7 +167,7 @@ class Method(nn.Module):
 
         True by default: a mean loss over independent samples. False where the step reads the batch
         as a whole (BatchNorm statistics, a random draw per forward pass, a share of the batch rounded
-        per forward): a memory budget never splits such a step (runner.memory_plan); only the stage's
+        per forward): a memory budget never splits such a step (training/memory.py); only the stage's
         ``accum_knob``, part of the model's identity, does.
         """
         return True

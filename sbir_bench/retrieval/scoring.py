@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError, SbirError
-from ..gpus import SCORING_SHARE, parse_bytes, usable
+from ..gpus import SCORING_SHARE, parse_memory, usable
 
 EPS = 1e-12
 BYTES_PER_SCORE = 13  # score row + sorted copy + comparison masks, float32
@@ -57,12 +57,13 @@ def cosine_scores(query: np.ndarray, gallery: np.ndarray) -> np.ndarray:
 
 def memory_budget(memory: str | int, device: torch.device) -> int:
     """Bytes a score block may use: ``memory``, or with ``"auto"`` half the free GPU memory (1 GiB on CPU)."""
-    if str(memory).strip().lower() == "auto":
-        if device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(device)
-            return usable(free, SCORING_SHARE)
-        return 2**30
-    return parse_bytes(memory)
+    size = parse_memory(memory)
+    if size is not None:
+        return size
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return usable(free, SCORING_SHARE)
+    return 2**30
 
 
 def block_rows(n_gallery: int, memory: str | int, device: torch.device | str = "cpu") -> int:
