@@ -209,26 +209,23 @@ class Scorer:
             self.skipped[task.name] = emb.skipped
         return emb
 
-    def score(self, task: RetrievalTask, desc: str, all_presets: bool = False) -> tuple:
-        """(embeddings, [result under the run's protocol, then one per preset if ``all_presets``]);
-        (None, None) on DDP ranks other than 0, which only embed their shard."""
+    def score(self, task: RetrievalTask, desc: str, all_presets: bool = False, also: Sequence[Protocol] = ()) -> tuple:
+        """(embeddings, [result under the run's protocol, then one per preset if ``all_presets``, else one
+        per protocol of ``also``]); (None, None) on DDP ranks other than 0, which only embed their shard."""
         emb = self.embed(task)
         if emb is None:
             return None, None
-        protocols = [self.protocol] + (list(PRESETS.values()) if all_presets else [])
+        protocols = [self.protocol] + (list(PRESETS.values()) if all_presets else list(also))
         return emb, evaluate_many(*emb.arrays(), protocols=protocols, memory=self.cfg.eval.memory,
                                   device=self.device, desc=desc, query_seen=emb.query_seen)
 
     def validation_metrics(self, task: RetrievalTask) -> Optional[Dict[str, float]]:
         """Validation under the run's protocol, and under ``train.select_protocol`` where that names another
         preset (those values keyed ``<preset>:<metric>``, as early stopping reads them)."""
-        emb = self.embed(task)
-        if emb is None:
-            return None
         chosen = self.cfg.train.select_protocol
-        protocols = [self.protocol] + ([PRESETS[chosen]] if chosen != "run" else [])
-        results = evaluate_many(*emb.arrays(), protocols=protocols, memory=self.cfg.eval.memory, device=self.device,
-                                desc="validation", query_seen=emb.query_seen)
+        results = self.score(task, "validation", also=[PRESETS[chosen]] if chosen != "run" else [])[1]
+        if results is None:
+            return None
         return {**results[0].metrics, **{f"{chosen}:{k}": v for r in results[1:] for k, v in r.metrics.items()}}
 
     def frozen_features(self, samples) -> Dict[str, np.ndarray]:
