@@ -351,8 +351,10 @@ def _cached_cost(*args: Any) -> MethodCost:
 
 def _trace_key(*args: Any) -> str:
     """A digest of a trace's inputs and of the code that traces (the method's module, the prompted
-    encoders, this module) and the library versions: a changed method never reads an old trace."""
-    files = {Path(inspect.getsourcefile(get_method(args[0]))), Path(__file__), Path(inspect.getsourcefile(PromptedCLIP))}
+    encoders, this module, the autocast rule a bf16 trace follows) and the library versions: a changed
+    method or casting rule never reads an old trace."""
+    files = {Path(inspect.getsourcefile(get_method(args[0]))), Path(__file__), Path(inspect.getsourcefile(PromptedCLIP)),
+             Path(meta_autocast.__file__)}
     code = b"".join(f.read_bytes() for f in sorted(files))
     blob = json.dumps([list(a) if isinstance(a, tuple) else a for a in args] + [torch.__version__, open_clip.__version__])
     return hashlib.sha256(blob.encode() + code).hexdigest()[:32]

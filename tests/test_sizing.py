@@ -283,3 +283,15 @@ def test_the_estimate_asks_the_runs_precision_rule_of_the_named_card(mini_root):
     train_seconds = card.seconds(v100.flops_per_step * v100.steps_per_epoch * v100.epochs, half=True)
     eval_seconds = card.seconds(v100.eval_flops, half=False)
     assert v100.gpu_hours == pytest.approx((train_seconds + eval_seconds) / 3600)
+
+
+def test_a_cached_trace_is_keyed_by_the_autocast_rule_it_followed(tmp_path, monkeypatch):
+    """A bf16 trace depends on meta_autocast's op lists: changing them must not read an old trace from the cache."""
+    from sbir_bench import meta_autocast
+    from sbir_bench.sizing import _trace_key
+    args = ("coop", "{}", "sbir-tiny", ("a", "b"), (0,), 0, "", True)
+    before = _trace_key(*args)
+    edited = tmp_path / "meta_autocast.py"
+    edited.write_text(open(meta_autocast.__file__).read() + "\n# another op list\n")
+    monkeypatch.setattr(meta_autocast, "__file__", str(edited))
+    assert _trace_key(*args) != before
