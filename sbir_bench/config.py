@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import yaml
 
+from .data.domains import HELD_OUT_DOMAINS, SEEN_SPLITS, UCDR_GALLERIES, UDCDR_GALLERIES
 from .data.tasks import EPOCH_LENGTHS, GALLERIES, GZS_PROTOCOLS, SETTINGS
 from .errors import ConfigError
 from .gpus import parse_bytes, parse_memory
@@ -66,7 +67,7 @@ class DataConfig:
     """Which dataset, split and setting to run, and how to load images."""
 
     dataset: str = opt("mini", "dataset name (see `sbir-bench datasets`)")
-    setting: str = opt("zs", "zs, gzs or fg", choices=SETTINGS)
+    setting: str = opt("zs", "zs, gzs or fg; ucdr or udcdr on DomainNet (docs/datasets.md)", choices=SETTINGS)
     split: str = opt("1", "official zero-shot split id (sketchy: 1 or 2)")
     split_file: Optional[str] = opt(None, "custom split: a file with one unseen class name per line")
     data_root: Optional[str] = opt(None, "folder holding the dataset (default: $SBIR_BENCH_DATA or ~/data/sbir)",
@@ -78,6 +79,15 @@ class DataConfig:
                                          positive=True)
     gallery: str = opt("unique", "ZS gallery: unique, or published (as SAKE's/ZSE-SBIR's lists: Sketchy's original "
                                  "photos listed twice; docs/metrics.md)", choices=GALLERIES, role="label")
+    held_out_domain: str = opt("sketch", "DomainNet: the domain held out of training, whose images query (real is "
+                                         "the gallery)", choices=HELD_OUT_DOMAINS)
+    seen_split: str = opt("train+val", "DomainNet: seen classes: train+val (300: ProS, DePro) or train (245: "
+                                       "SnMpNet, UCDR-Adapter; the 55 val classes validate)", choices=SEEN_SPLITS)
+    ucdr_gallery: str = opt("g0", "DomainNet ucdr gallery: g0 (unseen-class real photos) or g1 (+ the 8 % of seen-"
+                                  "class real photos held out of training)", choices=UCDR_GALLERIES)
+    udcdr_gallery: str = opt("official", "DomainNet udcdr gallery: official (drawn real photos, all of them training "
+                                         "images, as the official code) or held-out (never trained on)",
+                             choices=UDCDR_GALLERIES)
     crop_scale_min: float = opt(0.8, "training augmentation: smallest random-resized-crop area (CoOp/MaPLe: 0.08)",
                                 min=0.0, max=1.0, positive=True)
     val_fraction: float = opt(0.1, "share of seen-class sketches/photos held out for validation", min=0.0, max=0.9)

@@ -73,6 +73,19 @@ def split_label(split: str, split_file: Optional[str] = None, for_record: bool =
     return f"file-{Path(split_file).stem}-{digest}"
 
 
+def data_split(data, for_record: bool = False) -> str:
+    """The split of a run's ``data`` section (a ``config.DataConfig``) as records and run names show it:
+    :func:`split_label`, and on a multi-domain benchmark the held-out domain, with the gallery where it
+    is not the default one (``sketch``, ``sketch-g1``, ``painting-heldout``): tables give each its column."""
+    from .data.domains import DOMAIN_SETTINGS  # light: the CLI imports records without the data stack
+
+    if data.setting not in DOMAIN_SETTINGS:
+        return split_label(data.split, data.split_file, for_record)
+    gallery = {("ucdr", "g1"): "-g1", ("udcdr", "held-out"): "-heldout"}
+    return data.held_out_domain + gallery.get((data.setting, data.ucdr_gallery if data.setting == "ucdr"
+                                                else data.udcdr_gallery), "")
+
+
 @dataclass
 class LoadedRecord:
     path: Path

@@ -21,16 +21,17 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .artifacts import artifact_run_id, find_reusable
-from .config import RunConfig, build_run_config, load_yaml
+from .config import RunConfig, build_run_config, from_dict, load_yaml
 from .data.catalog import get_spec
 from .data.discovery import default_data_root, locate, resolve_root
+from .data.domains import DOMAIN_SETTINGS
 from .data.tasks import SETTINGS  # one paper table per setting
 from .errors import ConfigError, DataError, SbirError
 from .locations import recipes_folder
 from .log import get_logger
 from .methods import METHODS, get_method
 from .models.factory import WeightsNotCached, check_weights_source
-from .runner import finished_record, has_checkpoint, training_identity
+from .runner import check_method_data, finished_record, has_checkpoint, training_identity
 
 log = get_logger(__name__)
 
@@ -52,7 +53,7 @@ class PlannedRun:
     cell: Cell
     seed: int
     cfg: Optional[RunConfig]
-    status: str  # done | run | resume | reuse | missing: <why>
+    status: str  # done | run | resume | reuse | missing: <why> | refused: <why> (the method does not run there)
     model: Optional[Path] = None  # with "reuse": the artifact of an identical training
     note: str = ""  # what a dry run could not check without the network (weights not cached yet)
 
@@ -68,6 +69,11 @@ class PlannedRun:
     @property
     def runnable(self) -> bool:
         return self.status in ("run", "resume", "reuse")
+
+    @property
+    def skipped(self) -> bool:
+        """Not run here: its data or weights are missing, or its method does not run on its dataset."""
+        return self.status.startswith(("missing", "refused"))
 
 
 def table_methods(methods: Sequence[str] = ()) -> List[str]:
@@ -119,9 +125,23 @@ def _cell_names(setting: str, methods: Sequence[str]) -> List[str]:
 def _config(cell: Cell, seed: int, output_dir: Path, overrides: Dict[str, Any]) -> RunConfig:
     tree = load_yaml(cell.path)
     if cell.name == "mini":
-        tree.setdefault("data", {})["setting"] = cell.setting
+        data = tree.setdefault("data", {})
+        data["setting"] = cell.setting
+        if cell.setting in DOMAIN_SETTINGS:  # the mini recipes' training knobs on the mini DomainNet world
+            data["dataset"] = "mini-domainnet"
+            data.pop("val_fraction", None)
     return build_run_config(tree, {**overrides, "method": cell.method, "seed": seed, "output_dir": str(output_dir),
                                    "train.resume": True})
+
+
+def _refused(cfg: RunConfig) -> str:
+    """Why the cell's method does not run on its dataset at all (ProS on DomainNet, for now), or ''."""
+    method_cls = get_method(cfg.method)
+    try:
+        check_method_data(cfg, method_cls, from_dict(method_cls.config_class, cfg.method_config, "method_config"))
+    except SbirError as exc:
+        return str(exc)
+    return ""
 
 
 def _missing(cfg: RunConfig, network: bool) -> Tuple[str, str]:
@@ -158,8 +178,11 @@ def plan(table_cells: Sequence[Cell], seeds: Sequence[int], output_dir: Path, ov
     for cell in table_cells:
         for seed in seeds:
             cfg = _config(cell, seed, output_dir, overrides)
-            missing, note = _missing(cfg, network)
-            if missing:
+            refused = _refused(cfg)
+            missing, note = ("", "") if refused else _missing(cfg, network)
+            if refused:
+                status = f"refused: {refused}"
+            elif missing:
                 status = f"missing: {missing}"
             elif finished_record(cfg) is not None:
                 status = "done"

@@ -37,6 +37,7 @@ from .data.discovery import (
     photos_listed_twice,
     resolve_root,
 )
+from .data.domains import check_domain_config, protocol_record
 from .data.splits import load_split
 from .data.tasks import (
     RetrievalTask,
@@ -63,7 +64,7 @@ from .models.factory import check_weights_source
 from .models.preprocess import preprocess_config
 from .precision import Precision, evaluation_precision
 from .ranks import world
-from .records import SCHEMA, provenance, run_name, split_label
+from .records import SCHEMA, provenance, run_name, data_split
 from .retrieval import PRESETS, Protocol, RetrievalResult, evaluate_many
 from .retrieval.npz_files import save_embeddings, save_per_query
 from .retrieval.protocol import metric_names
@@ -134,14 +135,15 @@ def prepare_data(cfg: RunConfig) -> RunData:
 def load_data(cfg: RunConfig) -> RunData:
     """Index the dataset, apply the split, partition the seen classes and build the tasks; refuse
     degenerate inputs (no query, nothing to retrieve) with one line, before any model is loaded."""
+    check_domain_config(cfg.data)
     index = index_dataset(cfg.data.dataset, cfg.data.data_root)
     unseen = load_split(index.spec, index.class_names, cfg.data.split, cfg.data.split_file)
     part = partition(index, unseen, training_partition(cfg.data, cfg.seed))
     fine = index.spec.fine_grained
     again = photos_listed_twice(index, cfg.data.data_root) if cfg.data.gallery == "published" else None
     task = build_task(cfg.data.setting, part, fine, cfg.data.gzs_protocol, cfg.data.gzs_seen_photo_fraction, cfg.seed,
-                      again)
-    task.check(f"{cfg.data.dataset} split {split_label(cfg.data.split, cfg.data.split_file)}")
+                      again, index.spec, cfg.data.ucdr_gallery, cfg.data.udcdr_gallery)
+    task.check(f"{cfg.data.dataset} split {data_split(cfg.data)}")
     return RunData(index, part, task, build_val_task(cfg.data.setting, part, fine))
 
 
@@ -155,8 +157,16 @@ def method_and_config(cfg: RunConfig) -> tuple:
         raise ConfigError(f"{cfg.method} puts prompts into the image encoder, which needs a ViT backbone; "
                           f"{cfg.backbone.name}'s image tower is not one (zeroshot-clip, linear-probe and coop work on it)")
     method_cls.check_config(method_cfg, open_clip.get_tokenizer(cfg.backbone.name))
+    check_method_data(cfg, method_cls, method_cfg)
     check_available(parse_report_to(cfg.report_to), cfg.tracking_uri)
     return method_cls, method_cfg
+
+
+def check_method_data(cfg: RunConfig, method_cls: type, method_cfg) -> None:
+    """The data section fits its dataset (a multi-domain benchmark's settings and options) and the method
+    runs on that dataset: one line before anything loads, for a run and for its dry-run estimate alike."""
+    check_domain_config(cfg.data)
+    method_cls.check_dataset(method_cfg, get_spec(cfg.data.dataset))
 
 
 def build(cfg: RunConfig, device: torch.device, data: Optional[RunData] = None) -> RunParts:
@@ -243,7 +253,7 @@ class Scorer:
 def config_run_name(cfg: RunConfig) -> str:
     """The run's name: method (and variant), dataset, setting, split and seed."""
     return run_name(cfg.method + (f"-{cfg.variant}" if cfg.variant else ""), cfg.data.dataset, cfg.data.setting,
-                    split_label(cfg.data.split, cfg.data.split_file), cfg.seed)
+                    data_split(cfg.data), cfg.seed)
 
 
 def checkpoint_dir(cfg: RunConfig) -> Path:
@@ -375,6 +385,11 @@ def check_early_stopping(cfg: RunConfig, data: RunData, stages: Sequence[Stage])
         return
     on_test = cfg.train.select_on == "test"
     if not (cfg.train.val_every and (on_test or data.val_task.evaluable)):
+        if data.index.spec.domain_split is not None:
+            raise ConfigError(f"train.early_stop needs a seen-class validation: on {data.index.spec.title} under "
+                              f"data.seen_split={cfg.data.seen_split} none is left; use data.seen_split=train (its "
+                              f"validation classes, as SnMpNet), train.select_on=test (the official ProS/DePro "
+                              f"selection, labelled so), or train.early_stop: 0")
         raise ConfigError("train.early_stop needs a seen-class validation: set train.val_every >= 1 and a "
                           "data.val_fraction that leaves validation photos, or train.early_stop: 0")
     chosen = cfg.train.select_protocol
@@ -392,13 +407,15 @@ def run_counts(cfg: RunConfig) -> Counts:
     try:
         locate(spec, resolve_root(spec, cfg.data.data_root))
     except DataError:
-        return catalog_counts(cfg.data.dataset, cfg.data.split, cfg.data.split_file, cfg.data.val_fraction)
+        return catalog_counts(cfg.data)
     return counts_from_data(load_data(cfg))
 
 
 def estimate_run(cfg: RunConfig, gpu: str) -> Estimate:
     """Memory and time of ``cfg`` on ``gpu`` (estimate.py), without weights or any data computation."""
     budget = parse_bytes(cfg.train.memory_budget) if cfg.train.memory_budget else None
+    method_cls = get_method(cfg.method)
+    check_method_data(cfg, method_cls, from_dict(method_cls.config_class, cfg.method_config, "method_config"))
     return estimate(cfg, run_counts(cfg), gpu, budget)
 
 
@@ -425,7 +442,7 @@ def training_identity(cfg: RunConfig) -> str:
     data = tree["data"]
     for key in ("setting", "gzs_protocol", "gzs_seen_photo_fraction", "val_fraction", "max_per_class"):
         data.pop(key, None)
-    data["partition"] = asdict(training_partition(cfg.data, cfg.seed))
+    data["partition"] = training_partition(cfg.data, cfg.seed).identity()
     return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -537,14 +554,15 @@ def make_record(cfg: RunConfig, parts: RunParts, name: str, results: list, train
     res: RetrievalResult = results[0]
     return {
         "schema": SCHEMA, "run_name": name, "method": cfg.method, "variant": cfg.variant, "dataset": cfg.data.dataset,
-        "setting": cfg.data.setting, "split": split_label(cfg.data.split, cfg.data.split_file, for_record=True),
+        "setting": cfg.data.setting, "split": data_split(cfg.data, for_record=True),
         "backbone": cfg.backbone.name, "pretrained": parts.backbone.pretrained, "seed": cfg.seed,
         "config": to_dict(cfg), "method_config_resolved": to_dict(parts.method.config), **res.to_json(),
         "metrics_by_protocol": {r.protocol["preset"]: r.metrics for r in results[1:]},
         "counts": part.counts, "classes": {"seen": len(part.seen), "unseen": len(part.unseen),
                                            "unseen_names": [part.class_names[c] for c in part.unseen]},
         "class_names": part.class_names, "gzs_protocol": applied_gzs_protocol(cfg),
-        "partition": asdict(training_partition(cfg.data, cfg.seed)),
+        "partition": training_partition(cfg.data, cfg.seed).identity(),
+        **({"domains": protocol_record(cfg.data)} if parts.index.spec.domain_split is not None else {}),
         "weights_sha256": file_sha256(parts.backbone.weights_file) if parts.backbone.weights_file else None,
         "data_fingerprint": parts.index.fingerprint(),
         "model_selection": model_selection(cfg, run_stages(cfg)) if parts.method.trainable else {},

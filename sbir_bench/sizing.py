@@ -38,6 +38,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from . import meta_autocast
 from .config import RunConfig, from_dict
 from .data.catalog import get_spec
+from .data.domains import domain_catalog_sizes
 from .data.splits import load_split, package_file, read_class_file
 from .data.triplets import TripletBatch
 from .fileio import atomic_write_json
@@ -381,17 +382,23 @@ def predicted_peak(cfg: RunConfig, counts: Counts, micro: int, stage: str = "") 
     return peak_bytes(method_cost(cfg, counts, stage), cfg.train, micro)
 
 
-def catalog_counts(dataset: str, split: str, split_file: Optional[str], val_fraction: float) -> Counts:
-    """Counts from the catalog (official class list and published totals) when no copy is on disk."""
-    spec = get_spec(dataset)
+def catalog_counts(data) -> Counts:
+    """Counts from the catalog (official class list and published totals) when no copy is on disk, for a
+    run's ``data`` section (a ``config.DataConfig``)."""
+    spec = get_spec(data.dataset)
+    if spec.domain_split is not None:
+        names, seen, sizes = domain_catalog_sizes(spec, data.held_out_domain, data.seen_split, data.setting,
+                                                  data.ucdr_gallery)
+        return Counts(sizes["train_sketches"], names, seen, sizes["test_images"],
+                      "the catalog's published per-domain totals, split by class share", sizes["train_photos"])
     names = read_class_file(package_file("classes", spec.class_list))
-    unseen = set(load_split(spec, names, split, split_file))
+    unseen = set(load_split(spec, names, data.split, data.split_file))
     seen = [i for i in range(len(names)) if i not in unseen]
     share = len(seen) / len(names)
     sketches, photos = spec.expected.get("sketches", 0), spec.expected.get("photos", 0)
-    return Counts(int(sketches * share * (1 - val_fraction)), names, seen,
+    return Counts(int(sketches * share * (1 - data.val_fraction)), names, seen,
                   int((sketches + photos) * (1 - share)), "the catalog's published counts",
-                  int(photos * share * (1 - val_fraction)) if photos else None)
+                  int(photos * share * (1 - data.val_fraction)) if photos else None)
 
 
 def counts_from_data(data) -> Counts:

@@ -289,12 +289,15 @@ def reproduce_command(table: str, datasets, methods, seeds: str, data_root: Opti
         click.echo(f"wrote {', '.join(str(p) for p in write_table(table, out, planned_configs(runs)).values())}")
         return
     if dry_run:  # one line per cell: what it needs and would do, then what it costs
-        print_estimates([(f"{'skip ' if p.status.startswith('missing') else ''}{p.describe()}",
-                          f"{p.cell.setting}/{p.cell.name} {p.cell.method} seed {p.seed}", p.cfg) for p in runs],
-                        gpu, json_file)
+        for p in runs:
+            if p.status.startswith("refused"):
+                click.echo(f"skip {p.describe()}")
+        print_estimates([(f"{'skip ' if p.skipped else ''}{p.describe()}",
+                          f"{p.cell.setting}/{p.cell.name} {p.cell.method} seed {p.seed}", p.cfg) for p in runs
+                         if not p.status.startswith("refused")], gpu, json_file)
     else:
         for planned in runs:
-            if planned.status.startswith("missing"):
+            if planned.skipped:
                 click.echo(f"skip {planned.describe()}")
         _launch(table, runs, out, launcher)
 
@@ -304,15 +307,16 @@ def _launch(table: str, runs, out, launcher) -> None:
     are still out) and report failures."""
     # pandas and scipy: imported when a table is written, not for `sbir-bench --help`
     from ..reporting.tables import write_table
-    if all(p.status.startswith("missing") for p in runs):
-        fail(f"nothing to run: all {len(runs)} run(s) lack their dataset or weights (listed above)", 3)
+    if all(p.skipped for p in runs):
+        fail(f"nothing to run: all {len(runs)} run(s) lack their dataset or weights, or their method does not run "
+             f"there (listed above)", 3)
     outcome = launcher.launch(runs, LaunchRequest(table, out))
     for line in outcome.submitted:
         click.echo(line)
     if outcome.pending:
         click.echo(f"{len(outcome.submitted)} job(s) submitted; `sbir-bench reproduce {table} --status` follows them, "
                    f"and the table is written when the last one ends")
-    elif any(not p.status.startswith("missing") for p in runs):
+    elif any(not p.skipped for p in runs):
         try:
             written = write_table(table, out, planned_configs(runs))
             click.echo(f"wrote {', '.join(str(p) for p in written.values())}")

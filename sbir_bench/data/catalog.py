@@ -15,6 +15,8 @@ from typing import Callable, Dict, Optional, Tuple, Union
 
 from ..plugins import DATASETS
 from .mini import MINI_UNSEEN, ensure_mini
+from .mini_domains import UDCDR_CLASSES
+from .mini_domains import ensure as ensure_mini_domains
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 SplitSource = Union[str, Tuple[str, ...]]  # a bundled split file name, a path, or the unseen class names
@@ -30,6 +32,28 @@ class Layout:
     name: str = ""  # what this copy is called in docs, tests and `datasets check`
     source: str = ""  # whose code or archive lays the files out this way
     folder: str = ""  # the dataset folder this copy names (discovery tries every name in the spec's subdirs)
+
+
+@dataclass(frozen=True)
+class DomainSplit:
+    """A multi-domain benchmark's universal cross-domain protocol (DomainNet's UCDR, as SnMpNet's code
+    defines it and ProS, DePro and UCDR-Adapter copy it; ../shared/field/domainnet-ucdr.md): which folder
+    is each domain, which is the gallery, and the three class lists. The order of ``train`` matters: the
+    official draws seed each class with its index there, and U^d-CDR uses its first ``udcdr_classes``."""
+
+    domains: Tuple[str, ...]  # every domain folder the protocol knows (others are reported, never read)
+    gallery: str  # the gallery domain (DomainNet: real), never held out
+    train: str  # bundled file: the seen classes, in the official order
+    val: str  # bundled file: the validation classes (merged into the seen ones by ProS and DePro)
+    test: str  # bundled file: the unseen classes
+    seen_domain: Dict[str, str] = field(default_factory=dict)  # held-out -> the scripts' -sd (its extra evaluation)
+    udcdr_classes: int = 45  # U^d-CDR: the first this-many seen classes
+    udcdr_fraction: Dict[str, float] = field(default_factory=dict)  # per held-out domain; else ``udcdr_default``
+    udcdr_default: float = 0.25
+    train_share: float = 0.92  # of each seen class's gallery-domain images trained on; the rest: G1's distractors
+    val_query_share: float = 0.3  # SnMpNet's validation queries: this share of each val class per training domain
+    inverted: Tuple[str, ...] = ("sketch", "quickdraw")  # domains the official loaders colour-invert
+    images: Dict[str, int] = field(default_factory=dict)  # published per-domain totals (the dry-run estimate)
 
 
 @dataclass
@@ -52,6 +76,7 @@ class DatasetSpec:
     photo_aliases: Optional[str] = None  # bundled file: photo folder spellings -> class (raw downloads)
     # photo file names that SAKE's / ZSE-SBIR's zero-shot lists name twice (data.gallery: published)
     listed_twice: str = ""
+    domain_split: Optional[DomainSplit] = None  # a multi-domain benchmark (data/domains.py builds its tasks)
 
     def layout(self, name: str) -> Layout:
         """The layout entry called ``name``.
@@ -150,8 +175,35 @@ register(DatasetSpec(
     expected={"classes": 110, "sketches": 330000, "photos": 204000}, class_list="quickdraw.txt",
     source="Dey et al., Doodle to Search, CVPR 2019 (github.com/sounakdey/doodle2search)",
     licence="QuickDraw sketches CC BY 4.0; photos research use"))
+DOMAINNET_SPLIT = DomainSplit(
+    domains=("clipart", "infograph", "painting", "quickdraw", "real", "sketch"), gallery="real",
+    train="domainnet_train.txt", val="domainnet_val.txt", test="domainnet_test.txt",
+    seen_domain={"sketch": "quickdraw", "quickdraw": "sketch", "painting": "infograph", "infograph": "painting",
+                 "clipart": "painting"},
+    udcdr_fraction={"quickdraw": 0.1},
+    # ai.bu.edu/M3SDA's "original" counts (the held-out-sketch set sizes of DePro's logs fit them best)
+    images={"clipart": 48837, "infograph": 53201, "painting": 75759, "quickdraw": 172500, "real": 175327,
+            "sketch": 70386})
+register(DatasetSpec(
+    name="domainnet", title="DomainNet (UCDR)", table_title="DomainNet", subdirs=("DomainNet", "domainnet", ""),
+    layouts=(Layout(".", "real", "official", "download_domainnet.sh of SnMpNet, ProS, DePro and UCDR-Adapter "
+                    "(<domain>/<class>/ folders)", "DomainNet"),),
+    splits={"1": "domainnet_test.txt"}, domain_split=DOMAINNET_SPLIT,
+    expected={"classes": 345},
+    source="Peng et al., ICCV 2019 (ai.bu.edu/M3SDA); UCDR protocol of Paul et al., SnMpNet, ICCV 2021",
+    licence="research use (DomainNet's terms)"))
 register(DatasetSpec(
     name="mini", title="sbir-bench mini (generated)", table_title="mini", subdirs=("",), layouts=(Layout("sketch", "photo", "mini", "sbir_bench.data.mini"),),
     splits={"1": MINI_UNSEEN}, expected={}, fine_grained=True,
     source="generated deterministically by sbir_bench.data.mini", licence="CC0 (synthetic)",
     default_root=_mini_root))
+register(DatasetSpec(
+    name="mini-domainnet", title="sbir-bench mini DomainNet world (generated)", table_title="mini-DomainNet",
+    subdirs=("",), layouts=(Layout(".", "real", "mini-domainnet", "sbir_bench.data.mini_domains"),),
+    splits={"1": "mini_domainnet_test.txt"},
+    domain_split=DomainSplit(domains=DOMAINNET_SPLIT.domains, gallery="real", train="mini_domainnet_train.txt",
+                             val="mini_domainnet_val.txt", test="mini_domainnet_test.txt",
+                             seen_domain=DOMAINNET_SPLIT.seen_domain, udcdr_classes=UDCDR_CLASSES,
+                             udcdr_fraction=DOMAINNET_SPLIT.udcdr_fraction),
+    source="generated deterministically by sbir_bench.data.mini_domains", licence="CC0 (synthetic)",
+    default_root=ensure_mini_domains))

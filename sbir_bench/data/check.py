@@ -42,7 +42,8 @@ from .discovery import (
 )
 from .images import load_rgb
 from .splits import load_split, package_file, read_class_file, split_names
-from .tasks import SETTINGS, build_task, partition
+from .domains import DOMAIN_SETTINGS, SEEN_SPLITS, unknown_domains
+from .tasks import SETTINGS, TrainingPartition, build_task, partition
 
 MAX_LISTED = 10
 UNREADABLE_LIMIT = 0.05
@@ -179,6 +180,8 @@ def check_dataset(name: str, data_root: Optional[str], split: str = "1", split_f
     see the module docstring)."""
     spec = get_spec(name)
     base, layout = locate(spec, resolve_root(spec, data_root))
+    if spec.domain_split is not None:
+        return _check_domains(CheckReport(name, base, layout=layout.name), spec, depth)
     report = CheckReport(name, base, layout=layout.name)
     sketches = class_folders(base / layout.sketch_dir)
     check_not_fine_grained(spec, base, layout, list(class_folders(base / layout.photo_dir)))
@@ -205,11 +208,70 @@ def check_dataset(name: str, data_root: Optional[str], split: str = "1", split_f
     return report
 
 
+def _check_domains(report: CheckReport, spec: DatasetSpec, depth: str) -> CheckReport:
+    """A multi-domain copy: every domain folder's classes and images, the protocol's class lists against
+    the gallery domain, and the folders the official code would train on but sbir-bench does not read."""
+    split = spec.domain_split
+    base = report.root
+    lists = {w: read_class_file(package_file("splits", f)) for w, f in
+             (("seen", split.train), ("validation", split.val), ("unseen", split.test))}
+    every = [c for names in lists.values() for c in names]
+    stray = unknown_domains(spec, base)
+    if stray:
+        report.warnings.append(f"folder(s) {_listing(stray)} are no domain of the protocol: sbir-bench does not read "
+                               f"them (the official code lists every sub-folder and would train on them)")
+    absent = [d for d in split.domains if not (base / d).is_dir()]
+    if absent:
+        report.warnings.append(f"domain folder(s) missing: {_listing(absent)} (a run holding one out, or training "
+                               f"on it, lacks its images)")
+    for domain in (d for d in split.domains if (base / d).is_dir()):
+        folders = class_folders(base / domain)
+        keys = {class_key(c) for c in folders}
+        missing = [c for c in every if class_key(c) not in keys]
+        if missing:
+            (report.problems if domain == split.gallery else report.warnings).append(
+                f"{len(missing)} class(es) of the protocol's lists missing from {domain}/: {_listing(missing)}")
+        images = {c: list_images(p) for c, p in folders.items()}
+        _check_images(report, domain, images, depth)
+        expected = split.images.get(domain)
+        if expected and report.counts[domain] != expected:
+            report.warnings.append(f"{domain}: found {report.counts[domain]:,} images, the published copy has "
+                                   f"{expected:,}")
+    report.counts["classes"] = len({class_key(c) for c in class_folders(base / split.gallery)})
+    report.notes.append(f"listings are read sorted; a run's record holds their hash (data_fingerprint.files_sha256), "
+                        f"which names the files its draws were made from")
+    return report
+
+
+def _domain_task_sizes(name: str, data_root: Optional[str]) -> List[str]:
+    """One line per held-out domain present and seen-class choice: the UCDR (G0, G1) and U^d-CDR
+    (official and held-out galleries) test sets a run builds."""
+    spec = get_spec(name)
+    index = index_dataset(name, data_root)
+    present = {s.domain for s in index.sketches}
+    lines = []
+    for seen_split in SEEN_SPLITS:
+        for held in (d for d in spec.domain_split.domains if d in present):
+            part = partition(index, [], TrainingPartition(held_out_domain=held, seen_split=seen_split))
+            size = {(st, g): build_task(st, part, False, dataset=spec, ucdr_gallery=g if st == "ucdr" else "g0",
+                                        udcdr_gallery=g if st == "udcdr" else "official")
+                    for st, g in (("ucdr", "g0"), ("ucdr", "g1"), ("udcdr", "official"), ("udcdr", "held-out"))}
+            q = {k: len(t.queries) for k, t in size.items()}
+            g = {k: len(t.gallery) for k, t in size.items()}
+            lines.append(f"held out {held}, seen {seen_split} ({len(part.seen)} classes): ucdr {q['ucdr', 'g0']:,} queries "
+                         f"x {g['ucdr', 'g0']:,} (g0) / {g['ucdr', 'g1']:,} (g1) photos; udcdr {q['udcdr', 'official']:,} "
+                         f"x {g['udcdr', 'official']:,} (official, training images) / {g['udcdr', 'held-out']:,} "
+                         f"(held-out); training {len(part.train_sketches):,} images + {len(part.train_photos):,} photos")
+    return lines
+
+
 def task_sizes(name: str, data_root: Optional[str], split_file: Optional[str] = None) -> List[str]:
     """One line per split and setting: the test task a run builds (queries x gallery; GZS's seen and
     unseen parts), with the default seed and fractions, so a copy can be compared with a paper's test
     set before any GPU time is spent (docs/datasets.md lists the published ones)."""
     spec = get_spec(name)
+    if spec.domain_split is not None:
+        return _domain_task_sizes(name, data_root)
     index = index_dataset(name, data_root)
     splits = [split_file] if split_file else list(spec.splits)
     again = photos_listed_twice(index, data_root) if spec.listed_twice else None
@@ -219,7 +281,7 @@ def task_sizes(name: str, data_root: Optional[str], split_file: Optional[str] = 
         part = partition(index, unseen)
         label = f"split {split}" if not split_file else f"split file {split_file}"
         for setting in SETTINGS:
-            if setting == "fg" and not spec.fine_grained:
+            if setting in DOMAIN_SETTINGS or (setting == "fg" and not spec.fine_grained):
                 continue
             task = build_task(setting, part, spec.fine_grained)
             line = f"{label} {setting}: {len(task.queries):,} queries x {len(task.gallery):,} photos"

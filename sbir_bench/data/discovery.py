@@ -18,6 +18,7 @@ from ..errors import DataError
 from ..log import get_logger
 from .catalog import IMAGE_EXTENSIONS, DatasetSpec, Layout, get_spec
 from .classnames import class_key
+from .domains import locate_domains, unknown_domains
 from .mini import tree_digest
 from .splits import package_file, read_class_file
 
@@ -26,11 +27,13 @@ log = get_logger(__name__)
 
 @dataclass(frozen=True)
 class Sample:
-    """One image: its path, class index and instance key (the photo id it depicts, for FG)."""
+    """One image: its path, class index, instance key (the photo id it depicts, for FG) and, in a
+    multi-domain benchmark, its domain folder."""
 
     path: str
     label: int
     instance: str = ""
+    domain: str = ""
 
 
 def default_data_root() -> Path:
@@ -53,6 +56,8 @@ def candidate_dirs(spec: DatasetSpec, data_root: Optional[str | Path]) -> List[P
 
 def locate(spec: DatasetSpec, data_root: Optional[str | Path]) -> Tuple[Path, Layout]:
     """Find the dataset directory and layout, or raise a one-line error saying where we looked."""
+    if spec.domain_split is not None:
+        return locate_domains(spec, candidate_dirs(spec, data_root)), spec.layouts[0]
     tried: List[str] = []
     for base in candidate_dirs(spec, data_root):
         for layout in spec.layouts:
@@ -202,6 +207,8 @@ def index_dataset(name: str, data_root: Optional[str | Path] = None) -> DatasetI
     """Walk a dataset copy and list every sketch and photo with its class (and instance) label."""
     spec = get_spec(name)
     base, layout = locate(spec, resolve_root(spec, data_root))
+    if spec.domain_split is not None:
+        return index_domains(spec, base, layout)
     sk_classes = class_folders(base / layout.sketch_dir)
     sketch_keys = {class_key(c): c for c in sk_classes}
     ph_by_key = photo_folders(spec, base / layout.photo_dir, set(sketch_keys))
@@ -216,6 +223,33 @@ def index_dataset(name: str, data_root: Optional[str | Path] = None) -> DatasetI
             photos.append(Sample(str(p), label, photo_instance(p) if spec.fine_grained else ""))
     if spec.fine_grained:
         _check_pairs(spec, base, layout, sketches, photos)
+    return DatasetIndex(spec, base, layout, names, sketches, photos)
+
+
+def index_domains(spec: DatasetSpec, base: Path, layout: Layout) -> DatasetIndex:
+    """A multi-domain copy (``<base>/<domain>/<class>/``): the gallery domain's images are the photos,
+    every other known domain's the "sketches" (the query side), each with its domain; classes are the
+    gallery domain's class folders. Listings are sorted (data/domains.py says why)."""
+    split = spec.domain_split
+    stray = unknown_domains(spec, base)
+    if stray:
+        log.warning(f"{spec.title} at {base}: folder(s) {', '.join(stray)} are no domain of the protocol and are not "
+                    f"read (the official code would train on them as auxiliary domains)")
+    gallery = class_folders(base / split.gallery)
+    names = list(gallery)
+    labels = {class_key(c): i for i, c in enumerate(names)}
+    sketches: List[Sample] = []
+    photos: List[Sample] = []
+    for domain in split.domains:
+        if not (base / domain).is_dir():
+            continue
+        target = photos if domain == split.gallery else sketches
+        for cname, folder in class_folders(base / domain).items():
+            if class_key(cname) not in labels:
+                raise DataError(f"{spec.title} at {base}: class folder {domain}/{cname} has no {split.gallery}/ "
+                                f"counterpart; every class needs gallery photos (run `sbir-bench datasets check "
+                                f"{spec.name}`)")
+            target += [Sample(str(p), labels[class_key(cname)], "", domain) for p in list_images(folder)]
     return DatasetIndex(spec, base, layout, names, sketches, photos)
 
 

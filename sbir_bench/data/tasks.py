@@ -12,6 +12,9 @@
     so no seen-class query or gallery photo was ever trained on.
 
 * ``fg`` - instance level: each unseen-class sketch must retrieve the one photo it was drawn from.
+* ``ucdr``, ``udcdr`` - DomainNet's universal cross-domain retrieval (multi-domain datasets only): the
+  held-out domain's images query real photos of unseen (ucdr) or seen (udcdr) classes; built by
+  :mod:`sbir_bench.data.domains`, which also partitions such a copy as the official code draws it.
 
 Seen classes are partitioned once, deterministically from the seed, into training, validation and
 held-out samples; the same seed always gives the same partition whatever the setting.
@@ -20,18 +23,20 @@ held-out samples; the same seed always gives the same partition whatever the set
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..errors import DataError
 from ..log import get_logger
+from .catalog import get_spec
 from .discovery import DatasetIndex, Sample
+from .domains import DOMAIN_SETTINGS, domain_partition, domain_task
 
 log = get_logger(__name__)
 
-SETTINGS = ("zs", "gzs", "fg")
+SETTINGS = ("zs", "gzs", "fg") + DOMAIN_SETTINGS
 GZS_PROTOCOLS = ("sem-pcyc", "heldout")
 GALLERIES = ("unique", "published")
 
@@ -102,6 +107,8 @@ class SplitPartition:
     heldout_sketches: List[Sample] = field(default_factory=list)
     unseen_sketches: List[Sample] = field(default_factory=list)
     unseen_photos: List[Sample] = field(default_factory=list)
+    udcdr_queries: List[Sample] = field(default_factory=list)  # multi-domain: U^d-CDR's official draws
+    udcdr_gallery: List[Sample] = field(default_factory=list)
     counts: Dict[str, int] = field(default_factory=dict)
 
 
@@ -122,16 +129,26 @@ class TrainingPartition:
     heldout_fraction: float = 0.0
     max_per_class: Optional[int] = None
     instance_triplets: bool = False  # FG trains on instance triplets (a sketch and its own photo)
+    held_out_domain: str = ""  # multi-domain datasets: the domain never trained on
+    seen_split: str = ""  # multi-domain datasets: train+val (300 DomainNet classes) or train (245)
+
+    def identity(self) -> Dict[str, object]:
+        """The fields as a trained model's identity and its record state them: the multi-domain ones
+        only where they apply, so a Sketchy model's identity is what it was before they existed."""
+        out = asdict(self)
+        return {k: v for k, v in out.items() if k not in ("held_out_domain", "seen_split") or v}
 
 
 def training_partition(data, seed: int) -> TrainingPartition:
     """The :class:`TrainingPartition` of a run's ``data`` section (a ``config.DataConfig``) and seed.
 
     >>> from types import SimpleNamespace as NS
-    >>> training_partition(NS(setting="zs", gzs_protocol="heldout", gzs_seen_photo_fraction=0.2,
+    >>> training_partition(NS(dataset="sketchy", setting="zs", gzs_protocol="heldout", gzs_seen_photo_fraction=0.2,
     ...                       val_fraction=0.1, max_per_class=None), 0).heldout_fraction
     0.2
     """
+    if get_spec(data.dataset).domain_split is not None:  # the official draws: no fractions of ours apply
+        return TrainingPartition(seed, 0.0, 0.0, data.max_per_class, False, data.held_out_domain, data.seen_split)
     heldout = data.gzs_seen_photo_fraction if data.gzs_protocol == "heldout" else 0.0
     return TrainingPartition(seed, data.val_fraction, heldout, data.max_per_class, data.setting == "fg")
 
@@ -156,7 +173,7 @@ def epoch_triplets(rule: str, sketches: int, photos: Optional[int] = None) -> in
 
 
 COUNTED = ("train_sketches", "train_photos", "val_sketches", "val_photos", "heldout_sketches", "heldout_photos",
-           "unseen_sketches", "unseen_photos")
+           "unseen_sketches", "unseen_photos", "udcdr_queries", "udcdr_gallery")
 
 
 def _take(samples: List[Sample], fraction: float, rng: np.random.Generator) -> Tuple[List[Sample], List[Sample]]:
@@ -224,7 +241,11 @@ def partition(index: DatasetIndex, unseen: Sequence[int], spec: TrainingPartitio
 
     For fine-grained data the photo partition decides the sketches: a sketch follows its photo
     (train, val or held-out), so no training sketch's photo is ever a test or validation target.
+    A multi-domain copy is partitioned by the official draws (:func:`~sbir_bench.data.domains.domain_partition`).
     """
+    if index.spec.domain_split is not None:
+        return domain_partition(index, index.spec, spec.held_out_domain or "sketch", spec.seen_split or "train+val",
+                                spec.max_per_class)
     unseen_set = set(unseen)
     seen = [c for c in range(len(index.class_names)) if c not in unseen_set]
     sk_by, ph_by = _by_class(index.sketches), _by_class(index.photos)
@@ -269,10 +290,16 @@ def gzs_task(part: SplitPartition, protocol: str = "sem-pcyc", seen_fraction: fl
 
 def build_task(setting: str, part: SplitPartition, fine_grained: bool, gzs_protocol: str = "sem-pcyc",
                seen_fraction: float = 0.2, seed: int = 0,
-               listed_again: Optional[Sequence[Sample]] = None) -> RetrievalTask:
+               listed_again: Optional[Sequence[Sample]] = None, dataset=None, ucdr_gallery: str = "g0",
+               udcdr_gallery: str = "official") -> RetrievalTask:
     """The test task of ``setting`` over ``part``. ``listed_again`` (ZS only): photos the gallery lists
     a second time, to compose SAKE's / ZSE-SBIR's published lists
-    (:func:`~sbir_bench.data.discovery.photos_listed_twice`); their unseen-class ones are appended."""
+    (:func:`~sbir_bench.data.discovery.photos_listed_twice`); their unseen-class ones are appended.
+    ``dataset`` (a ``DatasetSpec``), ``ucdr_gallery``, ``udcdr_gallery``: the multi-domain settings'."""
+    if setting in DOMAIN_SETTINGS:
+        if dataset is None or dataset.domain_split is None:
+            raise DataError(f"the {setting} setting needs a multi-domain dataset (--dataset domainnet or mini-domainnet)")
+        return domain_task(setting, part, dataset, ucdr_gallery, udcdr_gallery)
     if listed_again is not None and setting != "zs":
         raise DataError("data.gallery=published composes SAKE's/ZSE-SBIR's zero-shot lists: setting zs only")
     if setting == "zs":

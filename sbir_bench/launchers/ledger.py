@@ -175,7 +175,7 @@ def status_lines(runs: Sequence[Any], output_dir: Path) -> List[str]:
         state = read_state(output_dir, cid)
         if planned.status == "done" or state.get("status") == "done":
             what = "done"
-        elif planned.status.startswith("missing"):
+        elif planned.skipped:
             what = planned.status
         elif state.get("status") == "failed":
             logs = state.get("log") or str(state_dir(output_dir) / f"{cid}.log")

@@ -151,6 +151,12 @@ class Method(nn.Module):
         """
 
     @classmethod
+    def check_dataset(cls, config, spec) -> None:
+        """Refuse a dataset the method cannot run as documented (``spec``: a ``DatasetSpec``), in one line
+        before anything loads. Default: every dataset; a multi-domain one (DomainNet) trains the method on
+        the held-out domain's complement as its query side and real photos as its gallery side."""
+
+    @classmethod
     def training_stages(cls, config, train) -> Tuple[Stage, ...]:
         """The phases training runs in order, from the method's config and the run's ``train`` section.
 

@@ -1,0 +1,217 @@
+"""DomainNet's universal cross-domain retrieval: the official class lists and draws, the settings on a
+generated DomainNet-shaped tree (hand-counted), the mini DomainNet world, and the refusals."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import as_options, run_record, short_training
+from PIL import Image
+
+from sbir_bench.cli import main
+from sbir_bench.data import get_spec, index_dataset, mini_domains
+from sbir_bench.data.check import check_dataset, task_sizes
+from sbir_bench.data.domains import class_lists, domain_catalog_sizes, official_draw
+from sbir_bench.data.mini import tree_digest
+from sbir_bench.data.splits import package_file, read_class_file
+from sbir_bench.data.tasks import TrainingPartition, build_task, partition
+from sbir_bench.errors import DataError
+
+OFFICIAL = Path(__file__).parent / "fixtures" / "official" / "domainnet"  # the .npy files of the four repositories
+
+
+@pytest.mark.parametrize("kind,count", [("train", 245), ("val", 55), ("test", 45)])
+def test_shipped_class_lists_are_the_official_arrays_in_their_order(kind, count):
+    raw = (OFFICIAL / f"{kind}_classes.npy").read_bytes()
+    text = package_file("splits", f"domainnet_{kind}.txt")
+    assert hashlib.sha256(raw).hexdigest() in text  # the header names the file it was read from
+    official = [str(x) for x in np.load(OFFICIAL / f"{kind}_classes.npy")]
+    assert read_class_file(text) == official and len(official) == count
+
+
+def test_the_three_lists_are_disjoint_and_merge_to_300_or_245_seen():
+    split = get_spec("domainnet").domain_split
+    seen, val, unseen = class_lists(split, "train+val")
+    assert len(seen) == 300 and val == [] and len(unseen) == 45
+    seen245, val55, _ = class_lists(split, "train")
+    assert seen[:245] == seen245 and seen[245:] == val55 and len(val55) == 55
+    assert len(set(seen) | set(unseen)) == 345 and not set(seen) & set(unseen)
+    assert seen[:3] == ["aircraft_carrier", "alarm_clock", "ambulance"] and seen[244] == "bulldozer"
+
+
+@pytest.mark.parametrize("n,fraction,seed", [(13, 0.92, 0), (13, 0.25, 7), (200, 0.1, 44), (1, 0.92, 3), (0, 0.3, 1)])
+def test_official_draw_is_what_np_random_choice_returns(n, fraction, seed):
+    listing = np.array([f"f{i:04d}.jpg" for i in range(n)])
+    np.random.seed(seed)
+    theirs = np.random.choice(listing, int(fraction * n), replace=False) if n else np.array([])
+    state = np.random.get_state()[1].copy()
+    ours = listing[official_draw(n, fraction, seed)]
+    assert ours.tolist() == theirs.tolist()
+    assert (np.random.get_state()[1] == state).all()  # the global NumPy state is left alone
+
+
+PER_DOMAIN = {"real": 13, "sketch": 4, "quickdraw": 10, "painting": 3}  # clipart and infograph absent
+
+
+def domainnet_tree(root: Path) -> Path:
+    """A DomainNet-shaped copy: <root>/DomainNet/<domain>/<class>/ for all 345 classes, PER_DOMAIN files
+    each (hard links of one tiny image), and a stray folder the protocol does not know."""
+    split = get_spec("domainnet").domain_split
+    names = [c for f in (split.train, split.val, split.test) for c in read_class_file(package_file("splits", f))]
+    base = root / "DomainNet"
+    seed_image = root / "one.jpg"
+    Image.new("RGB", (8, 8), (120, 30, 200)).save(seed_image)
+    for domain, n in PER_DOMAIN.items():
+        for cname in names:
+            folder = base / domain / cname
+            folder.mkdir(parents=True)
+            for k in range(n):  # names listed unsorted by the filesystem: the sorted listing decides
+                (folder / f"{cname}_{(k * 7) % n:03d}.jpg").hardlink_to(seed_image)
+    (base / "logs" / "giraffe").mkdir(parents=True)
+    (base / "logs" / "giraffe" / "x.jpg").hardlink_to(seed_image)
+    return root
+
+
+@pytest.fixture(scope="module")
+def dn_index(tmp_path_factory):
+    return index_dataset("domainnet", domainnet_tree(tmp_path_factory.mktemp("dn")))
+
+
+def _sizes(index, held, seen_split):
+    spec = index.spec
+    part = partition(index, [], TrainingPartition(held_out_domain=held, seen_split=seen_split))
+    tasks = {(s, g): build_task(s, part, False, dataset=spec, ucdr_gallery=g if s == "ucdr" else "g0",
+                                udcdr_gallery=g if s == "udcdr" else "official")
+             for s, g in (("ucdr", "g0"), ("ucdr", "g1"), ("udcdr", "official"), ("udcdr", "held-out"))}
+    return part, tasks
+
+
+def test_the_settings_on_a_domainnet_shaped_tree_have_the_hand_counted_sizes(dn_index):
+    assert len(dn_index.class_names) == 345 and {s.domain for s in dn_index.sketches} == {"sketch", "quickdraw",
+                                                                                          "painting"}
+    part, t = _sizes(dn_index, "sketch", "train+val")
+    # real: 13 per class -> int(.92 * 13) = 11 trained on, 2 held out (G1's distractors), for 300 seen classes
+    assert (len(part.train_photos), len(part.heldout_photos)) == (300 * 11, 300 * 2)
+    assert len(part.train_sketches) == 300 * (10 + 3)  # quickdraw + painting (sketch held out, stray folder unread)
+    assert (len(t["ucdr", "g0"].queries), len(t["ucdr", "g0"].gallery)) == (45 * 4, 45 * 13)
+    assert len(t["ucdr", "g1"].gallery) == 45 * 13 + 300 * 2
+    # U^d-CDR: the first 45 seen classes, int(.25 * 4) = 1 query and int(.25 * 13) = 3 photos each
+    assert (len(t["udcdr", "official"].queries), len(t["udcdr", "official"].gallery)) == (45, 45 * 3)
+    assert len(t["udcdr", "held-out"].gallery) == 45 * 2
+    assert (part.val_sketches, part.val_photos) == ([], [])
+
+    part, t = _sizes(dn_index, "quickdraw", "train")
+    assert (len(part.seen), len(part.train_photos), len(part.train_sketches)) == (245, 245 * 11, 245 * (4 + 3))
+    assert (len(t["udcdr", "official"].queries), len(t["udcdr", "official"].gallery)) == (45 * 1, 45 * 1)  # p = 0.1
+    assert len(t["ucdr", "g1"].gallery) == 45 * 13 + 245 * 2
+    # SnMpNet's validation: int(.3 * n) per validation class and training domain; all their real photos
+    assert (len(part.val_sketches), len(part.val_photos)) == (55 * (int(.3 * 4) + int(.3 * 3)), 55 * 13)
+
+
+def test_the_official_udcdr_gallery_was_trained_on_and_g1_never(dn_index):
+    part, t = _sizes(dn_index, "sketch", "train+val")
+    trained = {p.path for p in part.train_photos}
+    assert {p.path for p in t["udcdr", "official"].gallery} <= trained  # the official code's property, kept
+    assert not {p.path for p in t["udcdr", "held-out"].gallery} & trained
+    assert not {p.path for p in part.heldout_photos} & trained
+    assert not {s.path for s in t["ucdr", "g0"].queries} & {s.path for s in part.train_sketches}
+
+
+def test_the_draws_follow_the_official_class_order_over_a_sorted_listing(dn_index):
+    part, _ = _sizes(dn_index, "sketch", "train+val")
+    cls = dn_index.class_names.index("church")  # 45th of the official order: seed 44
+    listing = sorted(p.path for p in dn_index.photos if p.label == cls)
+    np.random.seed(44)
+    theirs = set(np.random.choice(np.array(listing), int(0.92 * 13), replace=False).tolist())
+    assert {p.path for p in part.train_photos if p.label == cls} == theirs
+
+
+def test_datasets_check_names_the_stray_folder_the_absent_domains_and_the_set_sizes(dn_index):
+    report = check_dataset("domainnet", str(dn_index.root.parent), depth="none")
+    text = "\n".join(report.lines())
+    assert report.usable and "logs" in text and "clipart, infograph" in text
+    assert report.counts["real"] == 345 * 13 and report.counts["classes"] == 345
+    lines = task_sizes("domainnet", str(dn_index.root.parent))
+    assert any(line.startswith("held out sketch, seen train+val (300 classes): ucdr 180 queries x 585 (g0) / 1,185 (g1)")
+               for line in lines)
+
+
+def test_a_class_folder_without_real_photos_is_one_line(tmp_path):
+    for domain, cname in (("real", "giraffe"), ("sketch", "giraffe"), ("sketch", "parrot")):
+        (tmp_path / "DomainNet" / domain / cname).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "DomainNet" / domain / cname / "a.jpg")
+    with pytest.raises(DataError, match="sketch/parrot has no real/ counterpart"):
+        index_dataset("domainnet", tmp_path)
+
+
+def test_the_dry_run_sizes_from_the_catalog_are_near_deprocs_logged_sets():
+    # DePro's deleted logs (held-out sketch, 300 seen): UCDR 9,729 queries x 24,387 (G0) / 36,600 (G1);
+    # U^d-CDR 1,883 x 5,857. The catalog splits published totals by class share: within 10 %.
+    spec = get_spec("domainnet")
+    names, seen, g0 = domain_catalog_sizes(spec, "sketch", "train+val", "ucdr", "g0")
+    _, _, g1 = domain_catalog_sizes(spec, "sketch", "train+val", "ucdr", "g1")
+    _, _, ud = domain_catalog_sizes(spec, "sketch", "train+val", "udcdr")
+    assert len(names) == 345 and len(seen) == 300
+    for ours, logged in ((g0, 9729 + 24387), (g1, 9729 + 36600), (ud, 1883 + 5857)):
+        assert abs(ours["test_images"] / logged - 1) < 0.1, (ours, logged)
+
+
+def test_the_mini_world_is_the_shipped_bytes_and_the_generator_still_writes_it(tmp_path):
+    root = mini_domains.ensure()
+    assert tree_digest(root) == mini_domains.SHIPPED_SHA256
+    fresh = mini_domains.generate(tmp_path / "fresh")
+    names = lambda r: sorted(str(p.relative_to(r)) for p in r.rglob("*") if p.is_file())  # noqa: E731
+    assert names(fresh) == names(root)
+    for rel in names(root)[::11]:
+        if rel != "VERSION":
+            a, b = (np.asarray(Image.open(r / rel).convert("RGB"), dtype=float) for r in (root, fresh))
+            assert np.abs(a - b).mean() < 1.0, rel
+    assert sorted(mini_domains.PER_CLASS) == sorted(get_spec("mini-domainnet").domain_split.domains)
+
+
+def test_a_ucdr_run_from_the_cli_records_its_protocol(tmp_path):
+    rec = run_record(tmp_path, "--dataset", "mini-domainnet", "--setting", "ucdr", "--set", "data.ucdr_gallery=g1",
+                     "--set", "data.held_out_domain=quickdraw")
+    assert rec["split"] == "quickdraw-g1" and rec["setting"] == "ucdr"
+    assert rec["domains"] == {"held_out_domain": "quickdraw", "gallery_domain": "real", "seen_split": "train+val",
+                              "seen_classes": 15, "val_classes": 0, "unseen_classes": 5, "listing": "sorted",
+                              "gallery": "g1"}
+    assert rec["counts"]["unseen_sketches"] == 5 * 10 and rec["n_queries"] == 50
+    assert rec["partition"]["held_out_domain"] == "quickdraw" and len(rec["data_fingerprint"]["files_sha256"]) == 64
+
+
+def test_a_trained_udcdr_run_validates_on_the_held_out_classes_under_245(tmp_path):
+    options = as_options(short_training({"train.val_every": 1, "train.early_stop": 1}))
+    rec = run_record(tmp_path, "--dataset", "mini-domainnet", "--setting", "udcdr", "--set", "data.seen_split=train",
+                     *options, method="coop")
+    assert rec["domains"]["seen_classes"] == 12 and rec["domains"]["gallery"].startswith("official: ")
+    assert rec["model_selection"]["on"] == "validation" and rec["val_metrics"]
+    assert rec["counts"]["val_sketches"] == 3 * (3 * int(.3 * 8) + int(.3 * 10))
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--dataset", "mini", "--setting", "ucdr"], "needs a multi-domain dataset"),
+    (["--dataset", "mini-domainnet", "--setting", "zs"], "choose --setting ucdr or udcdr"),
+    (["--dataset", "mini", "--set", "data.held_out_domain=painting"], "applies to multi-domain datasets"),
+    (["--dataset", "mini-domainnet", "--setting", "ucdr", "--set", "data.val_fraction=0.2"], "does not apply"),
+    (["--dataset", "mini-domainnet", "--setting", "udcdr", "--set", "train.early_stop=1", "--set", "train.val_every=1",
+      "--epochs", "1"], "needs a seen-class validation"),
+])
+def test_a_setting_or_option_foreign_to_the_dataset_is_one_line(tmp_path, args, message):
+    result = CliRunner().invoke(main, ["run", "coop", "--output-dir", str(tmp_path), "--quiet", *args])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    assert not list(tmp_path.glob("*.json"))
+
+
+def test_pros_is_refused_on_domainnet_until_its_domain_units_are_ported(tmp_path):
+    result = CliRunner().invoke(main, ["run", "pros", "--dataset", "mini-domainnet", "--setting", "ucdr",
+                                       "--output-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "not ported yet" in result.output
+    dry = CliRunner().invoke(main, ["reproduce", "ucdr", "--dataset", "mini", "--method", "pros", "--method", "coop", "--dry-run",
+                                    "--output-dir", str(tmp_path / "rep")])
+    assert dry.exit_code == 0, dry.output
+    assert "-> refused: pros on" in dry.output and "coop" in dry.output and "peak" in dry.output
