@@ -3,7 +3,8 @@ micro-batch at the recipe's batch, and GPU-hours, on an A100-80GB and on an RTX 
 
 Counted on the meta device from the shipped recipes and the catalog's counts: no weights, no data,
 the same figures on any machine. GZS cells train what the ZS cells of their column train (their
-rows would repeat these), so the table lists ZS and FG trainings; evaluation is included. docs/cluster.md
+rows would repeat these), and so do DomainNet's G1 and U^d-CDR cells what its G0 UCDR cell of the same
+held-out domain trains, so the table lists ZS, FG and UCDR (G0) trainings; evaluation is included. docs/cluster.md
 holds :func:`table_markdown` (a slow test compares); ``benchmarks/cell_costs.py`` prints it.
 """
 
@@ -17,6 +18,7 @@ from .reproduce import cells, plan
 from .runner import estimate_run
 
 CARDS = ("a100-80gb", "rtx4090-24gb")
+TABLES = ("zs", "fg", "ucdr")  # the tables whose cells train (the others reuse their models)
 
 
 def _gib(n: int) -> str:
@@ -29,8 +31,10 @@ def rows() -> List[List[str]]:
     ("200 / 25"), its largest stage's peak and the sum of its stages' hours."""
     out = []
     with tempfile.TemporaryDirectory() as tmp:
-        for table in ("zs", "fg"):
+        for table in TABLES:
             for planned in plan(cells(table), [0], Path(tmp), {}, network=False):
+                if planned.cfg.data.setting == "ucdr" and planned.cfg.data.ucdr_gallery != "g0":
+                    continue  # evaluates the G0 cell's model
                 ests = {card: estimate_run(planned.cfg, card) for card in CARDS}
                 first = ests[CARDS[0]]
                 batch = " / ".join(str(s["batch_size"]) for s in first.stages) or str(planned.cfg.train.batch_size)
@@ -57,7 +61,7 @@ def totals_markdown(table_rows: List[List[str]]) -> str:
     """GPU-hours of whole tables (one seed, and three) per card."""
     lines = ["| table | cells | " + " | ".join(f"GPU-h on {c} (1 seed / 3 seeds)" for c in CARDS) + " |",
              "| --- | --- |" + " --- |" * len(CARDS)]
-    for table in ("ZS", "FG"):
+    for table in (t.upper() for t in TABLES):
         mine = [r for r in table_rows if r[0] == table]
         hours = [sum(float(r[5 + 2 * i]) for r in mine) for i in range(len(CARDS))]
         lines.append(f"| {table} | {len(mine)} | " + " | ".join(f"{h:.1f} / {3 * h:.1f}" for h in hours) + " |")

@@ -105,7 +105,7 @@ def cells(setting: str, datasets: Sequence[str] = (), methods: Sequence[str] = (
     names = _cell_names(setting, wanted)
     found = [Cell(setting, name, m, recipes_of(m) / "paper" / setting / name / f"{m}.yaml") for name in names
              for m in wanted if (recipes_of(m) / "paper" / setting / name / f"{m}.yaml").is_file()]
-    found = [c for c in found if not datasets or c.name in datasets or c.name.split("-split")[0] in datasets]
+    found = [c for c in found if not datasets or any(c.name == d or c.name.startswith(f"{d}-") for d in datasets)]
     if not found:
         raise ConfigError(f"no {setting} cell matches {', '.join(datasets) or 'any dataset'} and "
                           f"{', '.join(methods) or 'any method'}; cells are the folders of {root}")
@@ -127,9 +127,10 @@ def _config(cell: Cell, seed: int, output_dir: Path, overrides: Dict[str, Any]) 
     if cell.name == "mini":
         data = tree.setdefault("data", {})
         data["setting"] = cell.setting
-        if cell.setting in DOMAIN_SETTINGS:  # the mini recipes' training knobs on the mini DomainNet world
-            data["dataset"] = "mini-domainnet"
+        if cell.setting in DOMAIN_SETTINGS:  # the mini recipes' training knobs on the mini DomainNet world,
+            data["dataset"] = "mini-domainnet"  # scored as the paper cells are (the ProS family's code)
             data.pop("val_fraction", None)
+            tree.setdefault("eval", {})["protocol"] = "pros"
     return build_run_config(tree, {**overrides, "method": cell.method, "seed": seed, "output_dir": str(output_dir),
                                    "train.resume": True})
 

@@ -440,7 +440,8 @@ def training_identity(cfg: RunConfig) -> str:
     training it; a ``heldout`` partition is another model in every setting."""
     tree = training_fingerprint(cfg)
     data = tree["data"]
-    for key in ("setting", "gzs_protocol", "gzs_seen_photo_fraction", "val_fraction", "max_per_class"):
+    for key in ("setting", "gzs_protocol", "gzs_seen_photo_fraction", "val_fraction", "max_per_class", "ucdr_gallery",
+                "udcdr_gallery"):
         data.pop(key, None)
     data["partition"] = training_partition(cfg.data, cfg.seed).identity()
     return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:16]

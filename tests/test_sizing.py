@@ -214,6 +214,7 @@ def test_every_paper_cell_fits_a_24_gb_card_and_the_docs_show_the_estimates():
     import tempfile
     from pathlib import Path
 
+    from sbir_bench.data.tasks import SETTINGS
     from sbir_bench.gpus import usable_memory
     from sbir_bench.reproduce import cells, plan
     from sbir_bench.runner import estimate_run
