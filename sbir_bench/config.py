@@ -35,6 +35,8 @@ LABEL_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}|"
 
 
 SELECT_ON = ("validation", "test")  # train.select_on: what chooses the kept epoch under early stopping
+SELECTIONS = ("recipe", "validation", "test", "both")  # reproduce --select-on (reproduce.selection_overrides)
+TEST_SELECTED = "test-selected"  # the variant that names a test-selected reproduce run (own row and checkpoints)
 
 # What a field says about a run's identity (declared on the field, read by :func:`keys_with_role`):
 ROLES = {

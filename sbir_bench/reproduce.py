@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .artifacts import artifact_run_id, find_reusable
-from .config import RunConfig, build_run_config, from_dict, load_yaml
+from .config import SELECTIONS, TEST_SELECTED, RunConfig, build_run_config, from_dict, load_yaml
 from .data.catalog import get_spec
 from .data.discovery import default_data_root, locate, resolve_root
 from .data.domains import DOMAIN_SETTINGS
@@ -172,27 +172,57 @@ def model_folders(output_dir: Path) -> List[Path]:
     return [output_dir, *[p for p in siblings if p.is_dir()]]
 
 
+PATIENCE = 2  # early stopping added by --select-on where a recipe has none (ProS's official patience)
+
+
+def selection_overrides(cell: Cell, seed: int, output_dir: Path, overrides: Dict[str, Any], selection: str
+                        ) -> List[Dict[str, Any]]:
+    """The overrides of each run a cell makes under ``reproduce --select-on``: ``recipe`` as the recipe
+    says; ``validation`` / ``test`` one run choosing its kept epoch on that (early stopping with patience
+    :data:`PATIENCE` every epoch where the recipe has none, the same in both); ``both`` the two, so that
+    the table shows what test-set selection buys. A test-selected run carries the variant
+    :data:`TEST_SELECTED` (its own row, run name and checkpoints); a method that trains nothing runs once."""
+    if selection not in SELECTIONS:
+        raise ConfigError(f"--select-on {selection!r}: choose one of: {', '.join(SELECTIONS)}")
+    base = _config(cell, seed, output_dir, overrides)
+    if selection == "recipe" or not get_method(cell.method).trainable:
+        return [overrides]
+    stopping = {} if base.train.early_stop else {"train.early_stop": PATIENCE, "train.val_every": 1}
+    out = []
+    for on in (("validation", "test") if selection == "both" else (selection,)):
+        extra = {**stopping, "train.select_on": on}
+        if on == "test":
+            extra["variant"] = f"{base.variant}+{TEST_SELECTED}" if base.variant else TEST_SELECTED
+        out.append({**overrides, **extra})
+    return out
+
+
 def plan(table_cells: Sequence[Cell], seeds: Sequence[int], output_dir: Path, overrides: Dict[str, Any],
-         network: bool = True) -> List[PlannedRun]:
-    """What each (cell, seed) needs and would do (nothing is run; ``network=False`` for a dry run)."""
+         network: bool = True, selection: str = "recipe") -> List[PlannedRun]:
+    """What each (cell, seed) needs and would do (nothing is run; ``network=False`` for a dry run);
+    ``selection``: :func:`selection_overrides`."""
     out = []
     for cell in table_cells:
         for seed in seeds:
-            cfg = _config(cell, seed, output_dir, overrides)
-            refused = _refused(cfg)
-            missing, note = ("", "") if refused else _missing(cfg, network)
-            if refused:
-                status = f"refused: {refused}"
-            elif missing:
-                status = f"missing: {missing}"
-            elif finished_record(cfg) is not None:
-                status = "done"
-            elif has_checkpoint(cfg):
-                status = "resume"
-            else:
-                model = find_reusable(model_folders(output_dir), training_identity(cfg))
-                status = "reuse" if model else "run"
-                out.append(PlannedRun(cell, seed, cfg, status, model, note))
-                continue
-            out.append(PlannedRun(cell, seed, cfg, status, note=note))
+            for run_overrides in selection_overrides(cell, seed, output_dir, overrides, selection):
+                out.append(_planned(cell, seed, output_dir, run_overrides, network))
     return out
+
+
+def _planned(cell: Cell, seed: int, output_dir: Path, overrides: Dict[str, Any], network: bool) -> PlannedRun:
+    """What one run of ``cell`` needs and would do."""
+    cfg = _config(cell, seed, output_dir, overrides)
+    refused = _refused(cfg)
+    missing, note = ("", "") if refused else _missing(cfg, network)
+    if refused:
+        status = f"refused: {refused}"
+    elif missing:
+        status = f"missing: {missing}"
+    elif finished_record(cfg) is not None:
+        status = "done"
+    elif has_checkpoint(cfg):
+        status = "resume"
+    else:
+        model = find_reusable(model_folders(output_dir), training_identity(cfg))
+        return PlannedRun(cell, seed, cfg, "reuse" if model else "run", model, note)
+    return PlannedRun(cell, seed, cfg, status, note=note)

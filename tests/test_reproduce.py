@@ -237,3 +237,45 @@ def test_a_plug_in_method_with_recipes_appears_in_reproduce(tmp_path, monkeypatc
     dry = CliRunner().invoke(main, ["reproduce", "zs", "--dataset", "mini", "--method", "zero-plugin", "--dry-run",
                                     "--output-dir", str(tmp_path / "t")])
     assert dry.exit_code == 0 and "zs/mini            zero-plugin" in dry.output, dry.output
+
+
+DOMAINNET_HELD_OUT = {"sketch", "quickdraw", "painting", "infograph", "clipart"}  # the official scripts' five pairs
+
+
+@pytest.mark.parametrize("setting,galleries", [("ucdr", {"g0", "g1"}), ("udcdr", {"official"})])
+def test_the_domainnet_tables_hold_every_held_out_domain_under_the_pros_metric(setting, galleries, tmp_path):
+    planned = plan(cells(setting), [0], tmp_path, {})
+    found = {(p.cfg.data.held_out_domain, p.cfg.data.ucdr_gallery if setting == "ucdr" else p.cfg.data.udcdr_gallery)
+             for p in planned}
+    assert found == {(d, g) for d in DOMAINNET_HELD_OUT for g in galleries}
+    assert {p.cfg.eval.protocol for p in planned} == {"pros"} and {p.cfg.data.dataset for p in planned} == {"domainnet"}
+    assert {p.cfg.method for p in planned} == METHODS - {"pros"}  # ProS's five domain units: not ported yet
+
+
+def test_a_g1_cell_evaluates_the_model_its_g0_cell_trained(tmp_path):
+    from sbir_bench.runner import training_identity
+    planned = plan(cells("ucdr", ["domainnet-sketch", "domainnet-sketch-g1"], ["coop"]), [0], tmp_path, {})
+    udcdr = plan(cells("udcdr", ["domainnet-sketch"], ["coop"]), [0], tmp_path, {})
+    assert len({training_identity(p.cfg) for p in planned + udcdr}) == 1
+    other = plan(cells("ucdr", ["domainnet-painting"], ["coop"]), [0], tmp_path, {})
+    assert training_identity(other[0].cfg) != training_identity(planned[0].cfg)
+
+
+def test_select_on_both_trains_each_cell_both_ways_and_reports_the_difference(tmp_path, mini_root):
+    out = tmp_path / "sel"
+    args = ["reproduce", "zs", "--dataset", "mini", "--method", "coop", "--method", "zeroshot-clip", "--select-on",
+            "both", "--output-dir", str(out), "--quiet", "--set", "train.epochs=3", "--set", "train.steps_per_epoch=2",
+            "--set", "eval.save_embeddings=false"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    records = {(r["method"], r["variant"]): r for r in (json.loads(p.read_text()) for p in out.glob("*.json"))}
+    assert set(records) == {("coop", ""), ("coop", "test-selected"), ("zeroshot-clip", "")}  # trained cells twice
+    val, test = records["coop", ""], records["coop", "test-selected"]
+    assert (val["model_selection"]["on"], test["model_selection"]["on"]) == ("validation", "test")
+    assert val["model_selection"]["patience"] == test["model_selection"]["patience"] == 2  # added, the same
+    report = (out / "selection_zs.md").read_text()
+    difference = test["metrics"]["mAP@all"] - val["metrics"]["mAP@all"]
+    assert f"| coop | mini zs split 1 | mAP@all | 1 | {val['metrics']['mAP@all']:.4f} | " \
+           f"{test['metrics']['mAP@all']:.4f} | {difference:+.4f} |" in report
+    assert "zeroshot-clip" not in report
+    assert "coop [test-selected] (model selected on the test set)" in (out / "table_zs.md").read_text()

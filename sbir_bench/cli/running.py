@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import click
 
-from ..config import BackboneConfig, DataConfig, EvalConfig, RunConfig, TrainConfig
+from ..config import SELECTIONS, TEST_SELECTED, BackboneConfig, DataConfig, EvalConfig, RunConfig, TrainConfig
 from ..data.tasks import SETTINGS
 from ..errors import ConfigError, DataError, SbirError
 from ..gpus import DEFAULT_GPU, GPUS, usable_memory
@@ -235,13 +235,17 @@ def cluster_options(fn):
 @click.option("--output-dir", type=click.Path(), help="Where runs and tables go.  [default: results/reproduce/TABLE]")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any config key of every run.")
 @click.option("--memory-budget", help="Memory a step may plan for per process, e.g. 24GiB (train.memory_budget).")
+@click.option("--select-on", "selection", type=click.Choice(SELECTIONS), default="recipe", show_default=True,
+              help="What chooses each trained cell's kept epoch: the recipe's; validation or test (early stopping, "
+                   "patience 2, where the recipe has none); both: each cell both ways, and selection_TABLE.md says "
+                   "what test-set selection buys.")
 @estimate_options
 @cluster_options
 @click.option("--quiet", is_flag=True, help="No progress bars or info lines.")
 @friendly_errors
 def reproduce_command(table: str, datasets, methods, seeds: str, data_root: Optional[str], output_dir: Optional[str],
-                      sets, memory_budget: Optional[str], dry_run: bool, gpu: Optional[str], json_file: Optional[str],
-                      quiet: bool, **cluster: Any) -> None:
+                      sets, memory_budget: Optional[str], selection: str, dry_run: bool, gpu: Optional[str],
+                      json_file: Optional[str], quiet: bool, **cluster: Any) -> None:
     """Run every cell of one of SpLIP's tables (methods x datasets x seeds) and write the table with the
     literature's rows and deltas to the paper. Finished cells are kept, interrupted ones resume, and a
     cell whose dataset or weights are absent is skipped with one line saying what is missing. Cells run
@@ -255,6 +259,7 @@ def reproduce_command(table: str, datasets, methods, seeds: str, data_root: Opti
       sbir-bench reproduce zs --launcher slurm --partition gpu --time 720 --data-root /shared/sbir --seeds 0,1,2
       sbir-bench reproduce zs --status
       sbir-bench reproduce fg --method splip --method zeroshot-clip --data-root ~/data/sbir
+      sbir-bench reproduce zs --dataset mini --select-on both
     """
     # imported when the command runs: `sbir-bench --help` starts without open_clip and the models
     from ..config import parse_override
@@ -280,7 +285,7 @@ def reproduce_command(table: str, datasets, methods, seeds: str, data_root: Opti
         overrides["quiet"] = True
     if memory_budget or (gpu and not dry_run):
         overrides["train.memory_budget"] = memory_budget or str(usable_memory(gpu))
-    runs = plan(cells(table, datasets, methods), seed_list, out, overrides, network=not dry_run)
+    runs = plan(cells(table, datasets, methods), seed_list, out, overrides, network=not dry_run, selection=selection)
     if cluster["status"]:
         for line in status_lines(runs, out):
             click.echo(line)
@@ -299,10 +304,10 @@ def reproduce_command(table: str, datasets, methods, seeds: str, data_root: Opti
         for planned in runs:
             if planned.skipped:
                 click.echo(f"skip {planned.describe()}")
-        _launch(table, runs, out, launcher)
+        _launch(table, runs, out, launcher, selection == "both")
 
 
-def _launch(table: str, runs, out, launcher) -> None:
+def _launch(table: str, runs, out, launcher, both_selections: bool = False) -> None:
     """Run or submit the runnable cells through the chosen launcher, then write the table (unless jobs
     are still out) and report failures."""
     # pandas and scipy: imported when a table is written, not for `sbir-bench --help`
@@ -318,8 +323,12 @@ def _launch(table: str, runs, out, launcher) -> None:
                    f"and the table is written when the last one ends")
     elif any(not p.skipped for p in runs):
         try:
-            written = write_table(table, out, planned_configs(runs))
-            click.echo(f"wrote {', '.join(str(p) for p in written.values())}")
+            written = list(write_table(table, out, planned_configs(runs)).values())
+            if both_selections:  # pandas again: imported with the table
+                from ..reporting.selection import write_inflation
+                written += write_inflation(table, out, TEST_SELECTED, planned_configs(runs))
+                click.echo(written[-1].read_text())
+            click.echo(f"wrote {', '.join(str(p) for p in written)}")
         except SbirError as exc:  # every cell failed: the failures below say why
             click.echo(f"no table: {exc}", err=True)
     for where, exc in outcome.failures:
