@@ -16,7 +16,7 @@ import os
 import sys
 import time
 from contextlib import contextmanager
-from typing import Dict, Iterable, Iterator, Optional, TypeVar
+from typing import Callable, Dict, Iterable, Iterator, Optional, TypeVar
 
 from tqdm.auto import tqdm
 
@@ -153,6 +153,30 @@ def progress(iterable: Iterable[T], desc: str, total: Optional[int] = None, unit
         return LineProgress(iterable, desc=desc, total=total, unit=unit, every=progress_every())
     return tqdm(iterable, desc=desc, total=total, unit=unit, disable=is_quiet(), file=sys.stderr,
                 dynamic_ncols=True, leave=False, mininterval=0.1)
+
+
+def progress_bytes(desc: str) -> Callable[[int, int], None]:
+    """A callback ``show(done, total)`` for a byte transfer (total -1: unknown), with :func:`progress`'s
+    manners: a tqdm bar on a terminal, plain lines at most every :func:`progress_every` seconds
+    otherwise, nothing when quiet."""
+    if is_quiet():
+        return lambda done, total: None
+    if sys.stderr.isatty():
+        bar = tqdm(desc=desc, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr, leave=False)
+
+        def show_bar(done: int, total: int) -> None:
+            bar.total = total if total >= 0 else None
+            bar.update(done - bar.n)
+        return show_bar
+    state = {"last": 0.0}
+
+    def show_line(done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - state["last"] >= progress_every() or (total >= 0 and done >= total):
+            state["last"] = now
+            of = f" of {total / 2**20:,.1f} MiB" if total >= 0 else ""
+            sys.stderr.write(f"{desc}: {done / 2**20:,.1f} MiB{of}\n")
+    return show_line
 
 
 class _DropLibraryRecords(logging.Filter):
