@@ -30,7 +30,11 @@ def table_options(fn: Callable) -> Callable:
 
 
 def _cells(patterns, results_dir, datasets, settings, methods, reference, against, ci):
-    # imported when the command runs: `sbir-bench --help` starts without open_clip and the models
+    return _compared(patterns, results_dir, datasets, settings, methods, reference, against, ci)[1]
+
+
+def _compared(patterns, results_dir, datasets, settings, methods, reference, against, ci):
+    """(the runs' frame, the compare table's cells) of the records the options select."""
     # imported when the command runs: `sbir-bench --help` starts without open_clip and the models
     from ..locations import published_folder
     from ..reporting.collect import runs_frame
@@ -40,7 +44,7 @@ def _cells(patterns, results_dir, datasets, settings, methods, reference, agains
     frame = runs_frame(patterns, results_dir, datasets, settings, methods)
     if frame.empty:
         raise DataError(f"no run records found in {' '.join(patterns) or results_dir}; run `sbir-bench run` first")
-    return compare(frame, ref, against, ci)
+    return frame, compare(frame, ref, against, ci)
 
 
 @main.command("compare")
@@ -61,6 +65,36 @@ def compare_command(patterns, results_dir, datasets, settings, methods, referenc
     from ..reporting.render import to_text
 
     click.echo(to_text(_cells(patterns, results_dir, datasets, settings, methods, reference, against, ci), digits))
+
+
+@main.command("report")
+@selection_options
+@table_options
+@click.option("--output-dir", "-o", default="results/report", show_default=True, type=click.Path(),
+              help="The folder to write (index.html, data/, thumbs/); opens from disk or a shared drive.")
+@click.option("--top-k", default=10, show_default=True, type=click.IntRange(1, 100), help="Photos shown per query.")
+@click.option("--thumb-queries", default=300, show_default=True, type=click.IntRange(0, 100000),
+              help="Queries per run that get thumbnails (with their top-k photos); the others show placeholders.")
+@click.option("--thumb-px", default=96, show_default=True, type=click.IntRange(16, 512), help="Thumbnail size.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@friendly_errors
+def report_command(patterns, results_dir, datasets, settings, methods, reference, against, ci, digits, output_dir,
+                   top_k, thumb_queries, thumb_px, quiet) -> None:
+    """Write a static report folder to open in a browser: the table (sortable), per-class AP, PR and
+    training curves, every query with its top-k photos, and two runs side by side, query by query.
+
+    \b
+    Examples:
+      sbir-bench report results/reproduce/zs -o results/report-zs
+      sbir-bench report 'results/runs/*mini*.json' --reference paper --against splip
+    """
+    from ..log import set_quiet
+    from ..reporting.report import ReportLimits, build_report
+
+    set_quiet(quiet)
+    frame, cells = _compared(patterns, results_dir, datasets, settings, methods, reference, against, ci)
+    index = build_report(frame, cells, Path(output_dir), ReportLimits(top_k, thumb_queries, thumb_px), digits)
+    click.echo(f"wrote {index} (open it in a browser; the folder is self-contained)")
 
 
 @main.command("export")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from matplotlib.figure import (
     Figure,  # figures without pyplot: no backend is chosen for the caller
 )
@@ -21,7 +22,7 @@ from ..data.images import load_rgb  # noqa: E402
 from ..errors import SbirError  # noqa: E402
 from ..log import get_logger  # noqa: E402
 from ..retrieval.npz_files import load_embeddings  # noqa: E402
-from ..retrieval.scoring import cosine_scores  # noqa: E402
+from ..retrieval.scoring import ScoreSource, cosine_scores  # noqa: E402
 
 log = get_logger(__name__)
 
@@ -38,8 +39,9 @@ def save_figure(fig, out_stem: Path) -> List[Path]:
     return paths
 
 
-def pr_curve(embeddings: str, max_queries: int = 2000, seed: int = 0) -> np.ndarray:
-    """Mean interpolated precision at 101 recall levels over (a seeded sample of) the queries."""
+def pr_curve(embeddings: str, max_queries: int = 2000, seed: int = 0, similarity: str = "cosine") -> np.ndarray:
+    """Mean interpolated precision at 101 recall levels over (a seeded sample of) the queries, ranked
+    by ``similarity`` (cosine, or minus the squared Euclidean distance: a ``pros``-protocol run's)."""
     data = load_embeddings(embeddings)
     if "query_labels" not in data:
         raise SbirError(f"{embeddings}: precision-recall curves need category-level runs (zs or gzs)")
@@ -47,10 +49,14 @@ def pr_curve(embeddings: str, max_queries: int = 2000, seed: int = 0) -> np.ndar
     rows = np.flatnonzero(np.isin(ql, gl))
     if len(rows) > max_queries:
         rows = np.sort(np.random.default_rng(seed).choice(rows, max_queries, replace=False))
+    source = None if similarity == "cosine" else \
+        ScoreSource(data["query"], data["gallery"], None, torch.device("cpu"), (similarity,))
     curves = []
     for start in range(0, len(rows), 256):
         block = rows[start: start + 256]
-        order = np.argsort(-cosine_scores(data["query"][block], data["gallery"]), axis=1, kind="stable")
+        scores = cosine_scores(data["query"][block], data["gallery"]) if source is None else \
+            source.rows(block, similarity).numpy()
+        order = np.argsort(-scores, axis=1, kind="stable")
         rel = gl[order] == ql[block, None]
         hits = np.cumsum(rel, axis=1)
         precision = hits / np.arange(1, rel.shape[1] + 1)

@@ -266,6 +266,28 @@ def to_markdown(cells: pd.DataFrame, digits: int = 3) -> str:
     return "\n".join(lines + ["", *footnotes(cells)] if footnotes(cells) else lines) + "\n"
 
 
+def table_data(cells: pd.DataFrame, digits: int = 3) -> Dict[str, Any]:
+    """The table as :func:`to_markdown` lays it out, as data for a page that sorts it: ``head``, and per
+    row its label, whether it is a literature row, and per column the text shown, the mean (to sort
+    by, None where empty) and its rank (1 best, 2 second); ``notes`` the footnotes."""
+    rows, columns = _layout(cells)
+    index = _index(cells)
+    ranks = _ranks(rows, columns, index)
+    extras = _extras(cells)
+    head = [h for col in columns for h in [_header(col)] + ["Δ" if e == "delta" else "p" for e in extras]]
+    body = []
+    for r in rows:
+        values = []
+        for col in columns:
+            c = index.get((r, col))
+            values.append({"text": _cell_text(c, digits) if c else "-", "mean": None if c is None else float(c["mean"]),
+                           "rank": ranks.get((r, col))})
+            values += [{"text": _extra_text(c, e, digits), "mean": None, "rank": None} for e in extras]
+        reference = any(bool(index[(r, col)]["reference"]) for col in columns if (r, col) in index)
+        body.append({"label": r, "reference": reference, "values": values})
+    return {"head": head, "rows": body, "notes": footnotes(cells)}
+
+
 def to_csv(cells: pd.DataFrame) -> str:
     """The long (tidy) table, one cell per line, fixed order and float format."""
     ordered = cells.sort_values(["reference", "order", "row", "dataset", "split", "setting", "metric"])
