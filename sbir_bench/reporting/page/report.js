@@ -196,11 +196,11 @@
     return el("div", { class: "grid topk" }, hits);
   }
 
-  function queryHead(run, data, q) {
+  function queryHead(run, data, q, withMetrics = true) {
     return el("div", { class: "grid" }, el("div", { class: "query-image" }, image((data.qthumb || {})[q], "query " + q)),
       el("div", {}, el("div", {}, el("b", {}, `query #${q}`), " ", (data.qname || {})[q] || ""),
         el("div", {}, "class " + className(run, data.label[q])),
-        el("div", { class: "query-metrics" }, data.metrics.map((m) => `${m} ${fmt(data.values[m][q])}  `))));
+        withMetrics ? el("div", { class: "query-metrics" }, data.metrics.map((m) => `${m} ${fmt(data.values[m][q])}  `)) : ""));
   }
 
   function queryView(i, q) {
@@ -274,7 +274,7 @@
     Promise.all([loadRun(a), loadRun(b)]).then(([da, db]) => {
       const ra = R.runs[a], rb = R.runs[b];
       view.replaceChildren(el("h2", {}, `Query #${q}: two runs`), el("p", {}, el("a", { href: `#compare/${a}/${b}` }, "back to the comparison")),
-        queryHead(ra, da, q),
+        queryHead(ra, da, q, false),
         el("div", { class: "pair" }, el("div", { id: "pair-a" }, el("h3", {}, "A: " + runName(ra)), el("div", { class: "query-metrics" }, da.metrics.map((m) => `${m} ${fmt(da.values[m][q])}  `)), topk(ra, da, q)),
           el("div", { id: "pair-b" }, el("h3", {}, "B: " + runName(rb)), el("div", { class: "query-metrics" }, db.metrics.map((m) => `${m} ${fmt(db.values[m][q])}  `)), topk(rb, db, q))));
     }, fail);
