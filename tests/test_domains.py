@@ -215,3 +215,11 @@ def test_pros_is_refused_on_domainnet_until_its_domain_units_are_ported(tmp_path
                                     "--output-dir", str(tmp_path / "rep")])
     assert dry.exit_code == 0, dry.output
     assert "-> refused: pros on" in dry.output and "coop" in dry.output and "peak" in dry.output
+
+
+def test_the_datasets_listing_names_each_shipped_set_where_it_is_unpacked():
+    result = CliRunner().invoke(main, ["datasets"])
+    assert result.exit_code == 0, result.output
+    lines = {line.split()[0]: line for line in result.output.splitlines() if line.strip()}
+    assert lines["mini-domainnet"].rstrip().endswith("mini-domainnet-v1") and lines["mini"].rstrip().endswith("mini-v1")
+    assert " missing " in lines["domainnet"] or " present " in lines["domainnet"]

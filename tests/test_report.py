@@ -188,3 +188,19 @@ def test_the_folder_is_self_contained(report):
     assert "report.js" in names and {"run-0.js", "run-1.js"} <= names
     thumbs = list((report / "thumbs").glob("*.jpg"))
     assert 0 < len(thumbs) and all(p.stat().st_size < 20_000 for p in thumbs)
+
+
+def test_runs_without_per_query_values_list_their_queries_and_say_why_they_cannot_be_compared(browser, runs, tmp_path):
+    copy = tmp_path / "runs"
+    shutil.copytree(runs, copy)
+    for f in copy.glob("*/per_query.npz"):  # records of runs that saved embeddings but no per-query values
+        f.unlink()
+    for record in copy.glob("*.json"):
+        record.write_text(json.dumps({**json.loads(record.read_text()), "per_query": None}))
+    result = CliRunner().invoke(main, ["report", str(copy), "-o", str(tmp_path / "r"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    open_page(browser, tmp_path / "r", "#queries/0")
+    assert len(css(browser, "#query-list tbody tr")) == 50
+    open_page(browser, tmp_path / "r", "#compare")
+    assert "no common per-query metric" in browser.find_element("id", "failure").text
+    no_console_errors(browser)

@@ -95,19 +95,17 @@ def datasets_group(ctx: click.Context, data_root: Optional[str]) -> None:
     from ..plugins import DATASETS
 
     for name, spec in DATASETS.items():
-        if spec.default_root is not None and data_root is None:
-            # imported when the command runs: `sbir-bench --help` starts without open_clip and the models
-            from ..data.mini import default_mini_root
-            root = default_mini_root()
+        if spec.shipped_at is not None and data_root is None:
+            root = spec.shipped_at()
             status = "present" if (root / "VERSION").is_file() else "shipped; unpacked on first use"
-            click.echo(f"{name:<11} {spec.title:<30} {status:<24} {root}")
+            click.echo(f"{name:<14} {spec.title:<44} {status:<24} {root}")
             continue
         try:
             base, _ = locate(spec, data_root)
             status, where = "present", str(base)
         except SbirError:
             status, where = "missing", " | ".join(str(p) for p in dict.fromkeys(candidate_dirs(spec, data_root)))
-        click.echo(f"{name:<11} {spec.title:<30} {status:<24} {where}")
+        click.echo(f"{name:<14} {spec.title:<44} {status:<24} {where}")
 
 
 @datasets_group.command("check")

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple, Union
 
 from ..plugins import DATASETS
-from .mini import MINI_UNSEEN, ensure_mini
+from .mini import MINI_UNSEEN, default_mini_root, ensure_mini
 from .mini_domains import UDCDR_CLASSES
+from .mini_domains import default_root as mini_domains_root
 from .mini_domains import ensure as ensure_mini_domains
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -71,6 +72,7 @@ class DatasetSpec:
     source: str = ""
     licence: str = ""
     default_root: Optional[Callable[[], Path]] = None  # where the data is when --data-root is not given
+    shipped_at: Optional[Callable[[], Path]] = None  # a shipped set: where it is unpacked (without unpacking it)
     sibling: str = ""  # a dataset with a similar layout, suggested when it is there and this one is not
     table_title: str = ""  # the name papers print in table headers
     photo_aliases: Optional[str] = None  # bundled file: photo folder spellings -> class (raw downloads)
@@ -196,7 +198,7 @@ register(DatasetSpec(
     name="mini", title="sbir-bench mini (generated)", table_title="mini", subdirs=("",), layouts=(Layout("sketch", "photo", "mini", "sbir_bench.data.mini"),),
     splits={"1": MINI_UNSEEN}, expected={}, fine_grained=True,
     source="generated deterministically by sbir_bench.data.mini", licence="CC0 (synthetic)",
-    default_root=_mini_root))
+    default_root=_mini_root, shipped_at=default_mini_root))
 register(DatasetSpec(
     name="mini-domainnet", title="sbir-bench mini DomainNet world (generated)", table_title="mini-DomainNet",
     subdirs=("",), layouts=(Layout(".", "real", "mini-domainnet", "sbir_bench.data.mini_domains"),),
@@ -206,4 +208,4 @@ register(DatasetSpec(
                              seen_domain=DOMAINNET_SPLIT.seen_domain, udcdr_classes=UDCDR_CLASSES,
                              udcdr_fraction=DOMAINNET_SPLIT.udcdr_fraction),
     source="generated deterministically by sbir_bench.data.mini_domains", licence="CC0 (synthetic)",
-    default_root=ensure_mini_domains))
+    default_root=ensure_mini_domains, shipped_at=mini_domains_root))

@@ -158,7 +158,7 @@
     loadRun(i).then((data) => {
       const run = R.runs[i];
       const key = "q" + i;
-      const metric = state.sort[key] ? state.sort[key][0] : primary(data);
+      const metric = state.sort[key] ? state.sort[key][0] : (primary(data) || "class");  // no per-query values saved: by class
       const dir = state.sort[key] ? state.sort[key][1] : 1;
       const needle = (state.filter[key] || "").toLowerCase();
       let idx = data.label.map((_, q) => q);
@@ -226,6 +226,8 @@
     Promise.all([loadRun(a), loadRun(b)]).then(([da, db]) => {
       const ra = R.runs[a], rb = R.runs[b];
       const metric = primary(da);
+      if (!metric || !db.values[metric]) return view.replaceChildren(el("h2", {}, "Compare two runs"),
+        el("p", { id: "failure" }, "These runs saved no common per-query metric (per_query.npz): nothing to compare query by query."));
       const key = `c${a}-${b}`;
       const diff = da.values[metric].map((x, q) => (x === null || db.values[metric][q] === null ? null : x - db.values[metric][q]));
       const valid = diff.filter((d) => d !== null);
