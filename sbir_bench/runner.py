@@ -559,7 +559,9 @@ def make_record(cfg: RunConfig, parts: RunParts, name: str, results: list, train
         "backbone": cfg.backbone.name, "pretrained": parts.backbone.pretrained, "seed": cfg.seed,
         "config": to_dict(cfg), "method_config_resolved": to_dict(parts.method.config), **res.to_json(),
         "metrics_by_protocol": {r.protocol["preset"]: r.metrics for r in results[1:]},
-        "counts": part.counts, "classes": {"seen": len(part.seen), "unseen": len(part.unseen),
+        "counts": part.counts, "test_set": {"queries": len(parts.data.task.queries),  # as built, before any
+                                            "gallery": len(parts.data.task.gallery)},  # unreadable image is skipped
+        "classes": {"seen": len(part.seen), "unseen": len(part.unseen),
                                            "unseen_names": [part.class_names[c] for c in part.unseen]},
         "class_names": part.class_names, "gzs_protocol": applied_gzs_protocol(cfg),
         "partition": training_partition(cfg.data, cfg.seed).identity(),

@@ -230,3 +230,14 @@ def test_sketches_left_out_for_a_missing_photo_are_said(make_tree):
     assert len(task.queries) == 25 * 2 * 2 - 2
     assert any("2 sketch(es) left out of the unseen-class test sketches (airplane): their paired photo is missing"
                in m for m in seen), seen
+
+
+def test_depros_tu_berlin_list_is_its_file_and_sakes_thirty_without_the_multi_word_five():
+    from pathlib import Path
+    raw = (Path(__file__).parent / "fixtures" / "official" / "depro" / "test_classes_random_split.txt").read_text()
+    spec = get_spec("tuberlin")
+    ours = read_class_file(package_file("splits", spec.splits["depro25"]))
+    assert ours == [line.strip() for line in raw.splitlines() if line.strip()] and len(ours) == 25
+    thirty = read_class_file(package_file("splits", spec.splits["1"]))
+    assert sorted(set(thirty) - set(ours)) == ["bottle opener", "frying-pan", "hot air balloon", "space shuttle", "t-shirt"]
+    assert len(load_split(spec, official_classes("tuberlin"), "depro25")) == 25

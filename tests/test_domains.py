@@ -223,3 +223,15 @@ def test_the_datasets_listing_names_each_shipped_set_where_it_is_unpacked():
     lines = {line.split()[0]: line for line in result.output.splitlines() if line.strip()}
     assert lines["mini-domainnet"].rstrip().endswith("mini-domainnet-v1") and lines["mini"].rstrip().endswith("mini-v1")
     assert " missing " in lines["domainnet"] or " present " in lines["domainnet"]
+
+
+def test_a_run_on_the_domainnet_shaped_tree_scores_the_hand_counted_sets(dn_index, tmp_path):
+    root = str(dn_index.root.parent)
+    rec = run_record(tmp_path, "--dataset", "domainnet", "--data-root", root, "--setting", "ucdr", "--set",
+                     "data.ucdr_gallery=g1", "--set", "eval.save_embeddings=false")
+    assert rec["test_set"] == {"queries": 45 * 4, "gallery": 45 * 13 + 300 * 2} and rec["n_queries"] == 45 * 4
+    assert rec["counts"]["train_sketches"] == 300 * (10 + 3) and rec["domains"]["seen_classes"] == 300
+    rec = run_record(tmp_path, "--dataset", "domainnet", "--data-root", root, "--setting", "udcdr", "--set",
+                     "data.held_out_domain=quickdraw", "--set", "data.seen_split=train", "--set",
+                     "eval.save_embeddings=false")
+    assert rec["test_set"] == {"queries": 45 * 1, "gallery": 45 * 1} and rec["split"] == "quickdraw"

@@ -166,7 +166,7 @@ register(DatasetSpec(
 register(DatasetSpec(
     name="tuberlin", title="TU-Berlin Extended", table_title="TU-Berlin-Ext", subdirs=("TUBerlin", "TU-Berlin", "tuberlin", ""),
     layouts=TUBERLIN_LAYOUTS,
-    splits={"1": "tuberlin_split1.txt"}, photo_aliases="tuberlin_photo_aliases.txt",
+    splits={"1": "tuberlin_split1.txt", "depro25": "tuberlin_depro25.txt"}, photo_aliases="tuberlin_photo_aliases.txt",
     expected={"classes": 250, "sketches": 20000, "photos": 204489}, class_list="tuberlin.txt",
     source="Eitz et al. 2012 (cybertron.cg.tu-berlin.de/eitz/projects/classifysketch) + photos of Zhang et al. 2016",
     licence="CC BY 4.0 (sketches); photos research use"))
