@@ -204,3 +204,14 @@ def test_runs_without_per_query_values_list_their_queries_and_say_why_they_canno
     open_page(browser, tmp_path / "r", "#compare")
     assert "no common per-query metric" in browser.find_element("id", "failure").text
     no_console_errors(browser)
+
+
+def test_a_damaged_history_leaves_the_curves_out_with_a_warning_not_the_report(runs, tmp_path, caplog):
+    copy = tmp_path / "runs"
+    shutil.copytree(runs, copy)
+    for record in copy.glob("coop*.json"):
+        record.write_text(json.dumps({**json.loads(record.read_text()), "train": {"history": [{"loss": 1.0}]}}))
+    result = CliRunner().invoke(main, ["report", str(copy), "-o", str(tmp_path / "r"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    coop = [r for r in page_runs(tmp_path / "r") if r["method"] == "coop"][0]
+    assert coop["history"] == [] and "training history is damaged" in caplog.text

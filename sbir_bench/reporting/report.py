@@ -38,7 +38,7 @@ from ..fileio import atomic_write_bytes
 from ..log import get_logger, progress
 from ..retrieval.npz_files import load_embeddings
 from ..retrieval.scoring import ScoreSource, block_rows
-from .plots import pr_curve
+from .plots import pr_curve, readable_history
 from .render import table_data
 
 log = get_logger(__name__)
@@ -199,9 +199,9 @@ class RunPayload:
         per_class = sorted(((names[int(c)] if int(c) < len(names) else str(c), _clean(v))
                             for c, v in (rec.get("per_class_map") or {}).items()), key=lambda x: -(x[1] or 0))
         history = [{k: _clean(v) for k, v in h.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-                   for h in ((rec.get("train") or {}).get("history") or [])]
+                   for h in readable_history(row["record"])]  # a damaged history: left out with a warning
         pr = None
-        if self.data is not None and "query_labels" in self.data:
+        if self.data is not None and "query_labels" in self.data and rec.get("level") != "instance":  # FG: no PR
             pr = [_clean(v) for v in pr_curve(str(row["embeddings"]), similarity=self.similarity)]
         return {"id": self.index, "label": row["row"], "method": row["method"], "variant": row["variant"],
                 "dataset": row["dataset"], "setting": row["setting"], "split": row["split"], "seed": int(row["seed"]),
