@@ -225,6 +225,7 @@ def test_the_datasets_listing_names_each_shipped_set_where_it_is_unpacked():
     assert " missing " in lines["domainnet"] or " present " in lines["domainnet"]
 
 
+@pytest.mark.slow  # the quick loop stays under 3 minutes; CI runs it (the whole suite)
 def test_a_run_on_the_domainnet_shaped_tree_scores_the_hand_counted_sets(dn_index, tmp_path):
     root = str(dn_index.root.parent)
     rec = run_record(tmp_path, "--dataset", "domainnet", "--data-root", root, "--setting", "ucdr", "--set",

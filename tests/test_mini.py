@@ -39,6 +39,7 @@ def test_a_damaged_shipped_archive_is_refused(tmp_path, monkeypatch):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # the quick loop stays under 3 minutes; CI runs it (the whole suite)
 def test_generation_is_deterministic(tmp_path):
     a = generate_mini(tmp_path / "a")
     b = generate_mini(tmp_path / "b")

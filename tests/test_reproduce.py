@@ -68,6 +68,7 @@ def test_every_paper_cell_has_a_config_for_every_method(setting, tmp_path):
     assert set(table_methods()) == METHODS  # the tables' methods come from the registry
 
 
+@pytest.mark.slow  # the quick loop stays under 3 minutes; CI runs it (the whole suite)
 def test_dry_run_without_data_lists_every_run_and_what_it_lacks(tmp_path):
     cheap = ["zeroshot-clip", "linear-probe"]  # every method's estimate: the slow test of tests/test_sizing.py
     result = CliRunner().invoke(main, ["reproduce", "zs", "--dry-run", "--data-root", str(tmp_path / "none"),
@@ -105,6 +106,7 @@ def test_mini_table_runs_end_to_end_with_literature_rows_and_keeps_finished_cell
     assert again.exit_code == 0 and sorted(p.name for p in tmp_path.glob("*.json")) == records
 
 
+@pytest.mark.slow  # the quick loop stays under 3 minutes; CI runs it (the whole suite)
 def test_a_dry_run_never_touches_the_network_and_says_which_weights_are_not_cached(tmp_path, monkeypatch):
     import socket
     dialled = []
@@ -261,6 +263,7 @@ def test_a_g1_cell_evaluates_the_model_its_g0_cell_trained(tmp_path):
     assert training_identity(other[0].cfg) != training_identity(planned[0].cfg)
 
 
+@pytest.mark.slow  # the quick loop stays under 3 minutes; CI runs it (the whole suite)
 def test_select_on_both_trains_each_cell_both_ways_and_reports_the_difference(tmp_path, mini_root):
     out = tmp_path / "sel"
     args = ["reproduce", "zs", "--dataset", "mini", "--method", "coop", "--method", "zeroshot-clip", "--select-on",
