@@ -42,7 +42,7 @@ from .discovery import (
 )
 from .images import load_rgb
 from .splits import load_split, package_file, read_class_file, split_names
-from .domains import DOMAIN_SETTINGS, SEEN_SPLITS, unknown_domains
+from .domains import DOMAIN_SETTINGS, SEEN_SPLITS, class_lists, unknown_domains
 from .tasks import SETTINGS, TrainingPartition, build_task, partition
 
 MAX_LISTED = 10
@@ -213,9 +213,7 @@ def _check_domains(report: CheckReport, spec: DatasetSpec, depth: str) -> CheckR
     the gallery domain, and the folders the official code would train on but sbir-bench does not read."""
     split = spec.domain_split
     base = report.root
-    lists = {w: read_class_file(package_file("splits", f)) for w, f in
-             (("seen", split.train), ("validation", split.val), ("unseen", split.test))}
-    every = [c for names in lists.values() for c in names]
+    every = [c for names in class_lists(split, "train") for c in names]  # seen, validation and unseen
     stray = unknown_domains(spec, base)
     if stray:
         report.warnings.append(f"folder(s) {_listing(stray)} are no domain of the protocol: sbir-bench does not read "
@@ -238,8 +236,8 @@ def _check_domains(report: CheckReport, spec: DatasetSpec, depth: str) -> CheckR
             report.warnings.append(f"{domain}: found {report.counts[domain]:,} images, the published copy has "
                                    f"{expected:,}")
     report.counts["classes"] = len({class_key(c) for c in class_folders(base / split.gallery)})
-    report.notes.append(f"listings are read sorted; a run's record holds their hash (data_fingerprint.files_sha256), "
-                        f"which names the files its draws were made from")
+    report.notes.append("listings are read sorted; a run's record holds their hash (data_fingerprint.files_sha256), "
+                        "which names the files its draws were made from")
     return report
 
 

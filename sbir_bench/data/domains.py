@@ -37,7 +37,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from ..log import get_logger
-from .catalog import DatasetSpec, DomainSplit, get_spec
+from .catalog import DOMAINNET_SPLIT, DatasetSpec, DomainSplit, get_spec
 from .classnames import class_key
 from .splits import package_file, read_class_file
 
@@ -47,8 +47,7 @@ DOMAIN_SETTINGS = ("ucdr", "udcdr")
 SEEN_SPLITS = ("train+val", "train")  # 300 or 245 seen classes on DomainNet
 UCDR_GALLERIES = ("g0", "g1")
 UDCDR_GALLERIES = ("official", "held-out")
-DOMAINNET_DOMAINS = ("clipart", "infograph", "painting", "quickdraw", "real", "sketch")
-HELD_OUT_DOMAINS = tuple(d for d in DOMAINNET_DOMAINS if d != "real")
+HELD_OUT_DOMAINS = tuple(d for d in DOMAINNET_SPLIT.domains if d != DOMAINNET_SPLIT.gallery)  # data.held_out_domain
 DOMAIN_ONLY = ("held_out_domain", "seen_split", "ucdr_gallery", "udcdr_gallery")  # data options of these datasets
 NOT_DOMAIN = ("gallery", "gzs_protocol", "gzs_seen_photo_fraction", "val_fraction")  # and of the others only
 LISTING = "sorted"  # how a domain's files are listed before the draws (the official code: unsorted glob)
@@ -134,12 +133,11 @@ def _labels(names: Sequence[str], index: Dict[str, int], what: str, spec: Datase
     return [index[class_key(n)] for n in names]
 
 
-def _group(samples, domains: Optional[Sequence[str]] = None) -> Dict[Tuple[str, int], list]:
+def _group(samples) -> Dict[Tuple[str, int], list]:
     """(domain, label) -> the samples in listing order."""
     out: Dict[Tuple[str, int], list] = {}
     for s in samples:
-        if domains is None or s.domain in domains:
-            out.setdefault((s.domain, s.label), []).append(s)
+        out.setdefault((s.domain, s.label), []).append(s)
     return out
 
 
@@ -215,8 +213,7 @@ def domain_catalog_sizes(spec: DatasetSpec, held_out: str, seen_split: str, sett
     classes are roughly balanced), the draws' shares applied as the official code applies them."""
     split = spec.domain_split
     seen_names, _val, unseen_names = class_lists(split, seen_split)
-    names = sorted(set(read_class_file(package_file("splits", split.train))) |
-                   set(read_class_file(package_file("splits", split.val))) | set(unseen_names))
+    names = sorted({c for names in class_lists(split, "train") for c in names})
     labels = {n: i for i, n in enumerate(names)}
     per_class = {d: n / len(names) for d, n in split.images.items()}
     n_seen, n_unseen = len(seen_names), len(unseen_names)

@@ -17,7 +17,6 @@ put the file so that the next ``fetch`` unpacks it, or where to unpack it.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import re
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 from ..errors import DataError
-from ..fileio import atomic_write_json
+from ..fileio import atomic_write_json, file_sha256
 from ..log import get_logger, progress_bytes
 
 log = get_logger(__name__)
@@ -202,18 +201,10 @@ def download(d: Download, downloads: Path, data_root: Path, mirror: Optional[str
     return final
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def verify(d: Download, path: Path, ledger: Dict[str, dict]) -> str:
     """Check ``path`` against the published checksum, else the one recorded by an earlier fetch; return
     the SHA-256. A mismatch moves the file aside (``.bad``) and is one line."""
-    digest = sha256_of(path)
+    digest = file_sha256(path)
     expected, published = d.sha256, True
     if not expected and d.filename in ledger:
         expected, published = ledger[d.filename]["sha256"], False

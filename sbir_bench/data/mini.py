@@ -25,7 +25,7 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -199,14 +199,17 @@ def ensure_mini(root: Path | None = None) -> Path:
     return root
 
 
-def unpack_shipped(root: Path) -> Path:
-    """Unpack :data:`SHIPPED` into ``root`` atomically and check its content digest."""
+def unpack_shipped(root: Path, archive: Optional[Path] = None, digest: Optional[str] = None,
+                   what: str = "mini set") -> Path:
+    """Unpack a shipped archive (default :data:`SHIPPED`) into ``root`` atomically and check its content
+    digest (default :data:`SHIPPED_SHA256`); the mini DomainNet world is unpacked the same way."""
+    archive, digest = archive or SHIPPED, digest or SHIPPED_SHA256
     with _atomic_folder(root) as tmp:
-        with tarfile.open(SHIPPED, "r:gz") as tar:
+        with tarfile.open(archive, "r:gz") as tar:
             safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python < 3.10.12 lacks filters
             tar.extractall(tmp, **safe)
-        if tree_digest(tmp) != SHIPPED_SHA256:
-            raise DataError(f"the shipped mini set {SHIPPED} is damaged (content digest differs); reinstall sbir-bench")
+        if tree_digest(tmp) != digest:
+            raise DataError(f"the shipped {what} {archive} is damaged (content digest differs); reinstall sbir-bench")
     return Path(root)
 
 

@@ -17,18 +17,16 @@ Like the mini set, the archive this generator wrote ships (:data:`SHIPPED`, its 
 from __future__ import annotations
 
 import sys
-import tarfile
 from pathlib import Path
 from typing import Callable, Dict, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from ..errors import DataError
 from ..locations import cache_root
 from ..log import get_logger
 from .mini import MINI_CLASSES, MINI_UNSEEN, SHAPES, SIZE, _atomic_folder, _photo, _sketch, _transform, \
-    instance_params, tree_digest
+    instance_params, unpack_shipped
 
 VERSION = 1
 SHIPPED = Path(__file__).parent / "shipped" / f"mini-domainnet-v{VERSION}.tar.gz"
@@ -110,12 +108,7 @@ def ensure(root: Path | None = None) -> Path:
     root = Path(root) if root else default_root()
     if not (root / "VERSION").is_file():
         get_logger(__name__).info(f"unpacking the mini DomainNet world into {root} ...")
-        with _atomic_folder(root) as tmp:
-            with tarfile.open(SHIPPED, "r:gz") as tar:
-                tar.extractall(tmp, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
-            if tree_digest(tmp) != SHIPPED_SHA256:
-                raise DataError(f"the shipped mini DomainNet world {SHIPPED} is damaged (content digest differs); "
-                                f"reinstall sbir-bench")
+        unpack_shipped(root, SHIPPED, SHIPPED_SHA256, "mini DomainNet world")
     return root
 
 

@@ -40,11 +40,19 @@ def save_figure(fig, out_stem: Path) -> List[Path]:
 
 
 def pr_curve(embeddings: str, max_queries: int = 2000, seed: int = 0, similarity: str = "cosine") -> np.ndarray:
-    """Mean interpolated precision at 101 recall levels over (a seeded sample of) the queries, ranked
-    by ``similarity`` (cosine, or minus the squared Euclidean distance: a ``pros``-protocol run's)."""
+    """Mean interpolated precision at 101 recall levels over (a seeded sample of) the queries of an
+    embeddings file, ranked by ``similarity`` (cosine, or minus the squared Euclidean distance: a
+    ``pros``-protocol run's)."""
     data = load_embeddings(embeddings)
     if "query_labels" not in data:
         raise SbirError(f"{embeddings}: precision-recall curves need category-level runs (zs or gzs)")
+    return pr_curve_of(data, max_queries, seed, similarity)
+
+
+def pr_curve_of(data: Dict[str, np.ndarray], max_queries: int = 2000, seed: int = 0,
+                similarity: str = "cosine") -> np.ndarray:
+    """:func:`pr_curve` of embeddings already loaded (:func:`~sbir_bench.retrieval.npz_files.load_embeddings`),
+    category level."""
     ql, gl = data["query_labels"], data["gallery_labels"]
     rows = np.flatnonzero(np.isin(ql, gl))
     if len(rows) > max_queries:

@@ -244,26 +244,15 @@ def to_latex(cells: pd.DataFrame, digits: int = 3, caption: str = "", label: str
 
 
 def to_markdown(cells: pd.DataFrame, digits: int = 3) -> str:
-    """A GitHub Markdown table; best bold, second underlined."""
-    rows, columns = _layout(cells)
-    index = _index(cells)
-    ranks = _ranks(rows, columns, index)
-    extras = _extras(cells)
-    head = ["Method"] + [h for col in columns for h in [_header(col)] + ["Δ" if e == "delta" else "p" for e in extras]]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + [":---:"] * (len(head) - 1)) + "|"]
-    for r in rows:
-        out = [r]
-        for col in columns:
-            c = index.get((r, col))
-            if c is None:
-                out.append("-")
-            else:
-                text = _cell_text(c, digits)
-                rank = ranks[(r, col)]
-                out.append(f"**{text}**" if rank == 1 else (f"<u>{text}</u>" if rank == 2 else text))
-            out += [_extra_text(c, e, digits) for e in extras]
-        lines.append("| " + " | ".join(out) + " |")
-    return "\n".join(lines + ["", *footnotes(cells)] if footnotes(cells) else lines) + "\n"
+    """A GitHub Markdown table; best bold, second underlined (the layout of :func:`table_data`)."""
+    table = table_data(cells, digits)
+    marks = {1: "**{}**", 2: "<u>{}</u>"}
+    lines = ["| " + " | ".join(["Method"] + table["head"]) + " |",
+             "|" + "|".join(["---"] + [":---:"] * len(table["head"])) + "|"]
+    for row in table["rows"]:
+        values = [marks.get(v["rank"], "{}").format(v["text"]) for v in row["values"]]
+        lines.append("| " + " | ".join([row["label"]] + values) + " |")
+    return "\n".join(lines + ["", *table["notes"]] if table["notes"] else lines) + "\n"
 
 
 def table_data(cells: pd.DataFrame, digits: int = 3) -> Dict[str, Any]:

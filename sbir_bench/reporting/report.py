@@ -15,6 +15,10 @@ as the lowest- and highest-scoring, a seeded sample, and each comparable pair's 
 its top-k photos, at ``thumb_px`` pixels), so the folder can be shared without the dataset; an image
 that cannot be read is a placeholder, never a failure. The page states these bounds.
 
+A value a query does not have (a query its protocol leaves out of a metric) is ``null`` in the data and
+"-" on the page, never a number; NaN or an infinity, which no record should hold, is written the same
+way rather than as a number JSON cannot carry.
+
 Data files are JavaScript (``window.SBIR_...=``) so the page opens from ``file://`` (browsers refuse
 ``fetch`` of local JSON there); a run's queries are loaded when its view first opens.
 """
@@ -38,7 +42,7 @@ from ..fileio import atomic_write_bytes
 from ..log import get_logger, progress
 from ..retrieval.npz_files import load_embeddings
 from ..retrieval.scoring import ScoreSource, block_rows
-from .plots import pr_curve, readable_history
+from .plots import pr_curve_of, readable_history
 from .render import table_data
 
 log = get_logger(__name__)
@@ -202,7 +206,7 @@ class RunPayload:
                    for h in readable_history(row["record"])]  # a damaged history: left out with a warning
         pr = None
         if self.data is not None and "query_labels" in self.data and rec.get("level") != "instance":  # FG: no PR
-            pr = [_clean(v) for v in pr_curve(str(row["embeddings"]), similarity=self.similarity)]
+            pr = [_clean(v) for v in pr_curve_of(self.data, similarity=self.similarity)]
         return {"id": self.index, "label": row["row"], "method": row["method"], "variant": row["variant"],
                 "dataset": row["dataset"], "setting": row["setting"], "split": row["split"], "seed": int(row["seed"]),
                 "protocol": row["protocol"], "similarity": self.similarity,
@@ -259,7 +263,7 @@ def build_report(frame: pd.DataFrame, cells: pd.DataFrame, out_dir: Path, limits
     for run in runs:
         if run.queries is not None:
             atomic_write_bytes(out_dir / "data" / f"run-{run.index}.js",
-                               f"window.SBIR_RUNS = window.SBIR_RUNS || {{}};\n".encode() +
+                               "window.SBIR_RUNS = window.SBIR_RUNS || {};\n".encode() +
                                _js(f"SBIR_RUNS[{run.index}]", run.queries))
     page = resources.files("sbir_bench.reporting").joinpath("page")
     for name in PAGE_FILES:
