@@ -30,7 +30,6 @@ another permutation the negative).
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -39,6 +38,7 @@ from torch import nn
 
 from sbir_bench.config import opt
 from sbir_bench.methods import METHODS, Method, TripletBatch
+from sbir_bench.methods.base import with_own_modules
 from sbir_bench.methods.image_tiles import shuffle_tiles
 from sbir_bench.methods.losses import clip_cross_entropy, cosine_triplet
 from sbir_bench.models import PromptedCLIP
@@ -69,17 +69,6 @@ class CLIPATConfig:
     lambda_patch: float = opt(0.0, "paper, not code: patch-shuffling triplet", min=0.0)
     patch_grid: int = opt(2, "tiles per side for lambda_patch (the patch-shuffle grid is patch_grid x patch_grid)",
                           min=2)
-
-
-def with_own_image_tower(model: nn.Module) -> nn.Module:
-    """``model`` with a copy of its image tower and everything else shared: CLIP-AT trains parts of the
-    tower, and a library must not change the backbone object its caller handed it (which may serve
-    other methods, or be evaluated again). Costs one image tower of memory."""
-    clone = copy.copy(model)
-    for slot in ("_modules", "_parameters", "_buffers"):  # copy.copy shares these dicts: give the clone its own
-        setattr(clone, slot, type(getattr(model, slot))(getattr(model, slot)))
-    clone.visual = copy.deepcopy(model.visual)
-    return clone
 
 
 def trainable_clip_parameters(visual: nn.Module, rule: str) -> List[Tuple[str, nn.Parameter]]:
@@ -118,7 +107,7 @@ class CLIPAT(Method):
 
     def __init__(self, backbone, class_names, seen, config=None) -> None:
         super().__init__(backbone, class_names, seen, config)
-        self.clip = with_own_image_tower(backbone.model)  # trains its copy, never the caller's backbone
+        self.clip = with_own_modules(backbone.model, ("visual",))  # trains its copy, never the caller's backbone
         self.prompted = PromptedCLIP(self.clip)
         width = self.prompted.vision_width
         self.sketch_prompt = nn.Parameter(torch.randn(self.config.n_prompts, width))

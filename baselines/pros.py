@@ -40,7 +40,6 @@ from open_clip.transformer import LayerNorm, Transformer
 from torch import nn
 
 from sbir_bench.config import opt
-from sbir_bench.data.classnames import class_text
 from sbir_bench.errors import ConfigError
 from sbir_bench.methods import METHODS, Method, Stage, TripletBatch
 from sbir_bench.models import PromptedCLIP
@@ -52,6 +51,7 @@ from sbir_bench.models.preprocess import (
     jittered_train_transform,
 )
 from sbir_bench.models.prompted import patch_tokens
+from sbir_bench.models.text_prompts import DomainSentencePrompts
 
 UNITS, SIMULATOR = "units", "simulator"
 PHOTO, SKETCH = 0, 1  # the official domain dictionary (sorted folder names: extended_photo/images, sketch/sketches)
@@ -60,7 +60,6 @@ INVERT = ("official", "all", "none")
 # The official loader inverts the images of domains named "sketch" or "quickdraw": Sketchy's sketches
 # (and QuickDraw's) come white on black, TU-Berlin's ("sketches") as stored
 INVERTED_BY_ITS_LOADER = ("sketchy", "sketchy-fg", "quickdraw")
-PROMPT = "a photo of {} from{} domain."  # the context vectors replace the words between "from" and "domain"
 
 
 @dataclass
@@ -190,7 +189,7 @@ class ProS(Method):
         act = type(visual.transformer.resblocks[0].mlp.gelu)
         self.generator = PromptGenerator(width, patch[0], int(round(math.sqrt(grid))), cfg.generator_layers, act)
         self.generator_proj = nn.Parameter(scale * torch.randn(width, width))
-        self._prompt_tokens(self.seen_names)
+        self.text_prompts = DomainSentencePrompts(self.backbone.tokenizer, self.seen_names, cfg.n_ctx, "pros")
         self.begin_stage(UNITS)  # training starts there; the embedding does not depend on the stage
 
     # ------------------------------------------------------------------ stages
@@ -211,30 +210,9 @@ class ProS(Method):
         return {n: p.detach().clone() for n, p in self.named_parameters() if id(p) in own}
 
     # ------------------------------------------------------------------ text
-    def _prompt_tokens(self, names: List[str]) -> None:
-        """Token ids of every class prompt, where its context vectors go, and its end-of-text position
-        (kept on the CPU: a meta-device estimate reads them)."""
-        n = self.config.n_ctx
-        words = [class_text(name) for name in names]
-        ids = self.backbone.tokenizer([PROMPT.format(w, " X" * n) for w in words]).cpu()
-        start = self.backbone.tokenizer([f"a photo of {w} from" for w in words]).cpu().argmax(dim=-1)
-        eot = ids.argmax(dim=-1)
-        if bool((eot != start + n + 2).any()):  # "X"*n, "domain", "." after the prefix: else it was cut
-            bad = words[int(torch.nonzero(eot != start + n + 2)[0])]
-            raise ConfigError(f"pros: the prompt of class {bad!r} does not fit the text encoder's "
-                              f"{ids.shape[1]} tokens with {n} context vectors; lower method_config.n_ctx")
-        offset = torch.arange(ids.shape[1], device="cpu") - start[:, None]
-        self._ids, self._eot = ids, eot
-        self._ctx_index = torch.where((offset >= 0) & (offset < n), offset, torch.full_like(offset, -1))
-        self.prefix_index = start
-
     def class_text_features(self) -> torch.Tensor:
         """Text features (not normalised) of the seen classes' prompts with the learned context."""
-        weight = self.clip.token_embedding.weight
-        x = self.prompted.token_embeddings(self._ids.to(weight.device))
-        index = self._ctx_index.to(weight.device)
-        x = torch.where((index >= 0)[..., None], self.ctx.to(x.dtype)[index.clamp(min=0)], x)
-        return self.prompted.encode_text_embeddings(x, self._eot, self.text_projection, normalize=False)
+        return self.text_prompts.encode(self.prompted, self.ctx, self.text_projection)
 
     # ------------------------------------------------------------------ images
     def clip_sequence(self, images: torch.Tensor, domain: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:

@@ -111,3 +111,20 @@ def pros_retrieval_set(n_query: int = 30, n_gallery: int = 240, n_classes: int =
     q = centres[ql] + rng.standard_normal((n_query, dim)) * rng.uniform(0.5, 2.0, (n_query, 1))
     g = centres[gl] + rng.standard_normal((n_gallery, dim)) * rng.uniform(0.5, 2.0, (n_gallery, 1))
     return q.astype(np.float32), g.astype(np.float32), ql.astype(np.int64), gl.astype(np.int64)
+
+
+# ----------------------------------------------------------------------------------------- DePro
+# DePro's generator is ProS's size (hard-coded 768/224/32): the same tiny CLIP (PROS_TINY). Eight images
+# whose classes and domains (indices into CLASS_NAMES and the sorted domains extended_photo, sketch) give
+# DaTri every case: a class with a cross-domain positive, one alone (class 2, class 4), one whose images
+# share a domain (class 3).
+DEPRO_IMAGES = 8
+DEPRO_CLASSES = [0, 0, 1, 1, 2, 3, 3, 4]
+DEPRO_DOMAINS = [0, 1, 1, 0, 1, 1, 1, 0]
+DEPRO_OWN = ("text_prompt_learner.ctx", "visual_udp_generator.", "visual_encoder.prompt_embeddings",
+             "visual_encoder.meta_net.")
+
+
+def depro_own_names(names) -> list:
+    """The official DePro state names of the method's own tensors (not CLIP's): filled from seed 50."""
+    return sorted(n for n in names if n.startswith(DEPRO_OWN))

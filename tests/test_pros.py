@@ -87,8 +87,8 @@ def inputs(method: ProS):
 
 def test_text_prompts_equal_the_official_code():
     method = pros_tiny()
-    assert method._ids.tolist() == EXPECTED["token_ids"]
-    assert method.prefix_index.tolist() == EXPECTED["prefix_index"]
+    assert method.text_prompts.ids.tolist() == EXPECTED["token_ids"]
+    assert method.text_prompts.prefix_index.tolist() == EXPECTED["prefix_index"]
     with torch.no_grad():
         check(method.class_text_features(), EXPECTED["text_features"])
 
@@ -183,12 +183,12 @@ def test_a_break_turns_the_fixture_comparisons_red():
     changes the trainable set, a per-epoch cosine the rate."""
     method = pros_tiny()
     images, domains, classes = inputs(method)
-    index = method._ctx_index.clone()
-    method._ctx_index = torch.where(torch.arange(index.shape[1]) - 1 < method.config.n_ctx,
+    index = method.text_prompts.ctx_index.clone()
+    method.text_prompts.ctx_index = torch.where(torch.arange(index.shape[1]) - 1 < method.config.n_ctx,
                                     torch.arange(index.shape[1]) - 1, torch.tensor(-1)).expand_as(index).clamp(min=-1)
     with torch.no_grad(), pytest.raises(AssertionError):
         check(method.class_text_features(), EXPECTED["text_features"])
-    method._ctx_index = index
+    method.text_prompts.ctx_index = index
     method.config.pool_token = 0
     with pytest.raises(AssertionError):
         check(method.embed_sketches(images), EXPECTED["test_embedding"])

@@ -31,10 +31,15 @@ class TripletBatch:
     label: torch.Tensor  # class of sketch and positive (index into the seen-class list)
     negative_label: torch.Tensor  # class of the negative photo (same list)
     features: bool = False  # True: the three tensors are cached frozen features (N x D), not images
+    # the anchors' domains (index into the sorted domain names of the training anchors: DomainNet's query
+    # side holds four); None: one query domain (a method that reads it, DePro's DaTri, treats it as 0)
+    domain: Optional[torch.Tensor] = None
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "TripletBatch":
         tensors = (self.sketch, self.positive, self.negative, self.label, self.negative_label)
-        return TripletBatch(*(t.to(device, non_blocking=non_blocking) for t in tensors), features=self.features)
+        domain = None if self.domain is None else self.domain.to(device, non_blocking=non_blocking)
+        return TripletBatch(*(t.to(device, non_blocking=non_blocking) for t in tensors), features=self.features,
+                            domain=domain)
 
 
 class TripletDataset(Dataset):
@@ -52,6 +57,7 @@ class TripletDataset(Dataset):
             if p.label in self.seen_index:
                 self.photos_by_class.setdefault(p.label, []).append(p)
         self.photo_by_instance = {p.instance: p for p in photos if p.instance}
+        self.domain_index = {d: i for i, d in enumerate(sorted({s.domain for s in self.sketches}))}
         self.classes = sorted(self.photos_by_class)
         self.transform = transform
         self.sketch_transform = sketch_transform or transform  # the sketches' own (ProS inverts some)
@@ -106,7 +112,11 @@ class TripletDataset(Dataset):
         # seeded: augmentation identical on resume
         tensors = [self.sketch_transform(images[0]), *(self.transform(im) for im in images[1:])]
         torch.random.set_rng_state(torch_state)
-        return (*tensors, self.seen_index[samples[0].label], self.seen_index[samples[2].label])
+        return (*tensors, *self.labels_of(samples))
+
+    def labels_of(self, samples) -> tuple:
+        """(anchor class, negative class, anchor domain) of a chosen triplet, as indices."""
+        return self.seen_index[samples[0].label], self.seen_index[samples[2].label], self.domain_index[samples[0].domain]
 
 
 class FeatureTriplets(TripletDataset):
@@ -129,7 +139,7 @@ class FeatureTriplets(TripletDataset):
         if any(s.path not in self.features for s in samples):
             return None
         tensors = [torch.from_numpy(np.asarray(self.features[s.path], np.float32)) for s in samples]
-        return (*tensors, self.seen_index[samples[0].label], self.seen_index[samples[2].label])
+        return (*tensors, *self.labels_of(samples))
 
     @staticmethod
     def collate(batch: List):
@@ -146,5 +156,6 @@ def collate_triplets(batch: List):
     skipped = len(batch) - len(good)
     if not good:
         return None, skipped
-    sk, pos, neg, y, yn = zip(*good)
-    return TripletBatch(torch.stack(sk), torch.stack(pos), torch.stack(neg), torch.tensor(y), torch.tensor(yn)), skipped
+    sk, pos, neg, y, yn, dom = zip(*good)
+    return TripletBatch(torch.stack(sk), torch.stack(pos), torch.stack(neg), torch.tensor(y), torch.tensor(yn),
+                        domain=torch.tensor(dom)), skipped

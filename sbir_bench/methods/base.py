@@ -18,6 +18,7 @@ the trainable state, so they are small and never duplicate CLIP's weights.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -80,6 +81,19 @@ def image_pipeline(method: "Method", preprocess_cfg: Dict[str, Any], dataset: st
     train, evaluation = type(method).image_transforms(method.config, pp, crop_scale_min)
     sketch_train, sketch_eval = type(method).sketch_transforms(method.config, dataset, train, evaluation)
     return ImagePipeline(train, evaluation, sketch_train, sketch_eval)
+
+
+def with_own_modules(model: nn.Module, names: Sequence[str]) -> nn.Module:
+    """``model`` with its own copies of the submodules ``names`` and everything else shared: a method that
+    trains parts of CLIP (CLIP-AT its image tower's LayerNorms, DePro both towers') trains a copy, since a
+    library must not change the backbone object its caller handed it (which may serve other methods, or be
+    evaluated again). Costs those submodules' memory once more."""
+    clone = copy.copy(model)
+    for slot in ("_modules", "_parameters", "_buffers"):  # copy.copy shares these dicts: give the clone its own
+        setattr(clone, slot, type(getattr(model, slot))(getattr(model, slot)))
+    for name in names:
+        setattr(clone, name, copy.deepcopy(getattr(model, name)))
+    return clone
 
 
 def stages_of(method_cls: type, method_config: Dict[str, Any], train) -> Tuple[Stage, ...]:

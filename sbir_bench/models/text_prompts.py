@@ -1,4 +1,5 @@
-"""Learnable text context shared by CoOp, MaPLe and SpLIP: ``[SOT] ctx_1..ctx_n <rest of the prompt> [EOT]``.
+"""Learnable text context shared by CoOp, MaPLe and SpLIP: ``[SOT] ctx_1..ctx_n <rest of the prompt> [EOT]``;
+and ProS's and DePro's context in the middle of a sentence (:class:`DomainSentencePrompts`).
 
 Class prompts are tokenised as ``"<prefix> <class text>."``; the learned context replaces token
 positions 1..n. With a phrase initialisation the prefix is the phrase itself (so its words beyond
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from ..data.classnames import class_text
+from ..errors import ConfigError
 from .prompted import PromptedCLIP
 
 INIT_STD = 0.02  # random context, as nn.init.normal_(std=0.02) in CoOp and MaPLe
@@ -90,3 +92,35 @@ class ClassPrompts(nn.Module):
             eot = ids.argmax(-1) - start
             self._suffix_cache[key] = (ids[:, start: start + int(eot.max()) + 1], eot)
         return self._suffix_cache[key]
+
+
+DOMAIN_SENTENCE = "a photo of {} from{} domain."  # ProS's and DePro's prompt: the context replaces the X's
+
+
+class DomainSentencePrompts:
+    """``"a photo of <class> from X..X domain."`` per class, the ``n`` X's replaced by learned context
+    vectors in the middle of the sentence: the text prompt of ProS and of DePro (which forks ProS's
+    code), one home for both. Token ids, context positions and end-of-text indices are computed once on
+    the CPU (a meta-device estimate reads them)."""
+
+    def __init__(self, tokenizer: Callable, class_names: Sequence[str], n: int, method: str) -> None:
+        words = [class_text(name) for name in class_names]
+        ids = tokenizer([DOMAIN_SENTENCE.format(w, " X" * n) for w in words]).cpu()
+        start = tokenizer([f"a photo of {w} from" for w in words]).cpu().argmax(dim=-1)
+        eot = ids.argmax(dim=-1)
+        if bool((eot != start + n + 2).any()):  # "X"*n, "domain", "." after the prefix: else it was cut
+            bad = words[int(torch.nonzero(eot != start + n + 2)[0])]
+            raise ConfigError(f"{method}: the prompt of class {bad!r} does not fit the text encoder's "
+                              f"{ids.shape[1]} tokens with {n} context vectors; lower method_config.n_ctx")
+        offset = torch.arange(ids.shape[1], device="cpu") - start[:, None]
+        self.ids, self.eot, self.prefix_index = ids, eot, start
+        self.ctx_index = torch.where((offset >= 0) & (offset < n), offset, torch.full_like(offset, -1))
+
+    def encode(self, prompted: PromptedCLIP, ctx: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
+        """Text features (not normalised) of every class prompt with context ``ctx`` (n, Dt), through
+        ``projection`` (the method's own copy of CLIP's text projection)."""
+        weight = prompted.clip.token_embedding.weight
+        x = prompted.token_embeddings(self.ids.to(weight.device))
+        index = self.ctx_index.to(weight.device)
+        x = torch.where((index >= 0)[..., None], ctx.to(x.dtype)[index.clamp(min=0)], x)
+        return prompted.encode_text_embeddings(x, self.eot, projection, normalize=False)
