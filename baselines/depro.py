@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from open_clip.transformer import LayerNorm, Transformer
 from torch import nn
 
-from sbir_bench.baselines.pros import INVERT, INVERTED_BY_ITS_LOADER, PREPROCESS, text_projection_matrix
+from sbir_bench.baselines.pros import INVERT, PREPROCESS, official_sketch_transforms, text_projection_matrix
 from sbir_bench.config import opt
 from sbir_bench.methods import METHODS, Method, TripletBatch
 from sbir_bench.methods.base import with_own_modules
@@ -45,7 +45,6 @@ from sbir_bench.models import PromptedCLIP
 from sbir_bench.models.preprocess import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    Inverted,
     eval_transform,
     jittered_train_transform,
 )
@@ -73,7 +72,8 @@ class DeProConfig:
                                    "or fixed (x1), each normalised", choices=EMBEDDINGS)
     preprocess: str = opt("official", "official: ProS's augmentation with ImageNet statistics; backbone: ours",
                           choices=PREPROCESS)
-    invert_sketches: str = opt("official", "official: Sketchy's and QuickDraw's sketches (its loader's rule); all; none",
+    invert_sketches: str = opt("official", "official: its loader's rule (domains named sketch or quickdraw: Sketchy's, "
+                                           "QuickDraw's sketches, DomainNet's sketch and quickdraw images); all; none",
                                choices=INVERT)
 
 
@@ -121,11 +121,8 @@ class DePro(Method):
     @classmethod
     def sketch_transforms(cls, config: DeProConfig, dataset: str, train: Callable,
                           evaluation: Callable) -> Tuple[Callable, Callable]:
-        """ProS's loader, unchanged in DePro: Sketchy's and QuickDraw's sketches inverted (``official``)."""
-        if config.invert_sketches == "all" or (config.invert_sketches == "official" and
-                                               dataset in INVERTED_BY_ITS_LOADER):
-            return Inverted(train), Inverted(evaluation)
-        return train, evaluation
+        """ProS's loader, unchanged in DePro (``invert_sketches``, as ProS's)."""
+        return official_sketch_transforms(config.invert_sketches, dataset, train, evaluation)
 
     def __init__(self, backbone, class_names, seen, config=None) -> None:
         super().__init__(backbone, class_names, seen, config)

@@ -43,9 +43,11 @@ from sbir_bench.config import opt
 from sbir_bench.errors import ConfigError
 from sbir_bench.methods import METHODS, Method, Stage, TripletBatch
 from sbir_bench.models import PromptedCLIP
+from sbir_bench.data.catalog import get_spec
 from sbir_bench.models.preprocess import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    ByDomain,
     Inverted,
     eval_transform,
     jittered_train_transform,
@@ -60,6 +62,7 @@ INVERT = ("official", "all", "none")
 # The official loader inverts the images of domains named "sketch" or "quickdraw": Sketchy's sketches
 # (and QuickDraw's) come white on black, TU-Berlin's ("sketches") as stored
 INVERTED_BY_ITS_LOADER = ("sketchy", "sketchy-fg", "quickdraw")
+INVERTED_DOMAINS = ("sketch", "quickdraw")  # a multi-domain copy's domains its loader inverts (DomainNet)
 
 
 @dataclass
@@ -78,8 +81,23 @@ class ProSConfig:
     units_grad_accum: int = opt(1, "stage 1 micro-batches per step (its dropout makes a split step another step)", min=1)
     preprocess: str = opt("official", "official: its augmentation with ImageNet statistics; backbone: ours",
                           choices=PREPROCESS)
-    invert_sketches: str = opt("official", "official: Sketchy's and QuickDraw's sketches (its loader's rule); all; none",
+    invert_sketches: str = opt("official", "official: its loader's rule (domains named sketch or quickdraw: Sketchy's, "
+                                           "QuickDraw's sketches, DomainNet's sketch and quickdraw images); all; none",
                                choices=INVERT)
+
+
+def official_sketch_transforms(rule: str, dataset: str, train: Callable,
+                               evaluation: Callable) -> Tuple[Callable, Callable]:
+    """The sketches' transforms under ProS's loader (DePro's is the same file): colour-inverted before the
+    images' transforms where it inverts them (``official``: the domains named ``sketch`` or ``quickdraw``,
+    i.e. Sketchy's, Sketchy-FG's and QuickDraw's sketches, DomainNet's sketch and quickdraw images, not
+    TU-Berlin's ``sketches``), everywhere (``all``) or nowhere (``none``)."""
+    if rule == "all" or (rule == "official" and dataset in INVERTED_BY_ITS_LOADER):
+        return Inverted(train), Inverted(evaluation)
+    if rule == "official" and get_spec(dataset).domain_split is not None:
+        return (ByDomain(INVERTED_DOMAINS, Inverted(train), train),
+                ByDomain(INVERTED_DOMAINS, Inverted(evaluation), evaluation))
+    return train, evaluation
 
 
 def text_projection_matrix(clip: nn.Module) -> torch.Tensor:
@@ -160,13 +178,7 @@ class ProS(Method):
     @classmethod
     def sketch_transforms(cls, config: ProSConfig, dataset: str, train: Callable,
                           evaluation: Callable) -> Tuple[Callable, Callable]:
-        """Sketches colour-inverted before the images' transforms where the official loader inverts them
-        (``invert_sketches: official``: Sketchy, Sketchy-FG and QuickDraw, not TU-Berlin), everywhere
-        (``all``) or nowhere (``none``)."""
-        if config.invert_sketches == "all" or (config.invert_sketches == "official" and
-                                               dataset in INVERTED_BY_ITS_LOADER):
-            return Inverted(train), Inverted(evaluation)
-        return train, evaluation
+        return official_sketch_transforms(config.invert_sketches, dataset, train, evaluation)
 
     def __init__(self, backbone, class_names, seen, config=None) -> None:
         super().__init__(backbone, class_names, seen, config)

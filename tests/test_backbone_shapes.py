@@ -69,11 +69,14 @@ def test_every_method_trains_checkpoints_and_embeds_on_unequal_towers(name, tmp_
         assert torch.isfinite(loss)
         loss.backward()
         # the backbone it was handed stays frozen; CLIP-AT trains, in its own copy of the image tower,
-        # the parameters its official code trains
+        # the parameters its official code trains, DePro every LayerNorm of its copies of both towers
         assert not {n for n, p in bb.model.named_parameters() if p.grad is not None}
         trained_clip = {n for n, p in method.clip.named_parameters() if p.grad is not None}
         expected = {f"visual.{n}" for n, _ in trainable_clip_parameters(bb.model.visual, "official")} \
             if name == "clip-at" else set()
+        if name == "depro":
+            expected = {f"{m}.{n}" for m, module in bb.model.named_modules() if isinstance(module, torch.nn.LayerNorm)
+                        for n, _ in module.named_parameters()}
         assert trained_clip == expected
         opt.step()
         after = method.trainable_state()

@@ -300,3 +300,30 @@ def test_the_callers_backbone_is_never_changed():
     assert method.clip.token_embedding is handed.token_embedding  # what it does not train stays shared
     state = method.trainable_state()
     assert "clip.visual.ln_pre.weight" in state and "clip.ln_final.weight" in state and "fixed_text" not in state
+
+
+@pytest.mark.parametrize("method", ["depro", "pros"])
+def test_domainnet_sketch_and_quickdraw_images_are_inverted_as_its_loader_does(method, tmp_path):
+    """Its loader (ProS's) inverts the images of the domains named sketch or quickdraw: on DomainNet's
+    mixed query side, per image, in training triplets and in the test embedding alike; other domains and
+    the real photos as stored."""
+    from PIL import Image
+
+    from sbir_bench.data.discovery import Sample
+    from sbir_bench.data.images import ImageList
+    from sbir_bench.data.triplets import TripletDataset
+    from sbir_bench.methods import get_method
+    white = tmp_path / "white.png"
+    Image.new("RGB", (8, 8), (255, 255, 255)).save(white)
+    mean = lambda im: torch.tensor(float(np.asarray(im).mean()))  # noqa: E731
+    cls = get_method(method)
+    train, evaluation = cls.sketch_transforms(cls.config_class(), "domainnet", mean, mean)
+    samples = [Sample(str(white), 0, domain=d) for d in ("sketch", "quickdraw", "clipart", "painting")]
+    assert [float(x) for x, _ in ImageList(samples, evaluation)] == [0.0, 0.0, 255.0, 255.0]
+    triplets = TripletDataset(samples, [Sample(str(white), 0, domain="real")], [0], transform=mean,
+                              sketch_transform=train)
+    assert [float(triplets[i][0]) for i in range(4)] == [0.0, 0.0, 255.0, 255.0]
+    assert [float(triplets[i][1]) for i in range(4)] == [255.0] * 4  # the photos never
+    assert [int(triplets[i][5]) for i in range(4)] == [3, 2, 0, 1]  # the anchors' domains, sorted names
+    none, _ = cls.sketch_transforms(cls.config_class(invert_sketches="none"), "domainnet", mean, mean)
+    assert [float(x) for x, _ in ImageList(samples, none)] == [255.0] * 4

@@ -40,7 +40,8 @@ def _halves(batch: TripletBatch, parts: int):
 def test_a_split_step_is_the_whole_batch_step_exactly_where_the_method_says_so(method, stage, tiny_backbone):
     """Parameters after one step over the batch of 8, whole or as micro-batches of 4, 2 and 1: equal to 1e-5
     where the method declares the split invariant (``Method.split_invariant``), different where it does not
-    (the linear probe's BatchNorm, ProS's stage-1 dropout, SpLIP's jigsaw share of an odd micro-batch)."""
+    (the linear probe's BatchNorm, ProS's stage-1 dropout, SpLIP's jigsaw share of an odd micro-batch, DePro's
+    batch-hardest DaTri)."""
     torch.manual_seed(0)
     cls = get_method(method)
     model = cls(tiny_backbone, NAMES, list(range(8)))
@@ -54,7 +55,8 @@ def test_a_split_step_is_the_whole_batch_step_exactly_where_the_method_says_so(m
         verdicts[8 // parts] = all(torch.allclose(split[k], whole[k], rtol=1e-5, atol=1e-5) for k in whole)
     declared = {micro: cls.split_invariant(model.config, stage, micro) for micro in verdicts}
     assert verdicts == declared
-    expected_false = {"linear-probe": [4, 2], "splip": [1], "pros": [4, 2, 1] if stage == "units" else []}
+    expected_false = {"linear-probe": [4, 2], "splip": [1], "pros": [4, 2, 1] if stage == "units" else [],
+                      "depro": [4, 2, 1]}  # DaTri: each anchor's hardest pair within the batch
     assert [m for m, same in declared.items() if not same] == expected_false.get(method, [])
 
 

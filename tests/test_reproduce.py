@@ -22,7 +22,7 @@ PAPER = pd.read_csv(ROOT / "results" / "paper" / "splip_eccv2024.csv", comment="
 # the cells of each table, and the rows of SpLIP and CLIP-AT, the two methods compared most.
 CELLS = {"zs": {("sketchy", "1"), ("sketchy", "2"), ("tuberlin", "1"), ("quickdraw", "1")},
          "gzs": {("sketchy", "2"), ("tuberlin", "1")}, "fg": {("sketchy-fg", "1")}}
-METHODS = {"zeroshot-clip", "linear-probe", "coop", "cocoop", "maple", "clip-at", "pros", "splip"}
+METHODS = {"zeroshot-clip", "linear-probe", "coop", "cocoop", "maple", "clip-at", "pros", "depro", "splip"}
 PRINTED = [  # (method, setting, dataset, split, metric, value)
     ("SpLIP", "zs", "sketchy", "1", "mAP@all", 0.802), ("SpLIP", "zs", "sketchy", "1", "P@100", 0.867),
     ("SpLIP", "zs", "sketchy", "2", "mAP@200", 0.764), ("SpLIP", "zs", "sketchy", "2", "P@200", 0.773),

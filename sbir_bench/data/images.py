@@ -58,6 +58,13 @@ def load_rgb(path: str, warn_once: bool = True) -> Optional[Image.Image]:
         return None
 
 
+def transform_for(transform: Callable, sample: Sample) -> Callable:
+    """The transform ``sample`` gets: ``transform``, or its choice for the sample's domain where it is
+    chosen per domain (:class:`sbir_bench.models.preprocess.ByDomain`)."""
+    choose = getattr(transform, "for_domain", None)
+    return choose(sample.domain) if choose is not None else transform
+
+
 class ImageList(Dataset):
     """Samples -> (image tensor, position in the list), or None for an unreadable file."""
 
@@ -70,7 +77,7 @@ class ImageList(Dataset):
 
     def __getitem__(self, i: int):
         img = load_rgb(self.samples[i].path)
-        return None if img is None else (self.transform(img), i)
+        return None if img is None else (transform_for(self.transform, self.samples[i])(img), i)
 
 
 def collate_skip(batch: List):

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .discovery import Sample
-from .images import load_rgb
+from .images import load_rgb, transform_for
 
 
 @dataclass
@@ -110,7 +110,8 @@ class TripletDataset(Dataset):
         torch_state = torch.random.get_rng_state()
         torch.manual_seed(hash((self.seed, epoch, index)) & 0x7FFFFFFF)
         # seeded: augmentation identical on resume
-        tensors = [self.sketch_transform(images[0]), *(self.transform(im) for im in images[1:])]
+        tensors = [transform_for(self.sketch_transform, samples[0])(images[0]),
+                   *(self.transform(im) for im in images[1:])]
         torch.random.set_rng_state(torch_state)
         return (*tensors, *self.labels_of(samples))
 

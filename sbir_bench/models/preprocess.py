@@ -73,6 +73,26 @@ class Inverted:
         return f"Inverted({self.transform!r})"
 
 
+class ByDomain:
+    """A transform chosen per image by its domain (a multi-domain copy such as DomainNet): ``chosen`` for
+    the domains in ``domains``, ``other`` for the rest. The loaders ask :func:`sbir_bench.data.images.
+    transform_for` which one an image gets. ProS's and DePro's loader inverts the images of the domains
+    named ``sketch`` and ``quickdraw`` and no other: this states that rule for DomainNet's query side,
+    which mixes domains."""
+
+    def __init__(self, domains, chosen: Callable, other: Callable) -> None:
+        self.domains, self.chosen, self.other = tuple(domains), chosen, other
+
+    def for_domain(self, domain: str) -> Callable:
+        return self.chosen if domain in self.domains else self.other
+
+    def __call__(self, image: Image.Image):  # an image of unknown domain (load_model's API): the others' rule
+        return self.other(image)
+
+    def __repr__(self) -> str:  # shown in records' image_transforms
+        return f"ByDomain({list(self.domains)}: {self.chosen!r}; else {self.other!r})"
+
+
 def padded_square_transform(size: int, mean, std) -> Callable:
     """:class:`PadToSquare`, then normalise with ``mean``/``std``: CLIP-AT's official preprocessing
     (no crop, so no stroke is lost)."""
