@@ -128,3 +128,16 @@ DEPRO_OWN = ("text_prompt_learner.ctx", "visual_udp_generator.", "visual_encoder
 def depro_own_names(names) -> list:
     """The official DePro state names of the method's own tensors (not CLIP's): filled from seed 50."""
     return sorted(n for n in names if n.startswith(DEPRO_OWN))
+
+
+# ----------------------------------------------------------------------------------------- UCDR-Adapter
+# its adapters are hard-coded to width 768: ProS's tiny CLIP; the DePro images' classes and domains
+UCDR_OWN = ("text_prompt_learner.ctx", "image_encoder.specific_", "image_encoder.W_", "image_encoder.prompt_proj",
+            "image_encoder.layer_norm", "image_encoder_m.specific_", "image_encoder_m.W_",
+            "image_encoder_m.prompt_proj", "image_encoder_m.layer_norm")
+
+
+def ucdr_own_names(names) -> list:
+    """The official UCDR-Adapter state names of the method's own tensors (not CLIP's, nor the copies of
+    CLIP's blocks it makes): filled from seed 50."""
+    return sorted(n for n in names if n.startswith(UCDR_OWN))

@@ -127,7 +127,7 @@ def methods_prompting_images(prompting: bool) -> list:
 
 
 def test_the_visual_prompt_methods_are_the_ones_we_know():
-    assert methods_prompting_images(True) == ["clip-at", "maple", "pros", "splip"]
+    assert methods_prompting_images(True) == ["clip-at", "depro", "maple", "pros", "splip", "ucdr-adapter"]
     assert methods_prompting_images(False) == ["cocoop", "coop", "linear-probe", "zeroshot-clip"]
 
 
