@@ -56,7 +56,8 @@ def test_a_split_step_is_the_whole_batch_step_exactly_where_the_method_says_so(m
     declared = {micro: cls.split_invariant(model.config, stage, micro) for micro in verdicts}
     assert verdicts == declared
     expected_false = {"linear-probe": [4, 2], "splip": [1], "pros": [4, 2, 1] if stage == "units" else [],
-                      "depro": [4, 2, 1]}  # DaTri: each anchor's hardest pair within the batch
+                      "depro": [4, 2, 1],  # DaTri: each anchor's hardest pair within the batch
+                      "ucdr-adapter": [4, 2, 1] if stage == "prompts" else []}  # its queues grow per pass
     assert [m for m, same in declared.items() if not same] == expected_false.get(method, [])
 
 
