@@ -44,6 +44,7 @@ from sbir_bench.errors import ConfigError
 from sbir_bench.methods import METHODS, Method, Stage, TripletBatch
 from sbir_bench.models import PromptedCLIP
 from sbir_bench.data.catalog import get_spec
+from sbir_bench.data.domains import training_domains
 from sbir_bench.models.preprocess import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -81,6 +82,8 @@ class ProSConfig:
     units_grad_accum: int = opt(1, "stage 1 micro-batches per step (its dropout makes a split step another step)", min=1)
     preprocess: str = opt("official", "official: its augmentation with ImageNet statistics; backbone: ours",
                           choices=PREPROCESS)
+    domains: int = opt(0, "training domains, one prompt unit each: 0 = a sketch dataset's photos and sketches; a "
+                          "multi-domain run sets it from the dataset (DomainNet: 5)", min=0)
     invert_sketches: str = opt("official", "official: its loader's rule (domains named sketch or quickdraw: Sketchy's, "
                                            "QuickDraw's sketches, DomainNet's sketch and quickdraw images); all; none",
                                choices=INVERT)
@@ -98,6 +101,32 @@ def official_sketch_transforms(rule: str, dataset: str, train: Callable,
         return (ByDomain(INVERTED_DOMAINS, Inverted(train), train),
                 ByDomain(INVERTED_DOMAINS, Inverted(evaluation), evaluation))
     return train, evaluation
+
+
+def resolve_domain_units(method: str, config, spec, data):
+    """``config`` with ``domains`` set as the official code sizes its domain units: one per training domain of
+    a multi-domain dataset (DomainNet, one held out: 5, in its dictionary's sorted order), 0 (photos and
+    sketches) elsewhere; a value that contradicts the dataset is one line. ProS and UCDR-Adapter share it."""
+    if spec.domain_split is None:
+        if config.domains:
+            raise ConfigError(f"{method}: method_config.domains={config.domains} applies to a multi-domain dataset; "
+                              f"{spec.title} has photos and sketches (leave it 0)")
+        return config
+    n = len(training_domains(spec, data.held_out_domain))
+    if config.domains not in (0, n):
+        raise ConfigError(f"{method}: method_config.domains={config.domains}, but {spec.title} with "
+                          f"{data.held_out_domain} held out trains on {n} domains (leave it unset)")
+    return replace(config, domains=n)
+
+
+def batch_domains(config, batch) -> torch.Tensor:
+    """The domain-unit index of each image of ``[sketches, positives]``: the official dictionary's (the
+    batch's domain indices) on a multi-domain dataset, else sketch 1 and photo 0."""
+    b = batch.sketch.shape[0]
+    device = batch.label.device
+    if config.domains:
+        return torch.cat([batch.domain, batch.positive_domain]).to(device)
+    return torch.cat([torch.full((b,), SKETCH, device=device), torch.full((b,), PHOTO, device=device)])
 
 
 def text_projection_matrix(clip: nn.Module) -> torch.Tensor:
@@ -166,14 +195,8 @@ class ProS(Method):
         return jittered_train_transform(size, 0.8, 0.4, IMAGENET_MEAN, IMAGENET_STD), eval_transform(pp)
 
     @classmethod
-    def check_dataset(cls, config: ProSConfig, spec) -> None:
-        """DomainNet is not run yet: the official code learns one prompt unit per training domain (five) and
-        its sampler balances them, where this port has two (query side, photos); a number from it would
-        claim ProS's protocol without being it."""
-        if spec.domain_split is not None:
-            raise ConfigError(f"pros on {spec.title}: its one-unit-per-training-domain prompts and five-domain "
-                              f"sampler are not ported yet (this port learns two domain units); not run, so that no "
-                              f"number claims ProS's DomainNet protocol")
+    def resolve_config(cls, config: ProSConfig, spec, data) -> ProSConfig:
+        return resolve_domain_units("pros", config, spec, data)
 
     @classmethod
     def sketch_transforms(cls, config: ProSConfig, dataset: str, train: Callable,
@@ -193,7 +216,7 @@ class ProS(Method):
         self.class_embedding = nn.Parameter(visual.class_embedding.detach().clone())
         self.ctx = nn.Parameter(torch.randn(cfg.n_ctx, self.prompted.text_width) * 0.02)
         bound = math.sqrt(6.0 / (3 * patch[0] * patch[1] + width))
-        self.domain_units = nn.Parameter(torch.empty(2, width).uniform_(-bound, bound))
+        self.domain_units = nn.Parameter(torch.empty(cfg.domains or 2, width).uniform_(-bound, bound))
         self.class_units = nn.Parameter(torch.empty(len(self.seen), width).uniform_(-bound, bound))
         scale = width ** -0.5
         self.domain_template = nn.Parameter(scale * torch.randn(1, width))
@@ -287,12 +310,8 @@ class ProS(Method):
     def loss(self, batch: TripletBatch) -> Dict[str, torch.Tensor]:
         """Cross-entropy of the sketches' and their photos' features against the seen classes' texts
         (the official batch: half sketches, half photos; the negatives are not used)."""
-        b = batch.sketch.shape[0]
         images = torch.cat([batch.sketch, batch.positive])
-        device = batch.label.device
-        domain = torch.cat([torch.full((b,), SKETCH, device=device), torch.full((b,), PHOTO, device=device)])
-        labels = torch.cat([batch.label, batch.label])
-        return self.class_loss(images, domain, labels)
+        return self.class_loss(images, batch_domains(self.config, batch), torch.cat([batch.label, batch.label]))
 
     def logits(self, images: torch.Tensor, domain: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Normalised image features against the seen classes' normalised texts, over the temperature."""

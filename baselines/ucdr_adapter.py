@@ -35,9 +35,14 @@ import torch.nn.functional as F
 from open_clip.transformer import LayerNorm
 from torch import nn
 
-from sbir_bench.baselines.pros import INVERT, PREPROCESS, PHOTO, SKETCH, official_sketch_transforms
+from sbir_bench.baselines.pros import (
+    INVERT,
+    PREPROCESS,
+    batch_domains,
+    official_sketch_transforms,
+    resolve_domain_units,
+)
 from sbir_bench.config import opt
-from sbir_bench.errors import ConfigError
 from sbir_bench.methods import METHODS, Method, Stage, TripletBatch
 from sbir_bench.models import PromptedCLIP
 from sbir_bench.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, eval_transform, jittered_train_transform
@@ -67,6 +72,8 @@ class UCDRAdapterConfig:
                                      "another step)", min=1)
     preprocess: str = opt("official", "official: ProS's augmentation with ImageNet statistics; backbone: ours",
                           choices=PREPROCESS)
+    domains: int = opt(0, "training domains, one domain token each: 0 = a sketch dataset's photos and sketches; a "
+                          "multi-domain run sets it from the dataset (DomainNet: 5)", min=0)
     invert_sketches: str = opt("official", "official: its loader's rule (domains named sketch or quickdraw: Sketchy's, "
                                            "QuickDraw's sketches, DomainNet's sketch and quickdraw images); all; none",
                                choices=INVERT)
@@ -146,13 +153,8 @@ class UCDRAdapter(Method):
         return stage != PROMPTS
 
     @classmethod
-    def check_dataset(cls, config: UCDRAdapterConfig, spec) -> None:
-        """DomainNet is not run yet: the official code learns one domain token per training domain (five
-        there) and its sampler balances them; this port learns two (query side, photos)."""
-        if spec.domain_split is not None:
-            raise ConfigError(f"ucdr-adapter on {spec.title}: its one-token-per-training-domain prompts are not "
-                              f"ported yet (this port learns two domain tokens); not run, so that no number claims "
-                              f"UCDR-Adapter's DomainNet protocol")
+    def resolve_config(cls, config: UCDRAdapterConfig, spec, data) -> UCDRAdapterConfig:
+        return resolve_domain_units("ucdr-adapter", config, spec, data)
 
     @classmethod
     def image_transforms(cls, config: UCDRAdapterConfig, pp, crop_scale_min: float) -> Tuple[Callable, Callable]:
@@ -177,11 +179,12 @@ class UCDRAdapter(Method):
         self.class_embedding = nn.Parameter(visual.class_embedding.detach().clone())
         self.ctx = nn.Parameter(torch.randn(cfg.n_ctx, self.prompted.text_width) * 0.02)
         bound = math.sqrt(6.0 / (3 * patch[0] * patch[1] + width))
-        self.domain_prompts = nn.Parameter(torch.empty(2, width).uniform_(-bound, bound))
+        n_domains = cfg.domains or 2
+        self.domain_prompts = nn.Parameter(torch.empty(n_domains, width).uniform_(-bound, bound))
         self.class_prompts = nn.Parameter(torch.empty(len(self.seen), width).uniform_(-bound, bound))
         self.attention = PromptAttention(width)
         # the momentum branch (stage 1): its own draws of the tables, moved towards them at every step
-        self.register_buffer("momentum_domain_prompts", torch.empty(2, width).uniform_(-bound, bound))
+        self.register_buffer("momentum_domain_prompts", torch.empty(n_domains, width).uniform_(-bound, bound))
         self.register_buffer("momentum_class_prompts", torch.empty(len(self.seen), width).uniform_(-bound, bound))
         embed = int(visual.proj.shape[1])
         self.register_buffer("queue", torch.zeros(len(self.seen), cfg.queue_size, embed))
@@ -288,10 +291,8 @@ class UCDRAdapter(Method):
     # ------------------------------------------------------------------ loss
     def loss(self, batch: TripletBatch) -> Dict[str, torch.Tensor]:
         """The objective over the batch's sketches and their photos (the negatives are not used)."""
-        b = batch.sketch.shape[0]
-        device = batch.label.device
-        domain = torch.cat([torch.full((b,), SKETCH, device=device), torch.full((b,), PHOTO, device=device)])
-        return self.objective(torch.cat([batch.sketch, batch.positive]), domain, torch.cat([batch.label, batch.label]))
+        return self.objective(torch.cat([batch.sketch, batch.positive]), batch_domains(self.config, batch),
+                              torch.cat([batch.label, batch.label]))
 
     def objective(self, images: torch.Tensor, domain: torch.Tensor, labels: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Cross-entropy of the normalised features against the normalised texts; in stage 1 plus the

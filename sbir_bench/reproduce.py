@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .artifacts import artifact_run_id, find_reusable
-from .config import SELECTIONS, TEST_SELECTED, RunConfig, build_run_config, from_dict, load_yaml
+from .config import SELECTIONS, TEST_SELECTED, RunConfig, build_run_config, load_yaml
 from .data.catalog import get_spec
 from .data.discovery import default_data_root, locate, resolve_root
 from .data.domains import DOMAIN_SETTINGS
@@ -31,7 +31,7 @@ from .locations import recipes_folder
 from .log import get_logger
 from .methods import METHODS, get_method
 from .models.factory import WeightsNotCached, check_weights_source
-from .runner import check_method_data, finished_record, has_checkpoint, training_identity
+from .runner import check_method_data, finished_record, has_checkpoint, resolved_method_config, training_identity
 
 log = get_logger(__name__)
 
@@ -139,7 +139,7 @@ def _refused(cfg: RunConfig) -> str:
     """Why the cell's method does not run on its dataset at all (ProS on DomainNet, for now), or ''."""
     method_cls = get_method(cfg.method)
     try:
-        check_method_data(cfg, method_cls, from_dict(method_cls.config_class, cfg.method_config, "method_config"))
+        check_method_data(cfg, method_cls, resolved_method_config(cfg, method_cls))
     except SbirError as exc:
         return str(exc)
     return ""

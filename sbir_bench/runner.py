@@ -151,7 +151,7 @@ def method_and_config(cfg: RunConfig) -> tuple:
     """The method class and its validated config, and the backbone's weight source, all checked
     before any data or weights are touched."""
     method_cls = get_method(cfg.method)
-    method_cfg = from_dict(method_cls.config_class, cfg.method_config, f"method_config ({cfg.method})")
+    method_cfg = resolved_method_config(cfg, method_cls)
     check_weights_source(cfg.backbone.name, cfg.backbone.pretrained, cfg.backbone.cache_dir)
     if method_cls.prompts_image_encoder and not vit_image_tower(cfg.backbone.name):
         raise ConfigError(f"{cfg.method} puts prompts into the image encoder, which needs a ViT backbone; "
@@ -160,6 +160,14 @@ def method_and_config(cfg: RunConfig) -> tuple:
     check_method_data(cfg, method_cls, method_cfg)
     check_available(parse_report_to(cfg.report_to), cfg.tracking_uri)
     return method_cls, method_cfg
+
+
+def resolved_method_config(cfg: RunConfig, method_cls: type):
+    """The method's validated config as this run's data resolves it (``Method.resolve_config``): the one
+    value a run, its estimate and ``reproduce`` build the method from."""
+    method_cfg = from_dict(method_cls.config_class, cfg.method_config, f"method_config ({cfg.method})")
+    check_domain_config(cfg.data)
+    return method_cls.resolve_config(method_cfg, get_spec(cfg.data.dataset), cfg.data)
 
 
 def check_method_data(cfg: RunConfig, method_cls: type, method_cfg) -> None:
@@ -415,7 +423,7 @@ def estimate_run(cfg: RunConfig, gpu: str) -> Estimate:
     """Memory and time of ``cfg`` on ``gpu`` (estimate.py), without weights or any data computation."""
     budget = parse_bytes(cfg.train.memory_budget) if cfg.train.memory_budget else None
     method_cls = get_method(cfg.method)
-    check_method_data(cfg, method_cls, from_dict(method_cls.config_class, cfg.method_config, "method_config"))
+    check_method_data(cfg, method_cls, resolved_method_config(cfg, method_cls))
     return estimate(cfg, run_counts(cfg), gpu, budget)
 
 

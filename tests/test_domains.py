@@ -4,10 +4,12 @@ generated DomainNet-shaped tree (hand-counted), the mini DomainNet world, and th
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from conftest import as_options, run_record, short_training
 from PIL import Image
@@ -20,6 +22,7 @@ from sbir_bench.data.mini import tree_digest
 from sbir_bench.data.splits import package_file, read_class_file
 from sbir_bench.data.tasks import TrainingPartition, build_task, partition
 from sbir_bench.errors import DataError
+from sbir_bench.methods import get_method
 
 OFFICIAL = Path(__file__).parent / "fixtures" / "official" / "domainnet"  # the .npy files of the four repositories
 
@@ -207,14 +210,32 @@ def test_a_setting_or_option_foreign_to_the_dataset_is_one_line(tmp_path, args, 
     assert not list(tmp_path.glob("*.json"))
 
 
-def test_pros_is_refused_on_domainnet_until_its_domain_units_are_ported(tmp_path):
-    result = CliRunner().invoke(main, ["run", "pros", "--dataset", "mini-domainnet", "--setting", "ucdr",
-                                       "--output-dir", str(tmp_path)])
-    assert result.exit_code == 2 and "not ported yet" in result.output
-    dry = CliRunner().invoke(main, ["reproduce", "ucdr", "--dataset", "mini", "--method", "pros", "--method", "coop", "--dry-run",
-                                    "--output-dir", str(tmp_path / "rep")])
-    assert dry.exit_code == 0, dry.output
-    assert "-> refused: pros on" in dry.output and "coop" in dry.output and "peak" in dry.output
+@pytest.mark.parametrize("method", ["pros", "ucdr-adapter"])
+def test_one_domain_unit_per_training_domain_as_the_official_code_sizes_them(method, tmp_path):
+    """On the mini DomainNet world (sketch held out) the run learns one unit per training domain, five, in the
+    official dictionary's order (the record and the artifact say so: method_config_resolved.domains); each
+    triplet's sketch and photo take their own domain's unit; a contradicting value is one line, and so is
+    the option on a sketch dataset."""
+    from sbir_bench.baselines.pros import batch_domains
+    from sbir_bench.methods import TripletBatch
+    short = ["--epochs", "1", "--batch-size", "4", "--set", "train.steps_per_epoch=1", "--set", "train.val_every=0",
+             "--set", f"method_config.{'units' if method == 'pros' else 'prompts'}_batch_size=4",
+             "--set", "eval.save_embeddings=false", "--quiet", "--output-dir", str(tmp_path / "a")]
+    result = CliRunner().invoke(main, ["run", method, "--dataset", "mini-domainnet", "--setting", "ucdr", *short])
+    assert result.exit_code == 0, result.output
+    record = json.loads(next((tmp_path / "a").glob("*.json")).read_text())
+    assert record["method_config_resolved"]["domains"] == 5
+    bad = CliRunner().invoke(main, ["run", method, "--dataset", "mini-domainnet", "--setting", "ucdr", "--set",
+                                    "method_config.domains=4", "--output-dir", str(tmp_path / "b")])
+    assert bad.exit_code == 2 and "trains on 5 domains" in bad.output and not (tmp_path / "b").exists()
+    bad = CliRunner().invoke(main, ["run", method, "--set", "method_config.domains=5", "--output-dir", str(tmp_path / "c")])
+    assert bad.exit_code == 2 and "applies to a multi-domain dataset" in bad.output
+    x = torch.zeros(2, 3, 8, 8)
+    batch = TripletBatch(x, x, x, torch.tensor([0, 1]), torch.tensor([1, 0]), domain=torch.tensor([4, 0]),
+                         positive_domain=torch.tensor([3, 3]))
+    cfg = get_method(method).config_class(domains=5)
+    assert batch_domains(cfg, batch).tolist() == [4, 0, 3, 3]  # the dictionary's: sketch 4, clipart 0, real 3
+    assert batch_domains(get_method(method).config_class(), batch).tolist() == [1, 1, 0, 0]  # sketch / photo
 
 
 def test_the_datasets_listing_names_each_shipped_set_where_it_is_unpacked():

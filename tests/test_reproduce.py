@@ -252,7 +252,7 @@ def test_the_domainnet_tables_hold_every_held_out_domain_under_the_pros_metric(s
              for p in planned}
     assert found == {(d, g) for d in DOMAINNET_HELD_OUT for g in galleries}
     assert {p.cfg.eval.protocol for p in planned} == {"pros"} and {p.cfg.data.dataset for p in planned} == {"domainnet"}
-    assert {p.cfg.method for p in planned} == METHODS - {"pros", "ucdr-adapter"}  # one domain unit per domain: not ported
+    assert {p.cfg.method for p in planned} == METHODS
 
 
 def test_a_g1_cell_evaluates_the_model_its_g0_cell_trained(tmp_path):

@@ -101,6 +101,12 @@ def check_domain_config(data) -> None:
                           f"{', '.join(d for d in split.domains if d != split.gallery)}")
 
 
+def training_domains(spec: DatasetSpec, held_out: str) -> List[str]:
+    """The domains a run on multi-domain ``spec`` trains on, with ``held_out`` held out, sorted: the official
+    code's domain dictionary (DomainNet: the four other query domains and real)."""
+    return sorted(d for d in spec.domain_split.domains if d != held_out)
+
+
 def _default(data, key: str):
     return next(f.default for f in dataclasses.fields(data) if f.name == key)
 

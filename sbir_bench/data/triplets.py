@@ -31,15 +31,18 @@ class TripletBatch:
     label: torch.Tensor  # class of sketch and positive (index into the seen-class list)
     negative_label: torch.Tensor  # class of the negative photo (same list)
     features: bool = False  # True: the three tensors are cached frozen features (N x D), not images
-    # the anchors' domains (index into the sorted domain names of the training anchors: DomainNet's query
-    # side holds four); None: one query domain (a method that reads it, DePro's DaTri, treats it as 0)
+    # each anchor's and each positive photo's domain, as an index into the sorted names of the training
+    # domains (the official code's domain dictionary; DomainNet: the four query domains and real); a sketch
+    # dataset has one name (""), so both are 0 there. None: not known (a method then assumes sketch / photo)
     domain: Optional[torch.Tensor] = None
+    positive_domain: Optional[torch.Tensor] = None
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "TripletBatch":
         tensors = (self.sketch, self.positive, self.negative, self.label, self.negative_label)
-        domain = None if self.domain is None else self.domain.to(device, non_blocking=non_blocking)
+        domains = [None if d is None else d.to(device, non_blocking=non_blocking)
+                   for d in (self.domain, self.positive_domain)]
         return TripletBatch(*(t.to(device, non_blocking=non_blocking) for t in tensors), features=self.features,
-                            domain=domain)
+                            domain=domains[0], positive_domain=domains[1])
 
 
 class TripletDataset(Dataset):
@@ -57,7 +60,8 @@ class TripletDataset(Dataset):
             if p.label in self.seen_index:
                 self.photos_by_class.setdefault(p.label, []).append(p)
         self.photo_by_instance = {p.instance: p for p in photos if p.instance}
-        self.domain_index = {d: i for i, d in enumerate(sorted({s.domain for s in self.sketches}))}
+        names = {s.domain for s in self.sketches} | {p.domain for p in photos if p.label in self.seen_index}
+        self.domain_index = {d: i for i, d in enumerate(sorted(names))}  # the official dictionary's order
         self.classes = sorted(self.photos_by_class)
         self.transform = transform
         self.sketch_transform = sketch_transform or transform  # the sketches' own (ProS inverts some)
@@ -116,8 +120,9 @@ class TripletDataset(Dataset):
         return (*tensors, *self.labels_of(samples))
 
     def labels_of(self, samples) -> tuple:
-        """(anchor class, negative class, anchor domain) of a chosen triplet, as indices."""
-        return self.seen_index[samples[0].label], self.seen_index[samples[2].label], self.domain_index[samples[0].domain]
+        """(anchor class, negative class, anchor domain, positive domain) of a chosen triplet, as indices."""
+        return (self.seen_index[samples[0].label], self.seen_index[samples[2].label],
+                self.domain_index[samples[0].domain], self.domain_index[samples[1].domain])
 
 
 class FeatureTriplets(TripletDataset):
@@ -157,6 +162,6 @@ def collate_triplets(batch: List):
     skipped = len(batch) - len(good)
     if not good:
         return None, skipped
-    sk, pos, neg, y, yn, dom = zip(*good)
+    sk, pos, neg, y, yn, dom, pos_dom = zip(*good)
     return TripletBatch(torch.stack(sk), torch.stack(pos), torch.stack(neg), torch.tensor(y), torch.tensor(yn),
-                        domain=torch.tensor(dom)), skipped
+                        domain=torch.tensor(dom), positive_domain=torch.tensor(pos_dom)), skipped

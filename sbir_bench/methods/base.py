@@ -171,6 +171,14 @@ class Method(nn.Module):
         the held-out domain's complement as its query side and real photos as its gallery side."""
 
     @classmethod
+    def resolve_config(cls, config, spec, data):
+        """The method's config for dataset ``spec`` under data section ``data``: what the data decides (ProS's
+        and UCDR-Adapter's count of training domains, one prompt unit each) filled in, a contradiction
+        refused in one line. The run resolves it before anything loads; the record and the artifact hold the
+        result. Default: ``config`` unchanged."""
+        return config
+
+    @classmethod
     def training_stages(cls, config, train) -> Tuple[Stage, ...]:
         """The phases training runs in order, from the method's config and the run's ``train`` section.
 
