@@ -29,26 +29,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
 from open_clip.transformer import LayerNorm, Transformer
 from torch import nn
 
-from sbir_bench.baselines.pros import INVERT, PREPROCESS, official_sketch_transforms, text_projection_matrix
+from sbir_bench.baselines.pros import INVERT, PREPROCESS, ProSFamily, text_projection_matrix
 from sbir_bench.config import opt
-from sbir_bench.methods import METHODS, Method, TripletBatch
+from sbir_bench.methods import METHODS, TripletBatch
 from sbir_bench.methods.base import with_own_modules
 from sbir_bench.methods.losses import domain_aware_triplet
 from sbir_bench.models import PromptedCLIP
-from sbir_bench.models.preprocess import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    eval_transform,
-    jittered_train_transform,
-)
-from sbir_bench.models.prompted import patch_tokens
 from sbir_bench.models.text_prompts import DomainSentencePrompts
 
 EMBEDDINGS = ("concat", "learned", "fixed")
@@ -94,11 +87,10 @@ class CPGenerator(nn.Module):
 
 
 @METHODS.register("depro")
-class DePro(Method):
+class DePro(ProSFamily):
     description = "DePro (SIGIR'25): static UDPs + image-conditioned CPs, CE vs learned and frozen texts, DaTri"
     table_order = 75
     config_class = DeProConfig
-    prompts_image_encoder = True
 
     @classmethod
     def check_config(cls, config: DeProConfig, tokenizer) -> None:
@@ -110,19 +102,6 @@ class DePro(Method):
         """DaTri takes each anchor's hardest positive and negative within the whole batch: a micro-batch
         sees fewer candidates, another loss. Without ``triplet`` the loss is a mean over samples."""
         return not config.triplet
-
-    @classmethod
-    def image_transforms(cls, config: DeProConfig, pp, crop_scale_min: float) -> Tuple[Callable, Callable]:
-        if config.preprocess == "backbone":
-            return super().image_transforms(config, pp, crop_scale_min)
-        size = pp.size if isinstance(pp.size, int) else pp.size[0]
-        return jittered_train_transform(size, 0.8, 0.4, IMAGENET_MEAN, IMAGENET_STD), eval_transform(pp)
-
-    @classmethod
-    def sketch_transforms(cls, config: DeProConfig, dataset: str, train: Callable,
-                          evaluation: Callable) -> Tuple[Callable, Callable]:
-        """ProS's loader, unchanged in DePro (``invert_sketches``, as ProS's)."""
-        return official_sketch_transforms(config.invert_sketches, dataset, train, evaluation)
 
     def __init__(self, backbone, class_names, seen, config=None) -> None:
         super().__init__(backbone, class_names, seen, config)
@@ -138,8 +117,7 @@ class DePro(Method):
         visual = self.clip.visual
         width, patch = self.prompted.vision_width, visual.conv1.kernel_size
         self.text_projection = nn.Parameter(text_projection_matrix(self.clip).detach().clone())
-        self.image_proj = nn.Parameter(visual.proj.detach().clone())
-        self.class_embedding = nn.Parameter(visual.class_embedding.detach().clone())
+        self.copy_image_head()
         self.ctx = nn.Parameter(torch.randn(cfg.n_ctx, self.prompted.text_width) * 0.02)
         self.udp = nn.Parameter(width ** -0.5 * torch.randn(cfg.n_prompts, width))
         bound = math.sqrt(6.0 / (3 * patch[0] * patch[1] + width))  # its xavier rule (--second_init)
@@ -169,20 +147,14 @@ class DePro(Method):
 
     def sequences(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """CLIP's inputs ``x1 = [class token, CPs, patches]`` and ``x2 = [class token, UDPs, CPs, patches]``."""
-        v = self.clip.visual
-        patches = patch_tokens(v.conv1, v.positional_embedding, images)
-        b = patches.shape[0]
-        first = (self.class_embedding + v.positional_embedding[0]).to(patches.dtype).expand(b, 1, -1)
+        patches = self.patches(images)
         cps = self.class_prompts(patches)
-        udps = self.udp.to(patches.dtype).expand(b, -1, -1)
-        return torch.cat([first, cps, patches], dim=1), torch.cat([first, udps, cps, patches], dim=1)
+        udps = self.udp.expand(cps.shape[0], -1, -1)
+        return self.prompted_sequence(patches, cps), self.prompted_sequence(patches, udps, cps)
 
     def clip_feature(self, sequence: torch.Tensor) -> torch.Tensor:
-        """CLIP's image tower on ``sequence``: ``ln_post`` of the pooled token (0 with ``ln_trick``, else 1),
-        times the trained projection."""
-        v = self.clip.visual
-        x = PromptedCLIP.run_transformer(v.transformer, v.ln_pre(sequence))
-        return v.ln_post(x[:, 0 if self.config.ln_trick else 1]) @ self.image_proj.to(x.dtype)
+        """The image tower on ``sequence``, pooled at the class token with ``ln_trick``, else at token 1."""
+        return self.pooled_feature(sequence, 0 if self.config.ln_trick else 1)
 
     def features(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """The normalised (x1, x2) features."""

@@ -125,6 +125,9 @@ def batch_domains(config, batch) -> torch.Tensor:
     b = batch.sketch.shape[0]
     device = batch.label.device
     if config.domains:
+        if batch.domain is None or batch.positive_domain is None:
+            raise ValueError("a multi-domain run's triplet batches carry each image's domain (TripletBatch.domain, "
+                             "positive_domain); this one has none")
         return torch.cat([batch.domain, batch.positive_domain]).to(device)
     return torch.cat([torch.full((b,), SKETCH, device=device), torch.full((b,), PHOTO, device=device)])
 
@@ -161,12 +164,56 @@ class PromptGenerator(nn.Module):
         return self.ln_post(PromptedCLIP.run_transformer(self.transformer, x)[:, :n_out])
 
 
+class ProSFamily(Method):
+    """What ProS and the methods forked from its code (DePro, UCDR-Adapter) share: its loader's images
+    (``preprocess``, ``invert_sketches``: its training augmentation with ImageNet statistics, CLIP's
+    preprocessing at test time, the sketch and quickdraw domains inverted), and CLIP's image tower run on
+    ``[class token, prompts, patches]`` with a trained copy of its class embedding and projection
+    (``class_embedding``, ``image_proj``), pooled at one token. Not registered: a base, not a method."""
+
+    prompts_image_encoder = True
+
+    @classmethod
+    def image_transforms(cls, config, pp, crop_scale_min: float) -> Tuple[Callable, Callable]:
+        if config.preprocess == "backbone":
+            return super().image_transforms(config, pp, crop_scale_min)
+        size = pp.size if isinstance(pp.size, int) else pp.size[0]
+        return jittered_train_transform(size, 0.8, 0.4, IMAGENET_MEAN, IMAGENET_STD), eval_transform(pp)
+
+    @classmethod
+    def sketch_transforms(cls, config, dataset: str, train: Callable, evaluation: Callable) -> Tuple[Callable, Callable]:
+        return official_sketch_transforms(config.invert_sketches, dataset, train, evaluation)
+
+    def copy_image_head(self) -> None:
+        """Own copies of CLIP's class embedding and image projection, which these methods train: the
+        caller's backbone stays as it was handed."""
+        self.image_proj = nn.Parameter(self.clip.visual.proj.detach().clone())
+        self.class_embedding = nn.Parameter(self.clip.visual.class_embedding.detach().clone())
+
+    def patches(self, images: torch.Tensor) -> torch.Tensor:
+        """CLIP's patch tokens of ``images`` with their positional embeddings (B, P, W)."""
+        return patch_tokens(self.clip.visual.conv1, self.clip.visual.positional_embedding, images)
+
+    def prompted_sequence(self, patches: torch.Tensor, *prompts: torch.Tensor) -> torch.Tensor:
+        """CLIP's input ``[class token, *prompts, patches]`` from :meth:`patches`; each prompt (B, n, W), or
+        (B, W) for one token."""
+        v, x = self.clip.visual, patches
+        b = x.shape[0]
+        first = (self.class_embedding + v.positional_embedding[0]).to(x.dtype).expand(b, 1, -1)
+        return torch.cat([first, *(p.reshape(b, -1, p.shape[-1]).to(x.dtype) for p in prompts), x], dim=1)
+
+    def pooled_feature(self, sequence: torch.Tensor, token: int) -> torch.Tensor:
+        """CLIP's frozen image tower on ``sequence``: ``ln_post`` of token ``token``, times the trained projection."""
+        v = self.clip.visual
+        x = PromptedCLIP.run_transformer(v.transformer, v.ln_pre(sequence))
+        return v.ln_post(x[:, token]) @ self.image_proj.to(x.dtype)
+
+
 @METHODS.register("pros")
-class ProS(Method):
+class ProS(ProSFamily):
     description = "ProS (CVPR'24): prompt units, then a prompt generator simulating unseen domains/classes; CE"
     table_order = 70
     config_class = ProSConfig
-    prompts_image_encoder = True
 
     @classmethod
     def check_config(cls, config: ProSConfig, tokenizer) -> None:
@@ -188,20 +235,8 @@ class ProS(Method):
         return stage != UNITS or config.dropout == 0.0
 
     @classmethod
-    def image_transforms(cls, config: ProSConfig, pp, crop_scale_min: float) -> Tuple[Callable, Callable]:
-        if config.preprocess == "backbone":
-            return super().image_transforms(config, pp, crop_scale_min)
-        size = pp.size if isinstance(pp.size, int) else pp.size[0]
-        return jittered_train_transform(size, 0.8, 0.4, IMAGENET_MEAN, IMAGENET_STD), eval_transform(pp)
-
-    @classmethod
     def resolve_config(cls, config: ProSConfig, spec, data) -> ProSConfig:
         return resolve_domain_units("pros", config, spec, data)
-
-    @classmethod
-    def sketch_transforms(cls, config: ProSConfig, dataset: str, train: Callable,
-                          evaluation: Callable) -> Tuple[Callable, Callable]:
-        return official_sketch_transforms(config.invert_sketches, dataset, train, evaluation)
 
     def __init__(self, backbone, class_names, seen, config=None) -> None:
         super().__init__(backbone, class_names, seen, config)
@@ -212,8 +247,7 @@ class ProS(Method):
         grid = visual.positional_embedding.shape[0] - 1
         # own copies of the CLIP tensors ProS trains: the caller's backbone stays as it was handed
         self.text_projection = nn.Parameter(text_projection_matrix(self.clip).detach().clone())
-        self.image_proj = nn.Parameter(visual.proj.detach().clone())
-        self.class_embedding = nn.Parameter(visual.class_embedding.detach().clone())
+        self.copy_image_head()
         self.ctx = nn.Parameter(torch.randn(cfg.n_ctx, self.prompted.text_width) * 0.02)
         bound = math.sqrt(6.0 / (3 * patch[0] * patch[1] + width))
         self.domain_units = nn.Parameter(torch.empty(cfg.domains or 2, width).uniform_(-bound, bound))
@@ -252,17 +286,11 @@ class ProS(Method):
     # ------------------------------------------------------------------ images
     def clip_sequence(self, images: torch.Tensor, domain: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
         """CLIP's input ``[class token, domain prompt, class prompt, patches]`` (B, 3 + P, W)."""
-        b = images.shape[0]
-        first = (self.class_embedding + self.clip.visual.positional_embedding[0]).expand(b, 1, -1)
-        x = patch_tokens(self.clip.visual.conv1, self.clip.visual.positional_embedding, images)
-        return torch.cat([first.to(x.dtype), domain.reshape(b, 1, -1).to(x.dtype), cls.reshape(b, 1, -1).to(x.dtype),
-                          x], dim=1)
+        return self.prompted_sequence(self.patches(images), domain, cls)
 
     def clip_feature(self, sequence: torch.Tensor) -> torch.Tensor:
-        """The frozen image tower on ``sequence``: ``ln_post`` of the pooled token, projected."""
-        v = self.clip.visual
-        x = PromptedCLIP.run_transformer(v.transformer, v.ln_pre(sequence))
-        return v.ln_post(x[:, self.config.pool_token]) @ self.image_proj.to(x.dtype)
+        """The frozen image tower on ``sequence``, pooled at ``pool_token``."""
+        return self.pooled_feature(sequence, self.config.pool_token)
 
     def generator_input(self, images: torch.Tensor, domain: Optional[torch.Tensor] = None,
                         cls: Optional[torch.Tensor] = None) -> torch.Tensor:

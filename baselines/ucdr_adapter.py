@@ -28,25 +28,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Callable, Dict, List, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
 from open_clip.transformer import LayerNorm
 from torch import nn
 
-from sbir_bench.baselines.pros import (
-    INVERT,
-    PREPROCESS,
-    batch_domains,
-    official_sketch_transforms,
-    resolve_domain_units,
-)
+from sbir_bench.baselines.pros import INVERT, PREPROCESS, ProSFamily, batch_domains, resolve_domain_units
 from sbir_bench.config import opt
-from sbir_bench.methods import METHODS, Method, Stage, TripletBatch
+from sbir_bench.methods import METHODS, Stage, TripletBatch
 from sbir_bench.models import PromptedCLIP
-from sbir_bench.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, eval_transform, jittered_train_transform
-from sbir_bench.models.prompted import patch_tokens
 from sbir_bench.models.text_prompts import DomainSentencePrompts
 
 PROMPTS, ADAPTER = "prompts", "adapter"
@@ -126,11 +118,10 @@ def random_sample_triplet(features: torch.Tensor, labels: torch.Tensor, queue: t
 
 
 @METHODS.register("ucdr-adapter")
-class UCDRAdapter(Method):
+class UCDRAdapter(ProSFamily):
     description = "UCDR-Adapter (WACV'25): source prompts + momentum-queue triplet, then image-queried adapters; CE"
     table_order = 78
     config_class = UCDRAdapterConfig
-    prompts_image_encoder = True
 
     @classmethod
     def check_config(cls, config: UCDRAdapterConfig, tokenizer) -> None:
@@ -156,27 +147,13 @@ class UCDRAdapter(Method):
     def resolve_config(cls, config: UCDRAdapterConfig, spec, data) -> UCDRAdapterConfig:
         return resolve_domain_units("ucdr-adapter", config, spec, data)
 
-    @classmethod
-    def image_transforms(cls, config: UCDRAdapterConfig, pp, crop_scale_min: float) -> Tuple[Callable, Callable]:
-        if config.preprocess == "backbone":
-            return super().image_transforms(config, pp, crop_scale_min)
-        size = pp.size if isinstance(pp.size, int) else pp.size[0]
-        return jittered_train_transform(size, 0.8, 0.4, IMAGENET_MEAN, IMAGENET_STD), eval_transform(pp)
-
-    @classmethod
-    def sketch_transforms(cls, config: UCDRAdapterConfig, dataset: str, train: Callable,
-                          evaluation: Callable) -> Tuple[Callable, Callable]:
-        """ProS's loader, unchanged there (``invert_sketches``, as ProS's)."""
-        return official_sketch_transforms(config.invert_sketches, dataset, train, evaluation)
-
     def __init__(self, backbone, class_names, seen, config=None) -> None:
         super().__init__(backbone, class_names, seen, config)
         cfg = self.config
         self.prompted = PromptedCLIP(self.clip)
         visual = self.clip.visual
         width, patch = self.prompted.vision_width, visual.conv1.kernel_size
-        self.image_proj = nn.Parameter(visual.proj.detach().clone())
-        self.class_embedding = nn.Parameter(visual.class_embedding.detach().clone())
+        self.copy_image_head()
         self.ctx = nn.Parameter(torch.randn(cfg.n_ctx, self.prompted.text_width) * 0.02)
         bound = math.sqrt(6.0 / (3 * patch[0] * patch[1] + width))
         n_domains = cfg.domains or 2
@@ -218,23 +195,16 @@ class UCDRAdapter(Method):
     # ------------------------------------------------------------------ images
     def clip_sequence(self, images: torch.Tensor, domain: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
         """CLIP's input ``[class token, domain prompt, class prompt, patches]`` (B, 3 + P, W)."""
-        v = self.clip.visual
-        x = patch_tokens(v.conv1, v.positional_embedding, images)
-        b = x.shape[0]
-        first = (self.class_embedding + v.positional_embedding[0]).to(x.dtype).expand(b, 1, -1)
-        return torch.cat([first, domain.reshape(b, 1, -1).to(x.dtype), cls.reshape(b, 1, -1).to(x.dtype), x], dim=1)
+        return self.prompted_sequence(self.patches(images), domain, cls)
 
     def clip_feature(self, sequence: torch.Tensor) -> torch.Tensor:
         """The frozen image tower on ``sequence``: ``ln_post`` of token 1, projected."""
-        v = self.clip.visual
-        x = PromptedCLIP.run_transformer(v.transformer, v.ln_pre(sequence))
-        return v.ln_post(x[:, 1]) @ self.image_proj.to(x.dtype)
+        return self.pooled_feature(sequence, 1)
 
     def query(self, images: torch.Tensor) -> torch.Tensor:
         """The adapters' query (B, 1, W): the patch tokens alone through CLIP's blocks, ``ln_post`` of token 0."""
         v = self.clip.visual
-        x = PromptedCLIP.run_transformer(v.transformer, v.ln_pre(patch_tokens(v.conv1, v.positional_embedding, images)))
-        return v.ln_post(x[:, :1])
+        return v.ln_post(PromptedCLIP.run_transformer(v.transformer, v.ln_pre(self.patches(images)))[:, :1])
 
     def generated_prompts(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """The domain and the class prompt of each image (B, 1, W) each."""

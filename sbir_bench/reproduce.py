@@ -31,7 +31,8 @@ from .locations import recipes_folder
 from .log import get_logger
 from .methods import METHODS, get_method
 from .models.factory import WeightsNotCached, check_weights_source
-from .runner import check_method_data, finished_record, has_checkpoint, resolved_method_config, training_identity
+from .methods.base import resolved_method_config
+from .runner import check_method_data, finished_record, has_checkpoint, training_identity
 
 log = get_logger(__name__)
 

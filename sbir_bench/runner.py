@@ -24,7 +24,6 @@ from .artifacts import build_method, check_no_leakage, load_backbone_for, save_a
 from .config import (
     RunConfig,
     config_id,
-    from_dict,
     keys_with_role,
     to_dict,
     without_keys,
@@ -57,7 +56,7 @@ from .fileio import atomic_write_json, check_output_dir, file_sha256
 from .gpus import parse_bytes
 from .log import get_logger
 from .methods import Method, Stage, get_method
-from .methods.base import combine_stages, image_pipeline, run_stages
+from .methods.base import combine_stages, image_pipeline, resolved_method_config, run_stages
 from .models import Backbone, load_backbone
 from .models.backbone_configs import vit_image_tower
 from .models.factory import check_weights_source
@@ -160,14 +159,6 @@ def method_and_config(cfg: RunConfig) -> tuple:
     check_method_data(cfg, method_cls, method_cfg)
     check_available(parse_report_to(cfg.report_to), cfg.tracking_uri)
     return method_cls, method_cfg
-
-
-def resolved_method_config(cfg: RunConfig, method_cls: type):
-    """The method's validated config as this run's data resolves it (``Method.resolve_config``): the one
-    value a run, its estimate and ``reproduce`` build the method from."""
-    method_cfg = from_dict(method_cls.config_class, cfg.method_config, f"method_config ({cfg.method})")
-    check_domain_config(cfg.data)
-    return method_cls.resolve_config(method_cfg, get_spec(cfg.data.dataset), cfg.data)
 
 
 def check_method_data(cfg: RunConfig, method_cls: type, method_cfg) -> None:

@@ -45,6 +45,7 @@ from .fileio import atomic_write_json
 from .locations import cache_root
 from .log import get_logger
 from .methods import get_method
+from .methods.base import resolved_method_config
 from .models.backbone_configs import create_model
 from .models.factory import Backbone
 from .models.prompted import PromptedCLIP
@@ -195,7 +196,7 @@ def meta_batch(method, n: int, features: bool) -> TripletBatch:
         shape = (n, 3, side, side)
     x = lambda: torch.empty(shape, device="meta")  # noqa: E731
     labels = lambda: torch.zeros(n, dtype=torch.long, device="meta")  # noqa: E731
-    return TripletBatch(x(), x(), x(), labels(), labels(), features=features)
+    return TripletBatch(x(), x(), x(), labels(), labels(), features=features, domain=labels(), positive_domain=labels())
 
 
 # ------------------------------------------------------------------------------------ the estimate
@@ -330,7 +331,8 @@ def method_cost(cfg: RunConfig, counts: Counts, stage: str = "") -> MethodCost:
     """The traced costs of ``cfg``'s method (in training stage ``stage``) on ``counts``' classes: traced
     once per identical method and class list, kept in memory and on disk (``<cache>/estimates``, keyed
     by everything the trace reads, the code that computes it included)."""
-    return _cached_cost(cfg.method, json.dumps(cfg.method_config, sort_keys=True, default=str), cfg.backbone.name,
+    resolved = asdict(resolved_method_config(cfg))  # as the run builds it (one domain unit per DomainNet domain)
+    return _cached_cost(cfg.method, json.dumps(resolved, sort_keys=True, default=str), cfg.backbone.name,
                         tuple(counts.class_names), tuple(counts.seen), cfg.train.text_chunk, stage, bool(cfg.train.amp))
 
 

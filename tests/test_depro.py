@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import official_inputs as oi
+from official_checks import check, pros_tiny_backbone
 import pytest
 import torch
 from sbir_bench.baselines.depro import DePro, DeProConfig
@@ -23,13 +24,11 @@ from sbir_bench.baselines.depro import DePro, DeProConfig
 from sbir_bench.config import TrainConfig
 from sbir_bench.methods import TripletBatch
 from sbir_bench.methods.losses import domain_aware_triplet
-from sbir_bench.models import load_backbone
 from sbir_bench.retrieval import PRESETS, evaluate
 from sbir_bench.training.trainer import build_optimizer, lr_lambda
 
 HERE = Path(__file__).parent
 EXPECTED = json.loads((HERE / "fixtures" / "official" / "depro.json").read_text())
-TOL = dict(rtol=1e-4, atol=1e-4)
 # the run scripts as our switches
 SWITCHES = {
     "baseline": dict(generator_layers=0, decouple=False, triplet=False, ln_trick=False),
@@ -77,10 +76,7 @@ def as_official(name: str, tensor: torch.Tensor) -> torch.Tensor:
 
 def depro_tiny(script: str = "full", **overrides) -> DePro:
     """Our DePro on test-pros-tiny under ``script``'s switches, holding the fixture's CLIP and DePro values."""
-    backbone = load_backbone("test-pros-tiny", "random")
-    state = backbone.model.state_dict()
-    values = oi.weights({k: tuple(v.shape) for k, v in state.items()})
-    backbone.model.load_state_dict({k: torch.from_numpy(v) for k, v in values.items()}, strict=True)
+    backbone = pros_tiny_backbone()
     method = DePro(backbone, EXPECTED["class_names"], list(range(len(oi.CLASS_NAMES))),
                    DeProConfig(**{**SWITCHES[script], **overrides}))
     params = dict(method.named_parameters())
@@ -92,18 +88,6 @@ def depro_tiny(script: str = "full", **overrides) -> DePro:
             if name not in UNUSED:
                 params[ours(name)].copy_(torch.from_numpy(value).reshape(params[ours(name)].shape))
     return method
-
-
-def check(tensor: torch.Tensor, expected, tol=TOL) -> None:
-    """``tensor`` equals the fixture's values, or its row summary (official_inputs.row_summary)."""
-    values = tensor.detach().float().numpy()
-    if isinstance(expected, dict):
-        assert list(values.shape) == expected["shape"]
-        got = oi.row_summary(values)
-        np.testing.assert_allclose(got["norm"], expected["norm"], **tol)
-        np.testing.assert_allclose(got["dot"], expected["dot"], **tol)
-    else:
-        np.testing.assert_allclose(values.reshape(-1), np.asarray(expected, dtype=np.float64), **tol)
 
 
 def inputs():

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import official_inputs as oi
+from official_checks import check, pros_tiny_backbone
 import pytest
 import torch
 from conftest import last_checkpoint
@@ -22,12 +23,10 @@ from sbir_bench.baselines.pros import SIMULATOR, UNITS, ProS, ProSConfig
 
 from sbir_bench.config import TrainConfig
 from sbir_bench.methods import TripletBatch
-from sbir_bench.models import load_backbone
 from sbir_bench.training.trainer import build_optimizer, lr_lambda
 
 HERE = Path(__file__).parent
 EXPECTED = json.loads((HERE / "fixtures" / "official" / "pros.json").read_text())
-TOL = dict(rtol=1e-4, atol=1e-4)
 # official name -> ours (the CLIP tensors ProS trains are our own copies; the rest keep their names)
 NAMES = {"text_prompt_learner.ctx": "ctx", "text_encoder.text_projection": "text_projection",
          "specific_domain_prompts": "domain_units", "specific_class_prompts": "class_units",
@@ -48,10 +47,7 @@ def ours(official: str) -> str:
 
 def pros_tiny(dropout: float = 0.0) -> ProS:
     """Our ProS on test-pros-tiny, holding the fixture's CLIP and ProS values (same names, same values)."""
-    backbone = load_backbone("test-pros-tiny", "random")
-    state = backbone.model.state_dict()
-    values = oi.weights({k: tuple(v.shape) for k, v in state.items()})
-    backbone.model.load_state_dict({k: torch.from_numpy(v) for k, v in values.items()}, strict=True)
+    backbone = pros_tiny_backbone()
     classes = EXPECTED["class_names"]
     method = ProS(backbone, classes, list(range(len(classes))), ProSConfig(dropout=dropout))
     params = dict(method.named_parameters())
@@ -64,18 +60,6 @@ def pros_tiny(dropout: float = 0.0) -> ProS:
             if name not in UNUSED:
                 params[ours(name)].copy_(torch.from_numpy(value))
     return method
-
-
-def check(tensor: torch.Tensor, expected, tol=TOL) -> None:
-    """``tensor`` equals the fixture's values, or its row summary (official_inputs.row_summary)."""
-    values = tensor.detach().float().numpy()
-    if isinstance(expected, dict):
-        assert list(values.shape) == expected["shape"]
-        got = oi.row_summary(values)
-        np.testing.assert_allclose(got["norm"], expected["norm"], **tol)
-        np.testing.assert_allclose(got["dot"], expected["dot"], **tol)
-    else:
-        np.testing.assert_allclose(values.reshape(-1), np.asarray(expected, dtype=np.float64), **tol)
 
 
 def inputs(method: ProS):

@@ -15,17 +15,16 @@ from pathlib import Path
 
 import numpy as np
 import official_inputs as oi
+from official_checks import check, pros_tiny_backbone
 import pytest
 import torch
 from sbir_bench.baselines.ucdr_adapter import ADAPTER, PROMPTS, UCDRAdapter, UCDRAdapterConfig, random_sample_triplet
 
 from sbir_bench.config import TrainConfig
-from sbir_bench.models import load_backbone
 from sbir_bench.training.trainer import build_optimizer, lr_lambda
 
 HERE = Path(__file__).parent
 EXPECTED = json.loads((HERE / "fixtures" / "official" / "ucdr_adapter.json").read_text())
-TOL = dict(rtol=1e-4, atol=1e-4)
 NAMES = {"text_prompt_learner.ctx": "ctx", "image_encoder.specific_domain_prompts": "domain_prompts",
          "image_encoder.specific_class_prompts": "class_prompts", "image_encoder.feature_template": "class_embedding",
          "image_encoder.feature_proj": "image_proj",
@@ -61,10 +60,7 @@ def official_shape(name: str, state: dict) -> tuple:
 
 def ucdr_tiny(**config) -> UCDRAdapter:
     """Our UCDR-Adapter on test-pros-tiny, holding the fixture's CLIP and method values."""
-    backbone = load_backbone("test-pros-tiny", "random")
-    state = backbone.model.state_dict()
-    values = oi.weights({k: tuple(v.shape) for k, v in state.items()})
-    backbone.model.load_state_dict({k: torch.from_numpy(v) for k, v in values.items()}, strict=True)
+    backbone = pros_tiny_backbone()
     method = UCDRAdapter(backbone, EXPECTED["class_names"], list(range(len(oi.CLASS_NAMES))),
                          UCDRAdapterConfig(**config))
     mine = {**dict(method.named_parameters()), **dict(method.named_buffers())}
@@ -77,17 +73,6 @@ def ucdr_tiny(**config) -> UCDRAdapter:
             except KeyError:  # layer_norm1 and the momentum copy's adapters: not built (docs/methods.md)
                 pass
     return method
-
-
-def check(tensor: torch.Tensor, expected, tol=TOL) -> None:
-    values = tensor.detach().float().numpy()
-    if isinstance(expected, dict):
-        assert list(values.shape) == expected["shape"]
-        got = oi.row_summary(values)
-        np.testing.assert_allclose(got["norm"], expected["norm"], **tol)
-        np.testing.assert_allclose(got["dot"], expected["dot"], **tol)
-    else:
-        np.testing.assert_allclose(values.reshape(-1), np.asarray(expected, dtype=np.float64), **tol)
 
 
 def inputs(seed: int = 95):
@@ -133,8 +118,9 @@ def _stage_step(method, stage: str, number: int):
     return optimizer
 
 
-def stage_one(method, each=lambda terms, expected: None) -> None:
-    """The fixture's two stage-1 steps (``each`` sees every step's terms before its backward pass)."""
+def stage_one(method):
+    """The fixture's two stage-1 steps, pausing (yielding the step's terms and fixture entry) after each
+    forward pass ("loss"), backward pass ("grads") and optimiser step ("stepped")."""
     method.train()
     optimizer = _stage_step(method, PROMPTS, 1)
     for k, expected in enumerate(EXPECTED["stage1"]["steps"]):
@@ -142,37 +128,34 @@ def stage_one(method, each=lambda terms, expected: None) -> None:
         optimizer.zero_grad()
         torch.manual_seed(EXPECTED["triplet_seeds"][k])
         terms = method.objective(images, domains, classes)
-        each(terms, expected)
+        yield "loss", terms, expected
         terms["loss"].backward()
+        yield "grads", terms, expected
         optimizer.step()
+        yield "stepped", terms, expected
 
 
 def test_stage_one_trains_what_the_official_code_trains_over_two_steps():
     """CE + the random-sample triplet (its draws from the seeded global generator), the gradients (ctx and
     the ground-truth rows only), one Adam step each, the moving averages and the queues after each."""
     method = ucdr_tiny()
-    method.train()
-    optimizer = _stage_step(method, PROMPTS, 1)
-    for k, expected in enumerate(EXPECTED["stage1"]["steps"]):
-        images, domains, classes = inputs(95 + k)
-        optimizer.zero_grad()
-        torch.manual_seed(EXPECTED["triplet_seeds"][k])
-        terms = method.objective(images, domains, classes)
-        assert float(terms["loss"].detach()) == pytest.approx(expected["loss"], abs=1e-5)
-        assert (float(terms["cls"]), float(terms["triplet"])) == pytest.approx((expected["ce"], expected["triplet"]),
-                                                                              abs=1e-5)
-        terms["loss"].backward()
-        params = dict(method.named_parameters())
-        for name, grad in expected["grads"].items():
-            check(params[ours(name)].grad, grad)
-        assert {n for n, p in params.items() if p.requires_grad} == {ours(n) for n in expected["grads"]}
-        optimizer.step()
-        for name, value in expected["after_step"].items():
-            check(params[ours(name)], value)
-        buffers = dict(method.named_buffers())
-        for name, value in expected["momentum"].items():
-            check(buffers[ours(name)], value)
-        assert {str(c): int(n) for c, n in enumerate(method.queue_lengths)} == expected["queue_lengths"]
+    params = dict(method.named_parameters())
+    for phase, terms, expected in stage_one(method):
+        if phase == "loss":
+            assert float(terms["loss"].detach()) == pytest.approx(expected["loss"], abs=1e-5)
+            assert (float(terms["cls"]), float(terms["triplet"])) == pytest.approx(
+                (expected["ce"], expected["triplet"]), abs=1e-5)
+        elif phase == "grads":
+            for name, grad in expected["grads"].items():
+                check(params[ours(name)].grad, grad)
+            assert {n for n, p in params.items() if p.requires_grad} == {ours(n) for n in expected["grads"]}
+        else:
+            for name, value in expected["after_step"].items():
+                check(params[ours(name)], value)
+            buffers = dict(method.named_buffers())
+            for name, value in expected["momentum"].items():
+                check(buffers[ours(name)], value)
+            assert {str(c): int(n) for c, n in enumerate(method.queue_lengths)} == expected["queue_lengths"]
     for c, entries in EXPECTED["stage1"]["queues_after"].items():
         check(method.queue[int(c), :len(entries)], [v for row in entries for v in row])
 
@@ -181,7 +164,8 @@ def test_stage_two_trains_the_adapters_only():
     """After the two stage-1 steps (as the fixture ran them), one stage-2 step: CE only, the six adapter-stage
     tensors get gradients and move, the text context and the tables do not."""
     method = ucdr_tiny()
-    stage_one(method)
+    for _ in stage_one(method):
+        pass
     method.begin_stage(ADAPTER)
     method.train()
     expected = EXPECTED["stage2"]["steps"][0]

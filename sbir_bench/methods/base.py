@@ -102,6 +102,17 @@ def stages_of(method_cls: type, method_config: Dict[str, Any], train) -> Tuple[S
     return method_cls.training_stages(from_dict(method_cls.config_class, method_config, "method_config"), train)
 
 
+def resolved_method_config(cfg, method_cls: Optional[type] = None):
+    """The method's validated config as the run ``cfg``'s data resolves it (``Method.resolve_config``): the
+    one value a run, its estimate and ``reproduce`` build the method from."""
+    from ..data.catalog import get_spec
+    from ..data.domains import check_domain_config
+    method_cls = method_cls or METHODS.get(cfg.method)
+    method_cfg = from_dict(method_cls.config_class, cfg.method_config, f"method_config ({cfg.method})")
+    check_domain_config(cfg.data)
+    return method_cls.resolve_config(method_cfg, get_spec(cfg.data.dataset), cfg.data)
+
+
 def run_stages(cfg) -> Tuple[Stage, ...]:
     """The stages of a run (a ``config.RunConfig``): the value the memory plan, the estimate, resume and
     training all read. A run computes it once and hands it on."""
