@@ -112,7 +112,11 @@ def test_text_prompts_equal_the_official_code():
         check(method.class_text_features(), full["learned_text"])
 
 
-@pytest.mark.parametrize("script", list(SWITCHES))
+# the full method in the quick loop, its four other run scripts in the whole suite (CI)
+SCRIPTS = [s if s == "full" else pytest.param(s, marks=pytest.mark.slow) for s in SWITCHES]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
 def test_prompts_sequences_and_features_equal_the_official_code(script):
     method = depro_tiny(script)
     expected = EXPECTED[script]
@@ -133,7 +137,7 @@ def test_prompts_sequences_and_features_equal_the_official_code(script):
     assert expected["out_order"] == (0 if method.config.ln_trick else 1)
 
 
-@pytest.mark.parametrize("script", list(SWITCHES))
+@pytest.mark.parametrize("script", SCRIPTS)
 def test_each_run_script_trains_what_the_official_code_trains(script):
     """Loss terms, the gradient of every trainable tensor, which get none, one Adam step, the loss after."""
     method = depro_tiny(script)
@@ -212,7 +216,7 @@ def test_rate_is_the_official_decay():
 SIZES = {"domainnet": (300, 5), "sketchy": (104, 2), "tuberlin": (220, 2), "tuberlin_depro25": (225, 2)}
 
 
-@pytest.mark.parametrize("dataset", list(SIZES))
+@pytest.mark.parametrize("dataset", [d if d == "sketchy" else pytest.param(d, marks=pytest.mark.slow) for d in SIZES])
 def test_trainable_counts_at_vit_b32(dataset):
     """The official counts less the values it allocates and never reaches with a gradient (768 per domain
     and class row, 2,793,216 in the generator's unused input and output layers): 15,495,424 for the full

@@ -190,12 +190,14 @@ def test_stage_two_rate_is_the_official_decay():
     np.testing.assert_allclose([1e-4 * f(2 * e) for e in range(10)], EXPECTED["stage2_lr"], rtol=1e-12)
 
 
-@pytest.mark.parametrize("dataset,classes,n_ctx", [("sketchy", 104, 8), ("tuberlin", 220, 8)])
-def test_trainable_names_and_counts_at_vit_b32(dataset, classes, n_ctx):
-    """Stage 1: 85,504 on Sketchy, 174,592 on TU-Berlin; stage 2: 2,167,296 on every dataset (field note §8)."""
+@pytest.mark.parametrize("dataset,classes,n_ctx,domains", [("sketchy", 104, 8, 0), ("tuberlin", 220, 8, 0),
+                                                            ("domainnet", 245, 16, 5)])
+def test_trainable_names_and_counts_at_vit_b32(dataset, classes, n_ctx, domains):
+    """Stage 1: 85,504 on Sketchy, 174,592 on TU-Berlin, 200,192 on DomainNet (five domain tokens, 245
+    classes, 16 context vectors); stage 2: 2,167,296 on every dataset (field note §8)."""
     from sbir_bench.sizing import meta_method
-    method = meta_method("ucdr-adapter", {"n_ctx": n_ctx}, "ViT-B-32", [f"c{i}" for i in range(classes)],
-                         list(range(classes)))
+    method = meta_method("ucdr-adapter", {"n_ctx": n_ctx, "domains": domains}, "ViT-B-32",
+                         [f"c{i}" for i in range(classes)], list(range(classes)))
     for number, stage in ((1, PROMPTS), (2, ADAPTER)):
         expected = EXPECTED[f"trainable_{dataset}_stage{number}"]
         method.begin_stage(stage)
