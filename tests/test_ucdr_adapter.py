@@ -247,3 +247,41 @@ def test_checkpoints_hold_the_tables_the_momentum_branch_and_the_queues():
     assert {"domain_prompts", "class_prompts", "ctx", "momentum_class_prompts", "queue", "queue_lengths",
             "attention.W_image.weight"} <= set(state)
     assert not any(k.startswith("clip.") for k in state)
+
+
+SHORT = ["--epochs", "2", "--batch-size", "4", "--set", "train.steps_per_epoch=2", "--set", "train.val_every=0",
+         "--set", "method_config.prompts_epochs=2", "--set", "method_config.prompts_batch_size=4",
+         "--set", "eval.save_embeddings=false", "--quiet"]
+
+
+@pytest.mark.parametrize("call,stage,epoch", [(4, PROMPTS, 1), (7, ADAPTER, 1)])
+def test_interrupted_in_either_stage_then_resumed_is_bit_identical(tmp_path, monkeypatch, call, stage, epoch):
+    """Ctrl-C in the second epoch of stage 1 (call 4: its queues, moving averages and triplet draws must
+    come back) or of stage 2 (call 7), then --resume: the same model, queues, history and test metrics as a
+    straight run."""
+    from click.testing import CliRunner
+    from conftest import last_checkpoint
+    from interrupts import loss_interrupted_at
+
+    from sbir_bench.cli import main
+    args = ["run", "ucdr-adapter", *SHORT]
+    straight = CliRunner().invoke(main, [*args, "--output-dir", str(tmp_path / "a")])
+    assert straight.exit_code == 0, straight.output
+    checkpoints = lambda out: tmp_path / out / "checkpoints" / "ucdr-adapter_mini_zs_split1_seed0"  # noqa: E731
+    reference = last_checkpoint(checkpoints("a") / ADAPTER)
+    assert int(reference["trainable"]["queue_lengths"].sum()) > 0  # stage 1 filled the queues
+    original = UCDRAdapter.loss
+    monkeypatch.setattr(UCDRAdapter, "loss", loss_interrupted_at(UCDRAdapter, call))
+    first = CliRunner().invoke(main, [*args, "--output-dir", str(tmp_path / "b")])
+    assert first.exit_code == 130, first.output
+    assert last_checkpoint(checkpoints("b") / stage)["epoch"] == epoch
+    monkeypatch.setattr(UCDRAdapter, "loss", original)
+    resumed = CliRunner().invoke(main, [*args, "--output-dir", str(tmp_path / "b"), "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    final = last_checkpoint(checkpoints("b") / ADAPTER)
+    assert final["trainable"].keys() == reference["trainable"].keys()
+    for key, value in reference["trainable"].items():
+        assert torch.equal(value, final["trainable"][key]), key
+    a, b = (json.loads(next((tmp_path / p).glob("*.json")).read_text()) for p in ("a", "b"))
+    assert [h["loss"] for h in a["train"]["history"]] == [h["loss"] for h in b["train"]["history"]]
+    assert a["metrics"] == b["metrics"]
