@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import yaml
 
-from .data.domains import HELD_OUT_DOMAINS, SEEN_SPLITS, UCDR_GALLERIES, UDCDR_GALLERIES
+from .data.domains import HELD_OUT_DOMAINS, QUERY_DOMAINS, SEEN_SPLITS, UCDR_GALLERIES, UDCDR_GALLERIES
 from .data.tasks import EPOCH_LENGTHS, GALLERIES, GZS_PROTOCOLS, SETTINGS
 from .errors import ConfigError
 from .gpus import parse_bytes, parse_memory
@@ -83,6 +83,9 @@ class DataConfig:
                                  "photos listed twice; docs/metrics.md)", choices=GALLERIES, role="label")
     held_out_domain: str = opt("sketch", "DomainNet: the domain held out of training, whose images query (real is "
                                          "the gallery)", choices=HELD_OUT_DOMAINS)
+    query_domain: str = opt("", "DomainNet ucdr: the domain whose unseen-class images query; default the held-out one; a "
+                                "training domain gives the official trainers' extra seen-domain rows (unseen classes, "
+                                "a domain trained on)", choices=("", *QUERY_DOMAINS))
     seen_split: str = opt("train+val", "DomainNet: seen classes: train+val (300: ProS, DePro) or train (245: "
                                        "SnMpNet, UCDR-Adapter; the 55 val classes validate)", choices=SEEN_SPLITS)
     ucdr_gallery: str = opt("g0", "DomainNet ucdr gallery: g0 (unseen-class real photos) or g1 (+ the 8 % of seen-"

@@ -76,14 +76,16 @@ def split_label(split: str, split_file: Optional[str] = None, for_record: bool =
 def data_split(data, for_record: bool = False) -> str:
     """The split of a run's ``data`` section (a ``config.DataConfig``) as records and run names show it:
     :func:`split_label`, and on a multi-domain benchmark the held-out domain, with the gallery where it
-    is not the default one (``sketch``, ``sketch-g1``, ``painting-heldout``): tables give each its column."""
+    is not the default one (``sketch``, ``sketch-g1``, ``painting-heldout``) and a query domain that is not the
+    held-out one (``sketch-qquickdraw-g1``): tables give each its column."""
     from .data.domains import DOMAIN_SETTINGS  # light: the CLI imports records without the data stack
 
     if data.setting not in DOMAIN_SETTINGS:
         return split_label(data.split, data.split_file, for_record)
     gallery = {("ucdr", "g1"): "-g1", ("udcdr", "held-out"): "-heldout"}
-    return data.held_out_domain + gallery.get((data.setting, data.ucdr_gallery if data.setting == "ucdr"
-                                                else data.udcdr_gallery), "")
+    query = f"-q{data.query_domain}" if data.query_domain and data.query_domain != data.held_out_domain else ""
+    return data.held_out_domain + query + gallery.get((data.setting, data.ucdr_gallery if data.setting == "ucdr"
+                                                        else data.udcdr_gallery), "")
 
 
 @dataclass

@@ -141,7 +141,7 @@ def load_data(cfg: RunConfig) -> RunData:
     fine = index.spec.fine_grained
     again = photos_listed_twice(index, cfg.data.data_root) if cfg.data.gallery == "published" else None
     task = build_task(cfg.data.setting, part, fine, cfg.data.gzs_protocol, cfg.data.gzs_seen_photo_fraction, cfg.seed,
-                      again, index.spec, cfg.data.ucdr_gallery, cfg.data.udcdr_gallery)
+                      again, index.spec, cfg.data.ucdr_gallery, cfg.data.udcdr_gallery, cfg.data.query_domain)
     task.check(f"{cfg.data.dataset} split {data_split(cfg.data)}")
     return RunData(index, part, task, build_val_task(cfg.data.setting, part, fine))
 
@@ -440,7 +440,7 @@ def training_identity(cfg: RunConfig) -> str:
     tree = training_fingerprint(cfg)
     data = tree["data"]
     for key in ("setting", "gzs_protocol", "gzs_seen_photo_fraction", "val_fraction", "max_per_class", "ucdr_gallery",
-                "udcdr_gallery"):
+                "udcdr_gallery", "query_domain"):
         data.pop(key, None)
     data["partition"] = training_partition(cfg.data, cfg.seed).identity()
     return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -390,7 +390,7 @@ def catalog_counts(data) -> Counts:
     spec = get_spec(data.dataset)
     if spec.domain_split is not None:
         names, seen, sizes = domain_catalog_sizes(spec, data.held_out_domain, data.seen_split, data.setting,
-                                                  data.ucdr_gallery)
+                                                  data.ucdr_gallery, data.query_domain)
         return Counts(sizes["train_sketches"], names, seen, sizes["test_images"],
                       "the catalog's published per-domain totals, split by class share", sizes["train_photos"])
     names = read_class_file(package_file("classes", spec.class_list))

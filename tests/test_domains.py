@@ -115,6 +115,32 @@ def test_the_settings_on_a_domainnet_shaped_tree_have_the_hand_counted_sizes(dn_
     assert (len(part.val_sketches), len(part.val_photos)) == (55 * (int(.3 * 4) + int(.3 * 3)), 55 * 13)
 
 
+def test_a_seen_query_domain_scores_its_unseen_class_images_on_the_same_galleries(dn_index, tmp_path):
+    """data.query_domain: the official trainers' extra rows, the unseen-class images of a domain trained on
+    (quickdraw, with sketch held out: 45 x 10) against G0/G1; the same training partition (the model is
+    the held-out cell's: one identity), its own split label and record; refused off ucdr or on real."""
+    from sbir_bench.config import build_run_config
+    from sbir_bench.records import data_split
+    from sbir_bench.runner import training_identity
+    part, _ = _sizes(dn_index, "sketch", "train+val")
+    spec = dn_index.spec
+    seen = build_task("ucdr", part, False, dataset=spec, ucdr_gallery="g1", query_domain="quickdraw")
+    held = build_task("ucdr", part, False, dataset=spec, ucdr_gallery="g1")
+    assert len(seen.queries) == 45 * 10 and {q.domain for q in seen.queries} == {"quickdraw"}
+    assert [p.path for p in seen.gallery] == [p.path for p in held.gallery]
+    assert not {q.label for q in seen.queries} - set(part.unseen)  # unseen classes only
+    cfgs = [build_run_config({}, {"method": "coop", "data.dataset": "domainnet", "data.setting": "ucdr", **extra})
+            for extra in ({}, {"data.query_domain": "quickdraw", "data.ucdr_gallery": "g1"})]
+    assert training_identity(cfgs[0]) == training_identity(cfgs[1])
+    assert (data_split(cfgs[0].data), data_split(cfgs[1].data)) == ("sketch", "sketch-qquickdraw-g1")
+    root = str(dn_index.root.parent)
+    for bad in (["--setting", "udcdr", "--set", "data.query_domain=painting"],
+                ["--setting", "ucdr", "--set", "data.query_domain=real"]):
+        result = CliRunner().invoke(main, ["run", "zeroshot-clip", "--dataset", "domainnet", "--data-root", root, *bad,
+                                           "--output-dir", str(tmp_path / "bad")])
+        assert result.exit_code == 2 and "query_domain" in result.output and not (tmp_path / "bad").exists()
+
+
 def test_the_official_udcdr_gallery_was_trained_on_and_g1_never(dn_index):
     part, t = _sizes(dn_index, "sketch", "train+val")
     trained = {p.path for p in part.train_photos}
@@ -257,3 +283,7 @@ def test_a_run_on_the_domainnet_shaped_tree_scores_the_hand_counted_sets(dn_inde
                      "data.held_out_domain=quickdraw", "--set", "data.seen_split=train", "--set",
                      "eval.save_embeddings=false")
     assert rec["test_set"] == {"queries": 45 * 1, "gallery": 45 * 1} and rec["split"] == "quickdraw"
+    rec = run_record(tmp_path, "--dataset", "domainnet", "--data-root", root, "--setting", "ucdr", "--set",
+                     "data.query_domain=painting", "--set", "eval.save_embeddings=false")  # a seen query domain
+    assert rec["test_set"] == {"queries": 45 * 3, "gallery": 45 * 13} and rec["domains"]["query_domain"] == "painting"
+    assert rec["split"] == "sketch-qpainting"

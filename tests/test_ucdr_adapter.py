@@ -254,7 +254,7 @@ SHORT = ["--epochs", "2", "--batch-size", "4", "--set", "train.steps_per_epoch=2
          "--set", "eval.save_embeddings=false", "--quiet"]
 
 
-@pytest.mark.parametrize("call,stage,epoch", [(4, PROMPTS, 1), (7, ADAPTER, 1)])
+@pytest.mark.parametrize("call,stage,epoch", [(4, PROMPTS, 1), pytest.param(7, ADAPTER, 1, marks=pytest.mark.slow)])
 def test_interrupted_in_either_stage_then_resumed_is_bit_identical(tmp_path, monkeypatch, call, stage, epoch):
     """Ctrl-C in the second epoch of stage 1 (call 4: its queues, moving averages and triplet draws must
     come back) or of stage 2 (call 7), then --resume: the same model, queues, history and test metrics as a

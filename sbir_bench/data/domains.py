@@ -48,7 +48,8 @@ SEEN_SPLITS = ("train+val", "train")  # 300 or 245 seen classes on DomainNet
 UCDR_GALLERIES = ("g0", "g1")
 UDCDR_GALLERIES = ("official", "held-out")
 HELD_OUT_DOMAINS = tuple(d for d in DOMAINNET_SPLIT.domains if d != DOMAINNET_SPLIT.gallery)  # data.held_out_domain
-DOMAIN_ONLY = ("held_out_domain", "seen_split", "ucdr_gallery", "udcdr_gallery")  # data options of these datasets
+QUERY_DOMAINS = HELD_OUT_DOMAINS  # data.query_domain: any domain but the gallery's
+DOMAIN_ONLY = ("held_out_domain", "query_domain", "seen_split", "ucdr_gallery", "udcdr_gallery")  # their data options
 NOT_DOMAIN = ("gallery", "gzs_protocol", "gzs_seen_photo_fraction", "val_fraction")  # and of the others only
 LISTING = "sorted"  # how a domain's files are listed before the draws (the official code: unsorted glob)
 
@@ -99,6 +100,10 @@ def check_domain_config(data) -> None:
     if data.held_out_domain not in split.domains or data.held_out_domain == split.gallery:
         raise ConfigError(f"data.held_out_domain={data.held_out_domain!r}: choose one of: "
                           f"{', '.join(d for d in split.domains if d != split.gallery)}")
+    if data.query_domain and (data.setting != "ucdr" or data.query_domain not in split.domains
+                              or data.query_domain == split.gallery):
+        raise ConfigError(f"data.query_domain={data.query_domain!r}: the ucdr setting's query domain, one of "
+                          f"{', '.join(d for d in split.domains if d != split.gallery)} (default: the held-out one)")
 
 
 def training_domains(spec: DatasetSpec, held_out: str) -> List[str]:
@@ -177,6 +182,8 @@ def domain_partition(index, spec, held_out: str, seen_split: str, max_per_class:
     for c in out.unseen:
         out.unseen_sketches += by.get((held_out, c), [])
         out.unseen_photos += by.get((split.gallery, c), [])
+        for d in train_domains:  # the seen domains' unseen-class images: data.query_domain's queries
+            out.unseen_by_domain.setdefault(d, []).extend(by.get((d, c), []))
     share = split.udcdr_fraction.get(held_out, split.udcdr_default)
     for i, c in enumerate(seen[:split.udcdr_classes]):
         for domain, target in ((held_out, out.udcdr_queries), (split.gallery, out.udcdr_gallery)):
@@ -191,15 +198,19 @@ def udcdr_classes(spec: DatasetSpec, part) -> List[int]:
     return list(part.seen[:spec.domain_split.udcdr_classes])
 
 
-def domain_task(setting: str, part, spec: DatasetSpec, ucdr_gallery: str = "g0", udcdr_gallery: str = "official"):
-    """The test task of a multi-domain ``setting`` (``ucdr`` or ``udcdr``) over ``part``."""
+def domain_task(setting: str, part, spec: DatasetSpec, ucdr_gallery: str = "g0", udcdr_gallery: str = "official",
+                query_domain: str = ""):
+    """The test task of a multi-domain ``setting`` (``ucdr`` or ``udcdr``) over ``part``; ``query_domain``: the
+    ucdr queries' domain when it is not the held-out one (a domain trained on: the official trainers' extra
+    seen-domain rows)."""
     from .tasks import RetrievalTask
 
     if setting == "ucdr":
         if ucdr_gallery not in UCDR_GALLERIES:
             raise ConfigError(f"data.ucdr_gallery={ucdr_gallery!r}: choose one of: {', '.join(UCDR_GALLERIES)}")
         extra = list(part.heldout_photos) if ucdr_gallery == "g1" else []
-        return RetrievalTask("ucdr", "category", list(part.unseen_sketches), list(part.unseen_photos) + extra)
+        queries = part.unseen_by_domain.get(query_domain, []) if query_domain else part.unseen_sketches
+        return RetrievalTask("ucdr", "category", list(queries), list(part.unseen_photos) + extra)
     if setting == "udcdr":
         if udcdr_gallery == "official":
             gallery = list(part.udcdr_gallery)
@@ -212,8 +223,8 @@ def domain_task(setting: str, part, spec: DatasetSpec, ucdr_gallery: str = "g0",
     raise DataError(f"unknown multi-domain setting {setting!r}; choose one of: {', '.join(DOMAIN_SETTINGS)}")
 
 
-def domain_catalog_sizes(spec: DatasetSpec, held_out: str, seen_split: str, setting: str, ucdr_gallery: str = "g0"
-                         ) -> Tuple[List[str], List[int], Dict[str, int]]:
+def domain_catalog_sizes(spec: DatasetSpec, held_out: str, seen_split: str, setting: str, ucdr_gallery: str = "g0",
+                         query_domain: str = "") -> Tuple[List[str], List[int], Dict[str, int]]:
     """(class names, seen labels, sizes) of a multi-domain benchmark from its published per-domain totals,
     for a dry-run estimate without the copy: each domain's images split by class share (DomainNet's
     classes are roughly balanced), the draws' shares applied as the official code applies them."""
@@ -232,7 +243,7 @@ def domain_catalog_sizes(spec: DatasetSpec, held_out: str, seen_split: str, sett
         sizes["test_images"] = int((per_class.get(held_out, 0) + real) * share * classes)
     else:
         g1 = real * (1 - split.train_share) * n_seen if ucdr_gallery == "g1" else 0
-        sizes["test_images"] = int((per_class.get(held_out, 0) + real) * n_unseen + g1)
+        sizes["test_images"] = int((per_class.get(query_domain or held_out, 0) + real) * n_unseen + g1)
     return names, [labels[n] for n in seen_names], sizes
 
 
@@ -247,6 +258,9 @@ def protocol_record(data) -> Dict[str, object]:
                               "unseen_classes": unseen, "listing": LISTING}
     if data.setting == "ucdr":
         out["gallery"] = data.ucdr_gallery
+        out["query_domain"] = data.query_domain or data.held_out_domain
+        if data.query_domain and data.query_domain != data.held_out_domain:
+            out["query_domain_note"] = "a domain trained on (unseen classes): the official trainers' seen-domain rows"
     else:
         out["gallery"] = ("official: a draw of seen-class real photos that were all training images"
                           if data.udcdr_gallery == "official" else

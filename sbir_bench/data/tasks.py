@@ -109,6 +109,8 @@ class SplitPartition:
     unseen_photos: List[Sample] = field(default_factory=list)
     udcdr_queries: List[Sample] = field(default_factory=list)  # multi-domain: U^d-CDR's official draws
     udcdr_gallery: List[Sample] = field(default_factory=list)
+    # multi-domain: each training query domain's unseen-class images (data.query_domain)
+    unseen_by_domain: Dict[str, List[Sample]] = field(default_factory=dict)
     counts: Dict[str, int] = field(default_factory=dict)
 
 
@@ -291,15 +293,16 @@ def gzs_task(part: SplitPartition, protocol: str = "sem-pcyc", seen_fraction: fl
 def build_task(setting: str, part: SplitPartition, fine_grained: bool, gzs_protocol: str = "sem-pcyc",
                seen_fraction: float = 0.2, seed: int = 0,
                listed_again: Optional[Sequence[Sample]] = None, dataset=None, ucdr_gallery: str = "g0",
-               udcdr_gallery: str = "official") -> RetrievalTask:
+               udcdr_gallery: str = "official", query_domain: str = "") -> RetrievalTask:
     """The test task of ``setting`` over ``part``. ``listed_again`` (ZS only): photos the gallery lists
     a second time, to compose SAKE's / ZSE-SBIR's published lists
     (:func:`~sbir_bench.data.discovery.photos_listed_twice`); their unseen-class ones are appended.
-    ``dataset`` (a ``DatasetSpec``), ``ucdr_gallery``, ``udcdr_gallery``: the multi-domain settings'."""
+    ``dataset`` (a ``DatasetSpec``), ``ucdr_gallery``, ``udcdr_gallery``, ``query_domain``: the multi-domain
+    settings'."""
     if setting in DOMAIN_SETTINGS:
         if dataset is None or dataset.domain_split is None:
             raise DataError(f"the {setting} setting needs a multi-domain dataset (--dataset domainnet or mini-domainnet)")
-        return domain_task(setting, part, dataset, ucdr_gallery, udcdr_gallery)
+        return domain_task(setting, part, dataset, ucdr_gallery, udcdr_gallery, query_domain)
     if listed_again is not None and setting != "zs":
         raise DataError("data.gallery=published composes SAKE's/ZSE-SBIR's zero-shot lists: setting zs only")
     if setting == "zs":
