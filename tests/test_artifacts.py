@@ -90,7 +90,8 @@ def test_load_model_in_three_lines_embeds_like_the_run(trained, mini_root):
     assert m.embed_photos([path]).shape == got.shape
 
 
-@pytest.mark.parametrize("method,dataset", [(m, "mini") for m in TRAINED] + [("pros", "sketchy")])
+@pytest.mark.parametrize("method,dataset", [pytest.param(m, "mini", marks=pytest.mark.slow) if m in ("depro", "ucdr-adapter")
+                                            else (m, "mini") for m in TRAINED] + [("pros", "sketchy")])  # ProS's forks: CI
 def test_load_model_embeds_exactly_as_eval_model_does(method, dataset, tmp_path, make_tree):
     """The Python API and ``eval --model`` build their transforms with the same builder: for every method the
     embeddings agree to 1e-6 (ProS on Sketchy included, whose sketches its loader colour-inverts)."""

@@ -208,7 +208,7 @@ def test_a_ucdr_run_from_the_cli_records_its_protocol(tmp_path):
     assert rec["split"] == "quickdraw-g1" and rec["setting"] == "ucdr"
     assert rec["domains"] == {"held_out_domain": "quickdraw", "gallery_domain": "real", "seen_split": "train+val",
                               "seen_classes": 15, "val_classes": 0, "unseen_classes": 5, "listing": "sorted",
-                              "gallery": "g1"}
+                              "gallery": "g1", "query_domain": "quickdraw"}
     assert rec["counts"]["unseen_sketches"] == 5 * 10 and rec["n_queries"] == 50
     assert rec["partition"]["held_out_domain"] == "quickdraw" and len(rec["data_fingerprint"]["files_sha256"]) == 64
 

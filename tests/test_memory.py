@@ -100,6 +100,7 @@ def test_a_budget_never_splits_a_step_that_splitting_changes_and_names_the_knob(
     assert training_identity(split) != training_identity(cfg)
 
 
+@pytest.mark.slow  # the quick loop stays under 3 minutes; CI runs it (the whole suite)
 def test_a_budget_splits_splip_only_into_micro_batches_that_keep_its_jigsaw_rows(mini_root):
     """8 triplets, a budget with room for 3: the plan takes 4 micro-batches of 2, never 8 of 1 or an odd size."""
     from sbir_bench.config import build_run_config

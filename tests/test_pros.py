@@ -221,7 +221,7 @@ SHORT = ["--epochs", "2", "--batch-size", "4", "--set", "train.steps_per_epoch=2
          "--set", "eval.save_embeddings=false", "--quiet"]
 
 
-@pytest.mark.parametrize("call,stage,epoch", [(4, "units", 1), (7, "simulator", 1)])
+@pytest.mark.parametrize("call,stage,epoch", [(4, "units", 1), pytest.param(7, "simulator", 1, marks=pytest.mark.slow)])
 def test_interrupted_in_either_stage_then_resumed_is_bit_identical(tmp_path, monkeypatch, call, stage, epoch):
     """Ctrl-C in the second epoch of stage 1 (call 4) or of stage 2 (call 7: 4 + 2 + 1), then --resume:
     the same stage-2 model, history and test metrics as a straight run (stage 1's dropout included)."""

@@ -157,6 +157,7 @@ def test_no_records_is_one_line_error(tmp_path):
     assert result.exit_code == 3 and "no run records" in result.output
 
 
+@pytest.mark.slow  # the quick loop stays under 3 minutes; CI runs it (the whole suite)
 def test_plot_command_writes_png_and_pdf(tmp_path, mini_root):
     runs = tmp_path / "runs"
     assert CliRunner().invoke(main, ["run", "zeroshot-clip", "--output-dir", str(runs), "--quiet"]).exit_code == 0

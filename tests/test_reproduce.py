@@ -210,6 +210,7 @@ def test_a_refused_resume_never_leaves_the_old_config_s_row_standing_for_the_new
     assert (out / "table_zs.md").read_bytes() == table  # the earlier request's table, untouched
 
 
+@pytest.mark.slow  # the quick loop stays under 3 minutes; CI runs it (the whole suite)
 def test_a_dry_run_marks_every_cell_a_budget_refuses_and_sizes_the_others(tmp_path, mini_root):
     result = CliRunner().invoke(main, ["reproduce", "zs", "--dataset", "mini", "--method", "zeroshot-clip",
                                        "--method", "coop", "--method", "splip", "--memory-budget", "1KiB", "--dry-run",

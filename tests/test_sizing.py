@@ -86,7 +86,8 @@ def test_the_estimate_is_what_a_real_step_saves_and_holds(method, stage, backbon
     assert cost.flops(triplets) >= trace_step(real, batch).flops > 0  # the CPU's fused attention is not counted by torch
 
 
-@pytest.mark.parametrize("method,stage", [s for s in STAGED if s[0] != "linear-probe"])
+@pytest.mark.parametrize("method,stage", [pytest.param(*s, marks=pytest.mark.slow) if s[0] == "splip" else s
+                                          for s in STAGED if s[0] != "linear-probe"])  # SpLIP: whole suite
 def test_the_bf16_trace_saves_what_a_real_autocast_step_saves(method, stage):
     """The meta device's autocast emulation (CPU's op lists) against one real CPU step under
     ``torch.autocast("cpu", bfloat16)``: the bytes autograd holds within 10 %. Under bf16 a step also keeps a
@@ -130,7 +131,8 @@ def test_under_bf16_a_frozen_weight_that_a_prompt_passes_through_is_saved_as_a_b
     assert trace_step(layer, batch, getattr(meta_autocast, lists)).saved_bytes == 2 * m * n
 
 
-@pytest.mark.parametrize("method,stage", STAGED)
+@pytest.mark.parametrize("method,stage", [pytest.param(*s, marks=pytest.mark.slow) if s[0] == "splip" else s
+                                          for s in STAGED])  # SpLIP: the whole suite
 def test_the_workspace_is_the_largest_allocation_the_profiler_sees_in_a_real_step(method, stage):
     """The trace's workspace (the largest memory one op's output owns) against torch.profiler's memory
     record of one real CPU step: the largest allocation any op makes, within 10 %."""
@@ -231,7 +233,7 @@ def test_every_paper_cell_fits_a_24_gb_card_and_the_docs_show_the_estimates():
     assert table_markdown() in docs
 
 
-@pytest.mark.parametrize("method", ["splip", "cocoop"])
+@pytest.mark.parametrize("method", ["cocoop", pytest.param("splip", marks=pytest.mark.slow)])
 def test_the_estimate_with_checkpointed_class_texts_is_what_a_real_step_saves(method):
     """train.text_chunk=2: the prediction holds for the checkpointed step (what it saves outside the
     chunks) and is below the unchunked one's; the chunk itself is counted as workspace."""

@@ -334,6 +334,7 @@ main(["run", "zeroshot-clip", "--output-dir", sys.argv[2]])
 """
 
 
+@pytest.mark.slow  # the quick loop stays under 3 minutes; CI runs it (the whole suite)
 def test_sigterm_ends_a_run_with_a_line_that_says_so(tmp_path):
     """A scheduler's SIGTERM unwinds the command as Ctrl-C does and says so, with exit code 143."""
     import signal
