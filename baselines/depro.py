@@ -27,9 +27,8 @@ official choice.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Dict, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -115,21 +114,16 @@ class DePro(ProSFamily):
         self.register_buffer("fixed_text", frozen_text, persistent=False)
         self.prompted = PromptedCLIP(self.clip)
         visual = self.clip.visual
-        width, patch = self.prompted.vision_width, visual.conv1.kernel_size
+        width = self.prompted.vision_width
         self.text_projection = nn.Parameter(text_projection_matrix(self.clip).detach().clone())
         self.copy_image_head()
         self.ctx = nn.Parameter(torch.randn(cfg.n_ctx, self.prompted.text_width) * 0.02)
         self.udp = nn.Parameter(width ** -0.5 * torch.randn(cfg.n_prompts, width))
-        bound = math.sqrt(6.0 / (3 * patch[0] * patch[1] + width))  # its xavier rule (--second_init)
+        bound = self.prompt_bound()  # its xavier rule (--second_init)
         self.cp_seeds = nn.Parameter(torch.empty(cfg.n_prompts, width).uniform_(-bound, bound))
         act = type(visual.transformer.resblocks[0].mlp.gelu)
         self.generator = CPGenerator(width, cfg.generator_layers, act) if cfg.generator_layers else None
         self.text_prompts = DomainSentencePrompts(self.backbone.tokenizer, self.seen_names, cfg.n_ctx, "depro")
-
-    def layer_norm_parameters(self) -> List[nn.Parameter]:
-        """CLIP's LayerNorm parameters this method trains (``ln_trick``; none otherwise)."""
-        return [p for m in self.clip.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters()] \
-            if self.config.ln_trick else []
 
     # ------------------------------------------------------------------ text
     def class_text_features(self) -> torch.Tensor:

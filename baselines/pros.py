@@ -184,6 +184,19 @@ class ProSFamily(Method):
     def sketch_transforms(cls, config, dataset: str, train: Callable, evaluation: Callable) -> Tuple[Callable, Callable]:
         return official_sketch_transforms(config.invert_sketches, dataset, train, evaluation)
 
+    @staticmethod
+    def first_stage(name: str, train, epochs: int, batch_size: int, grad_accum: int, knob: str) -> Stage:
+        """Their first stage (ProS's units, UCDR-Adapter's source prompts): ``epochs`` at ``batch_size`` triplets
+        at a constant rate, without validation or early stopping, split by its own ``knob``."""
+        settings = replace(train, epochs=epochs, batch_size=batch_size, schedule="constant", warmup_epochs=0.0,
+                           early_stop=0, val_every=0, grad_accum=grad_accum)
+        return Stage(name, settings, knob)
+
+    def prompt_bound(self) -> float:
+        """Their prompt tables' uniform init bound, ``sqrt(6 / (3 * patch area + width))`` (their xavier rule)."""
+        patch = self.clip.visual.conv1.kernel_size
+        return math.sqrt(6.0 / (3 * patch[0] * patch[1] + self.prompted.vision_width))
+
     def copy_image_head(self) -> None:
         """Own copies of CLIP's class embedding and image projection, which these methods train: the
         caller's backbone stays as it was handed."""
@@ -224,9 +237,9 @@ class ProS(ProSFamily):
     def training_stages(cls, config: ProSConfig, train) -> Tuple[Stage, ...]:
         """Stage 1 (prompt units) at a constant rate for ``units_epochs`` at ``units_batch_size``, without
         validation or early stopping; stage 2 (the simulator) with the run's ``train`` settings."""
-        units = replace(train, epochs=config.units_epochs, batch_size=config.units_batch_size, schedule="constant",
-                        warmup_epochs=0.0, early_stop=0, val_every=0, grad_accum=config.units_grad_accum)
-        return Stage(UNITS, units, "method_config.units_grad_accum"), Stage(SIMULATOR, train)
+        units = cls.first_stage(UNITS, train, config.units_epochs, config.units_batch_size, config.units_grad_accum,
+                                "method_config.units_grad_accum")
+        return units, Stage(SIMULATOR, train)
 
     @classmethod
     def split_invariant(cls, config: ProSConfig, stage: str = "", micro_batch: int = 1) -> bool:
@@ -249,7 +262,7 @@ class ProS(ProSFamily):
         self.text_projection = nn.Parameter(text_projection_matrix(self.clip).detach().clone())
         self.copy_image_head()
         self.ctx = nn.Parameter(torch.randn(cfg.n_ctx, self.prompted.text_width) * 0.02)
-        bound = math.sqrt(6.0 / (3 * patch[0] * patch[1] + width))
+        bound = self.prompt_bound()
         self.domain_units = nn.Parameter(torch.empty(cfg.domains or 2, width).uniform_(-bound, bound))
         self.class_units = nn.Parameter(torch.empty(len(self.seen), width).uniform_(-bound, bound))
         scale = width ** -0.5

@@ -26,8 +26,7 @@ of the adapters (their features enter no loss: the triplet runs in stage 1 only)
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Dict, List, Tuple
 
 import torch
@@ -132,10 +131,9 @@ class UCDRAdapter(ProSFamily):
     def training_stages(cls, config: UCDRAdapterConfig, train) -> Tuple[Stage, ...]:
         """Stage 1 (source prompts) at a constant rate for ``prompts_epochs`` at ``prompts_batch_size``, without
         validation or early stopping; stage 2 (adapters) with the run's ``train`` settings."""
-        prompts = replace(train, epochs=config.prompts_epochs, batch_size=config.prompts_batch_size,
-                          schedule="constant", warmup_epochs=0.0, early_stop=0, val_every=0,
-                          grad_accum=config.prompts_grad_accum)
-        return Stage(PROMPTS, prompts, "method_config.prompts_grad_accum"), Stage(ADAPTER, train)
+        prompts = cls.first_stage(PROMPTS, train, config.prompts_epochs, config.prompts_batch_size,
+                                  config.prompts_grad_accum, "method_config.prompts_grad_accum")
+        return prompts, Stage(ADAPTER, train)
 
     @classmethod
     def split_invariant(cls, config: UCDRAdapterConfig, stage: str = "", micro_batch: int = 1) -> bool:
@@ -152,10 +150,10 @@ class UCDRAdapter(ProSFamily):
         cfg = self.config
         self.prompted = PromptedCLIP(self.clip)
         visual = self.clip.visual
-        width, patch = self.prompted.vision_width, visual.conv1.kernel_size
+        width = self.prompted.vision_width
         self.copy_image_head()
         self.ctx = nn.Parameter(torch.randn(cfg.n_ctx, self.prompted.text_width) * 0.02)
-        bound = math.sqrt(6.0 / (3 * patch[0] * patch[1] + width))
+        bound = self.prompt_bound()
         n_domains = cfg.domains or 2
         self.domain_prompts = nn.Parameter(torch.empty(n_domains, width).uniform_(-bound, bound))
         self.class_prompts = nn.Parameter(torch.empty(len(self.seen), width).uniform_(-bound, bound))

@@ -162,9 +162,9 @@ def method_and_config(cfg: RunConfig) -> tuple:
 
 
 def check_method_data(cfg: RunConfig, method_cls: type, method_cfg) -> None:
-    """The data section fits its dataset (a multi-domain benchmark's settings and options) and the method
-    runs on that dataset: one line before anything loads, for a run and for its dry-run estimate alike."""
-    check_domain_config(cfg.data)
+    """The method runs on the run's dataset: one line before anything loads, for a run and for its dry-run
+    estimate alike. ``method_cfg`` is what ``resolved_method_config`` gave, which checked the data section
+    against its dataset (a multi-domain benchmark's settings and options) on the way."""
     method_cls.check_dataset(method_cfg, get_spec(cfg.data.dataset))
 
 
