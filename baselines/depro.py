@@ -37,6 +37,7 @@ from torch import nn
 
 from sbir_bench.baselines.pros import INVERT, PREPROCESS, ProSFamily, text_projection_matrix
 from sbir_bench.config import opt
+from sbir_bench.data.balanced import ImageBatch
 from sbir_bench.methods import METHODS, TripletBatch
 from sbir_bench.methods.base import with_own_modules
 from sbir_bench.methods.losses import domain_aware_triplet
@@ -56,7 +57,7 @@ class DeProConfig:
     n_prompts: int = opt(4, "visual UDPs, and CP seeds (--vptNumTokens)", min=1)
     generator_layers: int = opt(2, "the CP generator's layers (--generator_layer); 0: the seeds are the CPs", min=0)
     decouple: bool = opt(True, "add CE of x1 against frozen 'a photo of a <class>.' texts (and DaTri on x1)")
-    triplet: bool = opt(True, "add DaTri (domain-aware hardest triplet) to the loss (--triplet)")
+    triplet: bool = opt(True, "add DaTri (domain-aware hardest triplet) to the loss (--triplet; its flag also picks its DPK sampler: train.sampler=dpk, balanced without it)")
     ln_trick: bool = opt(True, "train every LayerNorm of both CLIP towers and pool the class token (--ln_trick)")
     margin: float = opt(0.5, "DaTri's margin", min=0.0)
     temperature: float = opt(0.07, "of both cross-entropies", positive=True)
@@ -169,9 +170,12 @@ class DePro(ProSFamily):
         return self.embed(images)
 
     # ------------------------------------------------------------------ loss
-    def loss(self, batch: TripletBatch) -> Dict[str, torch.Tensor]:
-        """The official objective over the batch's sketches and their photos (the negatives are not used):
-        domain 0 the photos, 1 + the anchor's domain index the query side (DomainNet's four)."""
+    def loss(self, batch: TripletBatch | ImageBatch) -> Dict[str, torch.Tensor]:
+        """The official objective over the batch's images (:meth:`labelled_images`). DaTri only asks whether
+        two images share a domain: an official sampler's batch carries the dictionary's index; a triplet batch
+        gets domain 0 for the photos and 1 + the anchor's domain index for the query side (DomainNet's four)."""
+        if isinstance(batch, ImageBatch):
+            return self.objective(batch.images, batch.label, batch.domain)
         b = batch.sketch.shape[0]
         device = batch.label.device
         anchor_domain = batch.domain if batch.domain is not None else torch.zeros(b, dtype=torch.long, device=device)

@@ -43,6 +43,7 @@ from sbir_bench.config import opt
 from sbir_bench.errors import ConfigError
 from sbir_bench.methods import METHODS, Method, Stage, TripletBatch
 from sbir_bench.models import PromptedCLIP
+from sbir_bench.data.balanced import PHOTO_DOMAIN, SKETCH_DOMAIN, ImageBatch
 from sbir_bench.data.catalog import get_spec
 from sbir_bench.data.domains import training_domains
 from sbir_bench.models.preprocess import (
@@ -57,7 +58,7 @@ from sbir_bench.models.prompted import patch_tokens
 from sbir_bench.models.text_prompts import DomainSentencePrompts
 
 UNITS, SIMULATOR = "units", "simulator"
-PHOTO, SKETCH = 0, 1  # the official domain dictionary (sorted folder names: extended_photo/images, sketch/sketches)
+PHOTO, SKETCH = PHOTO_DOMAIN, SKETCH_DOMAIN  # the official domain dictionary (sorted folder names: extended_photo/images, sketch/sketches)
 PREPROCESS = ("official", "backbone")
 INVERT = ("official", "all", "none")
 # The official loader inverts the images of domains named "sketch" or "quickdraw": Sketchy's sketches
@@ -78,7 +79,7 @@ class ProSConfig:
     pool_token: int = opt(1, "the token whose ln_post output is the feature: 1 (the official code) or 0 (class token)",
                           choices=(1, 0))
     units_epochs: int = opt(1, "stage 1 epochs (-stage1_epochs), at a constant rate train.lr", min=1)
-    units_batch_size: int = opt(200, "stage 1 triplets per batch: 400 images (its loader for stage 1)", min=1)
+    units_batch_size: int = opt(200, "stage 1 sketch-photo pairs per batch: 400 images (its loader for stage 1)", min=1)
     units_grad_accum: int = opt(1, "stage 1 micro-batches per step (its dropout makes a split step another step)", min=1)
     preprocess: str = opt("official", "official: its augmentation with ImageNet statistics; backbone: ours",
                           choices=PREPROCESS)
@@ -120,8 +121,11 @@ def resolve_domain_units(method: str, config, spec, data):
 
 
 def batch_domains(config, batch) -> torch.Tensor:
-    """The domain-unit index of each image of ``[sketches, positives]``: the official dictionary's (the
-    batch's domain indices) on a multi-domain dataset, else sketch 1 and photo 0."""
+    """The domain-unit index of each image of :meth:`ProSFamily.labelled_images`: the official dictionary's
+    (the batch's domain indices) on a multi-domain dataset, else sketch 1 and photo 0 (an official sampler's
+    batch carries them so)."""
+    if isinstance(batch, ImageBatch):
+        return batch.domain
     b = batch.sketch.shape[0]
     device = batch.label.device
     if config.domains:
@@ -172,6 +176,15 @@ class ProSFamily(Method):
     (``class_embedding``, ``image_proj``), pooled at one token. Not registered: a base, not a method."""
 
     prompts_image_encoder = True
+    reads_image_batches = True  # their losses read images one by one: the official samplers apply
+
+    @staticmethod
+    def labelled_images(batch: TripletBatch | ImageBatch) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(images, classes) a batch trains on: an official sampler's images (``train.sampler``), or a triplet
+        batch's sketches then their positive photos (the negatives are not used)."""
+        if isinstance(batch, ImageBatch):
+            return batch.images, batch.label
+        return torch.cat([batch.sketch, batch.positive]), torch.cat([batch.label, batch.label])
 
     @classmethod
     def image_transforms(cls, config, pp, crop_scale_min: float) -> Tuple[Callable, Callable]:
@@ -351,8 +364,8 @@ class ProS(ProSFamily):
     def loss(self, batch: TripletBatch) -> Dict[str, torch.Tensor]:
         """Cross-entropy of the sketches' and their photos' features against the seen classes' texts
         (the official batch: half sketches, half photos; the negatives are not used)."""
-        images = torch.cat([batch.sketch, batch.positive])
-        return self.class_loss(images, batch_domains(self.config, batch), torch.cat([batch.label, batch.label]))
+        images, labels = self.labelled_images(batch)
+        return self.class_loss(images, batch_domains(self.config, batch), labels)
 
     def logits(self, images: torch.Tensor, domain: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Normalised image features against the seen classes' normalised texts, over the temperature."""

@@ -36,6 +36,7 @@ from torch import nn
 
 from sbir_bench.baselines.pros import INVERT, PREPROCESS, ProSFamily, batch_domains, resolve_domain_units
 from sbir_bench.config import opt
+from sbir_bench.data.balanced import ImageBatch
 from sbir_bench.methods import METHODS, Stage, TripletBatch
 from sbir_bench.models import PromptedCLIP
 from sbir_bench.models.text_prompts import DomainSentencePrompts
@@ -58,7 +59,7 @@ class UCDRAdapterConfig:
     queue_size: int = opt(20, "momentum features kept per class", min=1)
     margin: float = opt(0.2, "of the random-sample triplet (stage 1)", min=0.0)
     prompts_epochs: int = opt(1, "stage 1 epochs (one pass of its loader), at a constant rate train.lr", min=1)
-    prompts_batch_size: int = opt(200, "stage 1 triplets per batch: 400 images (its loader for stage 1)", min=1)
+    prompts_batch_size: int = opt(200, "stage 1 sketch-photo pairs per batch: 400 images (its loader for stage 1)", min=1)
     prompts_grad_accum: int = opt(1, "stage 1 micro-batches per step (its queues and draws make a split step "
                                      "another step)", min=1)
     preprocess: str = opt("official", "official: ProS's augmentation with ImageNet statistics; backbone: ours",
@@ -257,10 +258,10 @@ class UCDRAdapter(ProSFamily):
             self.queue_lengths[label] = n + 1
 
     # ------------------------------------------------------------------ loss
-    def loss(self, batch: TripletBatch) -> Dict[str, torch.Tensor]:
-        """The objective over the batch's sketches and their photos (the negatives are not used)."""
-        return self.objective(torch.cat([batch.sketch, batch.positive]), batch_domains(self.config, batch),
-                              torch.cat([batch.label, batch.label]))
+    def loss(self, batch: TripletBatch | ImageBatch) -> Dict[str, torch.Tensor]:
+        """The objective over the batch's images (:meth:`labelled_images`), in order: the queues fill so."""
+        images, labels = self.labelled_images(batch)
+        return self.objective(images, batch_domains(self.config, batch), labels)
 
     def objective(self, images: torch.Tensor, domain: torch.Tensor, labels: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Cross-entropy of the normalised features against the normalised texts; in stage 1 plus the

@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 import yaml
 
 from .data.domains import HELD_OUT_DOMAINS, QUERY_DOMAINS, SEEN_SPLITS, UCDR_GALLERIES, UDCDR_GALLERIES
-from .data.tasks import EPOCH_LENGTHS, GALLERIES, GZS_PROTOCOLS, SETTINGS
+from .data.tasks import EPOCH_LENGTHS, GALLERIES, GZS_PROTOCOLS, SAMPLERS, SETTINGS
 from .errors import ConfigError
 from .gpus import parse_bytes, parse_memory
 from .retrieval.protocol import DEFAULT_PRESET, PRESETS
@@ -141,6 +141,13 @@ class TrainConfig:
     epoch_length: str = opt("sketches", "what one epoch passes over: sketches (every training sketch once) or "
                                         "smallest-domain (as many triplets as the smaller of the training sketches "
                                         "and photos: ProS's sampler)", choices=EPOCH_LENGTHS)
+    sampler: str = opt("triplets", "what a batch holds: triplets (the toolkit's: sketches with a photo of their "
+                                   "class), balanced (ProS's BalancedSampler, as DePro without --triplet and "
+                                   "UCDR-Adapter: the same number of images of every training domain) or dpk "
+                                   "(DePro's: 3 classes x 4 images of every domain per block); an official sampler "
+                                   "draws 2 x batch_size images, one epoch its own (train.epoch_length unread), "
+                                   "for the methods whose loss reads images one by one (pros, depro, ucdr-adapter)",
+                       choices=SAMPLERS)
     val_every: int = opt(1, "seen-class validation every N epochs (0 = never); with early_stop it decides which "
                             "epochs can be kept (part of the training then)", min=0, role="evaluation")
     early_stop: int = opt(0, "stop after N validations in a row without a higher seen-class validation value "

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Dict, List, Optional
 
 from .config import RunConfig
+from .data.balanced import stream_steps
 from .data.tasks import epoch_triplets
 from .gpus import DEFAULT_GPU, get_gpu, gib, usable_memory
 from .methods.base import Stage, combine_stages, run_stages
@@ -78,7 +79,7 @@ def estimate(cfg: RunConfig, counts: Counts, gpu: str = DEFAULT_GPU, budget: Opt
     card = get_gpu(gpu)
     budget = budget if budget is not None else usable_memory(gpu)
     stages = run_stages(cfg)
-    parts = [_stage_estimate(replace(cfg, train=s.train), counts, gpu, budget, s) for s in stages]
+    parts = [_stage_estimate(replace(cfg, train=s.train), counts, gpu, budget, s, cfg.train.batch_size) for s in stages]
     eval_flops = method_cost(cfg, counts, stages[-1].name).embed_flops_per_image * counts.test_images
     embedding = evaluation_policy(cfg.eval.amp, card.offers)  # the rule a run on this card follows
     combined = Estimate(**combine_stages([asdict(e) for e in parts]))
@@ -96,15 +97,26 @@ STAGE_FIELDS = ("batch_size", "micro_batch", "epochs", "steps_per_epoch", "train
                 "peak_memory_bytes", "gpu_hours")
 
 
-def _stage_estimate(cfg: RunConfig, counts: Counts, gpu: str, budget: int, stage: Stage) -> Estimate:
-    """One training stage's estimate (``cfg.train``: its settings), without the evaluation."""
+def stage_steps(train, counts: Counts, run_batch: int) -> int:
+    """Steps per epoch of a stage with settings ``train``, as its trainer counts them
+    (:func:`~sbir_bench.training.trainer.steps_per_epoch`): an official sampler's stream, which the run's
+    ``run_batch`` defines, or ``train.epoch_length``'s triplets."""
+    if train.steps_per_epoch:
+        return train.steps_per_epoch
+    if train.sampler != "triplets":
+        return stream_steps(train.sampler, run_batch, train.batch_size, counts.domain_sizes())
+    return max(1, epoch_triplets(train.epoch_length, counts.train_sketches, counts.train_photos) // train.batch_size)
+
+
+def _stage_estimate(cfg: RunConfig, counts: Counts, gpu: str, budget: int, stage: Stage, run_batch: int) -> Estimate:
+    """One training stage's estimate (``cfg.train``: its settings; ``run_batch`` the run's, which an
+    official sampler's stream follows), without the evaluation."""
     card = get_gpu(gpu)
     cost = method_cost(cfg, counts, stage.name)
     weights, grads, opt = static_bytes(cost, cfg.train)
     batch = cfg.train.batch_size
     precision = training_policy(cfg.train.amp, card.offers)  # bf16, fp16 with a scaler, or fp32: as a run there
-    steps = cfg.train.steps_per_epoch or max(1, epoch_triplets(cfg.train.epoch_length, counts.train_sketches,
-                                                               counts.train_photos) // batch)
+    steps = stage_steps(cfg.train, counts, run_batch)
     trains = cost.trainable > 0
     micro = plan_stage(cfg, counts, stage, budget).micro_batch if trains else 0
     step_flops = cost.flops(batch) if trains else 0

@@ -46,6 +46,7 @@ from .data.tasks import (
     partition,
     training_partition,
 )
+from .data.balanced import IMAGES_PER_PAIR, DomainImages
 from .data.triplets import FeatureTriplets, TripletDataset
 from .embedding import EmbeddedTask, embed_samples, embed_task
 from .errors import ConfigError, DataError
@@ -166,6 +167,10 @@ def check_method_data(cfg: RunConfig, method_cls: type, method_cfg) -> None:
     estimate alike. ``method_cfg`` is what ``resolved_method_config`` gave, which checked the data section
     against its dataset (a multi-domain benchmark's settings and options) on the way."""
     method_cls.check_dataset(method_cfg, get_spec(cfg.data.dataset))
+    if cfg.train.sampler != "triplets" and not method_cls.reads_image_batches:
+        raise ConfigError(f"train.sampler={cfg.train.sampler} draws single images for the methods whose loss reads "
+                          f"them one by one (pros, depro, ucdr-adapter); {cfg.method} trains on triplets: drop "
+                          f"train.sampler")
 
 
 def build(cfg: RunConfig, device: torch.device, data: Optional[RunData] = None) -> RunParts:
@@ -300,7 +305,7 @@ def train(cfg: RunConfig, parts: RunParts, scorer: Scorer, stages: Sequence[Stag
     infos, history = [], []
     for index, stage in enumerate(stages):
         info = train_stage(cfg, parts, scorer, stage, index, dataset, validate, on_epoch_end, trackers,
-                           plans[stage.name], fingerprint)
+                           plans[stage.name], fingerprint, sum(s.train.epochs for s in stages[:index]))
         history += info.pop("history")
         infos.append(info)
     out = {k: v for k, v in combine_stages(infos).items() if k != "stage"}
@@ -340,6 +345,9 @@ def training_triplets(cfg: RunConfig, parts: RunParts, scorer: Scorer):
     part = parts.part
     # category settings train on category triplets
     instance_triplets = parts.fine and training_partition(cfg.data, cfg.seed).instance_triplets
+    if cfg.train.sampler != "triplets":  # an official sampler's images (data/balanced.py)
+        return DomainImages(part.train_sketches, part.train_photos, part.seen, parts.train_tf, cfg.train.sampler,
+                            cfg.train.batch_size, cfg.seed, parts.sketch_train_tf)
     if parts.method.trains_on_frozen_features():
         features = scorer.frozen_features(list(part.train_sketches) + list(part.train_photos))
         return FeatureTriplets(part.train_sketches, part.train_photos, part.seen, features, cfg.seed,
@@ -349,17 +357,20 @@ def training_triplets(cfg: RunConfig, parts: RunParts, scorer: Scorer):
 
 
 def train_stage(cfg: RunConfig, parts: RunParts, scorer: Scorer, stage: Stage, index: int, dataset, validate,
-                on_epoch_end, trackers, plan: MemoryPlan, fingerprint: Dict[str, Any]) -> Dict[str, Any]:
+                on_epoch_end, trackers, plan: MemoryPlan, fingerprint: Dict[str, Any],
+                epochs_before: int = 0) -> Dict[str, Any]:
     """One stage of training with its own optimiser, schedule and checkpoints (``<checkpoints>/<stage>``
-    for a named stage): a resumed run finds each finished stage complete and continues the open one."""
+    for a named stage): a resumed run finds each finished stage complete and continues the open one. An
+    official sampler's stream continues after the ``epochs_before`` epochs of the earlier stages."""
     train_cfg = stage.train
     trainer = Trainer(parts.method, dataset, train_cfg, scorer.device, cfg.seed,
                       stage_checkpoint_dir(cfg, stage.name), cfg.data.workers, cfg.data.pin_memory,
                       validate, on_epoch_end, fingerprint=fingerprint, trackers=trackers, memory=plan,
-                      stage=stage.name, stage_index=index)
+                      stage=stage.name, stage_index=index, epochs_before=epochs_before)
     result = trainer.fit()
     info = {**({"stage": stage.name} if stage.name else {}), "epochs": train_cfg.epochs,
-            "batch_size": train_cfg.batch_size, "steps_per_epoch": trainer.steps, "history": result.history,
+            "batch_size": train_cfg.batch_size, "sampler": train_cfg.sampler, **stream_record(dataset, train_cfg),
+            "steps_per_epoch": trainer.steps, "history": result.history,
             "steps_done": trainer.global_step,
             "seconds": result.seconds, "resumed_from_epoch": result.resumed_from_epoch,
             "skipped_images": result.skipped_images, "skipped_steps": result.skipped_steps,
@@ -371,6 +382,17 @@ def train_stage(cfg: RunConfig, parts: RunParts, scorer: Scorer, stage: Stage, i
         info.update(best_epoch=result.best_epoch, stopped_early=result.stopped_early)
     del trainer  # its DDP wrapper lets go of the parameters before the next stage wraps them again
     return info
+
+
+def stream_record(dataset, train_cfg) -> Dict[str, Any]:
+    """What an official sampler's run states of its stream (nothing for triplets): the images per batch, the
+    images of each training domain in its dictionary's order, and one epoch's length (data/balanced.py)."""
+    stream = getattr(dataset, "stream", None)
+    if stream is None:
+        return {}
+    return {"images_per_batch": IMAGES_PER_PAIR * train_cfg.batch_size,
+            "domain_images": stream.sizes,
+            "stream_epoch_images": stream.size}
 
 
 def check_early_stopping(cfg: RunConfig, data: RunData, stages: Sequence[Stage]) -> None:

@@ -37,6 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from . import meta_autocast
 from .config import RunConfig, from_dict
+from .data.balanced import domain_sizes, training_images
 from .data.catalog import get_spec
 from .data.domains import domain_catalog_sizes
 from .data.splits import load_split, package_file, read_class_file
@@ -210,6 +211,15 @@ class Counts:
     test_images: int  # queries + gallery
     source: str  # "the copy on disk" or "the catalog's published counts"
     train_photos: Optional[int] = None  # None: unknown (an epoch rule that reads them takes the sketches')
+    # training images per domain in the official dictionary's order (an official sampler's epoch reads them);
+    # None: photos and sketches (photo 0, sketch 1)
+    train_domains: Optional[List[int]] = None
+
+    def domain_sizes(self) -> List[int]:
+        """Training images per domain, as an official sampler's epoch counts them (data/balanced.py)."""
+        if self.train_domains:
+            return list(self.train_domains)
+        return [self.train_photos if self.train_photos is not None else self.train_sketches, self.train_sketches]
 
 
 @dataclass(frozen=True)
@@ -392,7 +402,8 @@ def catalog_counts(data) -> Counts:
         names, seen, sizes = domain_catalog_sizes(spec, data.held_out_domain, data.seen_split, data.setting,
                                                   data.ucdr_gallery, data.query_domain)
         return Counts(sizes["train_sketches"], names, seen, sizes["test_images"],
-                      "the catalog's published per-domain totals, split by class share", sizes["train_photos"])
+                      "the catalog's published per-domain totals, split by class share", sizes["train_photos"],
+                      sizes["train_domains"])
     names = read_class_file(package_file("classes", spec.class_list))
     unseen = set(load_split(spec, names, data.split, data.split_file))
     seen = [i for i in range(len(names)) if i not in unseen]
@@ -406,5 +417,7 @@ def catalog_counts(data) -> Counts:
 def counts_from_data(data) -> Counts:
     """Counts of a run's prepared data (:class:`~sbir_bench.runner.RunData`)."""
     part = data.part
+    _, domain_ids = training_images(part.train_sketches, part.train_photos, part.seen)
     return Counts(len(part.train_sketches), list(data.index.class_names), list(part.seen),
-                  len(data.task.queries) + len(data.task.gallery), "the copy on disk", len(part.train_photos))
+                  len(data.task.queries) + len(data.task.gallery), "the copy on disk", len(part.train_photos),
+                  domain_sizes(domain_ids))

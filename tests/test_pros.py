@@ -22,6 +22,7 @@ from conftest import last_checkpoint
 from sbir_bench.baselines.pros import SIMULATOR, UNITS, ProS, ProSConfig
 
 from sbir_bench.config import TrainConfig
+from sbir_bench.errors import DataError
 from sbir_bench.methods import TripletBatch
 from sbir_bench.training.trainer import build_optimizer, lr_lambda
 
@@ -295,21 +296,23 @@ def _cell_config(setting: str, cell: str):
 
 @pytest.mark.parametrize("case", PROTOCOL["epochs"], ids=lambda c: f"{c['sketches']}x{c['photos']}")
 def test_an_epoch_is_as_long_as_its_balanced_sampler_makes_it(case):
-    """train.epoch_length: smallest-domain (the recipe's) gives stage 2 the steps of its BalancedSampler over
-    the same two domains (at least one); stage 1 (batch 200 triplets) drops the sampler's last partial batch of
-    400 images, which its loader keeps (docs/methods.md)."""
-    from dataclasses import replace
-
-    from sbir_bench.data.tasks import epoch_triplets
+    """The recipe's train.sampler: balanced gives stage 2 the steps of its BalancedSampler over the same two
+    domains, as the run and its estimate count them; stage 1 (400 images) drops the stream's last partial
+    batch, which its loader keeps (docs/methods.md); a domain smaller than one block is refused."""
+    from sbir_bench.data.balanced import OfficialStream, StreamRule
+    from sbir_bench.estimate import stage_steps
+    from sbir_bench.sizing import Counts
     cfg = _cell_config("zs", "sketchy-split2").train
+    assert cfg.sampler == "balanced"
     units, simulator = ProS.training_stages(ProSConfig(), cfg)
-    steps = {s.name: max(1, epoch_triplets(s.train.epoch_length, case["sketches"], case["photos"]) // s.train.batch_size)
-             for s in (units, simulator)}
-    assert steps[SIMULATOR] == max(1, case["stage2_steps"])
-    assert max(1, case["stage1_steps"] - 1) <= steps[UNITS] <= max(1, case["stage1_steps"])
-    default = replace(cfg, epoch_length="sketches")  # ours: every training sketch once
-    assert max(1, epoch_triplets(default.epoch_length, case["sketches"], case["photos"]) // 25) == \
-        max(1, case["sketches"] // 25)
+    counts = Counts(case["sketches"], [], [], 0, "test", case["photos"])
+    steps = {s.name: stage_steps(s.train, counts, cfg.batch_size) for s in (units, simulator)}
+    if not case["stage2_steps"]:  # its sampler makes no step: ours refuses before training
+        with pytest.raises(DataError, match="needs at least 25 images"):
+            OfficialStream(StreamRule.of("balanced", 25, 2), [0] * case["photos"] + [1] * case["sketches"], [])
+        return
+    assert steps[SIMULATOR] == case["stage2_steps"]
+    assert case["stage1_steps"] - 1 <= steps[UNITS] <= case["stage1_steps"]
 
 
 @pytest.mark.parametrize("case", [c for c in PROTOCOL["selection"] if (c["dataset"], c["eccv"]) in CELL_OF],

@@ -79,6 +79,15 @@ def css(browser, selector: str):
     return browser.find_elements(By.CSS_SELECTOR, selector)
 
 
+def rendered(browser, selector: str, n: int) -> list:
+    """(class, text) of the ``n`` elements ``selector`` finds once the page shows that many, read in one
+    script: the page may render a view twice (load, then its hash), so held element handles can go stale."""
+    from selenium.webdriver.support.ui import WebDriverWait
+    script = f"return [...document.querySelectorAll('{selector}')].map(e => [e.className, e.innerText])"
+    WebDriverWait(browser, 10).until(lambda d: len(d.execute_script(script)) == n)
+    return browser.execute_script(script)
+
+
 def images_loaded(browser, selector: str = ".topk .hit img") -> int:
     """How many of the images ``selector`` finds the browser has decoded (waiting until all have)."""
     from selenium.webdriver.support.ui import WebDriverWait
@@ -141,10 +150,10 @@ def test_the_top_k_shown_is_the_runs_ranking(browser, report, runs):
     top, scores = ranked(data, "cosine", 10)
     coop = [r["id"] for r in page_runs(report) if r["method"] == "coop"][0]
     open_page(browser, report, f"#query/{coop}/7")
-    hits = css(browser, ".topk .hit")
+    hits = rendered(browser, ".topk .hit", len(top[7]))
     labels = data["gallery_labels"][top[7]] == data["query_labels"][7]
-    assert [("right" in h.get_attribute("class")) for h in hits] == labels.tolist()
-    assert [h.text.splitlines()[-1] for h in hits] == [f"score {s:.4f}" for s in scores[7]]
+    assert [("right" in cls.split()) for cls, _ in hits] == labels.tolist()
+    assert [text.strip().splitlines()[-1] for _, text in hits] == [f"score {s:.4f}" for s in scores[7]]
 
 
 def test_two_runs_side_by_side(browser, report, runs):

@@ -236,8 +236,11 @@ def domain_catalog_sizes(spec: DatasetSpec, held_out: str, seen_split: str, sett
     n_seen, n_unseen = len(seen_names), len(unseen_names)
     train_domains = [d for d in split.domains if d not in (held_out, split.gallery)]
     real = per_class.get(split.gallery, 0)
+    per_domain = {d: int(per_class.get(d, 0) * n_seen) for d in train_domains}
+    per_domain[split.gallery] = int(real * split.train_share * n_seen)
     sizes = {"train_sketches": int(sum(per_class.get(d, 0) for d in train_domains) * n_seen),
-             "train_photos": int(real * split.train_share * n_seen)}
+             "train_photos": per_domain[split.gallery],
+             "train_domains": [per_domain[d] for d in sorted(per_domain)]}  # the official dictionary's order
     if setting == "udcdr":
         share, classes = split.udcdr_fraction.get(held_out, split.udcdr_default), min(split.udcdr_classes, n_seen)
         sizes["test_images"] = int((per_class.get(held_out, 0) + real) * share * classes)

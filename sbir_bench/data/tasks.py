@@ -158,6 +158,9 @@ def training_partition(data, seed: int) -> TrainingPartition:
 # What one training epoch passes over (train.epoch_length): every training sketch once (ours), or as many
 # triplets as the smaller of the training sketches and photos (ProS's BalancedSampler: min_domain // batch)
 EPOCH_LENGTHS = ("sketches", "smallest-domain")
+# What a training batch holds (train.sampler): the toolkit's triplets, or an official UCDR-line sampler's
+# images (data/balanced.py)
+SAMPLERS = ("triplets", "balanced", "dpk")
 
 
 def epoch_triplets(rule: str, sketches: int, photos: Optional[int] = None) -> int:

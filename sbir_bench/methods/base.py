@@ -153,6 +153,7 @@ class Method(nn.Module):
     """Base class of every sbir-bench method."""
 
     name: str = ""
+    reads_image_batches: bool = False  # its loss also takes an ImageBatch (train.sampler balanced / dpk)
     description: str = ""
     config_class: type = NoConfig
     trainable: bool = True

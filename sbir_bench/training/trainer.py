@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
@@ -27,6 +26,7 @@ from torch.utils.data import DataLoader, Sampler
 from ..config import TrainConfig
 from ..data.images import resolve_workers
 from ..data.tasks import epoch_triplets
+from ..data.balanced import IMAGES_PER_PAIR
 from ..data.triplets import collate_triplets
 from ..errors import ConfigError, DataError, DivergedError, OutOfMemoryError
 from ..log import get_logger, progress
@@ -44,40 +44,20 @@ from .checkpoint import (
     warn_if_foreign,
 )
 from .memory import MemoryPlan, text_chunk_advice
+from .samplers import EpochSampler, StreamSampler
 
 log = get_logger(__name__)
 
 
-class EpochSampler(Sampler):
-    """Seeded permutation per epoch; this rank's share of every global batch, drop-last.
-
-    Yields ``(epoch, index)`` pairs: the epoch travels with each index to the dataset, so persistent
-    loader workers (which hold their own copy of the dataset) draw the current epoch's triplets.
-    """
-
-    def __init__(self, n: int, global_batch: int, steps: int, seed: int | Tuple[int, ...], rank: int = 0,
-                 world: int = 1) -> None:
-        if global_batch % world:
-            raise ConfigError(f"batch size {global_batch} is not divisible by the {world} DDP processes")
-        self.n, self.global_batch, self.steps = n, global_batch, steps
-        self.seed = tuple(seed) if isinstance(seed, tuple) else (seed,)  # (seed,), or (seed, stage) for later stages
-        self.rank, self.world = rank, world
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        rng = np.random.default_rng([*self.seed, self.epoch])
-        need = self.steps * self.global_batch
-        order = np.concatenate([rng.permutation(self.n) for _ in range(math.ceil(need / self.n))])[:need]
-        per_rank = self.global_batch // self.world
-        for s in range(self.steps):
-            chunk = order[s * self.global_batch: (s + 1) * self.global_batch]
-            yield from ((self.epoch, i) for i in chunk[self.rank * per_rank: (self.rank + 1) * per_rank].tolist())
-
-    def __len__(self) -> int:
-        return self.steps * (self.global_batch // self.world)
+def steps_per_epoch(cfg: TrainConfig, dataset) -> int:
+    """Optimiser steps in one epoch: ``train.steps_per_epoch``, else one epoch of the official sampler's
+    stream cut into batches (its last partial batch dropped), else ``train.epoch_length``'s triplets."""
+    if cfg.steps_per_epoch:
+        return cfg.steps_per_epoch
+    stream = getattr(dataset, "stream", None)
+    if stream is not None:
+        return max(1, stream.size // (IMAGES_PER_PAIR * cfg.batch_size))  # data/balanced.stream_steps, built
+    return max(1, epoch_triplets(cfg.epoch_length, len(dataset), getattr(dataset, "n_photos", None)) // cfg.batch_size)
 
 
 @dataclass
@@ -212,7 +192,7 @@ class Trainer:
                  on_epoch_end: Optional[Callable[[int], None]] = None,
                  fingerprint: Optional[Dict[str, Any]] = None, trackers=None, memory: Optional[MemoryPlan] = None,
                  stage: str = "",
-                 stage_index: int = 0) -> None:
+                 stage_index: int = 0, epochs_before: int = 0) -> None:
         self.method, self.dataset, self.cfg, self.device, self.seed = method, dataset, cfg, device, seed
         self.stage = stage  # a named stage of a method trained in stages ("" for one-stage methods)
         self.early = EarlyStopping(cfg.early_stop, selection_keys(cfg)) if cfg.early_stop else None
@@ -235,10 +215,8 @@ class Trainer:
                               f"the number of processes ({self.world})")
         if len(dataset) == 0:
             raise DataError("no training triplet: the split leaves no seen-class training sketch")
-        self.steps = cfg.steps_per_epoch or max(1, epoch_triplets(cfg.epoch_length, len(dataset),
-                                                                  getattr(dataset, "n_photos", None)) // cfg.batch_size)
-        order_seed = (seed, stage_index) if stage_index else seed  # each stage draws its own data order
-        self.sampler = EpochSampler(len(dataset), cfg.batch_size, self.steps, order_seed, self.rank, self.world)
+        self.steps = steps_per_epoch(cfg, dataset)
+        self.sampler = self._sampler(seed, stage_index, epochs_before)
         self.loader = self._loader(workers, pin_memory)
         self.optimizer = build_optimizer(method, cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, self.steps))
@@ -247,8 +225,17 @@ class Trainer:
         self.model = DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None) \
             if self.distributed else method
 
+    def _sampler(self, seed: int, stage_index: int, epochs_before: int) -> Sampler:
+        """The official sampler's stream (a :class:`DomainImages` dataset, ``train.sampler``), continuing
+        after the ``epochs_before`` epochs of earlier stages as theirs does; else seeded triplet order."""
+        stream = getattr(self.dataset, "stream", None)
+        if stream is not None:
+            return StreamSampler(stream, self.cfg.batch_size, self.steps, epochs_before, self.rank, self.world)
+        order_seed = (seed, stage_index) if stage_index else seed  # each stage draws its own data order
+        return EpochSampler(len(self.dataset), self.cfg.batch_size, self.steps, order_seed, self.rank, self.world)
+
     def _loader(self, workers: Optional[int], pin_memory: bool) -> DataLoader:
-        per_step = self.cfg.batch_size // (self.world * self.micro_batches)
+        per_step = self.cfg.batch_size // (self.world * self.micro_batches) * getattr(self.dataset, "items_per_pair", 1)
         n_workers = 0 if getattr(self.dataset, "in_memory", False) else resolve_workers(workers, len(self.dataset), per_step)
         return DataLoader(self.dataset, batch_size=per_step, sampler=self.sampler, num_workers=n_workers,
                           collate_fn=getattr(self.dataset, "collate", collate_triplets),
