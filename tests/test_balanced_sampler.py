@@ -68,6 +68,7 @@ def test_batches_are_cut_from_the_stream_per_rank_and_continue_after_earlier_sta
     one = StreamSampler(stream, 5, 7, epochs_before=1)  # 7 batches of 10 images from the stream's epoch 1
     one.set_epoch(1)  # this stage's second epoch: the stream's third
     assert [i for _, i in one] == order[2]
+    assert {e for e, _ in one} == {2}  # the dataset seeds augmentation with the stream's epoch: fresh in stage 2
     ranks = [list(StreamSampler(stream, 5, 3, 0, rank, 2)) for rank in (0, 1)]
     batches = [ranks[0][5 * s: 5 * s + 5] + ranks[1][5 * s: 5 * s + 5] for s in range(3)]
     assert [i for b in batches for _, i in b] == order[0][:30]

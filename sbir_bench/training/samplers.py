@@ -34,12 +34,16 @@ class GlobalBatches(Sampler):
         """The indices of the current epoch, at least ``steps x global_batch`` of them."""
         raise NotImplementedError
 
+    def data_epoch(self) -> int:
+        """The epoch the dataset is told (it seeds each item's augmentation with it)."""
+        return self.epoch
+
     def __iter__(self) -> Iterator[Tuple[int, int]]:
-        order = self.order()
+        order, epoch = self.order(), self.data_epoch()
         per_rank = self.global_batch // self.world
         for s in range(self.steps):
             chunk = order[s * self.global_batch: (s + 1) * self.global_batch]
-            yield from ((self.epoch, i) for i in chunk[self.rank * per_rank: (self.rank + 1) * per_rank].tolist())
+            yield from ((epoch, i) for i in chunk[self.rank * per_rank: (self.rank + 1) * per_rank].tolist())
 
     def __len__(self) -> int:
         return self.steps * (self.global_batch // self.world)
@@ -74,5 +78,9 @@ class StreamSampler(GlobalBatches):
                               f"train.sampler={stream.rule.name} epoch (lower train.batch_size or train.steps_per_epoch)")
         self.stream, self.epochs_before = stream, epochs_before
 
+    def data_epoch(self) -> int:
+        """The stream's epoch: an image read again in a later stage is augmented afresh."""
+        return self.epochs_before + self.epoch
+
     def order(self) -> np.ndarray:
-        return self.stream.epoch(self.epochs_before + self.epoch)
+        return self.stream.epoch(self.data_epoch())
