@@ -73,7 +73,8 @@ from .tracking import NoTrackers, Trackers, check_available, parse_report_to
 from .training import distributed as dist_utils
 from .training.checkpoint import LAST
 from .training.memory import MemoryPlan, memory_plans, memory_record
-from .training.trainer import Trainer, selection_keys
+from .training.samplers import check_stage_fits
+from .training.trainer import Trainer, selection_keys, steps_per_epoch
 
 log = get_logger(__name__)
 
@@ -395,6 +396,19 @@ def stream_record(dataset, train_cfg) -> Dict[str, Any]:
             "stream_epoch_images": stream.size}
 
 
+def check_sampler(cfg: RunConfig, data: RunData, stages: Sequence[Stage]) -> None:
+    """An official sampler's stream over the run's training images, built before any weight is loaded: a
+    domain smaller than one block, DPK's single-image classes, or a stage asking for more than one epoch
+    of it is one line here, not after the model is built."""
+    if cfg.train.sampler == "triplets":
+        return
+    part = data.part
+    images = DomainImages(part.train_sketches, part.train_photos, part.seen, None, cfg.train.sampler,
+                          cfg.train.batch_size, cfg.seed)
+    for stage in stages:
+        check_stage_fits(images.stream, stage.train.batch_size, steps_per_epoch(stage.train, images))
+
+
 def check_early_stopping(cfg: RunConfig, data: RunData, stages: Sequence[Stage]) -> None:
     """Early stopping compares seen-class validations: refuse it, in one line before anything loads,
     when the run has none (it would silently train every epoch), or when the metric it is to compare
@@ -496,6 +510,7 @@ def run(cfg: RunConfig, on_epoch_end=None) -> Dict[str, Any]:
     data = prepare_data(cfg)
     stages = run_stages(cfg)  # computed once: the checks, the memory plan and training read the same value
     check_early_stopping(cfg, data, stages)
+    check_sampler(cfg, data, stages)
     # before any weight is loaded: a budget nothing fits stops here
     plans = memory_plans(cfg, counts_from_data(data), stages, device) if get_method(cfg.method).trainable else {}
     parts = build(cfg, device, data)

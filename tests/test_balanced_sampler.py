@@ -127,6 +127,19 @@ def test_another_sampler_is_another_training_identity():
     assert len(identities) == 3
 
 
+@pytest.mark.parametrize("extra,message", [
+    (["--set", "train.steps_per_epoch=40"], "40 step(s) of 12 images exceed the 420 images of one train.sampler=balanced"),
+    (["--batch-size", "300"], "each of the 2 training domains needs at least 300 images for one block; their sizes are [210, 420]"),
+])
+def test_a_stream_the_data_cannot_fill_is_refused_before_any_weight_loads(tmp_path, monkeypatch, extra, message):
+    from sbir_bench import runner
+    monkeypatch.setattr(runner, "build", lambda *a, **k: pytest.fail("the backbone was built"))
+    result = CliRunner().invoke(main, ["run", "pros", *SHORT, "--set", "train.sampler=balanced",
+                                       "--set", "method_config.units_batch_size=3", *extra, "--output-dir", str(tmp_path)])
+    assert result.exit_code != 0 and message in result.output, result.output
+    assert not list(tmp_path.glob("*.json"))
+
+
 def test_a_method_that_trains_on_triplets_refuses_an_official_sampler_before_any_work(tmp_path):
     result = CliRunner().invoke(main, ["run", "coop", *SHORT, "--set", "train.sampler=balanced",
                                        "--output-dir", str(tmp_path)])

@@ -65,6 +65,15 @@ class EpochSampler(GlobalBatches):
         return np.concatenate([rng.permutation(self.n) for _ in range(math.ceil(need / self.n))])[:need]
 
 
+def check_stage_fits(stream: OfficialStream, batch_size: int, steps: int) -> None:
+    """One line when ``steps`` batches of ``batch_size`` pairs (a ``train.steps_per_epoch``, or one batch
+    larger than the epoch) ask for more images than one epoch of ``stream`` holds."""
+    images = IMAGES_PER_PAIR * batch_size
+    if steps * images > stream.size:
+        raise ConfigError(f"{steps} step(s) of {images} images exceed the {stream.size} images of one "
+                          f"train.sampler={stream.rule.name} epoch (lower train.batch_size or train.steps_per_epoch)")
+
+
 class StreamSampler(GlobalBatches):
     """An official sampler's stream (``train.sampler``, :class:`~sbir_bench.data.balanced.OfficialStream`)
     cut into global batches of ``2 x batch_size`` images, drop-last (the official loader keeps a last partial
@@ -73,9 +82,7 @@ class StreamSampler(GlobalBatches):
     def __init__(self, stream: OfficialStream, batch_size: int, steps: int, epochs_before: int = 0, rank: int = 0,
                  world: int = 1) -> None:
         super().__init__(IMAGES_PER_PAIR * batch_size, steps, rank, world)
-        if steps * self.global_batch > stream.size:  # a train.steps_per_epoch beyond the stream's epoch
-            raise ConfigError(f"{steps} step(s) of {self.global_batch} images exceed the {stream.size} images of one "
-                              f"train.sampler={stream.rule.name} epoch (lower train.batch_size or train.steps_per_epoch)")
+        check_stage_fits(stream, batch_size, steps)
         self.stream, self.epochs_before = stream, epochs_before
 
     def data_epoch(self) -> int:
