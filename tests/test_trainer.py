@@ -99,7 +99,12 @@ EQUAL = {"coop-accum": ("coop", {"train.grad_accum": 2}),   # no_sync on the fir
          # At the others' lr 0.05, Adam turns the rounding noise of the all-reduce in gradients near its
          # eps (the fresh generator has many) into steps of lr size; at ProS's own scale (1e-3) it cannot.
          "pros": ("pros", {"method_config.dropout": 0.0, "method_config.units_epochs": 1,
-                           "method_config.units_batch_size": 8, "train.lr": 0.001})}
+                           "method_config.units_batch_size": 8, "train.lr": 0.001}),
+         # its own sampler's stream, each global batch of 16 images split between the ranks, stage 2
+         # continuing the stream where stage 1 left it
+         "pros-balanced": ("pros", {"method_config.dropout": 0.0, "method_config.units_epochs": 1,
+                                    "method_config.units_batch_size": 8, "train.lr": 0.001,
+                                    "train.sampler": "balanced"})}
 
 
 def _plan(tmp_path: Path, nproc: int) -> Path:
