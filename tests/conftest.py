@@ -174,6 +174,15 @@ def _stages(method: str) -> tuple:
 TRAINED = _trained_methods()
 # (method, training stage): a method trained in stages is held in each (ProS)
 STAGED = [(m, s) for m in TRAINED for s in _stages(m)]
+# Per-method variants the quick loop leaves to the whole suite (CI): SpLIP's costly ones, and ProS's forks,
+# whose steps are ProS's image tower with other prompts (ProS's both stages stay in the quick loop).
+WHOLE_SUITE_ONLY = ("splip", "depro", "ucdr-adapter")
+
+
+def quick_or_whole(params, methods=WHOLE_SUITE_ONLY):
+    """``params`` (tuples whose first item is a method name) with those of ``methods`` marked slow."""
+    import pytest
+    return [pytest.param(*p, marks=pytest.mark.slow) if p[0] in methods else p for p in params]
 NAMES = ["cat", "dog", "house", "tree", "car", "boat", "apple", "chair"]
 
 

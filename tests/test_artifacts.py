@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import TRAINED, as_options, newest_record, short_training
+from conftest import TRAINED, as_options, newest_record, quick_or_whole, short_training
 
 from sbir_bench.cli import main
 from sbir_bench.errors import DataError, WeightsError
@@ -90,8 +90,8 @@ def test_load_model_in_three_lines_embeds_like_the_run(trained, mini_root):
     assert m.embed_photos([path]).shape == got.shape
 
 
-@pytest.mark.parametrize("method,dataset", [pytest.param(m, "mini", marks=pytest.mark.slow) if m in ("depro", "ucdr-adapter")
-                                            else (m, "mini") for m in TRAINED] + [("pros", "sketchy")])  # ProS's forks: CI
+@pytest.mark.parametrize("method,dataset", quick_or_whole([(m, "mini") for m in TRAINED], (
+    "depro", "ucdr-adapter", "clip-at", "maple", "cocoop")) + [("pros", "sketchy")])  # the quick loop: one of each kind
 def test_load_model_embeds_exactly_as_eval_model_does(method, dataset, tmp_path, make_tree):
     """The Python API and ``eval --model`` build their transforms with the same builder: for every method the
     embeddings agree to 1e-6 (ProS on Sketchy included, whose sketches its loader colour-inverts)."""

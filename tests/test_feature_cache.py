@@ -27,7 +27,8 @@ def _random_values(path: Path) -> None:  # same shape, finite, wrong: only the c
     np.save(path, np.random.default_rng(0).normal(size=array.shape).astype(np.float32))
 
 
-@pytest.mark.parametrize("damage", ["truncated-shard", "random-shard", "nan-shard", "truncated-keys", "truncated-key-json"])
+@pytest.mark.parametrize("damage", ["nan-shard", "truncated-keys", *(pytest.param(d, marks=pytest.mark.slow) for d in (
+    "truncated-shard", "random-shard", "truncated-key-json"))])  # the quick loop: a bad value and a bad index
 def test_a_damaged_cache_entry_is_dropped_recomputed_and_listed(damage, tmp_path, mini_root, cache_dir, caplog):
     first = run_record(tmp_path / "a")
     shard = next(cache_dir.glob("*/shard-*.npy"))

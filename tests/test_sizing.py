@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import NAMES, STAGED, real_batch
+from conftest import NAMES, STAGED, quick_or_whole, real_batch
 from torch.profiler import ProfilerActivity, profile
 
 from sbir_bench.cli import main
@@ -50,7 +50,7 @@ def nbytes(tensors) -> int:
 
 
 @pytest.mark.parametrize("backbone,triplets,classes", SIZES)
-@pytest.mark.parametrize("method,stage", STAGED)
+@pytest.mark.parametrize("method,stage", quick_or_whole(STAGED, ("depro", "ucdr-adapter")))  # SpLIP: quick loop too
 def test_the_estimate_is_what_a_real_step_saves_and_holds(method, stage, backbone, triplets, classes):
     """Meta-device prediction vs one real CPU step (fp32) of the same method (in each of its training
     stages), measured independently of the estimate's own hook: the memory the forward leaves allocated
@@ -86,8 +86,7 @@ def test_the_estimate_is_what_a_real_step_saves_and_holds(method, stage, backbon
     assert cost.flops(triplets) >= trace_step(real, batch).flops > 0  # the CPU's fused attention is not counted by torch
 
 
-@pytest.mark.parametrize("method,stage", [pytest.param(*s, marks=pytest.mark.slow) if s[0] == "splip" else s
-                                          for s in STAGED if s[0] != "linear-probe"])  # SpLIP: whole suite
+@pytest.mark.parametrize("method,stage", quick_or_whole([s for s in STAGED if s[0] != "linear-probe"]))
 def test_the_bf16_trace_saves_what_a_real_autocast_step_saves(method, stage):
     """The meta device's autocast emulation (CPU's op lists) against one real CPU step under
     ``torch.autocast("cpu", bfloat16)``: the bytes autograd holds within 10 %. Under bf16 a step also keeps a
@@ -131,8 +130,7 @@ def test_under_bf16_a_frozen_weight_that_a_prompt_passes_through_is_saved_as_a_b
     assert trace_step(layer, batch, getattr(meta_autocast, lists)).saved_bytes == 2 * m * n
 
 
-@pytest.mark.parametrize("method,stage", [pytest.param(*s, marks=pytest.mark.slow) if s[0] == "splip" else s
-                                          for s in STAGED])  # SpLIP: the whole suite
+@pytest.mark.parametrize("method,stage", quick_or_whole(STAGED))
 def test_the_workspace_is_the_largest_allocation_the_profiler_sees_in_a_real_step(method, stage):
     """The trace's workspace (the largest memory one op's output owns) against torch.profiler's memory
     record of one real CPU step: the largest allocation any op makes, within 10 %."""
