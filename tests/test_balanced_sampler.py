@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 from sbir_bench.cli import main
@@ -152,26 +151,13 @@ def test_a_method_that_trains_on_triplets_refuses_an_official_sampler_before_any
 def test_interrupted_under_the_balanced_stream_then_resumed_is_bit_identical(tmp_path, monkeypatch, call, stage, epoch):
     """ProS (two stages reading one stream) stopped in stage 1 or 2, then --resume: the stream position is
     recovered (stage 2 continues after stage 1's epochs) and the model equals a straight run's."""
-    from interrupts import loss_interrupted_at
-    from conftest import last_checkpoint
+    from interrupts import interrupted_then_resumed
 
     from sbir_bench.methods import get_method
-    pros = get_method("pros")
     args = ["run", "pros", "--epochs", "2", "--batch-size", "4", "--set", "train.steps_per_epoch=2",
             "--set", "train.val_every=0", "--set", "method_config.units_epochs=2",
             "--set", "method_config.units_batch_size=4", "--set", "eval.save_embeddings=false",
             "--set", "train.sampler=balanced", "--quiet"]
-    straight = CliRunner().invoke(main, [*args, "--output-dir", str(tmp_path / "a")])
-    assert straight.exit_code == 0, straight.output
-    checkpoints = lambda out: tmp_path / out / "checkpoints" / "pros_mini_zs_split1_seed0"  # noqa: E731
-    original = pros.loss
-    monkeypatch.setattr(pros, "loss", loss_interrupted_at(pros, call))
-    first = CliRunner().invoke(main, [*args, "--output-dir", str(tmp_path / "b")])
-    assert first.exit_code == 130, first.output
-    assert last_checkpoint(checkpoints("b") / stage)["epoch"] == epoch
-    monkeypatch.setattr(pros, "loss", original)
-    resumed = CliRunner().invoke(main, [*args, "--output-dir", str(tmp_path / "b"), "--resume"])
-    assert resumed.exit_code == 0, resumed.output
-    reference, final = (last_checkpoint(checkpoints(o) / "simulator") for o in ("a", "b"))
-    for key, value in reference["trainable"].items():
-        assert torch.equal(value, final["trainable"][key]), key
+    done = interrupted_then_resumed(tmp_path, monkeypatch, get_method("pros"), args, call, stage, epoch, "simulator")
+    done.assert_same_model()
+    assert done.resumed_record["train"]["sampler"] == "balanced"

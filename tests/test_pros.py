@@ -18,7 +18,6 @@ import official_inputs as oi
 from official_checks import check, pros_tiny_backbone
 import pytest
 import torch
-from conftest import last_checkpoint
 from sbir_bench.baselines.pros import SIMULATOR, UNITS, ProS, ProSConfig
 
 from sbir_bench.config import TrainConfig
@@ -226,28 +225,11 @@ SHORT = ["--epochs", "2", "--batch-size", "4", "--set", "train.steps_per_epoch=2
 def test_interrupted_in_either_stage_then_resumed_is_bit_identical(tmp_path, monkeypatch, call, stage, epoch):
     """Ctrl-C in the second epoch of stage 1 (call 4) or of stage 2 (call 7: 4 + 2 + 1), then --resume:
     the same stage-2 model, history and test metrics as a straight run (stage 1's dropout included)."""
-    from click.testing import CliRunner
-    from interrupts import loss_interrupted_at
-
-    from sbir_bench.cli import main
-    args = ["run", "pros", *SHORT]
-    straight = CliRunner().invoke(main, [*args, "--output-dir", str(tmp_path / "a")])
-    assert straight.exit_code == 0, straight.output
-    checkpoints = lambda out: tmp_path / out / "checkpoints" / "pros_mini_zs_split1_seed0"  # noqa: E731
-    reference = last_checkpoint(checkpoints("a") / "simulator")
-    original = ProS.loss
-    monkeypatch.setattr(ProS, "loss", loss_interrupted_at(ProS, call))
-    first = CliRunner().invoke(main, [*args, "--output-dir", str(tmp_path / "b")])
-    assert first.exit_code == 130, first.output
-    assert last_checkpoint(checkpoints("b") / stage)["epoch"] == epoch
-    monkeypatch.setattr(ProS, "loss", original)
-    resumed = CliRunner().invoke(main, [*args, "--output-dir", str(tmp_path / "b"), "--resume"])
-    assert resumed.exit_code == 0, resumed.output
-    final = last_checkpoint(checkpoints("b") / "simulator")
-    assert final["epoch"] == 2 and final["trainable"].keys() == reference["trainable"].keys()
-    for key, value in reference["trainable"].items():
-        assert torch.equal(value, final["trainable"][key]), key
-    a, b = (json.loads(next((tmp_path / p).glob("*.json")).read_text()) for p in ("a", "b"))
+    from interrupts import interrupted_then_resumed
+    done = interrupted_then_resumed(tmp_path, monkeypatch, ProS, ["run", "pros", *SHORT], call, stage, epoch, SIMULATOR)
+    done.assert_same_model()
+    assert done.final["epoch"] == 2
+    a, b = done.straight_record, done.resumed_record
     assert [h["loss"] for h in a["train"]["history"]] == [h["loss"] for h in b["train"]["history"]]
     assert [h["stage"] for h in b["train"]["history"]] == ["units"] * 2 + ["simulator"] * 2
     assert a["metrics"] == b["metrics"] and "pros" in b["metrics_by_protocol"]

@@ -259,29 +259,11 @@ def test_interrupted_in_either_stage_then_resumed_is_bit_identical(tmp_path, mon
     """Ctrl-C in the second epoch of stage 1 (call 4: its queues, moving averages and triplet draws must
     come back) or of stage 2 (call 7), then --resume: the same model, queues, history and test metrics as a
     straight run."""
-    from click.testing import CliRunner
-    from conftest import last_checkpoint
-    from interrupts import loss_interrupted_at
-
-    from sbir_bench.cli import main
-    args = ["run", "ucdr-adapter", *SHORT]
-    straight = CliRunner().invoke(main, [*args, "--output-dir", str(tmp_path / "a")])
-    assert straight.exit_code == 0, straight.output
-    checkpoints = lambda out: tmp_path / out / "checkpoints" / "ucdr-adapter_mini_zs_split1_seed0"  # noqa: E731
-    reference = last_checkpoint(checkpoints("a") / ADAPTER)
-    assert int(reference["trainable"]["queue_lengths"].sum()) > 0  # stage 1 filled the queues
-    original = UCDRAdapter.loss
-    monkeypatch.setattr(UCDRAdapter, "loss", loss_interrupted_at(UCDRAdapter, call))
-    first = CliRunner().invoke(main, [*args, "--output-dir", str(tmp_path / "b")])
-    assert first.exit_code == 130, first.output
-    assert last_checkpoint(checkpoints("b") / stage)["epoch"] == epoch
-    monkeypatch.setattr(UCDRAdapter, "loss", original)
-    resumed = CliRunner().invoke(main, [*args, "--output-dir", str(tmp_path / "b"), "--resume"])
-    assert resumed.exit_code == 0, resumed.output
-    final = last_checkpoint(checkpoints("b") / ADAPTER)
-    assert final["trainable"].keys() == reference["trainable"].keys()
-    for key, value in reference["trainable"].items():
-        assert torch.equal(value, final["trainable"][key]), key
-    a, b = (json.loads(next((tmp_path / p).glob("*.json")).read_text()) for p in ("a", "b"))
+    from interrupts import interrupted_then_resumed
+    done = interrupted_then_resumed(tmp_path, monkeypatch, UCDRAdapter, ["run", "ucdr-adapter", *SHORT], call, stage,
+                                    epoch, ADAPTER)
+    assert int(done.reference["trainable"]["queue_lengths"].sum()) > 0  # stage 1 filled the queues
+    done.assert_same_model()
+    a, b = done.straight_record, done.resumed_record
     assert [h["loss"] for h in a["train"]["history"]] == [h["loss"] for h in b["train"]["history"]]
     assert a["metrics"] == b["metrics"]
