@@ -280,3 +280,16 @@ def test_a_model_chosen_on_its_test_set_says_so_in_its_record_and_every_table(tm
     assert "linear-probe (model selected on the test set)" in table, table
     latex = CliRunner().invoke(main, ["export", "--results-dir", str(out), "--format", "latex"]).output
     assert "model selected on the test set" in latex
+
+
+def test_rows_trained_under_other_samplers_are_told_apart_by_name():
+    """Two runs of one method and cell under another train.sampler are two rows, each naming its sampler
+    (and its config), never one averaged row."""
+    import pandas as pd
+
+    from sbir_bench.reporting.collect import row_labels
+    frame = pd.DataFrame({"method": ["pros", "pros", "coop"], "variant": ["", "", ""], "dataset": ["mini"] * 3,
+                          "split": ["1"] * 3, "setting": ["zs"] * 3, "backbone": ["b"] * 3, "protocol": ["p"] * 3,
+                          "gzs_protocol": [""] * 3, "gallery": ["unique"] * 3, "config_id": ["a", "b", "c"],
+                          "data_id": ["d"] * 3, "selected_on": [""] * 3, "sampler": ["triplets", "balanced", "triplets"]})
+    assert row_labels(frame) == ["pros (triplets sampler, config 1)", "pros (balanced sampler, config 2)", "coop"]

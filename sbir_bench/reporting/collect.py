@@ -35,6 +35,7 @@ def _row(rec) -> Dict[str, Any]:
     row["gzs_protocol"] = str(d.get("gzs_protocol") or "")
     row["gallery"] = str(((d.get("config") or {}).get("data") or {}).get("gallery") or "unique")
     row["selected_on"] = str((d.get("model_selection") or {}).get("on") or "")  # "test": chose its model on its test
+    row["sampler"] = str(((d.get("config") or {}).get("train") or {}).get("sampler") or "triplets")
     row["config_id"] = config_id(d.get("config") or {})
     fingerprint = d.get("data_fingerprint")
     row["data_id"] = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:8] if fingerprint else ""
@@ -90,7 +91,7 @@ def drop_repeated_seeds(frame: pd.DataFrame) -> pd.DataFrame:
 def row_labels(frame: pd.DataFrame) -> List[str]:
     """Table row of each run: ``method [variant]``, plus what differs between otherwise equal rows of
     the same (dataset, split, setting) block: backbone, protocol, GZS protocol, gallery composition
-    (``data.gallery``), a config number when
+    (``data.gallery``), the training sampler (``train.sampler``), a config number when
     the configs differ otherwise, a data number when the copies of the dataset hold different files; and on
     every row whose model was chosen on its own test set (``train.select_on: test``), that it was."""
     if frame.empty:
@@ -102,8 +103,9 @@ def row_labels(frame: pd.DataFrame) -> List[str]:
         same = [j for j, other in enumerate(base) if other == label and block[j] == block[i]]
         extras = []
         for key, show in (("backbone", lambda x: x), ("protocol", lambda x: f"protocol {x}"),
-                          ("gzs_protocol", lambda x: f"GZS {x}"), ("gallery", lambda x: f"{x} gallery")):
-            if len({frame[key].iloc[j] for j in same}) > 1:
+                          ("gzs_protocol", lambda x: f"GZS {x}"), ("gallery", lambda x: f"{x} gallery"),
+                          ("sampler", lambda x: f"{x} sampler")):
+            if key in frame and len({frame[key].iloc[j] for j in same}) > 1:
                 extras.append(show(frame[key].iloc[i]))
         for key, word in (("config_id", "config"), ("data_id", "data")):
             ids = sorted({frame[key].iloc[j] for j in same})
