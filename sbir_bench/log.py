@@ -18,7 +18,7 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Dict, Iterable, Iterator, Optional, TypeVar
 
-from tqdm.auto import tqdm
+from tqdm.std import tqdm  # not tqdm.auto: its asyncio class opens a second iterator over what it wraps
 
 from .ranks import is_rank_zero
 

@@ -359,3 +359,28 @@ def test_sigterm_ends_a_run_with_a_line_that_says_so(tmp_path):
         proc.kill()
     assert proc.returncode == 143, err
     assert "terminated (SIGTERM); rerun the same command with --resume" in err and "Traceback" not in err
+
+
+def test_progress_output_and_the_validation_schedule_never_change_a_trained_model(tmp_path, monkeypatch):
+    """ProS's stage-1 dropout and SpLIP's jigsaw draw from torch's global generator. Nothing a run does not
+    state may move those draws: quiet, progress lines (a log file) or a progress bar (a terminal) give one
+    ProS model, validating every epoch or never (no early stopping) one SpLIP model. (tqdm.auto's bar
+    opened a second iterator over the loader, and every loader iterator, the validation's too, drew its
+    workers' seed from that generator: a terminal and a SLURM log gave two models of one run.)"""
+    from sbir_bench import log as sblog
+    from sbir_bench.runner import run
+    states = {}
+    for method, mode, val_every in (("pros", "quiet", 1), ("pros", "lines", 1), ("pros", "bar", 1),
+                                    ("splip", "quiet", 1), ("splip", "quiet", 0)):
+        sblog.set_quiet(mode == "quiet")
+        monkeypatch.setattr(sys.stderr, "isatty", lambda: mode == "bar", raising=False)
+        cfg = config(tmp_path / f"{method}-{mode}-{val_every}", method, **{
+            "train.epochs": 2, "train.steps_per_epoch": 2, "train.batch_size": 4, "train.val_every": val_every,
+            "eval.save_embeddings": False, **({"method_config.units_epochs": 1, "method_config.units_batch_size": 4}
+                                              if method == "pros" else {})})
+        record = run(cfg)
+        states[method, mode, val_every] = _trainable(Path(record["record_path"]).parent, record)
+    sblog.set_quiet(True)
+    for key, state in states.items():
+        reference = states[key[0], "quiet", 1]
+        assert all(torch.equal(state[k], reference[k]) for k in reference), key

@@ -117,10 +117,19 @@ def resolve_workers(workers: Optional[int], n_items: int, batch_size: int) -> in
     return 0 if cores < MIN_CORES_FOR_WORKERS else min(MAX_AUTO_WORKERS, cores - 1)
 
 
+def loader_generator() -> torch.Generator:
+    """A private generator for a DataLoader: each ``iter(loader)`` draws its workers' base seed from it, not
+    from torch's global generator, which a method's dropout, jigsaw or triplet draws read. Otherwise how
+    often a loader is iterated (a validation schedule, a progress bar that opens its own iterator) would
+    move those draws and change a trained model without changing its stated run. (Our datasets seed each
+    item's augmentation themselves, so the base seed itself changes no value.)"""
+    return torch.Generator().manual_seed(0)
+
+
 def image_loader(samples: Sequence[Sample], transform: Callable, batch_size: int, workers: Optional[int] = 0,
                  pin_memory: bool = False) -> DataLoader:
     """Ordered loader over ``samples`` for embedding (no shuffling, skip-tolerant)."""
     n_workers = resolve_workers(workers, len(samples), batch_size)
     return DataLoader(ImageList(samples, transform), batch_size=batch_size, shuffle=False, num_workers=n_workers,
                       collate_fn=collate_skip, pin_memory=pin_memory and torch.cuda.is_available(),
-                      prefetch_factor=4 if n_workers else None)
+                      prefetch_factor=4 if n_workers else None, generator=loader_generator())

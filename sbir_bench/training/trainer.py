@@ -27,6 +27,7 @@ from ..config import TrainConfig
 from ..data.images import resolve_workers
 from ..data.tasks import epoch_triplets
 from ..data.balanced import IMAGES_PER_PAIR
+from ..data.images import loader_generator
 from ..data.triplets import collate_triplets
 from ..errors import ConfigError, DataError, DivergedError, OutOfMemoryError
 from ..log import get_logger, progress
@@ -240,7 +241,7 @@ class Trainer:
         return DataLoader(self.dataset, batch_size=per_step, sampler=self.sampler, num_workers=n_workers,
                           collate_fn=getattr(self.dataset, "collate", collate_triplets),
                           pin_memory=pin_memory and self.device.type == "cuda", drop_last=False,
-                          persistent_workers=n_workers > 0)
+                          persistent_workers=n_workers > 0, generator=loader_generator())
 
     # ------------------------------------------------------------------ checkpoints
     def _payload(self, epoch: int, history: List[Dict[str, float]]) -> Dict:
