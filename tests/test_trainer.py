@@ -187,7 +187,7 @@ def test_ddp_two_gloo_processes_match_one_process_and_resume_bit_identically(tmp
 
 @pytest.mark.parametrize("method,extra", [
     ("linear-probe", []),                                  # the frozen-feature path real runs use
-    ("splip", []),
+    pytest.param("splip", [], marks=pytest.mark.slow),    # its jigsaw draws come back too (whole suite)
     ("coop", ["--set", "train.grad_accum=2"]),             # accumulation: the interruption falls between micro-steps
 ])
 def test_interrupted_mid_epoch_with_ctrl_c_then_resumed_is_bit_identical(tmp_path, method, extra, monkeypatch):
