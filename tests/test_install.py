@@ -100,7 +100,7 @@ def test_reproduce_reads_the_shipped_recipes_not_a_configs_folder_where_the_user
 
 # ------------------------------------------------------------------ logs written to files
 def test_progress_is_plain_lines_in_a_file_and_a_bar_on_a_terminal(monkeypatch):
-    from tqdm.auto import tqdm
+    from tqdm.std import tqdm
 
     from sbir_bench import log
     monkeypatch.setattr(log, "is_quiet", lambda: False)
