@@ -34,7 +34,7 @@ from torch.utils.data import Dataset
 
 from ..errors import ConfigError, DataError
 from .discovery import Sample
-from .images import load_rgb, transform_for
+from .images import epoch_and_index, load_rgb, seeded_augmentation, transform_for
 
 IMAGES_PER_PAIR = 2  # train.batch_size counts pairs: an official sampler's batch holds twice as many images
 DPK_CLASSES, DPK_PER_CLASS = 3, 4  # DePro's P classes x K images per domain and block
@@ -112,8 +112,13 @@ def stream_steps(sampler: str, run_batch: int, batch: int, sizes: Sequence[int])
     >>> stream_steps("balanced", 25, 200, [67304, 60725])  # ProS's stage 1 on Sketchy: 303 (its loader: 304)
     303
     """
-    size = stream_epoch_size(StreamRule.of(sampler, run_batch, len(sizes)), sizes)
-    return max(1, size // (IMAGES_PER_PAIR * batch))
+    return stream_batches(stream_epoch_size(StreamRule.of(sampler, run_batch, len(sizes)), sizes), batch)
+
+
+def stream_batches(epoch_images: int, batch: int) -> int:
+    """Whole batches of ``batch`` pairs in a stream epoch of ``epoch_images`` (its last partial batch dropped;
+    at least one, which :func:`~sbir_bench.training.samplers.check_stage_fits` then refuses if too large)."""
+    return max(1, epoch_images // (IMAGES_PER_PAIR * batch))
 
 
 def stream_epoch_size(rule: StreamRule, domain_sizes: Sequence[int]) -> int:
@@ -246,15 +251,13 @@ class DomainImages(Dataset):
         return len(self.samples)
 
     def __getitem__(self, item):
-        epoch, index = (int(item[0]), int(item[1])) if isinstance(item, tuple) else (self.epoch, int(item))
+        epoch, index = epoch_and_index(item, self.epoch)
         sample, photo = self.samples[index]
         image = load_rgb(sample.path)
         if image is None:
             return None
-        torch_state = torch.random.get_rng_state()
-        torch.manual_seed(hash((self.seed, epoch, index)) & 0x7FFFFFFF)  # augmentation identical on resume
-        tensor = (self.transform if photo else transform_for(self.sketch_transform, sample))(image)
-        torch.random.set_rng_state(torch_state)
+        with seeded_augmentation(self.seed, epoch, index):
+            tensor = (self.transform if photo else transform_for(self.sketch_transform, sample))(image)
         return tensor, self.class_ids[index], self.domain_ids[index]
 
     @staticmethod

@@ -11,8 +11,9 @@ turn the whole sketch black.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Callable, List, Optional, Sequence, Set
+from typing import Callable, Iterator, List, Optional, Sequence, Set, Tuple
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -115,6 +116,24 @@ def resolve_workers(workers: Optional[int], n_items: int, batch_size: int) -> in
         return 0
     cores = available_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     return 0 if cores < MIN_CORES_FOR_WORKERS else min(MAX_AUTO_WORKERS, cores - 1)
+
+
+def epoch_and_index(item, epoch: int) -> Tuple[int, int]:
+    """``(epoch, index)`` of a training dataset's ``item``: a sampler's pair (training/samplers.py), or a plain
+    index read in the dataset's current ``epoch`` (its ``set_epoch``)."""
+    return (int(item[0]), int(item[1])) if isinstance(item, tuple) else (epoch, int(item))
+
+
+@contextlib.contextmanager
+def seeded_augmentation(seed: int, epoch: int, index: int) -> Iterator[None]:
+    """Run the transforms of item ``index`` in ``epoch`` under torch's generator seeded from the three, then
+    put the generator back: an item's augmentation is the same on resume, in any worker, on any rank."""
+    state = torch.random.get_rng_state()
+    torch.manual_seed(hash((seed, epoch, index)) & 0x7FFFFFFF)
+    try:
+        yield
+    finally:
+        torch.random.set_rng_state(state)
 
 
 def loader_generator() -> torch.Generator:

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .discovery import Sample
-from .images import load_rgb, transform_for
+from .images import epoch_and_index, load_rgb, seeded_augmentation, transform_for
 
 
 @dataclass
@@ -83,13 +83,9 @@ class TripletDataset(Dataset):
     def __len__(self) -> int:
         return len(self.sketches)
 
-    def _epoch_index(self, item) -> tuple[int, int]:
-        """``(epoch, index)`` from a sampler pair, or from a plain index and :meth:`set_epoch`."""
-        return (int(item[0]), int(item[1])) if isinstance(item, tuple) else (self.epoch, int(item))
-
     def choose(self, item) -> tuple[Sample, Sample, Sample]:
         """The (sketch, positive, negative) samples of ``item`` (index, or (epoch, index))."""
-        epoch, index = self._epoch_index(item)
+        epoch, index = epoch_and_index(item, self.epoch)
         rng = np.random.default_rng([self.seed, epoch, index])
         sketch = self.sketches[index]
         same = self.photos_by_class[sketch.label]
@@ -110,13 +106,9 @@ class TripletDataset(Dataset):
         images = [load_rgb(s.path) for s in samples]
         if any(im is None for im in images):
             return None
-        epoch, index = self._epoch_index(item)
-        torch_state = torch.random.get_rng_state()
-        torch.manual_seed(hash((self.seed, epoch, index)) & 0x7FFFFFFF)
-        # seeded: augmentation identical on resume
-        tensors = [transform_for(self.sketch_transform, samples[0])(images[0]),
-                   *(self.transform(im) for im in images[1:])]
-        torch.random.set_rng_state(torch_state)
+        with seeded_augmentation(self.seed, *epoch_and_index(item, self.epoch)):
+            tensors = [transform_for(self.sketch_transform, samples[0])(images[0]),
+                       *(self.transform(im) for im in images[1:])]
         return (*tensors, *self.labels_of(samples))
 
     def labels_of(self, samples) -> tuple:

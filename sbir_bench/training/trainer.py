@@ -24,10 +24,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 
 from ..config import TrainConfig
-from ..data.images import resolve_workers
+from ..data.balanced import stream_batches
+from ..data.images import loader_generator, resolve_workers
 from ..data.tasks import epoch_triplets
-from ..data.balanced import IMAGES_PER_PAIR
-from ..data.images import loader_generator
 from ..data.triplets import collate_triplets
 from ..errors import ConfigError, DataError, DivergedError, OutOfMemoryError
 from ..log import get_logger, progress
@@ -57,7 +56,7 @@ def steps_per_epoch(cfg: TrainConfig, dataset) -> int:
         return cfg.steps_per_epoch
     stream = getattr(dataset, "stream", None)
     if stream is not None:
-        return max(1, stream.size // (IMAGES_PER_PAIR * cfg.batch_size))  # data/balanced.stream_steps, built
+        return stream_batches(stream.size, cfg.batch_size)
     return max(1, epoch_triplets(cfg.epoch_length, len(dataset), getattr(dataset, "n_photos", None)) // cfg.batch_size)
 
 
