@@ -37,7 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from . import meta_autocast
 from .config import RunConfig, from_dict
-from .data.balanced import domain_sizes, training_images
+from .data.balanced import ImageBatch, domain_sizes, training_images
 from .data.catalog import get_spec
 from .data.domains import domain_catalog_sizes
 from .data.splits import load_split, package_file, read_class_file
@@ -133,7 +133,7 @@ def counting_saved(held: set) -> Iterator[Dict[int, int]]:
         yield saved
 
 
-def trace_step(method: torch.nn.Module, batch: TripletBatch,
+def trace_step(method: torch.nn.Module, batch: "TripletBatch | ImageBatch",
                autocast: Optional[meta_autocast.AutocastLists] = None) -> StepTrace:
     """Run ``method.loss(batch)`` and its backward once, counting saved bytes (each storage once;
     parameters and buffers, which exist anyway, left out), FLOPs and the largest op output. Works on

@@ -86,6 +86,35 @@ def test_the_estimate_is_what_a_real_step_saves_and_holds(method, stage, backbon
     assert cost.flops(triplets) >= trace_step(real, batch).flops > 0  # the CPU's fused attention is not counted by torch
 
 
+@pytest.mark.parametrize("method,stage", quick_or_whole([("pros", "units"), ("pros", "simulator"), ("depro", ""),
+                                                         ("ucdr-adapter", "prompts"), ("ucdr-adapter", "adapter")],
+                                                        ("depro", "ucdr-adapter")))
+def test_the_estimate_covers_an_official_sampler_s_image_batch(method, stage):
+    """Under train.sampler balanced or dpk these methods step on an ImageBatch of 2 x batch_size images; the
+    estimate traces a triplet batch of batch_size (their losses read its sketches and positives, never the
+    negatives). One real CPU step on the image batch holds what the estimate predicts, within the bounds of
+    the triplet calibration above, and counts no more FLOPs than it."""
+    from sbir_bench.data.balanced import ImageBatch
+    pairs, classes = 2, 4
+    cfg = RunConfig(method=method, train=TrainConfig(optimizer="adamw", amp=False, sampler="balanced"))
+    cfg.backbone.name = "sbir-tiny"
+    cost = method_cost(cfg, Counts(100, NAMES[:classes], list(range(classes)), 10, "test"), stage)
+    torch.manual_seed(0)
+    real = get_method(method)(load_backbone("sbir-tiny", "random"), NAMES[:classes], list(range(classes)))
+    real.begin_stage(stage)
+    real.train()
+    side = real.backbone.image_size
+    g = torch.Generator().manual_seed(0)
+    batch = ImageBatch(torch.randn(2 * pairs, 3, side, side, generator=g), torch.tensor([0, 1, 0, 1]),
+                       torch.tensor([1, 1, 0, 0]))
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        loss = real.loss(batch)["loss"]
+    forward_holds = sum(e.self_cpu_memory_usage for e in prof.events())
+    loss.backward()
+    assert 0.95 * forward_holds <= cost.saved(pairs) <= 1.15 * forward_holds, (cost.saved(pairs), forward_holds)
+    assert cost.flops(pairs) >= trace_step(real, batch).flops > 0
+
+
 @pytest.mark.parametrize("method,stage", quick_or_whole([s for s in STAGED if s[0] != "linear-probe"]))
 def test_the_bf16_trace_saves_what_a_real_autocast_step_saves(method, stage):
     """The meta device's autocast emulation (CPU's op lists) against one real CPU step under
